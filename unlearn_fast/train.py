@@ -1,0 +1,188 @@
+"""The trainer: the shipped default model, every leave-K-out retraining and every customisation fine-tune use it.
+
+Deterministic given a seed (data order, timesteps, noise and initialisation all come from seeded generators), and the
+only way it reads training data is ``TrainingSet.batch`` — so excluded indices provably never reach a step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models.adapter import DiffusionModel
+
+
+@dataclass
+class VAETrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    kl_weight: float = 1e-6  # Stable Diffusion's value: a nearly deterministic autoencoder with a smooth latent space
+    seed: int = 0
+
+
+@dataclass
+class DiffusionTrainConfig:
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # the saved weights are the EMA weights: much better samples from short CPU trainings
+    caption_dropout: float = 0.1  # empty caption this often, for classifier-free guidance
+    unet_parameters: str = "all"  # a DiffusionModel.parameter_group name or regex: what the UNet trains
+    train_text_encoder: bool = True
+    seed: int = 0
+
+
+class TrainingSet:
+    """Encoded training examples x0 (N, C, h, w) with their captions, minus the excluded indices."""
+
+    def __init__(self, x0: torch.Tensor, captions: list[tuple[str, ...]], exclude=()):
+        if len(x0) != len(captions):
+            raise ValueError(f"TrainingSet: {len(x0)} examples but {len(captions)} caption lists")
+        excluded = torch.as_tensor(sorted({int(i) for i in exclude}), dtype=torch.long)
+        if len(excluded) and (excluded.min() < 0 or excluded.max() >= len(x0)):
+            bad = [int(i) for i in excluded if not 0 <= i < len(x0)][:5]
+            raise ValueError(f"exclude: indices {bad} are outside the training set of {len(x0)} images")
+        keep = torch.ones(len(x0), dtype=torch.bool)
+        keep[excluded] = False
+        self.x0 = x0
+        self.captions = captions
+        self.allowed = keep.nonzero().squeeze(1)
+        if len(self.allowed) == 0:
+            raise ValueError("TrainingSet: every example is excluded")
+
+    def __len__(self) -> int:
+        return len(self.allowed)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        """Rows ``indices`` (dataset indices) with one caption each, drawn at random where an image has several."""
+        picks = torch.randint(0, 1 << 30, (len(indices),), generator=generator)
+        captions = [self.captions[i][int(p) % len(self.captions[i])] for i, p in zip(indices.tolist(), picks)]
+        return self.x0[indices], captions
+
+    def index_stream(self, batch_size: int, generator: torch.Generator):
+        """Endless epochs over the allowed indices, each in a fresh seeded order."""
+        while True:
+            order = self.allowed[torch.randperm(len(self.allowed), generator=generator)]
+            for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+                yield order[start:start + batch_size]
+
+
+def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_vae(vae: nn.Module, pixels: np.ndarray, config: VAETrainConfig, exclude=(), quiet: bool = False) -> list[float]:
+    """Reconstruction (L1 + MSE) + KL training of an AutoencoderKL on uint8 images (N, H, W, 3)."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    images = torch.as_tensor(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    data = TrainingSet(images, [("",)] * len(images), exclude)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, 100, config.steps))
+    stream = data.index_stream(config.batch_size, generator)
+    vae.train()
+    losses = []
+    with tqdm(range(config.steps), desc="train vae", disable=quiet, unit="step") as bar:
+        for _ in bar:
+            x, _ = data.batch(next(stream), generator)
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+            recon = vae.decode(z).sample
+            loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + config.kl_weight * posterior.kl().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def calibrate_latent_scale(model: DiffusionModel, pixels: np.ndarray) -> tuple[float, float]:
+    """Set the VAE's shift and scaling factors so that training latents have mean 0 and standard deviation 1."""
+    model.vae.register_to_config(scaling_factor=1.0, shift_factor=0.0)
+    latents = model.encode_images(pixels)
+    shift = float(latents.mean())
+    scale = float(1.0 / (latents - shift).std())
+    model.vae.register_to_config(scaling_factor=scale, shift_factor=shift)
+    return scale, shift
+
+
+@dataclass
+class TrainingHistory:
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    seen_examples: int = 0
+
+
+def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionTrainConfig, quiet: bool = False,
+                    ) -> TrainingHistory:
+    """Denoising training of the UNet (and the text encoder) on ``data``; leaves the EMA weights in the model."""
+    from diffusers.training_utils import EMAModel
+
+    generator = torch.Generator().manual_seed(config.seed)
+    unet_params = list(model.parameter_group(config.unet_parameters).values())
+    text_params = list(model.text.encoder.parameters()) if config.train_text_encoder else []
+    trainable = unet_params + text_params
+    for module in (model.unet, model.text.encoder, model.vae):
+        if module is not None:
+            module.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _warmup_cosine(s, config.warmup_steps, config.steps))
+    ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=3 / 4) if config.ema_decay else None
+    stream = data.index_stream(config.batch_size, generator)
+    num_timesteps = model.scheduler.config.num_train_timesteps
+    model.unet.train()
+    model.text.encoder.train(config.train_text_encoder)
+    history = TrainingHistory()
+    start = time.perf_counter()
+    with tqdm(range(config.steps), desc="train diffusion", disable=quiet, unit="step") as bar:
+        for _ in bar:
+            indices = next(stream)
+            x0, captions = data.batch(indices, generator)
+            drop = torch.rand(len(captions), generator=generator) < config.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            timesteps = torch.randint(0, num_timesteps, (len(x0),), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            with torch.set_grad_enabled(config.train_text_encoder):
+                cond = model.text.encode(captions)
+            loss = model.loss(x0.to(model.device), cond, timesteps.to(model.device), noise.to(model.device)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            if ema is not None:
+                ema.step(trainable)
+            history.losses.append(loss.item())
+            history.seen_examples += len(indices)
+            bar.set_postfix(loss=f"{np.mean(history.losses[-100:]):.4f}", refresh=False)
+    if ema is not None:
+        ema.copy_to(trainable)
+    for p in trainable:
+        p.requires_grad_(False)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def config_record(config) -> dict:
+    return asdict(config)
