@@ -1,0 +1,8 @@
+"""Low-level ops: one function per fused op, dispatching to CUDA / Triton / C++ / a PyTorch reference.
+
+Every op takes backend="auto" | "cpp" | "cuda" | "triton" | "reference"; last_backend(op_name) says which one ran.
+"""
+from ._backend import BackendUnavailableError, available_backends, last_backend
+from .noise import gaussian_noise
+
+__all__ = ["BackendUnavailableError", "available_backends", "gaussian_noise", "last_backend"]
