@@ -1,0 +1,38 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def default_dataset():
+    from unlearn_fast.data import open_dataset
+
+    return open_dataset("default")
+
+
+@pytest.fixture(scope="session")
+def small_pixels(default_dataset):
+    """The first 96 default images as uint8 (96, 32, 32, 3), and their captions."""
+    from unlearn_fast.data import load_pixels
+
+    indices = list(range(96))
+    return load_pixels(default_dataset, 32, indices), [default_dataset.captions(i) for i in indices]
+
+
+@pytest.fixture()
+def tiny_model(small_pixels):
+    """A freshly initialised default-architecture model (seeded), in eval mode."""
+    from unlearn_fast.models.tiny import new_tiny_model
+
+    torch.manual_seed(0)
+    _, captions = small_pixels
+    return new_tiny_model([c for cs in captions for c in cs]).eval()
+
+
+def random_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)

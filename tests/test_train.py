@@ -1,0 +1,81 @@
+"""The trainer: it learns, it is deterministic, and excluded images never reach it."""
+import numpy as np
+import pytest
+import torch
+
+from unlearn_fast.train import (DiffusionTrainConfig, TrainingSet, VAETrainConfig, calibrate_latent_scale,
+                                train_diffusion, train_vae)
+
+FAST = dict(batch_size=16, warmup_steps=2, ema_decay=0.0)
+
+
+def _training_set(model, small_pixels, exclude=()):
+    pixels, captions = small_pixels
+    return TrainingSet(model.encode_images(pixels), captions, exclude)
+
+
+def test_diffusion_training_lowers_the_loss(tiny_model, small_pixels):
+    data = _training_set(tiny_model, small_pixels)
+    history = train_diffusion(tiny_model, data, DiffusionTrainConfig(steps=60, lr=2e-3, **FAST), quiet=True)
+    assert np.mean(history.losses[-10:]) < 0.7 * np.mean(history.losses[:10])
+
+
+def test_vae_training_lowers_the_loss_and_calibration_standardises_latents(tiny_model, small_pixels):
+    pixels, _ = small_pixels
+    losses = train_vae(tiny_model.vae, pixels, VAETrainConfig(steps=25, batch_size=16), quiet=True)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    calibrate_latent_scale(tiny_model, pixels)
+    x0 = tiny_model.encode_images(pixels)
+    assert abs(float(x0.mean())) < 1e-4 and abs(float(x0.std()) - 1) < 1e-4
+
+
+def test_training_is_deterministic_given_a_seed(small_pixels):
+    from unlearn_fast.models.tiny import new_tiny_model
+
+    fingerprints = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = new_tiny_model([c for cs in small_pixels[1] for c in cs])
+        train_diffusion(model, _training_set(model, small_pixels), DiffusionTrainConfig(steps=5, seed=3, **FAST),
+                        quiet=True)
+        fingerprints.append(model.fingerprint())
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_excluded_indices_are_never_seen(tiny_model, small_pixels, monkeypatch):
+    excluded = {0, 5, 17, 42, 95}
+    seen = []
+    original = TrainingSet.batch
+
+    def spy(self, indices, generator):
+        seen.extend(indices.tolist())
+        return original(self, indices, generator)
+
+    monkeypatch.setattr(TrainingSet, "batch", spy)
+    data = _training_set(tiny_model, small_pixels, exclude=excluded)
+    train_diffusion(tiny_model, data, DiffusionTrainConfig(steps=30, **FAST), quiet=True)
+    assert len(seen) == 30 * 16
+    assert excluded.isdisjoint(seen)
+    assert set(seen) == set(range(96)) - excluded  # 5 epochs: every other image was seen
+
+
+def test_exclude_is_validated(tiny_model, small_pixels):
+    with pytest.raises(ValueError, match=r"exclude: indices \[96\]"):
+        _training_set(tiny_model, small_pixels, exclude=[3, 96])
+    with pytest.raises(ValueError, match="every example is excluded"):
+        _training_set(tiny_model, small_pixels, exclude=range(96))
+
+
+def test_fine_tune_with_a_new_token(tiny_model, small_pixels, tmp_path):
+    """Customisation: a new word enters the vocabulary and training binds it (old rows of the embedding kept)."""
+    old_rows = tiny_model.text.encoder.token_embedding.weight.detach().clone()
+    (token_id,) = tiny_model.text.tokenizer.add_tokens(["<v1>"])
+    tiny_model.text.encoder.resize_token_embeddings(len(tiny_model.text.tokenizer))
+    pixels, _ = small_pixels
+    data = TrainingSet(tiny_model.encode_images(pixels[:4]), [("a photo of <v1>",)] * 4)
+    train_diffusion(tiny_model, data, DiffusionTrainConfig(steps=3, unet_parameters="kv", **FAST), quiet=True)
+    weight = tiny_model.text.encoder.token_embedding.weight
+    assert weight.shape[0] == token_id + 1
+    assert not torch.equal(weight[token_id], old_rows.mean(0))  # the new word was trained
+    with pytest.warns(UserWarning, match=r"unknown word\(s\) \['zebra'\]"):
+        tiny_model.text.tokenizer(["a <v1> zebra"])
