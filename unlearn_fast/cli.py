@@ -75,6 +75,24 @@ def cmd_grid(args) -> None:
     print(json.dumps({"out": os.path.abspath(path)}))
 
 
+DEMO_PROMPTS = ("red apple", "grinning face", "cat face", "flag: Japan", "thumbs up")
+
+
+def cmd_demo(args) -> None:
+    """The shipped model on the embedded default: generate the demo prompts and write a labelled grid."""
+    from .models.adapter import DiffusionModel
+    from .report.grid import sample_grid
+
+    started = time.perf_counter()
+    model = DiffusionModel.load(args.model)
+    os.makedirs(args.out, exist_ok=True)
+    path = sample_grid(model, list(args.prompt or DEMO_PROMPTS), os.path.join(args.out, "samples.png"),
+                       seeds=range(args.seed, args.seed + 4), steps=args.steps, guidance=args.guidance)
+    summary = {"samples": os.path.abspath(path), "model": args.model, "seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(summary) if args.json else f"unlearn-fast demo: wrote {summary['samples']} "
+          f"({summary['seconds']} s)")
+
+
 def cmd_export_data(args) -> None:
     from .data import export_imagefolder, open_dataset
 
@@ -130,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--steps", type=int, default=50)
     grid.add_argument("--guidance", type=float, default=3.0)
     grid.set_defaults(run=cmd_grid)
+
+    demo = sub.add_parser("demo", help="run the main job on the embedded default model and data")
+    demo.add_argument("--model", default="default")
+    demo.add_argument("--out", default="unlearn-fast-demo")
+    demo.add_argument("--prompt", action="append", help="prompt to use instead of the defaults (repeatable)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=50)
+    demo.add_argument("--guidance", type=float, default=3.0)
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(run=cmd_demo)
 
     export = sub.add_parser("export-data", help="write a training set (e.g. the embedded default) as an image folder")
     export.add_argument("--data", default="default")
