@@ -68,6 +68,13 @@ def test_generation_is_bit_identical_for_a_seed(tiny_model):
     assert first.dtype == np.uint8 and first.shape == (2, 32, 32, 3)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+    alone = tiny_model.generate("cat face", seed=7, steps=4, guidance=2.0)
+    np.testing.assert_allclose(alone[0], first[1], atol=1)  # a prompt's image does not depend on its batch
+    mixed = tiny_model.generate(["red apple", "red apple"], seed=[7, 8], steps=4, guidance=2.0)
+    np.testing.assert_allclose(mixed[0], first[0], atol=1)
+    assert not np.array_equal(mixed[0], mixed[1])
+    with pytest.raises(ValueError, match="3 seeds for 2 prompts"):
+        tiny_model.generate(["a", "b"], seed=[1, 2, 3], steps=2)
 
 
 def test_save_and_load_round_trip(tiny_model, tmp_path):

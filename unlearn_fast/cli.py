@@ -41,7 +41,7 @@ def cmd_train(args) -> None:
         add_tokens=args.add_token or [], steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
         unet_parameters=args.unet_parameters, train_text_encoder=not args.freeze_text_encoder,
-        caption_column=args.caption_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        caption_column=args.caption_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
     )
     summary = run_training(request, quiet=args.quiet)
     print(json.dumps(summary, indent=None if args.json else 2))
@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded with what it produced (training.json)
     args.run(args)
 
 

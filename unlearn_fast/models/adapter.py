@@ -154,17 +154,23 @@ class DiffusionModel:
 
     # ------------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, prompts: list[str] | str, seed: int = 0, steps: int = 50, guidance: float = 3.0,
-                 eta: float = 0.0) -> np.ndarray:
-        """DDIM sampling with classifier-free guidance → uint8 images (B, H, W, 3). Same seed → identical bits."""
+    def generate(self, prompts: list[str] | str, seed: int | list[int] = 0, steps: int = 50, guidance: float = 3.0
+                 ) -> np.ndarray:
+        """Deterministic DDIM sampling (eta 0) with classifier-free guidance → uint8 images (B, H, W, 3).
+
+        ``seed`` is one per prompt, or one for all: each row's starting noise comes from its own generator, so a
+        (prompt, seed) pair gives the same image alone or in a batch, and the same bits every time.
+        """
         from diffusers import DDIMScheduler
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
         sampler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False)
         sampler.set_timesteps(steps)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        x = torch.randn((len(prompts), *self.latent_shape), generator=generator).to(self.device)
-        x = x * sampler.init_noise_sigma
+        x = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        x = x.to(self.device) * sampler.init_noise_sigma
         cond = self.encode_text(prompts)
         uncond = self.encode_text([""] * len(prompts))
         for t in sampler.timesteps:
@@ -176,7 +182,7 @@ class DiffusionModel:
                                  encoder_hidden_states=torch.cat([uncond, cond])).sample
                 pred_uncond, pred_cond = both.chunk(2)
                 pred = pred_uncond + guidance * (pred_cond - pred_uncond)
-            x = sampler.step(pred, t, x, eta=eta, generator=generator).prev_sample
+            x = sampler.step(pred, t, x).prev_sample
         images = self.decode(x)
         return (images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
 

@@ -15,8 +15,8 @@ def sample_grid(model, prompts: list[str], out_path: str, seeds=range(4), steps:
     draw = ImageDraw.Draw(grid)
     for row, prompt in enumerate(prompts):
         draw.text((4, row * size + size // 2 - 6), prompt, fill="black")
-        for column, seed in enumerate(seeds):
-            image = model.generate([prompt], seed=seed, steps=steps, guidance=guidance)[0]
+    for column, seed in enumerate(seeds):  # one batch per seed: every prompt at once
+        for row, image in enumerate(model.generate(prompts, seed=seed, steps=steps, guidance=guidance)):
             tile = Image.fromarray(image).resize((size, size), Image.Resampling.NEAREST)
             grid.paste(tile, (label_width + column * size, row * size))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)

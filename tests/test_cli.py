@@ -1,0 +1,56 @@
+"""The command line end to end on a small image folder: train (with --exclude), fine-tune with a new token, generate."""
+import json
+
+import pytest
+
+from unlearn_fast.cli import _read_indices, main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, default_dataset):
+    root = tmp_path_factory.mktemp("images")
+    rows = []
+    for i in range(24):
+        name = f"{i:03d}.png"
+        default_dataset.image(i).save(root / name)
+        rows.append({"file_name": name, "text": default_dataset.captions(i)[0]})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_read_indices(tmp_path):
+    assert _read_indices("3, 17,42") == [3, 17, 42]
+    (tmp_path / "k.txt").write_text("5\n6\n")
+    (tmp_path / "k.json").write_text("[7, 8]")
+    assert _read_indices(str(tmp_path / "k.txt")) == [5, 6] and _read_indices(str(tmp_path / "k.json")) == [7, 8]
+    with pytest.raises(SystemExit, match="comma-separated integers"):
+        _read_indices("3,x")
+
+
+def test_train_finetune_and_generate(folder, tmp_path, capsys):
+    base = tmp_path / "base"
+    main(["train", "--data", str(folder), "--out", str(base), "--steps", "3", "--vae-steps", "2", "--batch-size", "8",
+          "--exclude", "0,1,2", "--quiet", "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    record = json.loads((base / "training.json").read_text())
+    assert summary["out"] == str(base) and record["num_excluded"] == 3 and record["request"]["exclude"] == [0, 1, 2]
+    assert record["command"].startswith("unlearn-fast train --data")
+
+    custom = tmp_path / "custom"
+    main(["train", "--init-from", str(base), "--data", str(folder), "--add-token", "<v1>", "--out", str(custom),
+          "--steps", "2", "--batch-size", "8", "--unet-parameters", "kv", "--quiet", "--json"])
+    from unlearn_fast.models.adapter import DiffusionModel
+
+    before, after = DiffusionModel.load(str(base)), DiffusionModel.load(str(custom))
+    assert after.text.tokenizer.vocab == before.text.tokenizer.vocab + ["<v1>"]
+    kv = set(after.parameter_group("kv"))
+    changed = {n for n, p in after.unet.named_parameters() if not p.equal(dict(before.unet.named_parameters())[n])}
+    assert changed and changed <= kv  # --unet-parameters kv trains the cross-attention keys/values only
+    assert after.vae.state_dict().keys() == before.vae.state_dict().keys()
+    assert all(after.vae.state_dict()[k].equal(v) for k, v in before.vae.state_dict().items())
+    capsys.readouterr()
+
+    out = tmp_path / "a.png"
+    main(["generate", "red apple", "--model", str(base), "--seed", "4", "--steps", "3", "--out", str(out)])
+    main(["generate", "red apple", "--model", str(base), "--seed", "4", "--steps", "3", "--out", str(tmp_path / "b.png")])
+    assert out.read_bytes() == (tmp_path / "b.png").read_bytes()
