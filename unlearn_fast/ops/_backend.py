@@ -39,9 +39,7 @@ def native():
             _extension = _import_extension()
         except ImportError as exc:
             _extension = None
-            warnings.warn(
-                f"unlearn_fast: native extension unavailable ({exc}); using the PyTorch reference ops", stacklevel=3
-            )
+            warnings.warn(f"unlearn_fast: native extension unavailable ({exc}); using the PyTorch reference ops")
     return _extension
 
 
