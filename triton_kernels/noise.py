@@ -71,7 +71,7 @@ def _gaussian_noise_kernel(out_ptr, ids_ptr, timestep_ptr, flips_ptr, k0, k1, nu
     example_id = tl.load(ids_ptr + row).to(tl.uint32)
     timestep_index = tl.load(timestep_ptr + row).to(tl.uint32)
     flip = tl.load(flips_ptr + row).to(tl.uint32)
-    group = (block * GROUPS + tl.arange(0, GROUPS)).to(tl.uint32)
+    group = block.to(tl.uint32) * GROUPS + tl.arange(0, GROUPS).to(tl.uint32)  # < 2^32: no int32 overflow
     z0, z1, z2, z3 = gaussian_noise4(k0.to(tl.uint32), k1.to(tl.uint32), group, example_id, timestep_index, flip)
     # Interleave to element order (z0, z1, z2, z3 of group g are elements 4g .. 4g+3) for contiguous stores.
     z = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
