@@ -13,7 +13,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include "denoising_loss.h"
 #include "noise.h"
+#include "noisy_input.h"
 
 namespace {
 
@@ -90,6 +92,125 @@ at::Tensor gaussian_noise(uint64_t seed, const at::Tensor& ids, const at::Tensor
   return out;
 }
 
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// Calls fn(Tag<storage type>{}) for a float32 / bfloat16 / float16 tensor dtype (the dtypes of the fused ops).
+template <typename Fn>
+void dispatch_float_storage(at::ScalarType dtype, const char* op, const char* name, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat:
+      return fn(Tag<float>{});
+    case at::kBFloat16:
+      return fn(Tag<unlearn_fast::bfloat16_t>{});
+    case at::kHalf:
+      return fn(Tag<unlearn_fast::float16_t>{});
+    default:
+      TORCH_CHECK(false, op, ": ", name, " must be float32, bfloat16 or float16, got ", dtype);
+  }
+}
+
+unlearn_fast::Strides4 strides4(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// Shared checks of the fused ops: x0 is (B, C, H, W) and the per-row inputs are (B,) on its device; ids, timestep_idx
+// and flips int64 (values validated by unlearn_fast.ops), a_t and s_t float32. Returns contiguous per-row tensors.
+struct RowInputs {
+  at::Tensor ids, timestep_idx, flips, a_t, s_t;
+  unlearn_fast::NoisyRows rows(uint64_t seed) const {
+    return {seed,
+            ids.data_ptr<int64_t>(),
+            timestep_idx.data_ptr<int64_t>(),
+            flips.data_ptr<int64_t>(),
+            a_t.data_ptr<float>(),
+            s_t.data_ptr<float>()};
+  }
+};
+
+RowInputs check_fused_inputs(const char* op, const at::Tensor& x0, const at::Tensor& a_t, const at::Tensor& s_t,
+                             const at::Tensor& ids, const at::Tensor& timestep_idx, const at::Tensor& flips) {
+  TORCH_CHECK(x0.dim() == 4, op, ": x0 must have shape (B, C, H, W), got ", x0.sizes());
+  TORCH_CHECK(x0.size(1) * x0.size(2) * x0.size(3) <= (int64_t{1} << 34), op,
+              ": x0 samples must have at most 2^34 elements, got ", x0.sizes());
+  TORCH_CHECK(ids.dim() == 1 && ids.size(0) == x0.size(0), op, ": ids must have shape (", x0.size(0),
+              ",) like x0's batch, got ", ids.sizes());
+  TORCH_CHECK(ids.device() == x0.device(), op, ": ids is on ", ids.device(), " but x0 is on ", x0.device());
+  check_row_vector(timestep_idx, op, "timestep_idx", ids);
+  check_row_vector(flips, op, "flips", ids);
+  check_row_vector(a_t, op, "a_t", ids);
+  check_row_vector(s_t, op, "s_t", ids);
+  TORCH_CHECK(ids.scalar_type() == at::kLong, op, ": ids must be int64, got ", ids.scalar_type());
+  TORCH_CHECK(timestep_idx.scalar_type() == at::kLong, op, ": timestep_idx must be int64, got ",
+              timestep_idx.scalar_type());
+  TORCH_CHECK(flips.scalar_type() == at::kLong, op, ": flips must be int64, got ", flips.scalar_type());
+  TORCH_CHECK(a_t.scalar_type() == at::kFloat, op, ": a_t must be float32, got ", a_t.scalar_type());
+  TORCH_CHECK(s_t.scalar_type() == at::kFloat, op, ": s_t must be float32, got ", s_t.scalar_type());
+  return {ids.contiguous(), timestep_idx.contiguous(), flips.contiguous(), a_t.contiguous(), s_t.contiguous()};
+}
+
+unlearn_fast::Chw chw(const at::Tensor& x) { return {x.size(1), x.size(2), x.size(3)}; }
+
+at::Tensor noisy_input(const at::Tensor& x0, const at::Tensor& a_t, const at::Tensor& s_t, uint64_t seed,
+                       const at::Tensor& ids, const at::Tensor& timestep_idx, const at::Tensor& flips,
+                       at::ScalarType out_dtype) {
+  constexpr const char* op = "noisy_input";
+  const RowInputs in = check_fused_inputs(op, x0, a_t, s_t, ids, timestep_idx, flips);
+  at::Tensor out = at::empty(x0.sizes(), x0.options().dtype(out_dtype));  // contiguous
+  dispatch_float_storage(x0.scalar_type(), op, "x0", [&](auto in_tag) {
+    using in_t = typename decltype(in_tag)::type;
+    dispatch_float_storage(out_dtype, op, "out_dtype", [&](auto out_tag) {
+      using out_t = typename decltype(out_tag)::type;
+      // x0 is read in place through its strides: no .contiguous() copy.
+      const auto* x = static_cast<const in_t*>(x0.data_ptr());
+      auto* y = static_cast<out_t*>(out.data_ptr());
+      on_device(
+          op, x0, [&] { unlearn_fast::noisy_input_cpu(x, strides4(x0), in.rows(seed), x0.size(0), chw(x0), y); },
+          [&](auto stream) {
+#ifdef UNLEARN_FAST_WITH_CUDA
+            return unlearn_fast::noisy_input_cuda(x, strides4(x0), in.rows(seed), x0.size(0), chw(x0), y, stream);
+#endif
+          });
+    });
+  });
+  return out;
+}
+
+at::Tensor denoising_loss(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& a_t, const at::Tensor& s_t,
+                          uint64_t seed, const at::Tensor& ids, const at::Tensor& timestep_idx,
+                          const at::Tensor& flips, bool v_prediction) {
+  constexpr const char* op = "denoising_loss";
+  const RowInputs in = check_fused_inputs(op, x0, a_t, s_t, ids, timestep_idx, flips);
+  TORCH_CHECK(pred.sizes() == x0.sizes(), op, ": pred must have x0's shape ", x0.sizes(), ", got ", pred.sizes());
+  TORCH_CHECK(pred.device() == x0.device(), op, ": pred is on ", pred.device(), " but x0 is on ", x0.device());
+  TORCH_CHECK(x0.size(1) * x0.size(2) * x0.size(3) > 0, op,
+              ": samples must not be empty (the mean is undefined), got ", x0.sizes());
+  at::Tensor out = at::empty({x0.size(0)}, x0.options().dtype(at::kFloat));
+  dispatch_float_storage(pred.scalar_type(), op, "pred", [&](auto pred_tag) {
+    using pred_t = typename decltype(pred_tag)::type;
+    dispatch_float_storage(x0.scalar_type(), op, "x0", [&](auto x0_tag) {
+      using x0_t = typename decltype(x0_tag)::type;
+      const auto* p = static_cast<const pred_t*>(pred.data_ptr());
+      const auto* x = static_cast<const x0_t*>(x0.data_ptr());
+      on_device(
+          op, x0,
+          [&] {
+            unlearn_fast::denoising_loss_cpu(p, strides4(pred), x, strides4(x0), in.rows(seed), v_prediction,
+                                             x0.size(0), chw(x0), out.data_ptr<float>());
+          },
+          [&](auto stream) {
+#ifdef UNLEARN_FAST_WITH_CUDA
+            return unlearn_fast::denoising_loss_cuda(p, strides4(pred), x, strides4(x0), in.rows(seed), v_prediction,
+                                                     x0.size(0), chw(x0), out.data_ptr<float>(), stream);
+#endif
+          });
+    });
+  });
+  return out;
+}
+
 bool has_cuda() {
 #ifdef UNLEARN_FAST_WITH_CUDA
   return true;
@@ -115,6 +236,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Counter-based N(0, 1) noise of shape (B, numel), Philox4x32-10 + Box-Muller (spec in csrc/philox.h).\n"
         "ids, timestep_idx: int64 (B,); flips: int64/uint8/bool (B,); all on one device; values validated by "
         "unlearn_fast.ops.gaussian_noise.");
+  m.def("noisy_input", &noisy_input, py::arg("x0"), py::arg("a_t"), py::arg("s_t"), py::arg("seed"), py::arg("ids"),
+        py::arg("timestep_idx"), py::arg("flips"), py::arg("out_dtype"), py::call_guard<py::gil_scoped_release>(),
+        "x_t = a_t * x0' + s_t * eps, (B, C, H, W) contiguous of out_dtype, eps regenerated in-kernel and x0' = x0 "
+        "mirrored along W on flipped rows (csrc/noisy_input.h). x0: float32/bfloat16/float16, any strides; a_t, s_t: "
+        "float32 (B,); ids, timestep_idx, flips: int64 (B,); values validated by unlearn_fast.ops.noisy_input.");
+  m.def("denoising_loss", &denoising_loss, py::arg("pred"), py::arg("x0"), py::arg("a_t"), py::arg("s_t"),
+        py::arg("seed"), py::arg("ids"), py::arg("timestep_idx"), py::arg("flips"), py::arg("v_prediction"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Per-row float32 mean((pred - target)^2), target = eps or a_t * eps - s_t * x0', eps regenerated in-kernel "
+        "(csrc/denoising_loss.h). pred, x0: float32/bfloat16/float16, any strides; values validated by "
+        "unlearn_fast.ops.denoising_loss.");
   m.def("has_cuda", &has_cuda, "Whether this build includes the CUDA kernels.");
   m.def("openmp_threads", &openmp_threads, "Threads the C++ kernels use (OpenMP max threads; 1 without OpenMP).");
 }

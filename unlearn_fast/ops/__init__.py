@@ -3,6 +3,15 @@
 Every op takes backend="auto" | "cpp" | "cuda" | "triton" | "reference"; last_backend(op_name) says which one ran.
 """
 from ._backend import BackendUnavailableError, available_backends, last_backend
+from .denoising_loss import denoising_loss
 from .noise import gaussian_noise
+from .noisy_input import noisy_input
 
-__all__ = ["BackendUnavailableError", "available_backends", "gaussian_noise", "last_backend"]
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "denoising_loss",
+    "gaussian_noise",
+    "last_backend",
+    "noisy_input",
+]
