@@ -14,6 +14,7 @@
 #endif
 
 #include "denoising_loss.h"
+#include "linear_fisher.h"
 #include "noise.h"
 #include "noisy_input.h"
 
@@ -211,6 +212,40 @@ at::Tensor denoising_loss(const at::Tensor& pred, const at::Tensor& x0, const at
   return out;
 }
 
+std::tuple<at::Tensor, std::optional<at::Tensor>> linear_fisher_diag(const at::Tensor& x, const at::Tensor& g,
+                                                                     bool bias) {
+  constexpr const char* op = "linear_fisher_diag";
+  TORCH_CHECK(x.dim() == 3 && g.dim() == 3 && x.size(0) == g.size(0) && x.size(1) == g.size(1), op,
+              ": x and g must have shapes (N, T, d_in) and (N, T, d_out), got ", x.sizes(), " and ", g.sizes());
+  TORCH_CHECK(x.size(2) > 0 && g.size(2) > 0 && g.size(2) <= 65535 * 32, op,
+              ": d_in must be >= 1 and d_out in [1, 2097120], got ", x.size(2), " and ", g.size(2));
+  TORCH_CHECK(x.scalar_type() == g.scalar_type(), op, ": x and g must have one dtype, got ", x.scalar_type(), " and ",
+              g.scalar_type());
+  TORCH_CHECK(x.device() == g.device(), op, ": x is on ", x.device(), " but g is on ", g.device());
+  const at::Tensor weight_sq = at::empty({g.size(2), x.size(2)}, x.options().dtype(at::kFloat));
+  std::optional<at::Tensor> bias_sq;
+  if (bias) bias_sq = at::empty({g.size(2)}, x.options().dtype(at::kFloat));
+  float* bias_ptr = bias ? bias_sq->data_ptr<float>() : nullptr;
+  const unlearn_fast::FisherShape shape{x.size(0), x.size(1), x.size(2), g.size(2)};
+  const unlearn_fast::Strides3 x_st{x.stride(0), x.stride(1), x.stride(2)}, g_st{g.stride(0), g.stride(1), g.stride(2)};
+  dispatch_float_storage(x.scalar_type(), op, "x", [&](auto tag) {
+    using in_t = typename decltype(tag)::type;
+    // x and g are read in place through their strides: no .contiguous() copy.
+    const auto* xp = static_cast<const in_t*>(x.data_ptr());
+    const auto* gp = static_cast<const in_t*>(g.data_ptr());
+    on_device(
+        op, x,
+        [&] { unlearn_fast::linear_fisher_cpu(xp, x_st, gp, g_st, shape, weight_sq.data_ptr<float>(), bias_ptr); },
+        [&](auto stream) {
+#ifdef UNLEARN_FAST_WITH_CUDA
+          return unlearn_fast::linear_fisher_cuda(xp, x_st, gp, g_st, shape, weight_sq.data_ptr<float>(), bias_ptr,
+                                                  stream);
+#endif
+        });
+  });
+  return {weight_sq, bias_sq};
+}
+
 bool has_cuda() {
 #ifdef UNLEARN_FAST_WITH_CUDA
   return true;
@@ -247,6 +282,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Per-row float32 mean((pred - target)^2), target = eps or a_t * eps - s_t * x0', eps regenerated in-kernel "
         "(csrc/denoising_loss.h). pred, x0: float32/bfloat16/float16, any strides; values validated by "
         "unlearn_fast.ops.denoising_loss.");
+  m.def("linear_fisher_diag", &linear_fisher_diag, py::arg("x"), py::arg("g"), py::arg("bias"),
+        py::call_guard<py::gil_scoped_release>(),
+        "(sum_n (g_n^T x_n)^2 (d_out, d_in), sum_n (sum_t g_n)^2 (d_out,) or None), float32, without per-example "
+        "gradients (csrc/linear_fisher.h). x (N, T, d_in), g (N, T, d_out): one of float32/bfloat16/float16, any "
+        "strides, one device.");
   m.def("has_cuda", &has_cuda, "Whether this build includes the CUDA kernels.");
   m.def("openmp_threads", &openmp_threads, "Threads the C++ kernels use (OpenMP max threads; 1 without OpenMP).");
 }

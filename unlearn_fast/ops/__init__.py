@@ -4,6 +4,7 @@ Every op takes backend="auto" | "cpp" | "cuda" | "triton" | "reference"; last_ba
 """
 from ._backend import BackendUnavailableError, available_backends, last_backend
 from .denoising_loss import denoising_loss
+from .linear_fisher import linear_fisher_diag
 from .noise import gaussian_noise
 from .noisy_input import noisy_input
 
@@ -13,5 +14,6 @@ __all__ = [
     "denoising_loss",
     "gaussian_noise",
     "last_backend",
+    "linear_fisher_diag",
     "noisy_input",
 ]
