@@ -4,9 +4,9 @@ Convention: diagonal_fisher returns, for each parameter θ, sum over the batch o
 model.loss(x0, cond, timesteps, noise)[n] is example n's OWN loss (a mean over its elements). It is a SUM: METHOD.md
 §2's F is the mean over the training set, so add the batches up and divide by the number of examples.
 
-nn.Linear weights and biases (the K/V default) go through hooks: a forward hook keeps the layer input x, a tensor hook
-on its output receives g = ∂(Σ_n L_n)/∂y, whose row n is ∂L_n/∂y_n because examples do not interact in the model
-(eval mode: no batch statistics), and ops.linear_fisher_diag adds Σ_n (g_nᵀ x_n)² tile by tile. Any other parameter
+nn.Linear weights and biases (the K/V default) go through hooks: a forward hook keeps the layer's input x and output y,
+one backward gives g = ∂(Σ_n L_n)/∂y, whose row n is ∂L_n/∂y_n because examples do not interact in the model (eval
+mode: no batch statistics), and ops.linear_fisher_diag adds Σ_n (g_nᵀ x_n)² tile by tile. Any other parameter
 falls back to torch.func per-example gradients (vmap of grad of a functional call), for those parameters only.
 """
 from __future__ import annotations
@@ -34,38 +34,38 @@ def diagonal_fisher(model, params: dict[str, nn.Parameter], x0, cond, timesteps,
 
 
 def _hooked_fisher(model, params, x0, cond, timesteps, noise, backend):
-    unet, batch, fisher, seen = model.unet, x0.shape[0], {}, set()
+    unet, batch, captured = model.unet, x0.shape[0], {}
 
     def forward_hook(path):
         def hook(module, inputs, output):
-            if path in seen:  # a second call would add a second g_nᵀx_n to the same per-example gradient
+            if path in captured:  # a second call would add a second g_nᵀx_n to the same per-example gradient
                 raise RuntimeError(f"diagonal_fisher: {path} runs more than once per forward; use the vmap path")
-            seen.add(path)
-            x = inputs[0].detach()
-            if x.shape[0] != batch:
-                raise RuntimeError(f"diagonal_fisher: {path} sees a batch of {x.shape[0]} rows, the model {batch}")
-
-            def backward_hook(g):
-                xs, gs = x.reshape(batch, -1, x.shape[-1]), g.reshape(batch, -1, g.shape[-1])
-                if xs.dtype != gs.dtype:  # autocast: bf16 outputs of float32 inputs
-                    xs, gs = xs.float(), gs.float()
-                weight_sq, bias_sq = linear_fisher_diag(xs, gs, bias=f"{path}.bias" in params, backend=backend)
-                fisher[f"{path}.weight"], fisher[f"{path}.bias"] = weight_sq, bias_sq
-            output.register_hook(backward_hook)
+            if inputs[0].shape[0] != batch:
+                raise RuntimeError(f"diagonal_fisher: {path} sees {inputs[0].shape[0]} rows for a batch of {batch}")
+            captured[path] = inputs[0].detach(), output
         return hook
 
     requires_grad, selected = [(p, p.requires_grad) for p in unet.parameters()], {id(p) for p in params.values()}
     handles = [unet.get_submodule(path).register_forward_hook(forward_hook(path))
                for path in {name.rpartition(".")[0] for name in params}]
-    try:  # only the selected parameters require grad, so backward does no other parameter's work
+    try:  # only the selected parameters require grad, so the graph holds no other parameter's work
         for p in unet.parameters():
             p.requires_grad_(id(p) in selected)
-        torch.autograd.grad(model.loss(x0, cond, timesteps, noise).sum(), list(params.values()))
+        loss = model.loss(x0, cond, timesteps, noise).sum()
     finally:
         for handle in handles:
             handle.remove()
         for p, flag in requires_grad:
             p.requires_grad_(flag)
+    # Differentiate w.r.t. the layer outputs, not the weights: the batch-summed weight gradients are never needed.
+    grads = torch.autograd.grad(loss, [output for _, output in captured.values()])
+    fisher = {}
+    for (path, (x, _)), g in zip(captured.items(), grads):
+        xs, gs = x.reshape(batch, -1, x.shape[-1]), g.reshape(batch, -1, g.shape[-1])
+        if xs.dtype != gs.dtype:  # autocast: bf16 outputs of float32 inputs
+            xs, gs = xs.float(), gs.float()
+        fisher[f"{path}.weight"], fisher[f"{path}.bias"] = linear_fisher_diag(xs, gs, bias=f"{path}.bias" in params,
+                                                                              backend=backend)
     return {name: fisher[name] for name in params}
 
 
