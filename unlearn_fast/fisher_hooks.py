@@ -51,7 +51,8 @@ def _hooked_fisher(model, params, x0, cond, timesteps, noise, backend):
     try:  # only the selected parameters require grad, so the graph holds no other parameter's work
         for p in unet.parameters():
             p.requires_grad_(id(p) in selected)
-        loss = model.loss(x0, cond, timesteps, noise).sum()
+        with torch.enable_grad():  # callers may run under no_grad
+            loss = model.loss(x0, cond, timesteps, noise).sum()
     finally:
         for handle in handles:
             handle.remove()
