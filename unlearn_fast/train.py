@@ -92,6 +92,7 @@ def train_vae(vae: nn.Module, pixels: np.ndarray, config: VAETrainConfig, exclud
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, 100, config.steps))
     stream = data.index_stream(config.batch_size, generator)
+    vae.requires_grad_(True)
     vae.train()
     losses = []
     with tqdm(range(config.steps), desc="train vae", disable=quiet, unit="step") as bar:
@@ -107,6 +108,7 @@ def train_vae(vae: nn.Module, pixels: np.ndarray, config: VAETrainConfig, exclud
             schedule.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+    vae.requires_grad_(False)  # trained weights are frozen, as train_diffusion leaves its own
     vae.eval()
     return losses
 
