@@ -5,22 +5,12 @@
 #include <cstdio>
 #include <vector>
 
+#include "check.h"
 #include "denoising_loss.h"
 #include "noise.h"
 
 using namespace unlearn_fast;
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                            \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      ++failures;                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                            \
-      std::fprintf(stderr, "\n");                                                   \
-    }                                                                               \
-  } while (0)
 
 static void test_matches_unfused_loss() {
   const int64_t batch = 4;
@@ -68,6 +58,6 @@ static void test_matches_unfused_loss() {
 
 int main() {
   test_matches_unfused_loss();
-  if (failures == 0) std::printf("test_denoising_loss: all checks passed\n");
-  return failures == 0 ? 0 : 1;
+  if (check_failures() == 0) std::printf("test_denoising_loss: all checks passed\n");
+  return check_failures() == 0 ? 0 : 1;
 }

@@ -6,21 +6,11 @@
 #include <cstdio>
 #include <vector>
 
+#include "check.h"
 #include "linear_fisher.h"
 
 using namespace unlearn_fast;
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                            \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      ++failures;                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                            \
-      std::fprintf(stderr, "\n");                                                   \
-    }                                                                               \
-  } while (0)
 
 template <typename in_t>
 static void test_matches_outer_products(const char* dtype) {
@@ -65,6 +55,6 @@ int main() {
   test_matches_outer_products<float>("float32");
   test_matches_outer_products<bfloat16_t>("bfloat16");
   test_matches_outer_products<float16_t>("float16");
-  if (failures == 0) std::printf("test_linear_fisher: all checks passed\n");
-  return failures == 0 ? 0 : 1;
+  if (check_failures() == 0) std::printf("test_linear_fisher: all checks passed\n");
+  return check_failures() == 0 ? 0 : 1;
 }

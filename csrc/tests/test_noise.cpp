@@ -5,22 +5,12 @@
 #include <cstdio>
 #include <vector>
 
+#include "check.h"
 #include "noise.h"
 #include "philox.h"
 
 using namespace unlearn_fast;
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      ++failures;                                               \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-    }                                                           \
-  } while (0)
 
 // Known-answer vectors of Random123 (kat_vectors: philox4x32 10 <ctr[4]> <key[2]> <out[4]>).
 static void test_philox_known_answers() {
@@ -111,6 +101,6 @@ int main() {
   test_rows_follow_the_spec();
   test_deterministic_and_seeded();
   test_moments();
-  if (failures == 0) std::printf("test_noise: all checks passed\n");
-  return failures == 0 ? 0 : 1;
+  if (check_failures() == 0) std::printf("test_noise: all checks passed\n");
+  return check_failures() == 0 ? 0 : 1;
 }

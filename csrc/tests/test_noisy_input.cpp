@@ -5,22 +5,12 @@
 #include <cstdio>
 #include <vector>
 
+#include "check.h"
 #include "noise.h"
 #include "noisy_input.h"
 
 using namespace unlearn_fast;
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                            \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      ++failures;                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                            \
-      std::fprintf(stderr, "\n");                                                   \
-    }                                                                               \
-  } while (0)
 
 // Every non-nan 16-bit pattern survives the round trip through float; ties round to even; overflow gives inf.
 static void test_16bit_conversions() {
@@ -95,6 +85,6 @@ static void test_matches_unfused_composition() {
 int main() {
   test_16bit_conversions();
   test_matches_unfused_composition();
-  if (failures == 0) std::printf("test_noisy_input: all checks passed\n");
-  return failures == 0 ? 0 : 1;
+  if (check_failures() == 0) std::printf("test_noisy_input: all checks passed\n");
+  return check_failures() == 0 ? 0 : 1;
 }
