@@ -1,8 +1,5 @@
 """ops.denoising_loss: the reference against the unfused composition and DiffusionModel.loss, every backend against the
 reference (both prediction types, odd sizes, flips, non-contiguous and 16-bit inputs), batch invariance, validation."""
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +11,7 @@ from torch import nn
 from test_noisy_input import LAYOUTS, SEED, make_rows, make_x0, strided
 from unlearn_fast import ops
 from unlearn_fast.ops import _backend
+from triton_interpreter import run_under_triton_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_EXT = _backend.native() is not None
@@ -128,9 +126,7 @@ def test_triton_interpreter_matches_reference():
         print("ok")
         """
     )
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_under_triton_interpreter(script)
 
 
 @needs_cuda

@@ -1,9 +1,6 @@
 """ops.linear_fisher_diag and fisher_hooks.diagonal_fisher: the reference against explicit per-example outer products,
 every backend against the reference (odd sizes, several tiles and token chunks, bias on/off, 16-bit and non-contiguous
 inputs), and diagonal_fisher on the tiny default model against torch.func vmap and a loop of single-example grads."""
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,6 +11,7 @@ from torch.func import functional_call, grad, vmap
 from unlearn_fast import fisher_hooks, ops
 from unlearn_fast.fisher_hooks import diagonal_fisher
 from unlearn_fast.ops import _backend, linear_fisher_reference
+from triton_interpreter import run_under_triton_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_EXT = _backend.native() is not None
@@ -142,10 +140,7 @@ def test_triton_interpreter_matches_reference():
         print("ok")
         """
     )
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_under_triton_interpreter(script)
 
 
 @needs_cuda

@@ -1,9 +1,7 @@
 """ops.gaussian_noise: every backend against the PyTorch reference, invariances, statistics, validation, builds."""
 import math
-import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -14,6 +12,7 @@ import torch
 from unlearn_fast import ops
 from unlearn_fast.ops import _backend
 from unlearn_fast.ops.noise_reference import gaussian_noise_reference, philox4x32_10
+from triton_interpreter import run_under_triton_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_EXT = _backend.native() is not None
@@ -96,9 +95,7 @@ def test_triton_interpreter_matches_reference():
         print("ok")
         """
     )
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_under_triton_interpreter(script)
 
 
 def test_triton_on_cpu_says_when_it_was_imported_compiled(monkeypatch):

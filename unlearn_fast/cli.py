@@ -32,7 +32,6 @@ def _read_indices(spec: str | None) -> list[int]:
 def cmd_train(args) -> None:
     import torch
 
-    from .models.adapter import DiffusionModel
     from .training_run import TrainRequest, run_training
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
