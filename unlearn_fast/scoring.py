@@ -1,0 +1,134 @@
+"""Per-example denoising losses over a fixed timestep grid: the quantity AbU scores with (METHOD.md §5).
+
+    τ(z) = L(z, θ_unlearned) − L(z, θ0)
+
+is only meaningful if both losses see EXACTLY the same noise. Here the noise of a row is a pure function of
+(seed, example id, timestep, flip) (ops.gaussian_noise), so an example's loss never depends on the batch size, its batch
+position or the other examples in the call: L(·, θ0) is computed once and reused for every query, and any shard of the
+training set can be scored on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import ops
+from .models.adapter import DiffusionModel
+
+DTYPES = ("fp32", "bf16")
+BACKENDS = ("auto", "reference")
+
+
+def timestep_grid(num_train_timesteps: int, count: int) -> torch.Tensor:
+    """`count` evenly spaced timesteps in [0, T): cell midpoints t_i = floor((i + 0.5)·T / count), i < count.
+
+    Integer arithmetic ((2i + 1)·T // (2·count)), so the grid is exact on every platform; T = 1000, count = 10 gives
+    50, 150, …, 950.
+    """
+    if not 1 <= count <= num_train_timesteps:
+        raise ValueError(f"timestep count must be in [1, {num_train_timesteps}], got {count}")
+    i = torch.arange(count, dtype=torch.int64)
+    return (2 * i + 1) * num_train_timesteps // (2 * count)
+
+
+@dataclass(frozen=True)
+class LossGrid:
+    """How per-example losses are computed; the same settings must be used before and after unlearning.
+
+    seed: noise seed. timesteps: a count (→ timestep_grid) or explicit timesteps in [0, T). flips: also score the
+    mirrored image (with its own noise). batch_size: rows (example × timestep × flip) per UNet call; it changes speed,
+    never the losses. dtype: "fp32", or "bf16" autocast around the UNet (losses still reduced in fp32). backend: "auto"
+    (fused ops: noise regenerated in-kernel, never stored) or "reference" (stored noise, torch.flip, model.loss: what
+    the paper's code does; the oracle).
+    """
+
+    seed: int = 0
+    timesteps: int | tuple[int, ...] = 10
+    flips: bool = True
+    batch_size: int = 512
+    dtype: str = "fp32"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def timestep_values(self, num_train_timesteps: int) -> torch.Tensor:
+        if isinstance(self.timesteps, int):
+            return timestep_grid(num_train_timesteps, self.timesteps)
+        steps = torch.as_tensor(self.timesteps, dtype=torch.int64)
+        if steps.ndim != 1 or len(steps) == 0 or bool(((steps < 0) | (steps >= num_train_timesteps)).any()):
+            raise ValueError(f"timesteps must be a non-empty list of ints in [0, {num_train_timesteps}), "
+                             f"got {self.timesteps}")
+        return steps
+
+
+def _unet_precision(settings: LossGrid, device: torch.device):
+    # Autocast lowers only matmuls and convolutions (the UNet's): noise, x_t and the loss reduction stay fp32.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.dtype == "bf16")
+
+
+def _fused_losses(model, unet, x0, cond, ids, t, flips, settings):
+    a_t, s_t = model.noise_coefficients(t)
+    x_t = ops.noisy_input(x0, a_t, s_t, settings.seed, ids, t, flips)
+    with _unet_precision(settings, x0.device):
+        pred = unet(x_t, t, encoder_hidden_states=cond).sample
+    return ops.denoising_loss(pred, x0, a_t, s_t, settings.seed, ids, t, flips,
+                              prediction_type=model.prediction_type)
+
+
+def _reference_losses(model, unet, x0, cond, ids, t, flips, settings):
+    # The same noise bits on every ops backend, so the fastest one is used: this path differs only in storing it.
+    noise = ops.gaussian_noise(settings.seed, ids, t, flips, x0.shape[1:], device=x0.device)
+    x0 = torch.where(flips.bool().view(-1, 1, 1, 1), x0.flip(-1), x0)
+    with _unet_precision(settings, x0.device):
+        return model.loss(x0, cond, t, noise, unet=unet)
+
+
+@torch.no_grad()
+def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, example_ids,
+                       settings: LossGrid = LossGrid(), *, unet: torch.nn.Module | None = None,
+                       progress: bool = False) -> torch.Tensor:
+    """Denoising loss of every (example, timestep, flip): float32 (N, T, F), F = 2 with settings.flips else 1.
+
+    Args:
+        model: gives the scheduler, the prediction type and (unless `unet` is given) the UNet; put it in eval mode.
+        x0: (N, C, h, w) model inputs (model.encode_images).
+        cond: (N, L, D) text conditioning, one per row of x0 (model.encode_text). An example with several captions
+            is scored by passing one row per (example, caption) pair, all with the example's id (so every caption
+            sees the example's noise), and averaging the rows of each example afterwards.
+        example_ids: N dataset indices: the noise key, so they must be the same whenever an example is scored.
+        unet: score with this UNet instead of model.unet (e.g. an unlearned copy).
+        progress: show a progress bar over batches.
+
+    Column f = 1 scores x0 mirrored along its width. Losses are averaged over (C, h, w) only: the caller averages over
+    timesteps, flips or captions as the method asks.
+    """
+    unet = unet if unet is not None else model.unet
+    device = x0.device
+    ids = torch.as_tensor(example_ids, dtype=torch.int64, device=device)
+    if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
+        raise ValueError(f"per_example_losses needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
+                         f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")
+    timesteps = settings.timestep_values(model.scheduler.config.num_train_timesteps).to(device)
+    n, steps, views = len(x0), len(timesteps), 2 if settings.flips else 1
+
+    # Row r is (example, timestep, flip) in C order, so losses.view(n, steps, views) needs no reshuffle.
+    example = torch.arange(n, device=device).repeat_interleave(steps * views)
+    step = torch.arange(steps, device=device).repeat_interleave(views).repeat(n)
+    flip = torch.arange(views, device=device).repeat(n * steps)
+    losses_of = _fused_losses if settings.backend == "auto" else _reference_losses
+    losses = torch.empty(len(example), dtype=torch.float32, device=device)
+    for start in tqdm(range(0, len(example), settings.batch_size), desc="losses", unit="batch",
+                      disable=not progress):
+        rows = slice(start, start + settings.batch_size)
+        e, t = example[rows], timesteps[step[rows]]
+        # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
+        losses[rows] = losses_of(model, unet, x0[e], cond[e], ids[e], t, flip[rows], settings)
+    return losses.view(n, steps, views)
