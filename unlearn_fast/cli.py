@@ -100,6 +100,14 @@ def cmd_export_data(args) -> None:
     print(json.dumps({"out": os.path.abspath(args.out), "images": len(dataset)}))
 
 
+def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn-fast", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -131,30 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="prompt + seed → PNG (DDIM, classifier-free guidance)")
     generate.add_argument("prompt", nargs="+")
-    generate.add_argument("--model", default="default")
-    generate.add_argument("--out", default="generated.png")
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--steps", type=int, default=50)
-    generate.add_argument("--guidance", type=float, default=3.0)
+    _sampling_arguments(generate, out="generated.png")
     generate.set_defaults(run=cmd_generate)
 
     grid = sub.add_parser("grid", help="a labelled sample grid: prompts × seeds → PNG")
     grid.add_argument("prompt", nargs="+")
-    grid.add_argument("--model", default="default")
-    grid.add_argument("--out", default="samples.png")
-    grid.add_argument("--seed", type=int, default=0)
+    _sampling_arguments(grid, out="samples.png")
     grid.add_argument("--per-prompt", type=int, default=4)
-    grid.add_argument("--steps", type=int, default=50)
-    grid.add_argument("--guidance", type=float, default=3.0)
     grid.set_defaults(run=cmd_grid)
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default model and data")
-    demo.add_argument("--model", default="default")
-    demo.add_argument("--out", default="unlearn-fast-demo")
+    _sampling_arguments(demo, out="unlearn-fast-demo")
     demo.add_argument("--prompt", action="append", help="prompt to use instead of the defaults (repeatable)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=50)
-    demo.add_argument("--guidance", type=float, default=3.0)
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(run=cmd_demo)
 

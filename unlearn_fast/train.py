@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -184,7 +184,3 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
     model.eval()
     history.seconds = time.perf_counter() - start
     return history
-
-
-def config_record(config) -> dict:
-    return asdict(config)

@@ -39,22 +39,23 @@ class TrainRequest:
     command: str = ""
 
 
+def _add_tokens(model: DiffusionModel, tokens: list[str]) -> None:
+    if tokens:
+        model.text.tokenizer.add_tokens(tokens)
+        model.text.encoder.resize_token_embeddings(len(model.text.tokenizer))
+
+
 def build_model(request: TrainRequest, captions, pixels, quiet: bool = False) -> tuple[DiffusionModel, dict]:
     """The starting model of a run, and what was done to get it (recorded in training.json)."""
     vocabulary = [c for cs in captions for c in cs]
     if request.init_from:
         model = DiffusionModel.load(request.init_from)
-        if request.add_tokens:
-            model.text.tokenizer.add_tokens(request.add_tokens)
-            model.text.encoder.resize_token_embeddings(len(model.text.tokenizer))
+        _add_tokens(model, request.add_tokens)
         return model, {"init_from": request.init_from}
     torch.manual_seed(request.seed)  # initial weights are part of the recipe
     if request.vae_from:
         vae = DiffusionModel.load(request.vae_from).vae
-        model = new_tiny_model(vocabulary, vae=vae)
-        if request.add_tokens:
-            model.text.tokenizer.add_tokens(request.add_tokens)
-            model.text.encoder.resize_token_embeddings(len(model.text.tokenizer))
+        model = new_tiny_model(vocabulary + list(request.add_tokens), vae=vae)
         return model, {"vae_from": request.vae_from}
     model = new_tiny_model(vocabulary + list(request.add_tokens))
     vae_losses = train_vae(model.vae, pixels, VAETrainConfig(steps=request.vae_steps, seed=request.seed),

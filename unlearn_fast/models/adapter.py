@@ -198,14 +198,15 @@ class DiffusionModel:
 
         return load_model_folder(folder, device)
 
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.unet, self.vae, self.text.encoder) if m is not None]
+
     def to(self, device) -> "DiffusionModel":
-        for module in (self.unet, self.vae, self.text.encoder):
-            if module is not None:
-                module.to(device)
+        for module in self.modules():
+            module.to(device)
         return self
 
     def eval(self) -> "DiffusionModel":
-        for module in (self.unet, self.vae, self.text.encoder):
-            if module is not None:
-                module.eval()
+        for module in self.modules():
+            module.eval()
         return self

@@ -1,0 +1,91 @@
+"""The diagonal Fisher of METHOD.md §2: F = mean over (examples × samples) of (∂L_n/∂θ)², stored once per model.
+
+Each (example, sample) gets its own timestep and noise, both pure functions of (seed, example id, sample index):
+timesteps from `keyed_timesteps`, noise from ops.gaussian_noise(seed, example id, sample index, flip 0). So F does not
+depend on the batch size, the order of the examples or how the training set is sharded.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import ops
+from .fisher_hooks import diagonal_fisher
+
+
+@dataclass
+class FisherSettings:
+    """samples_per_example: (t, ε) draws per example. batch_size: rows per backward; changes speed, never F.
+    damping: λ added to the returned F so unlearning never divides by ~0 (METHOD.md §2: optional, the reference has
+    none; λ = 0 gives the raw Fisher). backend: fisher_hooks backend ("auto", "cpp", "cuda", "triton", "reference")."""
+
+    samples_per_example: int = 1
+    batch_size: int = 64
+    seed: int = 0
+    damping: float = 1e-8
+    backend: str = "auto"
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def keyed_timesteps(seed: int, keys, indices, num_train_timesteps: int) -> torch.Tensor:
+    """Uniform timesteps in [0, T), one per (key, index) pair (broadcast): a counter-based hash, no generator state."""
+    keys = np.asarray(torch.as_tensor(keys).cpu(), dtype=np.uint64)
+    indices = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 wrap-around is the hash's arithmetic
+        x = _splitmix64(_splitmix64(_splitmix64(np.full_like(keys, seed)) ^ keys) ^ indices)
+    return torch.from_numpy((x % np.uint64(num_train_timesteps)).astype(np.int64))
+
+
+def estimate_fisher(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, example_ids,
+                    settings: FisherSettings = FisherSettings(), progress: bool = False) -> dict[str, torch.Tensor]:
+    """{name: float32 F + λ} over `params` (e.g. model.parameter_group("kv")).
+
+    x0 (N, C, h, w) and cond (N, L, D) have one row per (example, caption); example_ids (N,) key the randomness.
+    """
+    device = x0.device
+    ids = torch.as_tensor(example_ids, dtype=torch.int64, device=device)
+    if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
+        raise ValueError(f"estimate_fisher needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
+                         f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")
+    # Rows (example, sample) in C order; a batch is any slice of them.
+    row = torch.arange(len(x0), device=device).repeat_interleave(settings.samples_per_example)
+    sample = torch.arange(settings.samples_per_example, device=device).repeat(len(x0))
+    T = model.scheduler.config.num_train_timesteps
+    total = {name: torch.zeros(p.shape, dtype=torch.float64, device=device) for name, p in params.items()}
+    for start in tqdm(range(0, len(row), settings.batch_size), desc="fisher", unit="batch", disable=not progress):
+        r, s = row[start:start + settings.batch_size], sample[start:start + settings.batch_size]
+        t = keyed_timesteps(settings.seed, ids[r], s, T).to(device)
+        noise = ops.gaussian_noise(settings.seed, ids[r], s, 0, x0.shape[1:], device=device)
+        batch = diagonal_fisher(model, params, x0[r], cond[r], t, noise, backend=settings.backend)
+        for name, value in batch.items():
+            total[name] += value  # float64 sums: batching changes F only by float32 rounding of each batch
+    return {name: (value / len(row) + settings.damping).float() for name, value in total.items()}
+
+
+def save_fisher(path: str, fisher: dict[str, torch.Tensor], settings: FisherSettings, meta: dict | None = None):
+    """safetensors file; settings and `meta` (JSON-serialisable, e.g. the model fingerprint) go in its metadata."""
+    tensors = {name: value.detach().cpu().contiguous() for name, value in fisher.items()}
+    save_file(tensors, path, metadata={"settings": json.dumps(asdict(settings)), "meta": json.dumps(meta or {})})
+
+
+def load_fisher(path: str, device: str | torch.device = "cpu"
+                ) -> tuple[dict[str, torch.Tensor], FisherSettings, dict]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if "settings" not in metadata:
+        raise ValueError(f"{path} is not a Fisher file written by save_fisher (no settings in its metadata)")
+    fisher = load_file(path, device=str(device))
+    return fisher, FisherSettings(**json.loads(metadata["settings"])), json.loads(metadata.get("meta", "{}"))
