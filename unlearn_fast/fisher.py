@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -29,6 +30,10 @@ class FisherSettings:
     seed: int = 0
     damping: float = 1e-8
     backend: str = "auto"
+
+    def __post_init__(self):
+        if self.samples_per_example < 1 or self.batch_size < 1 or self.damping < 0:
+            raise ValueError(f"FisherSettings needs samples_per_example, batch_size >= 1 and damping >= 0: {self}")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -81,8 +86,6 @@ def save_fisher(path: str, fisher: dict[str, torch.Tensor], settings: FisherSett
 
 def load_fisher(path: str, device: str | torch.device = "cpu"
                 ) -> tuple[dict[str, torch.Tensor], FisherSettings, dict]:
-    from safetensors import safe_open
-
     with safe_open(path, framework="pt") as handle:
         metadata = handle.metadata() or {}
     if "settings" not in metadata:

@@ -32,6 +32,10 @@ class UnlearnSettings:
     precondition: bool = True
     num_train: int | None = None
 
+    def __post_init__(self):
+        if self.steps < 1 or self.draws < 1 or self.batch_size < 1:
+            raise ValueError(f"UnlearnSettings needs steps, draws and batch_size >= 1: {self}")
+
 
 def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):
     """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), the loss summed per batch then divided by `draws`."""
