@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .models.adapter import DiffusionModel
+from .ops.noisy_input_reference import mirrored
 
 DTYPES = ("fp32", "bf16")
 BACKENDS = ("auto", "reference")
@@ -86,7 +87,7 @@ def _fused_losses(model, unet, x0, cond, ids, t, flips, settings):
 def _reference_losses(model, unet, x0, cond, ids, t, flips, settings):
     # The same noise bits on every ops backend, so the fastest one is used: this path differs only in storing it.
     noise = ops.gaussian_noise(settings.seed, ids, t, flips, x0.shape[1:], device=x0.device)
-    x0 = torch.where(flips.bool().view(-1, 1, 1, 1), x0.flip(-1), x0)
+    x0 = mirrored(x0, flips)
     with _unet_precision(settings, x0.device):
         return model.loss(x0, cond, t, noise, unet=unet)
 

@@ -72,7 +72,8 @@ class TrainingSet:
         """Endless epochs over the allowed indices, each in a fresh seeded order."""
         while True:
             order = self.allowed[torch.randperm(len(self.allowed), generator=generator)]
-            for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            # Whole batches only (the tail of an epoch is dropped); a set smaller than a batch is one batch.
+            for start in range(0, max(1, len(order) - batch_size + 1), batch_size):
                 yield order[start:start + batch_size]
 
 
