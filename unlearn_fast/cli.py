@@ -8,6 +8,10 @@ import shlex
 import sys
 import time
 
+from .unlearn import UnlearnSettings
+
+UNLEARN_DEFAULTS = UnlearnSettings()
+
 
 def _read_indices(spec: str | None) -> list[int]:
     """Indices from '3,17,42', a text file (one per line / comma-separated), a .json list or a .npy array."""
@@ -74,22 +78,140 @@ def cmd_grid(args) -> None:
     print(json.dumps({"out": os.path.abspath(path)}))
 
 
-DEMO_PROMPTS = ("red apple", "grinning face", "cat face", "flag: Japan", "thumbs up")
+DEMO_PROMPT = "red apple"
+
+
+def _threads(args) -> None:
+    import torch
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+
+
+def _prepare_settings(args):
+    """PrepareSettings from the command line; None when nothing was given (the work directory's own are reused)."""
+    from .attributor import PrepareSettings
+    from .fisher import FisherSettings
+    from .scoring import LossGrid
+
+    given = [args.timesteps, args.flips, args.score_seed, args.fisher_samples, args.fisher_examples, args.damping,
+             args.fisher_group, args.dtype]
+    if all(value is None for value in given):
+        return None
+    defaults = PrepareSettings()
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    scoring = LossGrid(seed=pick(args.score_seed, defaults.scoring.seed),
+                       timesteps=pick(args.timesteps, defaults.scoring.timesteps),
+                       flips=pick(args.flips, defaults.scoring.flips), batch_size=args.batch_size,
+                       dtype=pick(args.dtype, defaults.scoring.dtype))
+    fisher = FisherSettings(samples_per_example=pick(args.fisher_samples, defaults.fisher.samples_per_example),
+                            damping=pick(args.damping, defaults.fisher.damping), seed=pick(args.score_seed, 0))
+    examples = args.fisher_examples if args.fisher_examples is not None else defaults.fisher_examples
+    return PrepareSettings(scoring=scoring, fisher=fisher, fisher_group=pick(args.fisher_group, defaults.fisher_group),
+                           fisher_examples=examples or None)
+
+
+def _attributor(args):
+    from .attributor import Attributor
+    from .data import open_dataset
+    from .models.adapter import DiffusionModel
+
+    _threads(args)
+    model = DiffusionModel.load(args.model)
+    dataset = open_dataset(args.data, caption_column=args.caption_column)
+    return Attributor(model, dataset, args.work_dir, _prepare_settings(args), overwrite=args.overwrite,
+                      progress=not args.quiet)
+
+
+def cmd_prepare(args) -> None:
+    attributor = _attributor(args).prepare()
+    print(json.dumps({"work_dir": os.path.abspath(args.work_dir), "num_train": len(attributor.dataset),
+                      "timings_s": attributor.timings}))
+
+
+def _queries(args, model) -> list:
+    from .query import QueryError, query_from_file, query_from_prompt
+
+    prompts, images = args.prompt or [], args.image or []
+    if not prompts:
+        raise SystemExit("attribute: give --prompt (with --image FILE, or alone to generate the query with --seed)")
+    if images and len(images) != len(prompts):
+        raise SystemExit(f"attribute: {len(images)} --image for {len(prompts)} --prompt; give one prompt per image")
+    try:
+        if images:
+            return [query_from_file(path, prompt, model.resolution) for path, prompt in zip(images, prompts)]
+        return [query_from_prompt(model, prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
+                for prompt in prompts]
+    except QueryError as error:
+        raise SystemExit(f"attribute: {error}") from None
+
+
+def _unlearn_settings(args):
+    from .unlearn import UnlearnSettings
+
+    return UnlearnSettings(steps=args.unlearn_steps, alpha=args.alpha, draws=args.draws, seed=args.unlearn_seed,
+                           group=args.group, precondition=not args.sgd, batch_size=args.unlearn_batch_size)
+
+
+def _finish(attribution, out: str, top_k: int, as_json: bool, started: float, verb: str) -> None:
+    paths = attribution.save(out, top_k=top_k)
+    summary = attribution.summary(top_k=min(top_k, 5))
+    summary.update(files=paths, seconds=round(time.perf_counter() - started, 1))
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for query in summary["queries"]:
+        best = ", ".join(f"#{r['rank']} {r['caption']} ({r['score']:.2e})" for r in query["top"])
+        print(f"{query['prompt']!r}: {best}")
+    print(f"unlearn-fast {verb}: report {paths['report']} ({summary['seconds']} s)")
+
+
+def cmd_attribute(args) -> None:
+    started = time.perf_counter()
+    attributor = _attributor(args)
+    queries = _queries(args, attributor.model)
+    attribution = attributor.attribute(queries, _unlearn_settings(args))
+    _finish(attribution, args.out or os.path.join(args.work_dir, "attribution"), args.top_k, args.json, started,
+            "attribute")
+
+
+def cmd_report(args) -> None:
+    from .attribution import Attribution
+
+    started = time.perf_counter()
+    attribution = Attribution.load(args.attribution)
+    _finish(attribution, args.out or args.attribution, args.top_k, args.json, started, "report")
 
 
 def cmd_demo(args) -> None:
-    """The shipped model on the embedded default: generate the demo prompts and write a labelled grid."""
+    """The main job on the embedded default: generate a query with the shipped model, attribute it, write the report.
+
+    Demo-sized settings (demo_settings) keep it within a minute on 2 CPU cores; `unlearn-fast attribute` uses the
+    full defaults.
+    """
+    from .attributor import Attributor
+    from .data import open_dataset
     from .models.adapter import DiffusionModel
-    from .report.grid import sample_grid
+    from .query import query_from_prompt
 
     started = time.perf_counter()
+    _threads(args)
     model = DiffusionModel.load(args.model)
-    os.makedirs(args.out, exist_ok=True)
-    path = sample_grid(model, list(args.prompt or DEMO_PROMPTS), os.path.join(args.out, "samples.png"),
-                       seeds=range(args.seed, args.seed + 4), steps=args.steps, guidance=args.guidance)
-    summary = {"samples": os.path.abspath(path), "model": args.model, "seconds": round(time.perf_counter() - started, 1)}
-    print(json.dumps(summary) if args.json else f"unlearn-fast demo: wrote {summary['samples']} "
-          f"({summary['seconds']} s)")
+    settings = demo_settings()
+    work_dir = os.path.join(args.out, "work")
+    attributor = Attributor(model, open_dataset("default"), work_dir, settings, progress=not args.quiet)
+    query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
+    attribution = attributor.attribute([query], _unlearn_settings(args))
+    _finish(attribution, os.path.join(args.out, "report"), args.top_k, args.json, started, "demo")
+
+
+def demo_settings():
+    """The demo's prepare settings: 4 timesteps, no flips, a 1,024-row Fisher (the full defaults: 10 timesteps, both
+    flips, every row) so that the whole run fits in a minute on 2 CPU cores."""
+    from .attributor import PrepareSettings
+    from .scoring import LossGrid
+
+    return PrepareSettings(scoring=LossGrid(timesteps=4, flips=False, batch_size=128), fisher_examples=1024)
 
 
 def cmd_export_data(args) -> None:
@@ -148,10 +270,72 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--per-prompt", type=int, default=4)
     grid.set_defaults(run=cmd_grid)
 
-    demo = sub.add_parser("demo", help="run the main job on the embedded default model and data")
-    _sampling_arguments(demo, out="unlearn-fast-demo")
-    demo.add_argument("--prompt", action="append", help="prompt to use instead of the defaults (repeatable)")
+    def work_arguments(p):
+        p.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
+        p.add_argument("--data", default="default", help="training set: 'default', an image folder with "
+                       "metadata.jsonl, a .parquet file or webdataset shards")
+        p.add_argument("--caption-column", default="text")
+        p.add_argument("--work-dir", required=True, help="folder for the prepared artefacts (one per model + data)")
+        p.add_argument("--overwrite", action="store_true", help="delete a work directory built from other inputs")
+        numbers = p.add_argument_group("prepare settings (default: the work directory's own, else the defaults)")
+        numbers.add_argument("--timesteps", type=int, help="timesteps scored per image (default 10)")
+        numbers.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                             help="also score the mirrored image, keep the larger change (default on)")
+        numbers.add_argument("--score-seed", type=int, help="noise seed of the scoring and the Fisher (default 0)")
+        numbers.add_argument("--dtype", choices=("fp32", "bf16"), help="UNet precision when scoring (default fp32)")
+        numbers.add_argument("--fisher-samples", type=int, help="(t, ε) draws per image for the Fisher (default 1)")
+        numbers.add_argument("--fisher-examples", type=int, help="caption rows the Fisher averages over, a seeded "
+                             "subset (default all; 0 = all)")
+        numbers.add_argument("--damping", type=float, help="λ added to the Fisher (default 1e-8)")
+        numbers.add_argument("--fisher-group", help="parameters the Fisher covers (default kv)")
+        p.add_argument("--batch-size", type=int, default=512, help="UNet rows per call (speed only)")
+        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    def query_arguments(p):
+        p.add_argument("--seed", type=int, default=0, help="seed of a generated query")
+        p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of a generated query")
+        p.add_argument("--guidance", type=float, default=3.0, help="guidance scale of a generated query")
+        unlearning = p.add_argument_group("unlearning (METHOD.md §4)")
+        unlearning.add_argument("--alpha", type=float, default=UNLEARN_DEFAULTS.alpha, help="step size α")
+        unlearning.add_argument("--unlearn-steps", type=int, default=UNLEARN_DEFAULTS.steps, help="ascent steps S")
+        unlearning.add_argument("--draws", type=int, default=UNLEARN_DEFAULTS.draws, help="(t, ε) draws M per step")
+        unlearning.add_argument("--unlearn-seed", type=int, default=0)
+        unlearning.add_argument("--group", default="kv", help="weights to unlearn: kv, cross-attention, attention, "
+                                "all or a regex (within the Fisher's group)")
+        unlearning.add_argument("--sgd", action="store_true", help="plain gradient ascent, no Fisher (a baseline)")
+        unlearning.add_argument("--unlearn-batch-size", type=int, default=64, help="draws per backward (speed only)")
+        p.add_argument("--top-k", type=int, default=16, help="training images shown per query in the report")
+
+    prepare = sub.add_parser("prepare", help="encode the training set, estimate the Fisher and the base losses")
+    work_arguments(prepare)
+    prepare.set_defaults(run=cmd_prepare)
+
+    attribute = sub.add_parser("attribute", help="rank the training images behind a generated image")
+    work_arguments(attribute)
+    attribute.add_argument("--prompt", action="append", help="the query's prompt (repeatable: several queries)")
+    attribute.add_argument("--image", action="append", help="the query image (one per --prompt); without it the "
+                           "query is generated from the prompt and --seed")
+    attribute.add_argument("--out", help="output folder (default WORK_DIR/attribution)")
+    query_arguments(attribute)
+    attribute.set_defaults(run=cmd_attribute)
+
+    report = sub.add_parser("report", help="rewrite the report of an attribution folder (e.g. with another --top-k)")
+    report.add_argument("attribution", help="folder written by attribute")
+    report.add_argument("--out", help="where to write (default: the same folder)")
+    report.add_argument("--top-k", type=int, default=16)
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=cmd_report)
+
+    demo = sub.add_parser("demo", help="the main job on the embedded default: generate, attribute, report")
+    demo.add_argument("--model", default="default")
+    demo.add_argument("--out", default="unlearn-fast-demo")
+    demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"query prompt (default {DEMO_PROMPT!r})")
+    demo.add_argument("--threads", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--json", action="store_true")
+    query_arguments(demo)
     demo.set_defaults(run=cmd_demo)
 
     export = sub.add_parser("export-data", help="write a training set (e.g. the embedded default) as an image folder")

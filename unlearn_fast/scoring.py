@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -19,6 +20,10 @@ from .models.adapter import DiffusionModel
 from .ops.noisy_input_reference import mirrored
 
 DTYPES = ("fp32", "bf16")
+# CPU UNet kernels (oneDNN convolutions, matmuls) choose other algorithms for fewer than 8 rows, which moves a row's
+# loss by ~4e-6; from 8 rows up every row is bit-identical whatever the batch (measured on the default model). Calls
+# with fewer rows are padded to this size, so losses never depend on the batch size.
+MIN_UNET_ROWS = 8
 BACKENDS = ("auto", "reference")
 
 
@@ -128,8 +133,31 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
     losses = torch.empty(len(example), dtype=torch.float32, device=device)
     for start in tqdm(range(0, len(example), settings.batch_size), desc="losses", unit="batch",
                       disable=not progress):
-        rows = slice(start, start + settings.batch_size)
+        rows = torch.arange(start, min(start + settings.batch_size, len(example)), device=device)
+        count = len(rows)
+        if count < MIN_UNET_ROWS:  # repeat the last row: the padding's losses are dropped
+            rows = torch.cat([rows, rows[-1:].expand(MIN_UNET_ROWS - count)])
         e, t = example[rows], timesteps[step[rows]]
         # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
-        losses[rows] = losses_of(model, unet, x0[e], cond[e], ids[e], t, flip[rows], settings)
+        losses[start:start + count] = losses_of(model, unet, x0[e], cond[e], ids[e], t, flip[rows], settings)[:count]
     return losses.view(n, steps, views)
+
+
+def loss_change_scores(before: np.ndarray, after: np.ndarray, row_example: np.ndarray, num_examples: int
+                       ) -> np.ndarray:
+    """τ per example (METHOD.md §5) from losses of (R, T, F) rows, row r scoring example row_example[r]:
+
+        τ(z) = max over flips f of  mean over z's captions c and timesteps t of  L_after − L_before
+
+    float64 arithmetic, float32 result (num_examples,). An example without rows scores NaN.
+    """
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    if before.shape != after.shape or before.ndim != 3 or len(row_example) != len(before):
+        raise ValueError(f"loss_change_scores needs before/after of one shape (R, T, F) and R row indices, got "
+                         f"{before.shape}, {after.shape}, {len(row_example)} rows")
+    change = (after - before).mean(axis=1)  # (R, F): mean over timesteps
+    total = np.zeros((num_examples, change.shape[1]))
+    np.add.at(total, row_example, change)
+    count = np.bincount(row_example, minlength=num_examples)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / count).max(axis=1).astype(np.float32)

@@ -1,0 +1,244 @@
+"""The public entry point: Attributor.prepare() once per (model, data, settings), then .attribute(queries).
+
+    prepare:    latents ─ text embeddings ─ Fisher ─ base losses L(z, θ0)      (work directory, once)
+    attribute:  query ─ unlearn (Fisher-preconditioned ascent) ─ losses after ─ τ = after − before ─ rank
+
+Every artefact lives in the work directory (store.WorkDir), bound to the model fingerprint, the data fingerprint and
+the settings that change numbers; batch sizes and backends are left out of that binding because they never change a
+result (tests/test_attributor.py checks it). Long passes are chunked with a done-mask, so a killed run resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .attribution import Attribution
+from .data.dataset import CaptionedImages, load_pixels
+from .fisher import FisherSettings, estimate_fisher
+from .models.adapter import DiffusionModel
+from .query import Query
+from .scoring import LossGrid, loss_change_scores, per_example_losses
+from .store import WorkDir
+from .unlearn import UnlearnSettings, unlearn
+
+# Settings fields that change speed only: left out of the work directory's binding and of query keys.
+_SPEED_ONLY = ("batch_size", "backend")
+
+
+def _numeric(settings) -> dict:
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in _SPEED_ONLY}
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What prepare computes. scoring: the loss grid used before AND after unlearning (so it is fixed per work
+    directory). fisher_group: the parameters the Fisher covers (unlearning may use this group or a subset).
+    fisher_examples: how many caption rows (a seeded random subset) the Fisher averages over; None = all.
+    chunk_rows: caption rows per resumable chunk (speed and resume granularity only)."""
+
+    scoring: LossGrid = field(default_factory=LossGrid)
+    fisher: FisherSettings = field(default_factory=FisherSettings)
+    fisher_group: str = "kv"
+    fisher_examples: int | None = None
+    chunk_rows: int = 1024
+
+    def manifest(self) -> dict:
+        return {"scoring": _numeric(self.scoring), "fisher": _numeric(self.fisher), "fisher_group": self.fisher_group,
+                "fisher_examples": self.fisher_examples}
+
+    @classmethod
+    def from_manifest(cls, numbers: dict, scoring_batch: int = 512, fisher_batch: int = 64) -> "PrepareSettings":
+        """The settings a work directory was prepared with (its manifest), with the given batch sizes."""
+        scoring = dict(numbers["scoring"])
+        if isinstance(scoring.get("timesteps"), list):
+            scoring["timesteps"] = tuple(scoring["timesteps"])
+        return cls(scoring=LossGrid(**scoring, batch_size=scoring_batch),
+                   fisher=FisherSettings(**numbers["fisher"], batch_size=fisher_batch),
+                   fisher_group=numbers["fisher_group"], fisher_examples=numbers["fisher_examples"])
+
+
+class Attributor:
+    """Attribution by unlearning over one training set, for one model.
+
+    >>> attributor = Attributor(DiffusionModel.load("default"), open_dataset("default"), "work")
+    >>> attribution = attributor.prepare().attribute([query_from_prompt(attributor.model, "red apple")])
+    >>> attribution.save("work/report")
+    """
+
+    def __init__(self, model: DiffusionModel, dataset: CaptionedImages, work_dir, settings: PrepareSettings = None,
+                 *, overwrite: bool = False, progress: bool = True):
+        """settings=None: those recorded in work_dir's manifest, or the defaults for a new folder. A folder prepared
+        for another model, data set or settings raises store.StoreMismatchError naming what differs."""
+        self.model = model.eval()
+        self.dataset = dataset
+        self.progress = progress
+        self.store = WorkDir(work_dir)
+        manifest = self.store.path / "manifest.json"
+        if settings is None and manifest.exists() and not overwrite:  # reuse what the folder was prepared with
+            settings = PrepareSettings.from_manifest(json.loads(manifest.read_text())["settings"])
+        self.settings = settings or PrepareSettings()
+        self.store.bind(model.fingerprint(), dataset.fingerprint(), self.settings.manifest(), overwrite=overwrite)
+        self.timings: dict[str, float] = {}
+        self._cache: dict[str, torch.Tensor | np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------------------------ prepare
+    def prepare(self) -> "Attributor":
+        """Compute (or resume) every per-model artefact; those already complete are skipped."""
+        self._phase("latents", lambda: self.latents)
+        self._phase("text", lambda: self.conditioning)
+        self._phase("fisher", lambda: self.fisher)
+        self._phase("base_losses", lambda: self.base_losses)
+        return self
+
+    def _phase(self, name: str, fn):
+        started = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - started, 3)
+        self._log(f"{name}: {self.timings[name]:.1f} s")
+        return result
+
+    def _log(self, line: str) -> None:
+        with open(self.store.path / "log.txt", "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if self.progress:
+            print(f"[unlearn-fast] {line}", file=sys.stderr)
+
+    def _cached(self, name: str, make):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def caption_rows(self) -> np.ndarray:
+        """Example index of each caption row: an image with k captions has k rows (scored separately, averaged)."""
+        def make():
+            if not self.store.exists("caption_rows", ".npy"):
+                counts = [len(self.dataset.captions(i)) for i in range(len(self.dataset))]
+                self.store.save_npy("caption_rows", np.repeat(np.arange(len(self.dataset)), counts))
+            return self.store.load_npy("caption_rows")
+        return self._cached("caption_rows", make)
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """x0 (N, C, h, w) of every training image (VAE posterior mean × scaling factor, or pixels)."""
+        def make():
+            array = self.store.chunked("latents", (len(self.dataset), *self.model.latent_shape),
+                                       self.settings.chunk_rows)
+
+            def encode(start, stop):
+                return self.model.encode_images(load_pixels(self.dataset, self.model.resolution, range(start, stop)))
+            return torch.from_numpy(np.array(_fill(array, encode, self.progress)))
+        return self._cached("latents", make)
+
+    @property
+    def conditioning(self) -> torch.Tensor:
+        """Text conditioning (R, L, D), one row per caption row."""
+        def make():
+            rows = self.caption_rows
+            captions = [c for i in range(len(self.dataset)) for c in self.dataset.captions(i)]
+            shape = tuple(self.model.encode_text(captions[:1]).shape[1:])
+            array = self.store.chunked("text", (len(rows), *shape), self.settings.chunk_rows)
+            return torch.from_numpy(np.array(_fill(array, lambda a, b: self.model.encode_text(captions[a:b]),
+                                                   self.progress)))
+        return self._cached("text", make)
+
+    @property
+    def fisher(self) -> dict[str, torch.Tensor]:
+        def make():
+            if self.store.exists("fisher", ".safetensors"):
+                return self.store.load_tensors("fisher")[0]
+            rows = np.arange(len(self.caption_rows))
+            chosen = self.settings.fisher_examples
+            if chosen is not None and chosen < len(rows):  # a seeded subset: F is an expectation, not a sum
+                rows = np.sort(np.random.default_rng(self.settings.fisher.seed).choice(rows, chosen, replace=False))
+            ids = self.caption_rows[rows]
+            params = self.model.parameter_group(self.settings.fisher_group)
+            fisher = estimate_fisher(self.model, params, self.latents[ids], self.conditioning[rows], ids,
+                                     self.settings.fisher, progress=self.progress)
+            self.store.save_tensors("fisher", fisher, {"settings": json.dumps(self.settings.manifest()),
+                                                       "rows": str(len(rows))})
+            return fisher
+        return self._cached("fisher", make)
+
+    def _losses(self, name: str, unet=None) -> np.ndarray:
+        """(R, T, F) losses of every caption row, chunked and resumable."""
+        grid = self.settings.scoring
+        steps = len(grid.timestep_values(self.model.scheduler.config.num_train_timesteps))
+        array = self.store.chunked(name, (len(self.caption_rows), steps, 2 if grid.flips else 1),
+                                   self.settings.chunk_rows)
+        rows, x0, cond = self.caption_rows, self.latents, self.conditioning
+
+        def compute(start, stop):
+            ids = rows[start:stop]
+            return per_example_losses(self.model, x0[ids], cond[start:stop], ids, grid, unet=unet)
+        return _fill(array, compute, self.progress)
+
+    @property
+    def base_losses(self) -> np.ndarray:
+        """L(z, θ0): computed once per work directory and reused by every query."""
+        return self._cached("base_losses", lambda: np.array(self._losses("losses_base")))
+
+    # ---------------------------------------------------------------------------------------------- attribute
+    def attribute(self, queries: list[Query] | Query, settings: UnlearnSettings = None) -> Attribution:
+        """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts."""
+        queries = [queries] if isinstance(queries, Query) else list(queries)
+        settings = settings or UnlearnSettings()
+        self.prepare()
+        scores, records = [], []
+        for query in queries:
+            record = self._attribute_one(query, settings)
+            scores.append(self.store.load_npy(f"{record['folder']}/scores"))
+            records.append(record)
+        return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=self.dataset,
+                           work_dir=str(self.store.path), timings=dict(self.timings))
+
+    def _query_folder(self, query: Query, settings: UnlearnSettings) -> str:
+        numbers = json.dumps(_numeric(settings), sort_keys=True).encode()
+        return f"queries/{query.key}-{hashlib.sha256(numbers).hexdigest()[:8]}"
+
+    def _attribute_one(self, query: Query, settings: UnlearnSettings) -> dict:
+        folder = self._query_folder(query, settings)
+        record = {"folder": folder, "prompt": query.prompt, "source": query.source, "generation": query.generation,
+                  "unlearn": dataclasses.asdict(settings)}
+        if self.store.exists(f"{folder}/scores", ".npy"):
+            self._log(f"query {query.key}: scores already in {folder}, reused")
+            return record
+        path = self.store.artefact_path(f"{folder}/query", ".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(query.png_bytes())
+        self.store.save_json(f"{folder}/query", record)
+        unet = self._phase("unlearn", lambda: self._unlearned_unet(query, settings, folder))
+        after = self._phase("score", lambda: self._losses(f"{folder}/losses_after", unet=unet))
+        scores = loss_change_scores(self.base_losses, after, self.caption_rows, len(self.dataset))
+        self.store.save_npy(f"{folder}/scores", scores)
+        return record
+
+    def _unlearned_unet(self, query: Query, settings: UnlearnSettings, folder: str):
+        """The unlearned UNet; its changed weights are stored, so a resumed run does not unlearn again."""
+        name = f"{folder}/unlearned"
+        if self.store.exists(name, ".safetensors"):
+            import copy
+
+            unet = copy.deepcopy(self.model.unet)
+            unet.load_state_dict(self.store.load_tensors(name)[0], strict=False)
+            return unet
+        x0 = self.model.encode_images(query.image[None])
+        cond = self.model.encode_text([query.prompt])
+        unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset))
+        group = self.model.parameter_group(settings.group)
+        changed = dict(unet.named_parameters())
+        self.store.save_tensors(name, {n: changed[n].detach() for n in group})
+        return unet
+
+
+def _fill(array, compute, progress: bool) -> np.ndarray:
+    from .store import run_chunked
+
+    return run_chunked(array, compute, progress=progress)

@@ -1,0 +1,34 @@
+"""The ranking table: one row per (query, training image), best first, as parquet and CSV."""
+from __future__ import annotations
+
+import csv
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COLUMNS = ("query", "prompt", "rank", "index", "file", "caption", "score")
+
+
+def ranking_rows(attribution):
+    dataset = attribution.dataset
+    keys = [dataset.key(i) for i in range(len(dataset))]
+    captions = [" | ".join(dataset.captions(i)) for i in range(len(dataset))]
+    for q, query in enumerate(attribution.queries):
+        for rank, i in enumerate(attribution.order(q)):
+            yield (q, query.prompt, rank + 1, int(i), keys[i], captions[i], float(attribution.scores[q, i]))
+
+
+def write_ranking(attribution, out_dir: str) -> dict[str, str]:
+    rows = list(ranking_rows(attribution))
+    columns = {name: [row[c] for row in rows] for c, name in enumerate(COLUMNS)}
+    schema = pa.schema([("query", pa.int32()), ("prompt", pa.string()), ("rank", pa.int64()), ("index", pa.int64()),
+                        ("file", pa.string()), ("caption", pa.string()), ("score", pa.float32())])
+    paths = {"ranking_parquet": os.path.join(out_dir, "ranking.parquet"),
+             "ranking_csv": os.path.join(out_dir, "ranking.csv")}
+    pq.write_table(pa.table(columns, schema=schema), paths["ranking_parquet"])
+    with open(paths["ranking_csv"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    return paths
