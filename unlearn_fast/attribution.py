@@ -61,7 +61,7 @@ class Attribution:
         paths.update(write_ranking(self, out_dir))
         paths["report"] = html_report(self, out_dir, top_k=top_k)
         paths["contact_sheet"] = contact_sheet(self, os.path.join(out_dir, "contact_sheet.png"), top_k=top_k)
-        record = {"data": getattr(self.dataset, "source", ""), "work_dir": self.work_dir, "timings_s": self.timings,
+        record = {"data": getattr(self.dataset, "reopen_args", None), "work_dir": self.work_dir, "timings_s": self.timings,
                   "queries": self.records, "files": {k: os.path.basename(v) for k, v in paths.items()}}
         with open(os.path.join(out_dir, "attribution.json"), "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=2)
@@ -77,7 +77,11 @@ class Attribution:
 
         with open(os.path.join(out_dir, "attribution.json"), encoding="utf-8") as handle:
             record = json.load(handle)
-        dataset = dataset or open_dataset(record["data"])
+        if dataset is None:
+            if not record.get("data"):
+                raise ValueError(f"{out_dir}: the training set was not opened with open_dataset, so it cannot be "
+                                 "reopened; pass it to Attribution.load(out_dir, dataset)")
+            dataset = open_dataset(**record["data"])
         queries = []
         for rec in record["queries"]:
             image = np.asarray(Image.open(os.path.join(record["work_dir"], rec["folder"], "query.png")).convert("RGB"))

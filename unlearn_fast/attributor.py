@@ -110,6 +110,12 @@ class Attributor:
         if self.progress:
             print(f"[unlearn-fast] {line}", file=sys.stderr)
 
+    def _chunked(self, name: str, shape: tuple[int, ...]):
+        """A resumable array; one that exists keeps the chunking it was started with, whatever chunk_rows is now."""
+        meta = self.store.artefact_path(name) / "meta.json"
+        chunk_rows = json.loads(meta.read_text())["chunk_rows"] if meta.exists() else self.settings.chunk_rows
+        return self.store.chunked(name, shape, chunk_rows)
+
     def _cached(self, name: str, make):
         if name not in self._cache:
             self._cache[name] = make()
@@ -129,8 +135,7 @@ class Attributor:
     def latents(self) -> torch.Tensor:
         """x0 (N, C, h, w) of every training image (VAE posterior mean × scaling factor, or pixels)."""
         def make():
-            array = self.store.chunked("latents", (len(self.dataset), *self.model.latent_shape),
-                                       self.settings.chunk_rows)
+            array = self._chunked("latents", (len(self.dataset), *self.model.latent_shape))
 
             def encode(start, stop):
                 return self.model.encode_images(load_pixels(self.dataset, self.model.resolution, range(start, stop)))
@@ -144,7 +149,7 @@ class Attributor:
             rows = self.caption_rows
             captions = [c for i in range(len(self.dataset)) for c in self.dataset.captions(i)]
             shape = tuple(self.model.encode_text(captions[:1]).shape[1:])
-            array = self.store.chunked("text", (len(rows), *shape), self.settings.chunk_rows)
+            array = self._chunked("text", (len(rows), *shape))
             return torch.from_numpy(np.array(_fill(array, lambda a, b: self.model.encode_text(captions[a:b]),
                                                    self.progress)))
         return self._cached("text", make)
@@ -171,8 +176,7 @@ class Attributor:
         """(R, T, F) losses of every caption row, chunked and resumable."""
         grid = self.settings.scoring
         steps = len(grid.timestep_values(self.model.scheduler.config.num_train_timesteps))
-        array = self.store.chunked(name, (len(self.caption_rows), steps, 2 if grid.flips else 1),
-                                   self.settings.chunk_rows)
+        array = self._chunked(name, (len(self.caption_rows), steps, 2 if grid.flips else 1))
         rows, x0, cond = self.caption_rows, self.latents, self.conditioning
 
         def compute(start, stop):

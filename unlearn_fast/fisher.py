@@ -16,12 +16,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import ops
+from .batching import MIN_UNET_ROWS, pad_rows
 from .fisher_hooks import diagonal_fisher
 
 
 @dataclass
 class FisherSettings:
-    """samples_per_example: (t, ε) draws per example. batch_size: rows per backward; changes speed, never F.
+    """samples_per_example: (t, ε) draws per example. batch_size: rows per backward (rounded down to a multiple of
+    batching.MIN_UNET_ROWS, at least one block); changes speed, never F.
     damping: λ added to the returned F so unlearning never divides by ~0 (METHOD.md §2: optional, the reference has
     none; λ = 0 gives the raw Fisher). backend: fisher_hooks backend ("auto", "cpp", "cuda", "triton", "reference")."""
 
@@ -68,13 +70,19 @@ def estimate_fisher(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, e
     sample = torch.arange(settings.samples_per_example, device=device).repeat(len(x0))
     T = model.scheduler.config.num_train_timesteps
     total = {name: torch.zeros(p.shape, dtype=torch.float64, device=device) for name, p in params.items()}
-    for start in tqdm(range(0, len(row), settings.batch_size), desc="fisher", unit="batch", disable=not progress):
-        r, s = row[start:start + settings.batch_size], sample[start:start + settings.batch_size]
+    # Batches are whole blocks of MIN_UNET_ROWS rows and each block's float32 sum is added in float64, so F has the
+    # same bits for any batch size (the per-example gradients already do: batching.py).
+    step = max(1, settings.batch_size // MIN_UNET_ROWS) * MIN_UNET_ROWS
+    for start in tqdm(range(0, len(row), step), desc="fisher", unit="batch", disable=not progress):
+        batch = torch.arange(start, min(start + step, len(row)), device=device)
+        count, batch = len(batch), pad_rows(batch)  # only the first `count` rows count
+        r, s = row[batch], sample[batch]
         t = keyed_timesteps(settings.seed, ids[r], s, T).to(device)
         noise = ops.gaussian_noise(settings.seed, ids[r], s, 0, x0.shape[1:], device=device)
-        batch = diagonal_fisher(model, params, x0[r], cond[r], t, noise, backend=settings.backend)
-        for name, value in batch.items():
-            total[name] += value  # float64 sums: batching changes F only by float32 rounding of each batch
+        squares = diagonal_fisher(model, params, x0[r], cond[r], t, noise, backend=settings.backend, rows=count,
+                                  block_rows=MIN_UNET_ROWS)
+        for name, value in squares.items():
+            total[name] += value
     return {name: (value / len(row) + settings.damping).float() for name, value in total.items()}
 
 

@@ -16,14 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
+from .batching import pad_rows
 from .models.adapter import DiffusionModel
 from .ops.noisy_input_reference import mirrored
 
 DTYPES = ("fp32", "bf16")
-# CPU UNet kernels (oneDNN convolutions, matmuls) choose other algorithms for fewer than 8 rows, which moves a row's
-# loss by ~4e-6; from 8 rows up every row is bit-identical whatever the batch (measured on the default model). Calls
-# with fewer rows are padded to this size, so losses never depend on the batch size.
-MIN_UNET_ROWS = 8
+
 BACKENDS = ("auto", "reference")
 
 
@@ -134,9 +132,7 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
     for start in tqdm(range(0, len(example), settings.batch_size), desc="losses", unit="batch",
                       disable=not progress):
         rows = torch.arange(start, min(start + settings.batch_size, len(example)), device=device)
-        count = len(rows)
-        if count < MIN_UNET_ROWS:  # repeat the last row: the padding's losses are dropped
-            rows = torch.cat([rows, rows[-1:].expand(MIN_UNET_ROWS - count)])
+        count, rows = len(rows), pad_rows(rows)  # padding's losses are dropped
         e, t = example[rows], timesteps[step[rows]]
         # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
         losses[start:start + count] = losses_of(model, unet, x0[e], cond[e], ids[e], t, flip[rows], settings)[:count]

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
+from .batching import pad_rows
 from .fisher import keyed_timesteps
+from .fisher_hooks import summed_gradient
 
 
 @dataclass
@@ -38,19 +40,18 @@ class UnlearnSettings:
 
 
 def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):
-    """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), the loss summed per batch then divided by `draws`."""
+    """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), whatever the batch size (fisher_hooks.summed_gradient)."""
     T = model.scheduler.config.num_train_timesteps
     total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
     for start in range(0, settings.draws, settings.batch_size):
         d = torch.arange(start, min(start + settings.batch_size, settings.draws), device=x0_query.device)
+        count, d = len(d), pad_rows(d)  # padding draws are dropped from the loss, so they add no gradient
         t = keyed_timesteps(settings.seed, step, d, T).to(x0_query.device)
         noise = ops.gaussian_noise(settings.seed, step, d, 0, x0_query.shape[1:], device=x0_query.device)
-        with torch.enable_grad():
-            loss = model.loss(x0_query.expand(len(d), -1, -1, -1), cond_query.expand(len(d), -1, -1), t, noise,
-                              unet=unet).sum() / settings.draws
-            grads = torch.autograd.grad(loss, list(params.values()))
-        for name, g in zip(params, grads):
-            total[name] += g.double()
+        grads = summed_gradient(model, unet, params, x0_query.expand(len(d), -1, -1, -1),
+                                cond_query.expand(len(d), -1, -1), t, noise, rows=count, scale=1.0 / settings.draws)
+        for name, g in grads.items():
+            total[name] += g
     return total
 
 
@@ -66,9 +67,6 @@ def unlearn(model, fisher: dict[str, torch.Tensor], x0_query: torch.Tensor, cond
     unet = copy.deepcopy(model.unet)
     copies = dict(unet.named_parameters())
     params = {name: copies[name] for name in model.parameter_group(settings.group)}
-    unet.requires_grad_(False)  # the copy's graph then holds only the group's work
-    for p in params.values():
-        p.requires_grad_(True)
     if settings.precondition:
         missing = [n for n, p in params.items() if n not in fisher or fisher[n].shape != p.shape]
         if missing:

@@ -1,5 +1,6 @@
 """Captioned training sets: an image folder with metadata.jsonl, webdataset shards, parquet, or the embedded default."""
-from .dataset import DEFAULT_DATASET, CaptionedImages, DataError, Example, load_pixels, open_dataset
+from .dataset import (DEFAULT_DATASET, CaptionedImages, DataError, Example, SubsetDataset, load_pixels,
+                      open_dataset)
 from .export import export_imagefolder, export_webdataset
 
 __all__ = [
@@ -7,6 +8,7 @@ __all__ = [
     "CaptionedImages",
     "DataError",
     "Example",
+    "SubsetDataset",
     "export_imagefolder",
     "export_webdataset",
     "load_pixels",

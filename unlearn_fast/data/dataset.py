@@ -147,6 +147,26 @@ class ImageFolderDataset(CaptionedImages):
             return decode_image(handle.read(), f"{path} (row {index} of {self.source})")
 
 
+class SubsetDataset(CaptionedImages):
+    """Some images of another set, in the given order: index i here is index indices[i] there."""
+
+    def __init__(self, base: CaptionedImages, indices):
+        self.base, self.indices = base, [int(i) for i in indices]
+        for i in self.indices:
+            base._check_index(i)
+        self.source = f"{base.source} (subset of {len(self.indices)})"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def example(self, index: int) -> Example:
+        ex = self.base.example(self.indices[self._check_index(index)])
+        return Example(index, ex.key, ex.captions)
+
+    def image(self, index: int) -> Image.Image:
+        return self.base.image(self.indices[self._check_index(index)])
+
+
 class ParquetDataset(CaptionedImages):
     """A parquet file with encoded image bytes and captions (the embedded default set uses this format)."""
 
@@ -185,8 +205,17 @@ class ParquetDataset(CaptionedImages):
 
 
 def open_dataset(spec: str = "default", caption_column: str = "text") -> CaptionedImages:
-    """Open a captioned training set from ``"default"``, an image folder, a parquet file or webdataset shards."""
-    spec = os.fspath(spec)
+    """Open a captioned training set from ``"default"``, an image folder, a parquet file or webdataset shards.
+
+    The set remembers how it was opened (``reopen_args``), so outputs can record it and reports can reopen it.
+    """
+    dataset = _open(os.fspath(spec), caption_column)
+    dataset.reopen_args = {"spec": os.path.abspath(spec) if spec != "default" else spec,
+                           "caption_column": caption_column}
+    return dataset
+
+
+def _open(spec: str, caption_column: str) -> CaptionedImages:
     if spec == "default":
         return ParquetDataset(DEFAULT_DATASET)
     if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "metadata.jsonl")):

@@ -1,0 +1,177 @@
+"""Attribution end to end on 40 default images with the shipped model: invariance, resume, bad input, outputs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from unlearn_fast import attributor as attributor_module
+from unlearn_fast.attributor import Attributor, PrepareSettings
+from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
+from unlearn_fast.fisher import FisherSettings
+from unlearn_fast.query import QueryError, query_from_array, query_from_file
+from unlearn_fast.scoring import LossGrid, loss_change_scores
+from unlearn_fast.store import StoreMismatchError
+from unlearn_fast.unlearn import UnlearnSettings
+
+UNLEARN = UnlearnSettings(steps=2, alpha=1e-4, draws=24, batch_size=24)
+
+
+def settings(batch: int = 64, chunk_rows: int = 16) -> PrepareSettings:
+    return PrepareSettings(scoring=LossGrid(timesteps=3, flips=True, batch_size=batch, seed=5),
+                           fisher=FisherSettings(batch_size=batch, seed=5), chunk_rows=chunk_rows)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from unlearn_fast.models.adapter import DiffusionModel
+
+    return DiffusionModel.load("default").eval()
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory, default_dataset):
+    """40 default images as an image folder (a set that can be reopened from its path, as the report verb does)."""
+    folder = tmp_path_factory.mktemp("data40")
+    export_imagefolder(SubsetDataset(default_dataset, range(360, 400)), str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def query(model, default_dataset):
+    """The training image at default index 369 ('red apple', index 9 of the subset) used as the query image."""
+    from unlearn_fast.data import load_pixels
+
+    return query_from_array(load_pixels(default_dataset, 32, [369])[0], "red apple", 32, source="training image 369")
+
+
+@pytest.fixture(scope="module")
+def reference(model, data_folder, query, tmp_path_factory):
+    work = tmp_path_factory.mktemp("reference")
+    return Attributor(model, open_dataset(data_folder), work, settings(), progress=False).attribute([query], UNLEARN)
+
+
+def test_scores_do_not_depend_on_batch_sizes_or_runs(model, data_folder, query, reference, tmp_path):
+    scores = reference.scores[0]
+    assert scores.shape == (40,) and np.isfinite(scores).all() and np.abs(scores).max() > 0
+    for batch in (1, 7, 64):
+        unlearn = UnlearnSettings(**{**vars(UNLEARN), "batch_size": batch})
+        again = Attributor(model, open_dataset(data_folder), tmp_path / f"b{batch}", settings(batch),
+                           progress=False).attribute([query], unlearn).scores[0]
+        assert np.abs(again - scores).max() <= 1e-6 * np.abs(scores).max(), batch  # bit-identical here
+        assert list(np.argsort(-again)[:10]) == list(np.argsort(-scores)[:10]), batch
+
+
+def test_query_image_ranks_its_own_training_copy_first(reference):
+    """The query IS training image 9: unlearning it must raise that image's loss the most."""
+    assert reference.order(0)[0] == 9
+
+
+@pytest.mark.parametrize("kill_at, resumed_calls", [(3, 1 + 3), (5, 2)], ids=["base pass", "pass after"])
+def test_killed_pass_resumes_to_the_same_scores(model, data_folder, query, reference, tmp_path, monkeypatch,
+                                                kill_at, resumed_calls):
+    """Each pass has 3 chunks (16 + 16 + 8 rows): call 3 is the base pass's last chunk, call 5 the second chunk of
+    the pass after unlearning. A resumed run computes only the missing chunks and ends with the same scores."""
+    real, calls, armed = attributor_module.per_example_losses, [], [True]
+
+    def dies(*args, **kwargs):
+        calls.append(len(args[1]))
+        if armed[0] and len(calls) == kill_at:
+            raise KeyboardInterrupt("injected kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attributor_module, "per_example_losses", dies)
+    with pytest.raises(KeyboardInterrupt):
+        Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute([query], UNLEARN)
+    calls.clear()
+    armed[0] = False
+    resumed = Attributor(model, open_dataset(data_folder), tmp_path, settings(batch=7), progress=False).attribute(
+        [query], UNLEARN)
+    assert len(calls) == resumed_calls
+    np.testing.assert_array_equal(resumed.scores, reference.scores)
+
+
+def test_work_dir_of_another_model_is_refused_and_kept(model, data_folder, query, reference):
+    import copy
+
+    other = copy.copy(model)
+    other.unet = copy.deepcopy(model.unet)
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(1e-3)
+    work = reference.work_dir
+    before = {p.name: p.stat().st_mtime_ns for p in Path(work).rglob("*") if p.is_file()}
+    with pytest.raises(StoreMismatchError, match="model fingerprint: was"):
+        Attributor(other, open_dataset(data_folder), work, progress=False)
+    with pytest.raises(StoreMismatchError, match="setting 'scoring'"):
+        Attributor(model, open_dataset(data_folder), work, PrepareSettings(scoring=LossGrid(timesteps=4)), progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in Path(work).rglob("*") if p.is_file()}
+    assert after == before  # nothing finished was touched
+
+
+def test_nan_after_unlearning_names_alpha_and_keeps_prepared_work(model, data_folder, query, reference):
+    work = Attributor(model, open_dataset(data_folder), reference.work_dir, progress=False)
+    with pytest.raises(FloatingPointError, match=r"smaller alpha \(now 1e\+40\)"):
+        work.attribute([query], UnlearnSettings(steps=1, alpha=1e40, draws=8))
+    np.testing.assert_array_equal(work.base_losses, np.load(f"{reference.work_dir}/losses_base/data.npy"))
+    again = work.attribute([query], UNLEARN)  # the earlier query's results are still there and still the same
+    np.testing.assert_array_equal(again.scores, reference.scores)
+
+
+def test_query_of_wrong_size_or_mode_is_refused(tmp_path):
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    Image.new("RGBA", (32, 32)).save(tmp_path / "alpha.png")
+    with pytest.raises(QueryError, match=r"big.png is 64×64; the model takes 32×32"):
+        query_from_file(str(tmp_path / "big.png"), "red apple", 32)
+    with pytest.raises(QueryError, match=r"alpha.png has colour mode RGBA"):
+        query_from_file(str(tmp_path / "alpha.png"), "red apple", 32)
+    with pytest.raises(QueryError, match="needs the prompt"):
+        query_from_file(str(tmp_path / "alpha.png"), " ", 32)
+    with pytest.raises(QueryError, match=r"uint8 \(32, 32, 3\), got float64"):
+        query_from_array(np.zeros((32, 32, 3)), "red apple", 32)
+
+
+def test_outputs(reference, tmp_path):
+    paths = reference.save(str(tmp_path), top_k=5)
+    scores = np.load(paths["scores"])
+    assert scores.shape == (1, 40) and scores.dtype == np.float32
+    table = pq.read_table(paths["ranking_parquet"])
+    rows = table.to_pydict()
+    assert rows["rank"] == list(range(1, 41))
+    assert sorted(rows["index"]) == list(range(40))
+    assert all(a >= b for a, b in zip(rows["score"], rows["score"][1:]))
+    assert np.allclose(rows["score"], scores[0, rows["index"]])
+    dataset = reference.dataset
+    assert rows["file"][0] == dataset.key(rows["index"][0]) and rows["caption"][0] == dataset.captions(rows["index"][0])[0]
+    csv_lines = open(paths["ranking_csv"], encoding="utf-8").read().splitlines()
+    assert csv_lines[0] == "query,prompt,rank,index,file,caption,score" and len(csv_lines) == 41
+    assert Image.open(paths["contact_sheet"]).size[0] > 5 * 96
+    html = open(paths["report"], encoding="utf-8").read()
+    assert html.count("<figure>") == 5 and "red apple" in html
+    record = json.load(open(tmp_path / "attribution.json"))
+    assert record["queries"][0]["unlearn"]["alpha"] == UNLEARN.alpha
+
+
+def test_report_reloads_from_its_folder(reference, tmp_path):
+    from unlearn_fast.attribution import Attribution
+
+    reference.save(str(tmp_path), top_k=3)
+    again = Attribution.load(str(tmp_path))
+    np.testing.assert_array_equal(again.scores, reference.scores)
+    assert again.top(0, 3) == reference.top(0, 3)
+    np.testing.assert_array_equal(again.queries[0].image, reference.queries[0].image)
+
+
+def test_scores_average_captions_and_timesteps_then_take_the_larger_flip():
+    rng = np.random.default_rng(0)
+    before = rng.random((5, 3, 2)).astype(np.float32)
+    after = before + rng.random((5, 3, 2)).astype(np.float32) - 0.5
+    rows = np.array([0, 0, 1, 2, 2])  # examples 0 and 2 have two captions each; example 3 has none
+    scores = loss_change_scores(before, after, rows, 4)
+    change = after.astype(np.float64) - before
+    expected0 = max(change[0:2, :, f].mean() for f in range(2))
+    expected1 = max(change[2, :, f].mean() for f in range(2))
+    assert scores[0] == pytest.approx(expected0, rel=1e-6) and scores[1] == pytest.approx(expected1, rel=1e-6)
+    assert np.isnan(scores[3])
