@@ -84,7 +84,7 @@ class Attribution:
             dataset = open_dataset(**record["data"])
         queries = []
         for rec in record["queries"]:
-            image = np.asarray(Image.open(os.path.join(record["work_dir"], rec["folder"], "query.png")).convert("RGB"))
+            image = np.array(Image.open(os.path.join(record["work_dir"], rec["folder"], "query.png")).convert("RGB"))
             queries.append(Query(image=image, prompt=rec["prompt"], source=rec["source"]))
         scores = np.load(os.path.join(out_dir, "scores.npy"))
         return cls(scores=scores, queries=queries, records=record["queries"], dataset=dataset,

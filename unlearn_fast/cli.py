@@ -89,26 +89,29 @@ def _threads(args) -> None:
 
 
 def _prepare_settings(args):
-    """PrepareSettings from the command line; None when nothing was given (the work directory's own are reused)."""
-    from .attributor import PrepareSettings
-    from .fisher import FisherSettings
-    from .scoring import LossGrid
+    """PrepareSettings from the command line: options not given keep the work directory's values (or the defaults
+    for a new one); None when no option was given."""
+    import dataclasses
 
-    given = [args.timesteps, args.flips, args.score_seed, args.fisher_samples, args.fisher_examples, args.damping,
-             args.fisher_group, args.dtype]
-    if all(value is None for value in given):
+    from .attributor import PrepareSettings
+
+    given = {"timesteps": args.timesteps, "flips": args.flips, "seed": args.score_seed, "dtype": args.dtype}
+    fisher_given = {"samples_per_example": args.fisher_samples, "damping": args.damping, "seed": args.score_seed}
+    other = {"fisher_group": args.fisher_group, "fisher_examples": args.fisher_examples}
+    if all(v is None for v in (*given.values(), *fisher_given.values(), *other.values())):
         return None
-    defaults = PrepareSettings()
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    scoring = LossGrid(seed=pick(args.score_seed, defaults.scoring.seed),
-                       timesteps=pick(args.timesteps, defaults.scoring.timesteps),
-                       flips=pick(args.flips, defaults.scoring.flips), batch_size=args.batch_size,
-                       dtype=pick(args.dtype, defaults.scoring.dtype))
-    fisher = FisherSettings(samples_per_example=pick(args.fisher_samples, defaults.fisher.samples_per_example),
-                            damping=pick(args.damping, defaults.fisher.damping), seed=pick(args.score_seed, 0))
-    examples = args.fisher_examples if args.fisher_examples is not None else defaults.fisher_examples
-    return PrepareSettings(scoring=scoring, fisher=fisher, fisher_group=pick(args.fisher_group, defaults.fisher_group),
-                           fisher_examples=examples or None)
+    manifest = os.path.join(args.work_dir, "manifest.json")
+    base = PrepareSettings()
+    if os.path.isfile(manifest) and not args.overwrite:
+        with open(manifest, encoding="utf-8") as handle:
+            base = PrepareSettings.from_manifest(json.load(handle)["settings"])
+    keep = lambda changes: {k: v for k, v in changes.items() if v is not None}  # noqa: E731
+    if other["fisher_examples"] == 0:  # 0 = every row
+        other["fisher_examples"] = None
+        base = dataclasses.replace(base, fisher_examples=None)
+    return dataclasses.replace(
+        base, scoring=dataclasses.replace(base.scoring, batch_size=args.batch_size, **keep(given)),
+        fisher=dataclasses.replace(base.fisher, **keep(fisher_given)), **keep(other))
 
 
 def _attributor(args):
@@ -346,10 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    from .data import DataError
+    from .models.folder import ModelFolderError
+    from .query import QueryError
+    from .store import StoreMismatchError
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded with what it produced (training.json)
-    args.run(args)
+    try:
+        args.run(args)
+    except (DataError, ModelFolderError, QueryError, StoreMismatchError, FloatingPointError) as error:
+        # The user's input or settings, not a bug: the message names the culprit; no traceback.
+        raise SystemExit(f"unlearn-fast {args.verb}: {error}") from None
 
 
 if __name__ == "__main__":

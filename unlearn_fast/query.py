@@ -56,7 +56,7 @@ def query_from_file(path: str, prompt: str, resolution: int) -> Query:
         with Image.open(path) as image:
             image.load()
             mode, size = image.mode, image.size
-            pixels = np.asarray(image.convert("RGB")) if mode == "RGB" else None
+            pixels = np.array(image.convert("RGB")) if mode == "RGB" else None
     except (OSError, SyntaxError) as error:
         raise QueryError(f"query image {path} cannot be read as an image: {error}") from error
     if mode != "RGB":

@@ -1,0 +1,76 @@
+"""prepare / attribute / report on the command line, on 24 default images with the shipped model."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unlearn_fast.cli import main
+from unlearn_fast.data import SubsetDataset, export_imagefolder
+
+FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--quiet"]
+UNLEARN = ["--draws", "16", "--alpha", "0.001"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, default_dataset):
+    root = tmp_path_factory.mktemp("images24")
+    export_imagefolder(SubsetDataset(default_dataset, range(360, 384)), str(root))
+    return str(root)
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_prepare_attribute_report(folder, tmp_path, capsys, default_dataset):
+    work = tmp_path / "work"
+    main(["prepare", "--data", folder, "--work-dir", str(work), *FAST, "--json"])
+    prepared = last_json(capsys)
+    assert prepared["num_train"] == 24 and set(prepared["timings_s"]) == {"latents", "text", "fisher", "base_losses"}
+
+    default_dataset.image(369).convert("RGB").resize((32, 32)).save(tmp_path / "query.png")  # 'red apple'
+    main(["attribute", "--data", folder, "--work-dir", str(work), "--image", str(tmp_path / "query.png"),
+          "--prompt", "red apple", *UNLEARN, "--top-k", "4", "--quiet", "--json"])
+    summary = last_json(capsys)
+    files = summary["files"]
+    assert np.load(files["scores"]).shape == (1, 24)
+    assert summary["queries"][0]["prompt"] == "red apple" and len(summary["queries"][0]["top"]) == 4
+    assert summary["queries"][0]["top"][0]["caption"] == "red apple"  # the query is that training image
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["settings"]["scoring"]["timesteps"] == 2 and manifest["settings"]["scoring"]["flips"] is False
+
+    main(["report", str(work / "attribution"), "--top-k", "2", "--json"])
+    again = last_json(capsys)
+    assert again["files"]["report"] == files["report"]
+    assert open(files["report"]).read().count("<figure>") == 2
+
+    main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "red apple", "--seed", "1",
+          "--sample-steps", "5", *UNLEARN, "--quiet", "--out", str(tmp_path / "generated")])
+    printed = capsys.readouterr().out
+    assert "'red apple': #1" in printed and "report" in printed
+    assert Image.open(tmp_path / "generated" / "contact_sheet.png").size[1] > 96
+
+
+def test_bad_input_is_named_and_loses_nothing(folder, tmp_path, capsys):
+    work = tmp_path / "work"
+    main(["prepare", "--data", folder, "--work-dir", str(work), *FAST])
+    capsys.readouterr()
+    fisher = (work / "fisher.safetensors").read_bytes()
+    Image.new("RGB", (48, 40)).save(tmp_path / "wrong.png")
+    with pytest.raises(SystemExit, match=r"wrong.png is 48×40; the model takes 32×32"):
+        main(["attribute", "--data", folder, "--work-dir", str(work), "--image", str(tmp_path / "wrong.png"),
+              "--prompt", "x", "--quiet"])
+    with pytest.raises(SystemExit, match="one prompt per image"):
+        main(["attribute", "--data", folder, "--work-dir", str(work), "--image", str(tmp_path / "wrong.png"),
+              "--prompt", "x", "--prompt", "y", "--quiet"])
+    with pytest.raises(SystemExit, match=r"(?s)unlearn-fast prepare: work directory .*built from other inputs:\n"
+                                         r"  setting 'scoring': was \{[^\n]*'timesteps': 2\}, now \{[^\n]*'timesteps': 3\}\n"
+                                         r"use another"):  # other settings than the folder was prepared with
+        main(["prepare", "--data", folder, "--work-dir", str(work), "--timesteps", "3", "--quiet"])
+    with pytest.raises(SystemExit, match=r"unlearn-fast attribute: unlearning produced NaN/inf .* smaller alpha"):
+        main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "red apple", "--sample-steps", "2",
+              "--alpha", "1e40", "--draws", "4", "--quiet"])
+    with pytest.raises(SystemExit, match=r"unlearn-fast attribute: .*no_such_data: no such file or folder"):
+        main(["attribute", "--data", str(tmp_path / "no_such_data"), "--work-dir", str(work), "--prompt", "x"])
+    assert (work / "fisher.safetensors").read_bytes() == fisher
