@@ -1,0 +1,135 @@
+"""Planted duplicates: ground truth by construction (METHOD.md, "How attribution is judged" §2).
+
+One distinctive image, unlike anything in the training set, is added R times under a caption of new words; the model
+is fine-tuned on the result until it can make that image from that caption. An image generated from the caption is
+then attributed: the R copies are the right answer, so the share of them among the top R ranks measures the method.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from ..data.dataset import CaptionedImages, SubsetDataset
+from ..data.export import export_imagefolder
+
+
+@dataclass
+class PlantedSetup:
+    """copies: R. base_images: size of a seeded random subset of the base set (None: all of it). caption: words the
+    model has never seen. finetune_*: the fine-tuning run (from the base model, every weight, new words added)."""
+
+    copies: int = 10
+    base_images: int | None = None
+    caption: str = "zorblat quadrille"
+    finetune_steps: int = 400
+    finetune_batch_size: int = 64
+    finetune_lr: float = 5e-4
+    seed: int = 0
+    query_seed: int = 0
+    query_steps: int = 50
+
+
+def distinctive_image(resolution: int, seed: int = 0) -> np.ndarray:
+    """A full-bleed pattern (tartan of seeded colours over a diagonal ramp): nothing like centred emoji on white."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (4, 3))
+    y, x = np.mgrid[0:resolution, 0:resolution]
+    band = ((x // max(1, resolution // 8)) + 2 * (y // max(1, resolution // 8))) % 4
+    ramp = ((x + y) / (2 * resolution - 2))[..., None]
+    image = colours[band] * (0.6 + 0.4 * ramp)
+    return image.clip(0, 255).astype(np.uint8)
+
+
+class _PlantedDataset(CaptionedImages):
+    """base images followed by `copies` copies of one image under one caption."""
+
+    def __init__(self, base: CaptionedImages, image: np.ndarray, caption: str, copies: int):
+        from ..data.dataset import Example
+
+        self.base, self.planted, self.caption, self.copies = base, Image.fromarray(image), caption, copies
+        self._example = Example
+        self.source = f"{base.source} + {copies} planted copies"
+
+    def __len__(self) -> int:
+        return len(self.base) + self.copies
+
+    def example(self, index: int):
+        if self._check_index(index) < len(self.base):
+            ex = self.base.example(index)
+            return self._example(index, ex.key, ex.captions)
+        return self._example(index, f"planted_{index - len(self.base)}.png", (self.caption,))
+
+    def image(self, index: int) -> Image.Image:
+        return self.base.image(index) if self._check_index(index) < len(self.base) else self.planted.copy()
+
+
+def build_planted_set(base: CaptionedImages, setup: PlantedSetup, resolution: int, out_dir: str
+                      ) -> tuple[str, list[int]]:
+    """Write the planted training set as an image folder; returns (folder, indices of the planted copies)."""
+    if setup.base_images is not None and setup.base_images < len(base):
+        chosen = np.sort(np.random.default_rng(setup.seed).choice(len(base), setup.base_images, replace=False))
+        base = SubsetDataset(base, chosen)
+    dataset = _PlantedDataset(base, distinctive_image(resolution, setup.seed), setup.caption, setup.copies)
+    export_imagefolder(dataset, out_dir)
+    return out_dir, list(range(len(base), len(dataset)))
+
+
+def top_r_share(scores: np.ndarray, planted: list[int]) -> float:
+    """Share of the planted indices among the len(planted) highest scores."""
+    top = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:len(planted)]
+    return len(set(top.tolist()) & set(planted)) / len(planted)
+
+
+@dataclass
+class PlantedResult:
+    planted: list[int]
+    shares: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, list[int]] = field(default_factory=dict)
+    chance: float = 0.0
+    finetune: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def run_planted(base_model: str, base: CaptionedImages, setup: PlantedSetup, out_dir: str, prepare_settings,
+                methods: dict, quiet: bool = True) -> tuple[PlantedResult, dict]:
+    """Build the set, fine-tune, generate the query from the caption, attribute it with each of `methods`
+    ({name: UnlearnSettings}). Returns the result and {name: Attribution}. Every stage is skipped if already done."""
+    from ..attributor import Attributor
+    from ..data import open_dataset
+    from ..models.adapter import DiffusionModel
+    from ..query import query_from_prompt
+    from ..training_run import TrainRequest, run_training
+
+    resolution = DiffusionModel.load(base_model).resolution
+    data_dir, model_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "model")
+    if not os.path.isfile(os.path.join(data_dir, "metadata.jsonl")):
+        build_planted_set(base, setup, resolution, data_dir)
+    dataset = open_dataset(data_dir)
+    planted = [i for i in range(len(dataset)) if dataset.key(i).startswith("planted_")]
+    if not os.path.isfile(os.path.join(model_dir, "training.json")):
+        vocabulary = DiffusionModel.load(base_model).text.tokenizer
+        run_training(TrainRequest(data=data_dir, out=model_dir, init_from=base_model,
+                                  add_tokens=vocabulary.unknown_words(setup.caption), steps=setup.finetune_steps,
+                                  batch_size=setup.finetune_batch_size, lr=setup.finetune_lr, seed=setup.seed,
+                                  command="evaluate.planted.run_planted"), quiet=quiet)
+    with open(os.path.join(model_dir, "training.json"), encoding="utf-8") as handle:
+        finetune = {k: v for k, v in json.load(handle).items() if k in ("first_loss", "final_loss", "train_seconds")}
+    model = DiffusionModel.load(model_dir)
+    query = query_from_prompt(model, setup.caption, seed=setup.query_seed, steps=setup.query_steps)
+    attributor = Attributor(model, dataset, os.path.join(out_dir, "work"), prepare_settings, progress=not quiet)
+    result = PlantedResult(planted=planted, chance=len(planted) / len(dataset), finetune=finetune)
+    attributions = {}
+    for name, settings in methods.items():
+        attribution = attributor.attribute([query], settings)
+        position = np.empty(len(dataset), dtype=np.int64)
+        position[attribution.order(0)] = np.arange(1, len(dataset) + 1)
+        result.shares[name] = top_r_share(attribution.scores[0], planted)
+        result.ranks[name] = sorted(int(position[i]) for i in planted)
+        attributions[name] = attribution
+    return result, attributions
