@@ -84,9 +84,10 @@ def test_losses_do_not_depend_on_batching_or_on_the_other_examples(scored):
 
 
 def test_batching_with_the_real_unet(scored, fp32_losses):
-    """The UNet's CPU kernels round differently below ~16 rows (measured ≤ 2.2e-6 relative); above, bitwise."""
+    """The UNet's CPU kernels round differently below 8 rows (~4e-6 relative); UNet calls are padded to 16 rows
+    (batching.MIN_UNET_ROWS), so every batch size gives the same losses (bitwise on this machine)."""
     model, x0, cond, ids = scored
-    for batch, rtol in ((1, 1e-5), (7, 1e-5), (64, 1e-6)):
+    for batch, rtol in ((1, 1e-6), (7, 1e-6), (64, 1e-6)):
         torch.testing.assert_close(per_example_losses(*scored, LossGrid(seed=3, timesteps=5, batch_size=batch)),
                                    fp32_losses, rtol=rtol, atol=0)
     order = torch.randperm(N, generator=torch.Generator().manual_seed(1))

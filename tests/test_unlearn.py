@@ -22,7 +22,7 @@ def setup(small_pixels):
 
 
 def rel(a, b):
-    """Relative error in norm. Float32 UNet maths varies with the batch size at ~2e-6 here, so 1e-6 is out of reach."""
+    """Relative error in norm."""
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
@@ -52,9 +52,9 @@ def test_fisher_independent_of_batch_size_and_order(setup, tmp_path):
             for b in (1, 4, 64)]
     perm = torch.tensor([4, 0, 5, 2, 1, 3])
     runs.append(estimate_fisher(model, params, x0[perm], cond[perm], ids[perm], settings))
-    for run in runs[1:]:
+    for run in runs[1:]:  # batches are whole 16-row blocks summed in float64: only the permutation reorders sums
         for n in params:
-            assert rel(run[n], runs[0][n]) < 1e-5, n
+            assert rel(run[n], runs[0][n]) < 1e-6, n
     other_seed = estimate_fisher(model, params, x0, cond, ids, dataclasses.replace(settings, seed=2))
     assert max(rel(other_seed[n], runs[0][n]) for n in params) > 1e-3
     damped = estimate_fisher(model, params, x0, cond, ids, dataclasses.replace(settings, damping=0.5))
@@ -105,7 +105,7 @@ def test_unlearn_update_is_the_preconditioned_ascent_step(setup, fisher):
     batched = deltas(model, unlearn(model, fisher, xq, cq, dataclasses.replace(settings, batch_size=64), 6))
     for n in kv:
         assert torch.equal(again[n], change[n])
-        assert rel(batched[n], change[n]) < 1e-5, n
+        assert rel(batched[n], change[n]) < 1e-9, n  # ĝ is reduced in float64 from per-draw rows
 
 
 def test_unlearning_raises_the_query_loss(setup, fisher):
