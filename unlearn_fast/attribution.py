@@ -61,8 +61,9 @@ class Attribution:
         paths.update(write_ranking(self, out_dir))
         paths["report"] = html_report(self, out_dir, top_k=top_k)
         paths["contact_sheet"] = contact_sheet(self, os.path.join(out_dir, "contact_sheet.png"), top_k=top_k)
-        record = {"data": getattr(self.dataset, "reopen_args", None), "work_dir": self.work_dir, "timings_s": self.timings,
-                  "queries": self.records, "files": {k: os.path.basename(v) for k, v in paths.items()}}
+        record = {"data": getattr(self.dataset, "reopen_args", None), "work_dir": self.work_dir,
+                  "timings_s": self.timings, "queries": self.records,
+                  "files": {k: os.path.basename(v) for k, v in paths.items()}}
         with open(os.path.join(out_dir, "attribution.json"), "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=2)
         return {k: os.path.abspath(v) for k, v in paths.items()}

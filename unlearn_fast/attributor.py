@@ -25,7 +25,7 @@ from .fisher import FisherSettings, estimate_fisher
 from .models.adapter import DiffusionModel
 from .query import Query
 from .scoring import LossGrid, loss_change_scores, per_example_losses
-from .store import WorkDir
+from .store import WorkDir, run_chunked
 from .unlearn import UnlearnSettings, unlearn
 
 # Settings fields that change speed only: left out of the work directory's binding and of query keys.
@@ -132,26 +132,26 @@ class Attributor:
         return self._cached("caption_rows", make)
 
     @property
-    def latents(self) -> torch.Tensor:
-        """x0 (N, C, h, w) of every training image (VAE posterior mean × scaling factor, or pixels)."""
+    def latents(self) -> np.ndarray:
+        """x0 (N, C, h, w) of every training image (VAE posterior mean × scaling factor, or pixels): a read-only
+        memmap, so a training set larger than memory is read a chunk at a time (rows_of)."""
         def make():
             array = self._chunked("latents", (len(self.dataset), *self.model.latent_shape))
 
             def encode(start, stop):
                 return self.model.encode_images(load_pixels(self.dataset, self.model.resolution, range(start, stop)))
-            return torch.from_numpy(np.array(_fill(array, encode, self.progress)))
+            return run_chunked(array, encode, self.progress)
         return self._cached("latents", make)
 
     @property
-    def conditioning(self) -> torch.Tensor:
-        """Text conditioning (R, L, D), one row per caption row."""
+    def conditioning(self) -> np.ndarray:
+        """Text conditioning (R, L, D), one row per caption row (a read-only memmap)."""
         def make():
             rows = self.caption_rows
             captions = [c for i in range(len(self.dataset)) for c in self.dataset.captions(i)]
             shape = tuple(self.model.encode_text(captions[:1]).shape[1:])
             array = self._chunked("text", (len(rows), *shape))
-            return torch.from_numpy(np.array(_fill(array, lambda a, b: self.model.encode_text(captions[a:b]),
-                                                   self.progress)))
+            return run_chunked(array, lambda a, b: self.model.encode_text(captions[a:b]), self.progress)
         return self._cached("text", make)
 
     @property
@@ -165,8 +165,8 @@ class Attributor:
                 rows = np.sort(np.random.default_rng(self.settings.fisher.seed).choice(rows, chosen, replace=False))
             ids = self.caption_rows[rows]
             params = self.model.parameter_group(self.settings.fisher_group)
-            fisher = estimate_fisher(self.model, params, self.latents[ids], self.conditioning[rows], ids,
-                                     self.settings.fisher, progress=self.progress)
+            x0, cond = rows_of(self.latents, ids), rows_of(self.conditioning, rows)
+            fisher = estimate_fisher(self.model, params, x0, cond, ids, self.settings.fisher, progress=self.progress)
             self.store.save_tensors("fisher", fisher, {"settings": json.dumps(self.settings.manifest()),
                                                        "rows": str(len(rows))})
             return fisher
@@ -181,8 +181,9 @@ class Attributor:
 
         def compute(start, stop):
             ids = rows[start:stop]
-            return per_example_losses(self.model, x0[ids], cond[start:stop], ids, grid, unet=unet)
-        return _fill(array, compute, self.progress)
+            return per_example_losses(self.model, rows_of(x0, ids), rows_of(cond, slice(start, stop)), ids, grid,
+                                      unet=unet)
+        return run_chunked(array, compute, self.progress)
 
     @property
     def base_losses(self) -> np.ndarray:
@@ -242,7 +243,6 @@ class Attributor:
         return unet
 
 
-def _fill(array, compute, progress: bool) -> np.ndarray:
-    from .store import run_chunked
-
-    return run_chunked(array, compute, progress=progress)
+def rows_of(array: np.ndarray, index) -> torch.Tensor:
+    """Some rows of a (memmapped) array as a tensor: only those rows are read."""
+    return torch.from_numpy(np.array(array[index]))  # a writable copy of just these rows
