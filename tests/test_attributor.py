@@ -94,6 +94,28 @@ def test_killed_pass_resumes_to_the_same_scores(model, data_folder, query, refer
     np.testing.assert_array_equal(resumed.scores, reference.scores)
 
 
+def test_killed_fisher_resumes_to_the_same_scores(model, data_folder, query, reference, tmp_path, monkeypatch):
+    """The Fisher is summed in chunks of 16 rows (3 for 40 images), each stored: a resumed run computes the rest."""
+    real, calls, armed = attributor_module.fisher_sums, [], [True]
+
+    def dies(*args, **kwargs):
+        calls.append(len(args[2]))
+        if armed[0] and len(calls) == 2:
+            raise KeyboardInterrupt("injected kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attributor_module, "fisher_sums", dies)
+    with pytest.raises(KeyboardInterrupt):
+        Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute([query], UNLEARN)
+    assert len(list((tmp_path / "fisher_parts").iterdir())) == 1
+    calls.clear()
+    armed[0] = False
+    resumed = Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute(
+        [query], UNLEARN)
+    assert calls == [16, 8] and not (tmp_path / "fisher_parts").exists()
+    np.testing.assert_array_equal(resumed.scores, reference.scores)
+
+
 def test_work_dir_of_another_model_is_refused_and_kept(model, data_folder, query, reference):
     import copy
 

@@ -74,3 +74,13 @@ def test_bad_input_is_named_and_loses_nothing(folder, tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"unlearn-fast attribute: .*no_such_data: no such file or folder"):
         main(["attribute", "--data", str(tmp_path / "no_such_data"), "--work-dir", str(work), "--prompt", "x"])
     assert (work / "fisher.safetensors").read_bytes() == fisher
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """README's first command (minus its installs), with a short sampler: the whole default set is attributed."""
+    main(["demo", "--out", str(tmp_path), "--sample-steps", "5", "--quiet", "--json"])
+    summary = last_json(capsys)
+    assert summary["num_train"] == 3953 and summary["queries"][0]["prompt"] == "red apple"
+    assert np.load(summary["files"]["scores"]).shape == (1, 3953)
+    assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "work" / "manifest.json").exists()
+    assert set(summary["timings_s"]) >= {"latents", "fisher", "base_losses", "unlearn", "score"}

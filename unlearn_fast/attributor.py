@@ -9,19 +9,23 @@ result (tests/test_attributor.py checks it). Long passes are chunked with a done
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .attribution import Attribution
+from .batching import MIN_UNET_ROWS
 from .data.dataset import CaptionedImages, load_pixels
-from .fisher import FisherSettings, estimate_fisher
+from .fisher import FisherSettings, finish_fisher, fisher_sums
 from .models.adapter import DiffusionModel
 from .query import Query
 from .scoring import LossGrid, loss_change_scores, per_example_losses
@@ -156,6 +160,7 @@ class Attributor:
 
     @property
     def fisher(self) -> dict[str, torch.Tensor]:
+        """F + λ over the Fisher group: float64 sums per chunk of rows (resumable), then the mean."""
         def make():
             if self.store.exists("fisher", ".safetensors"):
                 return self.store.load_tensors("fisher")[0]
@@ -163,14 +168,30 @@ class Attributor:
             chosen = self.settings.fisher_examples
             if chosen is not None and chosen < len(rows):  # a seeded subset: F is an expectation, not a sum
                 rows = np.sort(np.random.default_rng(self.settings.fisher.seed).choice(rows, chosen, replace=False))
-            ids = self.caption_rows[rows]
             params = self.model.parameter_group(self.settings.fisher_group)
-            x0, cond = rows_of(self.latents, ids), rows_of(self.conditioning, rows)
-            fisher = estimate_fisher(self.model, params, x0, cond, ids, self.settings.fisher, progress=self.progress)
+            # Chunks are whole blocks of MIN_UNET_ROWS rows, so F has the same bits for any chunking (batching.py).
+            chunk = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
+            total = None
+            for start in tqdm(range(0, len(rows), chunk), desc="fisher", unit="chunk", disable=not self.progress):
+                part = self._fisher_part(params, rows[start:start + chunk])
+                total = part if total is None else {n: total[n] + part[n] for n in part}
+            fisher = finish_fisher(total, len(rows) * self.settings.fisher.samples_per_example,
+                                   self.settings.fisher.damping)
             self.store.save_tensors("fisher", fisher, {"settings": json.dumps(self.settings.manifest()),
                                                        "rows": str(len(rows))})
+            shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
             return fisher
         return self._cached("fisher", make)
+
+    def _fisher_part(self, params, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        name = f"fisher_parts/{rows[0]}-{rows[-1]}-{len(rows)}"
+        if self.store.exists(name, ".safetensors"):
+            return self.store.load_tensors(name)[0]
+        ids = self.caption_rows[rows]
+        sums = fisher_sums(self.model, params, rows_of(self.latents, ids), rows_of(self.conditioning, rows), ids,
+                           self.settings.fisher)
+        self.store.save_tensors(name, sums)
+        return sums
 
     def _losses(self, name: str, unet=None) -> np.ndarray:
         """(R, T, F) losses of every caption row, chunked and resumable."""
@@ -214,7 +235,7 @@ class Attributor:
                   "unlearn": dataclasses.asdict(settings)}
         if self.store.exists(f"{folder}/scores", ".npy"):
             self._log(f"query {query.key}: scores already in {folder}, reused")
-            return record
+            return self.store.load_json(f"{folder}/query")
         path = self.store.artefact_path(f"{folder}/query", ".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(query.png_bytes())
@@ -223,14 +244,14 @@ class Attributor:
         after = self._phase("score", lambda: self._losses(f"{folder}/losses_after", unet=unet))
         scores = loss_change_scores(self.base_losses, after, self.caption_rows, len(self.dataset))
         self.store.save_npy(f"{folder}/scores", scores)
+        record["timings_s"] = {k: self.timings[k] for k in ("unlearn", "score")}
+        self.store.save_json(f"{folder}/query", record)
         return record
 
     def _unlearned_unet(self, query: Query, settings: UnlearnSettings, folder: str):
         """The unlearned UNet; its changed weights are stored, so a resumed run does not unlearn again."""
         name = f"{folder}/unlearned"
         if self.store.exists(name, ".safetensors"):
-            import copy
-
             unet = copy.deepcopy(self.model.unet)
             unet.load_state_dict(self.store.load_tensors(name)[0], strict=False)
             return unet

@@ -60,10 +60,22 @@ def estimate_fisher(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, e
 
     x0 (N, C, h, w) and cond (N, L, D) have one row per (example, caption); example_ids (N,) key the randomness.
     """
+    sums = fisher_sums(model, params, x0, cond, example_ids, settings, progress)
+    return finish_fisher(sums, len(x0) * settings.samples_per_example, settings.damping)
+
+
+def finish_fisher(sums: dict[str, torch.Tensor], count: int, damping: float) -> dict[str, torch.Tensor]:
+    """F + λ from float64 sums of squared per-example gradients over `count` (example, sample) rows."""
+    return {name: (value / count + damping).float() for name, value in sums.items()}
+
+
+def fisher_sums(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, example_ids,
+                settings: FisherSettings = FisherSettings(), progress: bool = False) -> dict[str, torch.Tensor]:
+    """{name: float64 Σ (∂L/∂θ)²} over every (example, sample) row: sums of parts add up (a resumable Fisher)."""
     device = x0.device
     ids = torch.as_tensor(example_ids, dtype=torch.int64, device=device)
     if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
-        raise ValueError(f"estimate_fisher needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
+        raise ValueError(f"the Fisher needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
                          f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")
     # Rows (example, sample) in C order; a batch is any slice of them.
     row = torch.arange(len(x0), device=device).repeat_interleave(settings.samples_per_example)
@@ -83,7 +95,7 @@ def estimate_fisher(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, e
                                   block_rows=MIN_UNET_ROWS)
         for name, value in squares.items():
             total[name] += value
-    return {name: (value / len(row) + settings.damping).float() for name, value in total.items()}
+    return total
 
 
 def save_fisher(path: str, fisher: dict[str, torch.Tensor], settings: FisherSettings, meta: dict | None = None):
