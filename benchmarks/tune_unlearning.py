@@ -60,11 +60,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--timesteps", type=int, default=4)
     parser.add_argument("--flips", action="store_true")
+    parser.add_argument("--fisher-examples", type=int, help="Fisher over a seeded subset of rows (the demo's 1,024)")
     parser.add_argument("--only", action="append", help="run only these candidate names")
     args = parser.parse_args()
 
     model, dataset = DiffusionModel.load("default"), open_dataset("default")
-    settings = PrepareSettings(scoring=LossGrid(timesteps=args.timesteps, flips=args.flips, batch_size=128))
+    settings = PrepareSettings(scoring=LossGrid(timesteps=args.timesteps, flips=args.flips, batch_size=128),
+                               fisher_examples=args.fisher_examples)
     attributor = Attributor(model, dataset, args.work_dir, settings, progress=False).prepare()
     prompts = validation_prompts(dataset, args.prompts)
     queries = [query_from_prompt(model, prompt, seed=0) for prompt, _ in prompts]
