@@ -71,6 +71,12 @@ def test_bad_input_is_named_and_loses_nothing(folder, tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"unlearn-fast attribute: unlearning produced NaN/inf .* smaller alpha"):
         main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "red apple", "--sample-steps", "2",
               "--alpha", "1e40", "--draws", "4", "--quiet"])
+    with pytest.raises(SystemExit, match=r"unlearn-fast attribute: the Fisher lacks .* group 'attention'"):
+        main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "red apple", "--sample-steps", "2",
+              "--group", "attention", "--draws", "4", "--quiet"])
+    with pytest.raises(SystemExit, match=r"unlearn-fast attribute: parameter group 'no_such_layer' matches no"):
+        main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "red apple", "--sample-steps", "2",
+              "--group", "no_such_layer", "--draws", "4", "--quiet"])
     with pytest.raises(SystemExit, match=r"unlearn-fast attribute: .*no_such_data: no such file or folder"):
         main(["attribute", "--data", str(tmp_path / "no_such_data"), "--work-dir", str(work), "--prompt", "x"])
     assert (work / "fisher.safetensors").read_bytes() == fisher

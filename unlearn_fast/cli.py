@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     from .data import DataError
+    from .errors import SettingsError
     from .models.folder import ModelFolderError
     from .query import QueryError
     from .store import StoreMismatchError
@@ -360,7 +361,7 @@ def main(argv=None) -> None:
     args.argv = argv  # recorded with what it produced (training.json)
     try:
         args.run(args)
-    except (DataError, ModelFolderError, QueryError, StoreMismatchError, FloatingPointError) as error:
+    except (DataError, ModelFolderError, QueryError, SettingsError, StoreMismatchError, FloatingPointError) as error:
         # The user's input or settings, not a bug: the message names the culprit; no traceback.
         raise SystemExit(f"unlearn-fast {args.verb}: {error}") from None
 

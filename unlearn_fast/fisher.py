@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .batching import MIN_UNET_ROWS, pad_rows
+from .errors import SettingsError
 from .fisher_hooks import diagonal_fisher
 
 
@@ -35,7 +36,7 @@ class FisherSettings:
 
     def __post_init__(self):
         if self.samples_per_example < 1 or self.batch_size < 1 or self.damping < 0:
-            raise ValueError(f"FisherSettings needs samples_per_example, batch_size >= 1 and damping >= 0: {self}")
+            raise SettingsError(f"FisherSettings needs samples_per_example, batch_size >= 1 and damping >= 0: {self}")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

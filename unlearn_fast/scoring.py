@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .batching import pad_rows
+from .errors import SettingsError
 from .models.adapter import DiffusionModel
 from .ops.noisy_input_reference import mirrored
 
@@ -32,7 +33,7 @@ def timestep_grid(num_train_timesteps: int, count: int) -> torch.Tensor:
     50, 150, …, 950.
     """
     if not 1 <= count <= num_train_timesteps:
-        raise ValueError(f"timestep count must be in [1, {num_train_timesteps}], got {count}")
+        raise SettingsError(f"timestep count must be in [1, {num_train_timesteps}], got {count}")
     i = torch.arange(count, dtype=torch.int64)
     return (2 * i + 1) * num_train_timesteps // (2 * count)
 
@@ -57,18 +58,18 @@ class LossGrid:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise SettingsError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+            raise SettingsError(f"batch_size must be at least 1, got {self.batch_size}")
 
     def timestep_values(self, num_train_timesteps: int) -> torch.Tensor:
         if isinstance(self.timesteps, int):
             return timestep_grid(num_train_timesteps, self.timesteps)
         steps = torch.as_tensor(self.timesteps, dtype=torch.int64)
         if steps.ndim != 1 or len(steps) == 0 or bool(((steps < 0) | (steps >= num_train_timesteps)).any()):
-            raise ValueError(f"timesteps must be a non-empty list of ints in [0, {num_train_timesteps}), "
+            raise SettingsError(f"timesteps must be a non-empty list of ints in [0, {num_train_timesteps}), "
                              f"got {self.timesteps}")
         return steps
 

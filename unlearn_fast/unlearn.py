@@ -15,6 +15,7 @@ import torch
 
 from . import ops
 from .batching import pad_rows
+from .errors import SettingsError
 from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient
 
@@ -36,7 +37,7 @@ class UnlearnSettings:
 
     def __post_init__(self):
         if self.steps < 1 or self.draws < 1 or self.batch_size < 1:
-            raise ValueError(f"UnlearnSettings needs steps, draws and batch_size >= 1: {self}")
+            raise SettingsError(f"UnlearnSettings needs steps, draws and batch_size >= 1: {self}")
 
 
 def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):
@@ -70,7 +71,7 @@ def unlearn(model, fisher: dict[str, torch.Tensor], x0_query: torch.Tensor, cond
     if settings.precondition:
         missing = [n for n, p in params.items() if n not in fisher or fisher[n].shape != p.shape]
         if missing:
-            raise ValueError(f"the Fisher lacks (or has another shape for) {len(missing)} parameters of group "
+            raise SettingsError(f"the Fisher lacks (or has another shape for) {len(missing)} parameters of group "
                              f"{settings.group!r}, e.g. {missing[0]}: estimate it over the same group")
     scale = settings.alpha / N
     for step in range(settings.steps):

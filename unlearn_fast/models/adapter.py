@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import SettingsError
+
 # Named subsets of weights that unlearning may change (METHOD.md §3). Keys are diffusers parameter names.
 PARAMETER_GROUPS: dict[str, str] = {
     "kv": r"\.attn2\.to_[kv]\.weight$",  # cross-attention keys and values: the paper's (and our) default
@@ -131,11 +133,11 @@ class DiffusionModel:
         try:
             regex = re.compile(pattern)
         except re.error as error:
-            raise ValueError(f"parameter group {group!r} is neither one of {sorted(PARAMETER_GROUPS)} nor a valid "
+            raise SettingsError(f"parameter group {group!r} is neither one of {sorted(PARAMETER_GROUPS)} nor a valid "
                              f"regex ({error})") from None
         selected = {name: p for name, p in self.unet.named_parameters() if regex.search(name)}
         if not selected:
-            raise ValueError(f"parameter group {group!r} matches no UNet parameter (e.g. "
+            raise SettingsError(f"parameter group {group!r} matches no UNet parameter (e.g. "
                              f"{next(iter(dict(self.unet.named_parameters())))!r})")
         return selected
 
