@@ -197,3 +197,21 @@ def test_scores_average_captions_and_timesteps_then_take_the_larger_flip():
     expected1 = max(change[2, :, f].mean() for f in range(2))
     assert scores[0] == pytest.approx(expected0, rel=1e-6) and scores[1] == pytest.approx(expected1, rel=1e-6)
     assert np.isnan(scores[3])
+
+
+def test_an_image_with_two_captions_is_scored_by_their_average(model, default_dataset, query, tmp_path):
+    """Image 3 of this set has two captions: two caption rows (own text, the image's noise), τ averaged over them."""
+    folder = tmp_path / "data"
+    export_imagefolder(SubsetDataset(default_dataset, range(360, 376)), str(folder))
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    rows[3]["text"] = [rows[3]["text"], "tomato"]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    attributor = Attributor(model, open_dataset(str(folder)), tmp_path / "work", settings(), progress=False)
+    attribution = attributor.attribute([query], UNLEARN)
+    assert attributor.caption_rows.tolist() == [0, 1, 2, 3, 3] + list(range(4, 16))
+    before = attributor.base_losses
+    after = np.load(tmp_path / "work" / attribution.records[0]["folder"] / "losses_after" / "data.npy")
+    assert not np.array_equal(before[3], before[4])  # each caption row has its own conditioning
+    change = (after.astype(np.float64) - before).mean(axis=1)  # (rows, flips)
+    assert attribution.scores[0, 3] == pytest.approx(change[3:5].mean(axis=0).max(), rel=1e-6)
+    assert attribution.scores[0, 4] == pytest.approx(change[5].max(), rel=1e-6)
