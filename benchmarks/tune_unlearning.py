@@ -85,7 +85,7 @@ def main() -> None:
             position[attribution.order(q)] = np.arange(1, len(dataset) + 1)
             ranks.append(int(position[truth].min()))
         ranks = np.array(ranks)
-        results[name] = {"settings": vars(unlearn) | {}, "ranks": ranks.tolist(),
+        results[name] = {"settings": vars(unlearn), "ranks": ranks.tolist(),
                          "mrr": float((1.0 / ranks).mean()), "hits_at_10": int((ranks <= 10).sum()),
                          "median_rank": float(np.median(ranks)), "seconds": round(time.perf_counter() - started, 1)}
         print(name, results[name], flush=True)

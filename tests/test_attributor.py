@@ -215,3 +215,11 @@ def test_an_image_with_two_captions_is_scored_by_their_average(model, default_da
     change = (after.astype(np.float64) - before).mean(axis=1)  # (rows, flips)
     assert attribution.scores[0, 3] == pytest.approx(change[3:5].mean(axis=0).max(), rel=1e-6)
     assert attribution.scores[0, 4] == pytest.approx(change[5].max(), rel=1e-6)
+
+
+def test_the_work_dirs_fisher_reads_back_with_load_fisher(model, reference):
+    from unlearn_fast.fisher import load_fisher
+
+    fisher, fisher_settings, meta = load_fisher(f"{reference.work_dir}/fisher.safetensors")
+    assert fisher_settings.seed == 5 and meta["group"] == "kv" and meta["rows"] == 40
+    assert set(fisher) == set(model.parameter_group("kv")) and all(v.dtype == torch.float32 for v in fisher.values())

@@ -1,7 +1,7 @@
 """Planted duplicates (ground truth by construction): 8 copies of a pattern under a new caption among 200 default
 images; fine-tune the shipped model; attribute an image generated from the caption. The copies must take >= 90 % of
-the top 8 with the Fisher step. Plain SGD ascent is run beside it (benchmarks/results/planted.md has the full-size
-comparison); here it only has to produce a valid ranking."""
+the top 8 with the Fisher step. Plain SGD ascent is run beside it and printed (benchmarks/results/planted.md has the
+full-size comparison)."""
 import numpy as np
 import pytest
 
@@ -44,7 +44,8 @@ def test_planted_copies_take_the_top_ranks(planted):
     result, attributions = planted
     assert len(result.planted) == 8 and result.planted == list(range(200, 208))
     assert result.shares["fisher"] >= 0.9, result.ranks
-    assert 0.0 <= result.shares["sgd"] <= 1.0 and len(result.ranks["sgd"]) == 8
+    # SGD is reported beside it, not asserted: at this size it also finds the copies (the full-size comparison,
+    # where it does not, is benchmarks/results/planted.md).
     print(f"\nplanted copies in the top 8: Fisher {result.shares['fisher']:.2f}, SGD {result.shares['sgd']:.2f}, "
           f"chance {result.chance:.3f}; ranks {result.ranks}")
 

@@ -70,7 +70,7 @@ class Attribution:
 
     @classmethod
     def load(cls, out_dir: str, dataset: CaptionedImages | None = None) -> "Attribution":
-        """Read back what save wrote (query images from the work directory); the dataset is reopened from its source."""
+        """Read back what save wrote (the report folder is self-contained); the dataset is reopened from its source."""
         from PIL import Image
 
         from .data.dataset import open_dataset
@@ -83,10 +83,8 @@ class Attribution:
                 raise ValueError(f"{out_dir}: the training set was not opened with open_dataset, so it cannot be "
                                  "reopened; pass it to Attribution.load(out_dir, dataset)")
             dataset = open_dataset(**record["data"])
-        queries = []
-        for rec in record["queries"]:
-            image = np.array(Image.open(os.path.join(record["work_dir"], rec["folder"], "query.png")).convert("RGB"))
-            queries.append(Query(image=image, prompt=rec["prompt"], source=rec["source"]))
+        queries = [Query(image=np.array(Image.open(os.path.join(out_dir, "images", f"query_{q}.png")).convert("RGB")),
+                         prompt=rec["prompt"], source=rec["source"]) for q, rec in enumerate(record["queries"])]
         scores = np.load(os.path.join(out_dir, "scores.npy"))
         return cls(scores=scores, queries=queries, records=record["queries"], dataset=dataset,
                    work_dir=record["work_dir"], timings=record.get("timings_s", {}))

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from .attribution import Attribution
 from .batching import MIN_UNET_ROWS
 from .data.dataset import CaptionedImages, load_pixels
-from .fisher import FisherSettings, finish_fisher, fisher_sums
+from .fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
 from .models.adapter import DiffusionModel
 from .query import Query
 from .scoring import LossGrid, loss_change_scores, per_example_losses
-from .store import WorkDir, run_chunked
+from .store import WorkDir, read_manifest, run_chunked
 from .unlearn import UnlearnSettings, unlearn
 
 # Settings fields that change speed only: left out of the work directory's binding and of query keys.
@@ -58,6 +58,12 @@ class PrepareSettings:
                 "fisher_examples": self.fisher_examples}
 
     @classmethod
+    def recorded_in(cls, work_dir) -> "PrepareSettings | None":
+        """The settings work_dir's manifest records (default batch sizes), or None for a new folder."""
+        manifest = read_manifest(work_dir)
+        return cls.from_manifest(manifest["settings"]) if manifest else None
+
+    @classmethod
     def from_manifest(cls, numbers: dict, scoring_batch: int = 512, fisher_batch: int = 64) -> "PrepareSettings":
         """The settings a work directory was prepared with (its manifest), with the given batch sizes."""
         scoring = dict(numbers["scoring"])
@@ -84,21 +90,23 @@ class Attributor:
         self.dataset = dataset
         self.progress = progress
         self.store = WorkDir(work_dir)
-        manifest = self.store.path / "manifest.json"
-        if settings is None and manifest.exists() and not overwrite:  # reuse what the folder was prepared with
-            settings = PrepareSettings.from_manifest(json.loads(manifest.read_text())["settings"])
+        if settings is None and not overwrite:  # reuse what the folder was prepared with
+            settings = PrepareSettings.recorded_in(work_dir)
         self.settings = settings or PrepareSettings()
         self.store.bind(model.fingerprint(), dataset.fingerprint(), self.settings.manifest(), overwrite=overwrite)
         self.timings: dict[str, float] = {}
         self._cache: dict[str, torch.Tensor | np.ndarray] = {}
+        self._prepared = False
 
     # ------------------------------------------------------------------------------------------------ prepare
     def prepare(self) -> "Attributor":
         """Compute (or resume) every per-model artefact; those already complete are skipped."""
-        self._phase("latents", lambda: self.latents)
-        self._phase("text", lambda: self.conditioning)
-        self._phase("fisher", lambda: self.fisher)
-        self._phase("base_losses", lambda: self.base_losses)
+        if not self._prepared:  # once per Attributor: later calls would only log 0 s phases over the real timings
+            self._phase("latents", lambda: self.latents)
+            self._phase("text", lambda: self.conditioning)
+            self._phase("fisher", lambda: self.fisher)
+            self._phase("base_losses", lambda: self.base_losses)
+            self._prepared = True
         return self
 
     def _phase(self, name: str, fn):
@@ -177,8 +185,9 @@ class Attributor:
                 total = part if total is None else {n: total[n] + part[n] for n in part}
             fisher = finish_fisher(total, len(rows) * self.settings.fisher.samples_per_example,
                                    self.settings.fisher.damping)
-            self.store.save_tensors("fisher", fisher, {"settings": json.dumps(self.settings.manifest()),
-                                                       "rows": str(len(rows))})
+            meta = {"group": self.settings.fisher_group, "rows": len(rows),
+                    "model_fingerprint": self.store.manifest["model_fingerprint"]}
+            self.store.save_tensors("fisher", fisher, fisher_metadata(self.settings.fisher, meta))  # load_fisher reads it
             shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
             return fisher
         return self._cached("fisher", make)

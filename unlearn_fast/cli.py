@@ -95,23 +95,19 @@ def _prepare_settings(args):
 
     from .attributor import PrepareSettings
 
-    given = {"timesteps": args.timesteps, "flips": args.flips, "seed": args.score_seed, "dtype": args.dtype}
-    fisher_given = {"samples_per_example": args.fisher_samples, "damping": args.damping, "seed": args.score_seed}
-    other = {"fisher_group": args.fisher_group, "fisher_examples": args.fisher_examples}
-    if all(v is None for v in (*given.values(), *fisher_given.values(), *other.values())):
+    def given(**options):
+        return {k: v for k, v in options.items() if v is not None}
+
+    scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype)
+    fisher = given(samples_per_example=args.fisher_samples, damping=args.damping, seed=args.score_seed)
+    other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples)
+    if not (scoring or fisher or other):
         return None
-    manifest = os.path.join(args.work_dir, "manifest.json")
-    base = PrepareSettings()
-    if os.path.isfile(manifest) and not args.overwrite:
-        with open(manifest, encoding="utf-8") as handle:
-            base = PrepareSettings.from_manifest(json.load(handle)["settings"])
-    keep = lambda changes: {k: v for k, v in changes.items() if v is not None}  # noqa: E731
-    if other["fisher_examples"] == 0:  # 0 = every row
+    if other.get("fisher_examples") == 0:  # 0 = every row
         other["fisher_examples"] = None
-        base = dataclasses.replace(base, fisher_examples=None)
-    return dataclasses.replace(
-        base, scoring=dataclasses.replace(base.scoring, batch_size=args.batch_size, **keep(given)),
-        fisher=dataclasses.replace(base.fisher, **keep(fisher_given)), **keep(other))
+    base = (None if args.overwrite else PrepareSettings.recorded_in(args.work_dir)) or PrepareSettings()
+    return dataclasses.replace(base, scoring=dataclasses.replace(base.scoring, batch_size=args.batch_size, **scoring),
+                               fisher=dataclasses.replace(base.fisher, **fisher), **other)
 
 
 def _attributor(args):
@@ -133,20 +129,17 @@ def cmd_prepare(args) -> None:
 
 
 def _queries(args, model) -> list:
-    from .query import QueryError, query_from_file, query_from_prompt
+    from .query import query_from_file, query_from_prompt
 
     prompts, images = args.prompt or [], args.image or []
     if not prompts:
         raise SystemExit("attribute: give --prompt (with --image FILE, or alone to generate the query with --seed)")
     if images and len(images) != len(prompts):
         raise SystemExit(f"attribute: {len(images)} --image for {len(prompts)} --prompt; give one prompt per image")
-    try:
-        if images:
-            return [query_from_file(path, prompt, model.resolution) for path, prompt in zip(images, prompts)]
-        return [query_from_prompt(model, prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
-                for prompt in prompts]
-    except QueryError as error:
-        raise SystemExit(f"attribute: {error}") from None
+    if images:  # a QueryError (size, mode, file) reaches main(), which prints it as one line
+        return [query_from_file(path, prompt, model.resolution) for path, prompt in zip(images, prompts)]
+    return [query_from_prompt(model, prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
+            for prompt in prompts]
 
 
 def _unlearn_settings(args):

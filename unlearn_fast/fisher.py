@@ -99,10 +99,15 @@ def fisher_sums(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, examp
     return total
 
 
+def fisher_metadata(settings: FisherSettings, meta: dict | None = None) -> dict[str, str]:
+    """The safetensors metadata load_fisher reads back: the settings and `meta` (JSON-serialisable)."""
+    return {"settings": json.dumps(asdict(settings)), "meta": json.dumps(meta or {})}
+
+
 def save_fisher(path: str, fisher: dict[str, torch.Tensor], settings: FisherSettings, meta: dict | None = None):
     """safetensors file; settings and `meta` (JSON-serialisable, e.g. the model fingerprint) go in its metadata."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in fisher.items()}
-    save_file(tensors, path, metadata={"settings": json.dumps(asdict(settings)), "meta": json.dumps(meta or {})})
+    save_file(tensors, path, metadata=fisher_metadata(settings, meta))
 
 
 def load_fisher(path: str, device: str | torch.device = "cpu"

@@ -24,9 +24,13 @@ from torch.func import functional_call, grad, vmap
 from .ops import linear_fisher_diag
 
 
-def _is_linear(unet, name: str) -> bool:
-    path, _, attr = name.rpartition(".")
-    return attr in ("weight", "bias") and isinstance(unet.get_submodule(path), nn.Linear)
+def _split_linear(unet, params: dict) -> tuple[dict, dict]:
+    """(nn.Linear weights and biases: the hooked path, every other parameter: the fallback)."""
+    def is_linear(name):
+        path, _, attr = name.rpartition(".")
+        return attr in ("weight", "bias") and isinstance(unet.get_submodule(path), nn.Linear)
+    linear = {n: p for n, p in params.items() if is_linear(n)}
+    return linear, {n: p for n, p in params.items() if n not in linear}
 
 
 @contextmanager
@@ -82,8 +86,7 @@ def diagonal_fisher(model, params: dict[str, nn.Parameter], x0, cond, timesteps,
     whose batches are whole blocks gets the same bits for any batch size.
     """
     rows = len(x0) if rows is None else rows
-    linear = {n: p for n, p in params.items() if _is_linear(model.unet, n)}
-    other = {n: p for n, p in params.items() if n not in linear}
+    linear, other = _split_linear(model.unet, params)
     fisher = _hooked_fisher(model, linear, x0, cond, timesteps, noise, backend, rows, block_rows) if linear else {}
     if other:
         fisher.update(_vmap_fisher(model, other, x0, cond, timesteps, noise, rows, block_rows))
@@ -138,8 +141,7 @@ def summed_gradient(model, unet, params: dict[str, nn.Parameter], x0, cond, time
     float32 autograd gradient, cast.
     """
     batch = x0.shape[0]
-    linear = {n: p for n, p in params.items() if _is_linear(unet, n)}
-    other = {n: p for n, p in params.items() if n not in linear}
+    linear, other = _split_linear(unet, params)
     paths = sorted({name.rpartition(".")[0] for name in linear})
     with _capture_linear_io(unet, paths, batch) as captured, _only_these_require_grad(unet, params), \
             torch.enable_grad():

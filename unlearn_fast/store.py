@@ -98,6 +98,12 @@ def _normalise(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------- work directory
 
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The manifest of the work directory at ``path`` (inputs and settings), or None if it has none yet."""
+    manifest = Path(path) / MANIFEST
+    return json.loads(manifest.read_text()) if manifest.is_file() else None
+
+
 class WorkDir:
     """A folder of named artefacts, bound by its manifest to the inputs that produced them."""
 

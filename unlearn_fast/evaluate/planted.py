@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..data.dataset import CaptionedImages, SubsetDataset
+from ..data.dataset import CaptionedImages, Example, SubsetDataset
 from ..data.export import export_imagefolder
 
 
@@ -48,10 +48,7 @@ class _PlantedDataset(CaptionedImages):
     """base images followed by `copies` copies of one image under one caption."""
 
     def __init__(self, base: CaptionedImages, image: np.ndarray, caption: str, copies: int):
-        from ..data.dataset import Example
-
         self.base, self.planted, self.caption, self.copies = base, Image.fromarray(image), caption, copies
-        self._example = Example
         self.source = f"{base.source} + {copies} planted copies"
 
     def __len__(self) -> int:
@@ -60,8 +57,8 @@ class _PlantedDataset(CaptionedImages):
     def example(self, index: int):
         if self._check_index(index) < len(self.base):
             ex = self.base.example(index)
-            return self._example(index, ex.key, ex.captions)
-        return self._example(index, f"planted_{index - len(self.base)}.png", (self.caption,))
+            return Example(index, ex.key, ex.captions)
+        return Example(index, f"planted_{index - len(self.base)}.png", (self.caption,))
 
     def image(self, index: int) -> Image.Image:
         return self.base.image(index) if self._check_index(index) < len(self.base) else self.planted.copy()
@@ -106,16 +103,16 @@ def run_planted(base_model: str, base: CaptionedImages, setup: PlantedSetup, out
     from ..query import query_from_prompt
     from ..training_run import TrainRequest, run_training
 
-    resolution = DiffusionModel.load(base_model).resolution
+    starting = DiffusionModel.load(base_model)  # its resolution and vocabulary
     data_dir, model_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "model")
     if not os.path.isfile(os.path.join(data_dir, "metadata.jsonl")):
-        build_planted_set(base, setup, resolution, data_dir)
+        build_planted_set(base, setup, starting.resolution, data_dir)
     dataset = open_dataset(data_dir)
     planted = [i for i in range(len(dataset)) if dataset.key(i).startswith("planted_")]
     if not os.path.isfile(os.path.join(model_dir, "training.json")):
-        vocabulary = DiffusionModel.load(base_model).text.tokenizer
         run_training(TrainRequest(data=data_dir, out=model_dir, init_from=base_model,
-                                  add_tokens=vocabulary.unknown_words(setup.caption), steps=setup.finetune_steps,
+                                  add_tokens=starting.text.tokenizer.unknown_words(setup.caption),
+                                  steps=setup.finetune_steps,
                                   batch_size=setup.finetune_batch_size, lr=setup.finetune_lr, seed=setup.seed,
                                   command="evaluate.planted.run_planted"), quiet=quiet)
     with open(os.path.join(model_dir, "training.json"), encoding="utf-8") as handle:

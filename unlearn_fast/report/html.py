@@ -30,7 +30,8 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
     """Write out_dir/report.html (+ out_dir/images/) and return its path."""
     dataset, parts = attribution.dataset, []
     for q, (query, record) in enumerate(zip(attribution.queries, attribution.records)):
-        src = save_png(enlarged(Image.fromarray(query.image), 2 * THUMB), out_dir, f"images/query_{q}.png")
+        # The query at its own size (Attribution.load reads it back); the page scales it with crisp pixels.
+        src = save_png(Image.fromarray(query.image), out_dir, f"images/query_{q}.png")
         settings = record.get("unlearn", {})
         parts.append(f'<section><h2>Query {q + 1}</h2><div class="query">'
                      f'<img src="{src}" width="{2 * THUMB}" height="{2 * THUMB}" alt="query {q + 1}">'
