@@ -1,22 +1,18 @@
 """ops.denoising_loss: the reference against the unfused composition and DiffusionModel.loss, every backend against the
 reference (both prediction types, odd sizes, flips, non-contiguous and 16-bit inputs), batch invariance, validation."""
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from ops_cases import CPU_BACKENDS, CUDA_BACKENDS, HAS_EXT, needs_ext
 from test_noisy_input import LAYOUTS, SEED, make_rows, make_x0, strided
 from unlearn_fast import ops
 from unlearn_fast.ops import _backend
 from triton_interpreter import run_under_triton_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_EXT = _backend.native() is not None
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason="unlearn_fast._C is not built")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -129,12 +125,9 @@ def test_triton_interpreter_matches_reference():
     run_under_triton_interpreter(script)
 
 
-@needs_cuda
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_backends_match_reference(backend, layout):
-    if backend not in ops.available_backends("cuda"):
-        pytest.skip(f"{backend} backend not available")
     rows = make_rows(64)
     for shape in ((3, 5, 7), (4, 64, 64)):
         x0, pred = make_x0(64, shape, torch.float32, layout), make_pred(64, shape, torch.bfloat16, layout)
@@ -148,7 +141,7 @@ def test_cuda_backends_match_reference(backend, layout):
             assert_losses_close(got.cpu(), want)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + (["cpp"] if HAS_EXT else []))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_rows_independent_of_batch_split_and_order(backend, prediction_type):
     # Bit-identical for the native backends; the reference's float32 mean may be vectorised differently per batch.

@@ -2,21 +2,17 @@
 every backend against the reference (odd sizes, several tiles and token chunks, bias on/off, 16-bit and non-contiguous
 inputs), and diagonal_fisher on the tiny default model against torch.func vmap and a loop of single-example grads."""
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
+from ops_cases import CPU_BACKENDS, CUDA_BACKENDS, HAS_EXT, needs_ext
 from unlearn_fast import fisher_hooks, ops
 from unlearn_fast.fisher_hooks import diagonal_fisher
 from unlearn_fast.ops import _backend, linear_fisher_reference
 from triton_interpreter import run_under_triton_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_EXT = _backend.native() is not None
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason="unlearn_fast._C is not built")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 # (N, T, d_in, d_out): odd sizes; the default model's cross-attention K/V; several C++/CUDA tiles and token chunks.
 SHAPES = [(3, 5, 7, 9), (4, 16, 64, 64), (2, 70, 130, 33)]
@@ -62,6 +58,17 @@ def assert_fisher_close(got, want, rtol=1e-5):
     torch.testing.assert_close(got, want.float(), rtol=rtol, atol=rtol * want.abs().max().item())
 
 
+def assert_backend_matches_reference(x, g, bias, backend, rtol=1e-5, device="cpu"):
+    """linear_fisher_diag on `backend` (inputs moved to `device`) against the reference on the CPU inputs."""
+    got = ops.linear_fisher_diag(x.to(device), g.to(device), bias=bias, backend=backend)
+    assert ops.last_backend("linear_fisher_diag") == backend
+    want = ops.linear_fisher_diag(x, g, bias=bias, backend="reference")
+    assert (got[1] is None) == (not bias)
+    assert_fisher_close(got[0].cpu(), want[0], rtol)
+    if bias:
+        assert_fisher_close(got[1].cpu(), want[1], rtol)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_reference_is_sum_of_per_example_outer_products(shape, monkeypatch):
     monkeypatch.setattr(linear_fisher_reference, "CHUNK_BYTES", 4 * shape[2] * shape[3])  # one example per chunk
@@ -85,16 +92,10 @@ def test_cpp_matches_reference(shape, dtype):
     for x_layout, g_layout in zip(LAYOUTS, LAYOUTS[1:] + LAYOUTS[:1]):
         x, g = make_xg(*shape, dtype, (x_layout, g_layout))
         for bias in (False, True):
-            got = ops.linear_fisher_diag(x, g, bias=bias, backend="cpp")
-            assert ops.last_backend("linear_fisher_diag") == "cpp"
-            want = ops.linear_fisher_diag(x, g, bias=bias, backend="reference")
-            assert_fisher_close(got[0], want[0])
-            assert (got[1] is None) == (not bias)
-            if bias:
-                assert_fisher_close(got[1], want[1])
+            assert_backend_matches_reference(x, g, bias, "cpp")
 
 
-@pytest.mark.parametrize("backend", ["reference"] + (["cpp"] if HAS_EXT else []))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_additive_over_batch_split(backend):
     x, g = make_xg(7, 9, 20, 18, layouts=("sliced", "transposed"))
     whole = ops.linear_fisher_diag(x, g, bias=True, backend=backend)
@@ -123,40 +124,26 @@ def test_triton_interpreter_matches_reference():
     script = textwrap.dedent(
         """
         import torch
-        from test_linear_fisher import DTYPES, LAYOUTS, assert_fisher_close, make_xg
-        from unlearn_fast import ops
+        from test_linear_fisher import DTYPES, LAYOUTS, assert_backend_matches_reference, make_xg
         for shape in ((3, 5, 7, 9), (2, 20, 40, 33)):
             for dtype in DTYPES:
                 for layouts in zip(LAYOUTS, LAYOUTS[1:] + LAYOUTS[:1]):
                     x, g = make_xg(*shape, dtype, layouts)
-                    bias = layouts[0] != "contiguous"
-                    got = ops.linear_fisher_diag(x, g, bias=bias, backend="triton")
-                    assert ops.last_backend("linear_fisher_diag") == "triton"
-                    want = ops.linear_fisher_diag(x, g, bias=bias, backend="reference")
-                    assert_fisher_close(got[0], want[0])
-                    assert (got[1] is None) == (not bias)
-                    if bias:
-                        assert_fisher_close(got[1], want[1])
+                    assert_backend_matches_reference(x, g, layouts[0] != "contiguous", "triton")
         print("ok")
         """
     )
     run_under_triton_interpreter(script)
 
 
-@needs_cuda
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_backends_match_reference(backend, dtype):
-    if backend not in ops.available_backends("cuda"):
-        pytest.skip(f"{backend} backend not available")
     for shape in SHAPES + [(64, 77, 1024, 320)]:  # the last: a K/V projection of the paper's MSCOCO UNet
         for layouts in zip(LAYOUTS, LAYOUTS[1:] + LAYOUTS[:1]):
             x, g = make_xg(*shape, dtype, layouts)
-            got = ops.linear_fisher_diag(x.cuda(), g.cuda(), bias=True, backend=backend)
-            assert ops.last_backend("linear_fisher_diag") == backend
-            want = ops.linear_fisher_diag(x, g, bias=True, backend="reference")
-            for got_i, want_i in zip(got, want):
-                assert_fisher_close(got_i.cpu(), want_i, rtol=1e-4)  # float32 sums over up to 64 examples
+            # rtol 1e-4: float32 sums over up to 64 examples
+            assert_backend_matches_reference(x, g, True, backend, rtol=1e-4, device="cuda")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +173,7 @@ def test_binding_checks():
 
 def test_empty_batch_gives_zeros():
     x, g = make_xg(0, 3, 4, 5)
-    for backend in ["reference"] + (["cpp"] if HAS_EXT else []):
+    for backend in CPU_BACKENDS:
         weight_sq, bias_sq = ops.linear_fisher_diag(x, g, bias=True, backend=backend)
         assert torch.equal(weight_sq, torch.zeros(5, 4)) and torch.equal(bias_sq, torch.zeros(5))
 

@@ -1,20 +1,15 @@
 """ops.noisy_input: the reference against the unfused composition and the scheduler, every backend against the
 reference (odd sizes, flips, non-contiguous and 16-bit inputs), batch invariance, validation, backend reporting."""
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
+from ops_cases import CPU_BACKENDS, CUDA_BACKENDS, HAS_EXT, needs_ext
 from unlearn_fast import ops
 from unlearn_fast.ops import _backend
 from triton_interpreter import run_under_triton_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_EXT = _backend.native() is not None
-HAS_CUDA = torch.cuda.is_available()
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason="unlearn_fast._C is not built")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 LAYOUTS = ("contiguous", "channels_last", "sliced", "transposed")
 SEED = 0xC0FFEE_0000_1234
 
@@ -132,12 +127,9 @@ def test_triton_interpreter_matches_reference():
     run_under_triton_interpreter(script)
 
 
-@needs_cuda
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_backends_match_reference(backend, layout):
-    if backend not in ops.available_backends("cuda"):
-        pytest.skip(f"{backend} backend not available")
     rows = make_rows(64)
     for shape in ((3, 5, 7), (4, 64, 64)):
         for in_dtype in (torch.float32, torch.bfloat16):
@@ -149,7 +141,7 @@ def test_cuda_backends_match_reference(backend, layout):
             assert_close_to(got.cpu(), want, in_dtype)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + (["cpp"] if HAS_EXT else []))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_rows_independent_of_batch_split_and_order(backend):
     a_t, s_t, ids, steps, flips = make_rows(9)
     x0 = make_x0(9, (3, 5, 7), layout="channels_last")
