@@ -122,12 +122,6 @@ class Attributor:
         if self.progress:
             print(f"[unlearn-fast] {line}", file=sys.stderr)
 
-    def _chunked(self, name: str, shape: tuple[int, ...]):
-        """A resumable array; one that exists keeps the chunking it was started with, whatever chunk_rows is now."""
-        meta = self.store.artefact_path(name) / "meta.json"
-        chunk_rows = json.loads(meta.read_text())["chunk_rows"] if meta.exists() else self.settings.chunk_rows
-        return self.store.chunked(name, shape, chunk_rows)
-
     def _cached(self, name: str, make):
         if name not in self._cache:
             self._cache[name] = make()
@@ -148,7 +142,8 @@ class Attributor:
         """x0 (N, C, h, w) of every training image (VAE posterior mean × scaling factor, or pixels): a read-only
         memmap, so a training set larger than memory is read a chunk at a time (rows_of)."""
         def make():
-            array = self._chunked("latents", (len(self.dataset), *self.model.latent_shape))
+            array = self.store.chunked("latents", (len(self.dataset), *self.model.latent_shape),
+                                       self.settings.chunk_rows)
 
             def encode(start, stop):
                 return self.model.encode_images(load_pixels(self.dataset, self.model.resolution, range(start, stop)))
@@ -162,7 +157,7 @@ class Attributor:
             rows = self.caption_rows
             captions = [c for i in range(len(self.dataset)) for c in self.dataset.captions(i)]
             shape = tuple(self.model.encode_text(captions[:1]).shape[1:])
-            array = self._chunked("text", (len(rows), *shape))
+            array = self.store.chunked("text", (len(rows), *shape), self.settings.chunk_rows)
             return run_chunked(array, lambda a, b: self.model.encode_text(captions[a:b]), self.progress)
         return self._cached("text", make)
 
@@ -206,7 +201,8 @@ class Attributor:
         """(R, T, F) losses of every caption row, chunked and resumable."""
         grid = self.settings.scoring
         steps = len(grid.timestep_values(self.model.scheduler.config.num_train_timesteps))
-        array = self._chunked(name, (len(self.caption_rows), steps, 2 if grid.flips else 1))
+        array = self.store.chunked(name, (len(self.caption_rows), steps, 2 if grid.flips else 1),
+                                   self.settings.chunk_rows)
         rows, x0, cond = self.caption_rows, self.latents, self.conditioning
 
         def compute(start, stop):

@@ -244,20 +244,23 @@ class ChunkedArray:
     """
 
     def __init__(self, folder: Path, shape: tuple[int, ...], chunk_rows: int):
+        """chunk_rows applies to a new array; an existing one keeps the chunking it was created with (a resumed run
+        may use other batch settings: chunking changes no number, only which rows are written together)."""
         if not shape or any(s < 0 for s in shape) or chunk_rows < 1:
             raise ValueError(f"chunked array needs sizes >= 0 and chunk_rows >= 1; got {shape}, {chunk_rows}")
-        self.folder, self.shape, self.chunk_rows = Path(folder), shape, chunk_rows
+        folder = Path(folder)
+        if (folder / "meta.json").exists():
+            stored = json.loads((folder / "meta.json").read_text())
+            if tuple(stored["shape"]) != tuple(shape) or stored.get("dtype") != "float32":
+                raise StoreMismatchError(
+                    f"chunked array {folder.name!r} in {folder.parent} was created with shape "
+                    f"{tuple(stored['shape'])}, but is now opened with shape {shape}; {_HINT}")
+            chunk_rows = int(stored["chunk_rows"])
+        self.folder, self.shape, self.chunk_rows = folder, shape, chunk_rows
         self.name = self.folder.name
         self.num_chunks = -(-shape[0] // chunk_rows)
         meta = {"shape": list(shape), "chunk_rows": chunk_rows, "dtype": "float32"}
-        if (self.folder / "meta.json").exists():
-            stored = json.loads((self.folder / "meta.json").read_text())
-            if stored != meta:
-                raise StoreMismatchError(
-                    f"chunked array {self.name!r} in {self.folder.parent} was created with shape "
-                    f"{tuple(stored['shape'])}, chunk_rows {stored['chunk_rows']}, but is now opened with shape "
-                    f"{shape}, chunk_rows {chunk_rows}; {_HINT}")
-        else:
+        if not (self.folder / "meta.json").exists():
             self._create(meta)
         self._data = np.load(self.folder / "data.npy", mmap_mode="r+")
         self._done = np.load(self.folder / "done.npy")
