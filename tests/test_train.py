@@ -1,4 +1,6 @@
 """The trainer: it learns, it is deterministic, and excluded images never reach it."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -42,21 +44,39 @@ def test_training_is_deterministic_given_a_seed(small_pixels):
     assert fingerprints[0] == fingerprints[1]
 
 
-def test_excluded_indices_are_never_seen(tiny_model, small_pixels, monkeypatch):
-    excluded = {0, 5, 17, 42, 95}
+def _batches_seen(model, data, monkeypatch, steps=30):
+    """Dataset indices of the rows each training step received (the spy sits on TrainingSet.batch's output)."""
     seen = []
     original = TrainingSet.batch
 
     def spy(self, indices, generator):
-        seen.extend(indices.tolist())
-        return original(self, indices, generator)
+        x0, captions, kept = original(self, indices, generator)
+        seen.append(indices[kept].tolist())
+        return x0, captions, kept
 
     monkeypatch.setattr(TrainingSet, "batch", spy)
+    train_diffusion(model, data, DiffusionTrainConfig(steps=steps, **FAST), quiet=True)
+    monkeypatch.undo()
+    return seen
+
+
+def test_excluded_indices_are_never_seen(tiny_model, small_pixels, monkeypatch):
+    excluded = {0, 5, 17, 42, 95}
     data = _training_set(tiny_model, small_pixels, exclude=excluded)
-    train_diffusion(tiny_model, data, DiffusionTrainConfig(steps=30, **FAST), quiet=True)
-    assert len(seen) == 30 * 16
+    data.x0[sorted(excluded)] = float("nan")  # poisoned: one excluded row in a step would make the weights NaN
+    seen = [i for batch in _batches_seen(tiny_model, data, monkeypatch) for i in batch]
     assert excluded.isdisjoint(seen)
     assert set(seen) == set(range(96)) - excluded  # 5 epochs: every other image was seen
+    assert all(bool(p.isfinite().all()) for p in tiny_model.unet.parameters())
+
+
+def test_leave_k_out_replays_the_full_runs_batches(tiny_model, small_pixels, monkeypatch):
+    """Same seed: the leave-K-out run's batches are the full run's batches minus the excluded rows, in order."""
+    excluded = {3, 8, 50}
+    full = _batches_seen(copy.deepcopy(tiny_model), _training_set(tiny_model, small_pixels), monkeypatch)
+    reduced = _batches_seen(copy.deepcopy(tiny_model), _training_set(tiny_model, small_pixels, excluded), monkeypatch)
+    assert reduced == [[i for i in batch if i not in excluded] for batch in full]
+    assert any(len(batch) < 16 for batch in reduced)
 
 
 def test_exclude_is_validated(tiny_model, small_pixels):

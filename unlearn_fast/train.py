@@ -42,7 +42,13 @@ class DiffusionTrainConfig:
 
 
 class TrainingSet:
-    """Encoded training examples x0 (N, C, h, w) with their captions, minus the excluded indices."""
+    """Encoded training examples x0 (N, C, h, w) with their captions, minus the excluded indices.
+
+    A leave-K-out run replays the full run's batches with the excluded rows dropped: the index stream is a seeded
+    order over ALL N examples, and every per-row draw (caption, dropout, timestep, noise) is made for the whole batch
+    before the excluded rows are removed. So the only difference from the original run is the removed images (and
+    the smaller batches they leave), not a reshuffled data order: ΔL measures the removal, not seed noise.
+    """
 
     def __init__(self, x0: torch.Tensor, captions: list[tuple[str, ...]], exclude=()):
         if len(x0) != len(captions):
@@ -51,29 +57,32 @@ class TrainingSet:
         if len(excluded) and (excluded.min() < 0 or excluded.max() >= len(x0)):
             bad = [int(i) for i in excluded if not 0 <= i < len(x0)][:5]
             raise ValueError(f"exclude: indices {bad} are outside the training set of {len(x0)} images")
-        keep = torch.ones(len(x0), dtype=torch.bool)
-        keep[excluded] = False
+        self.keep = torch.ones(len(x0), dtype=torch.bool)
+        self.keep[excluded] = False
         self.x0 = x0
         self.captions = captions
-        self.allowed = keep.nonzero().squeeze(1)
-        if len(self.allowed) == 0:
+        if not bool(self.keep.any()):
             raise ValueError("TrainingSet: every example is excluded")
 
     def __len__(self) -> int:
-        return len(self.allowed)
+        return int(self.keep.sum())
 
-    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-        """Rows ``indices`` (dataset indices) with one caption each, drawn at random where an image has several."""
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """(x0, captions, kept) for the allowed rows of ``indices``; kept (len(indices),) bool marks them. A caption
+        is drawn for every row (allowed or not), so the generator advances exactly as in the full run."""
         picks = torch.randint(0, 1 << 30, (len(indices),), generator=generator)
-        captions = [self.captions[i][int(p) % len(self.captions[i])] for i, p in zip(indices.tolist(), picks)]
-        return self.x0[indices], captions
+        kept = self.keep[indices]
+        allowed = indices[kept]
+        captions = [self.captions[i][int(p) % len(self.captions[i])] for i, p in zip(allowed.tolist(), picks[kept])]
+        return self.x0[allowed], captions, kept
 
     def index_stream(self, batch_size: int, generator: torch.Generator):
-        """Endless epochs over the allowed indices, each in a fresh seeded order."""
+        """Endless epochs over all N indices, each in a fresh seeded order (batch() drops the excluded ones)."""
+        n = len(self.keep)
         while True:
-            order = self.allowed[torch.randperm(len(self.allowed), generator=generator)]
+            order = torch.randperm(n, generator=generator)
             # Whole batches only (the tail of an epoch is dropped); a set smaller than a batch is one batch.
-            for start in range(0, max(1, len(order) - batch_size + 1), batch_size):
+            for start in range(0, max(1, n - batch_size + 1), batch_size):
                 yield order[start:start + batch_size]
 
 
@@ -98,7 +107,10 @@ def train_vae(vae: nn.Module, pixels: np.ndarray, config: VAETrainConfig, exclud
     losses = []
     with tqdm(range(config.steps), desc="train vae", disable=quiet, unit="step") as bar:
         for _ in bar:
-            x, _ = data.batch(next(stream), generator)
+            x, _, kept = data.batch(next(stream), generator)
+            if not bool(kept.any()):
+                schedule.step()  # every row of this batch is excluded: no update, the schedule still advances
+                continue
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
             recon = vae.decode(z).sample
@@ -159,11 +171,15 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
     with tqdm(range(config.steps), desc="train diffusion", disable=quiet, unit="step") as bar:
         for _ in bar:
             indices = next(stream)
-            x0, captions = data.batch(indices, generator)
-            drop = torch.rand(len(captions), generator=generator) < config.caption_dropout
+            x0, captions, kept = data.batch(indices, generator)
+            # Per-row draws for the whole batch, then the excluded rows' draws are dropped (see TrainingSet).
+            drop = (torch.rand(len(indices), generator=generator) < config.caption_dropout)[kept]
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-            timesteps = torch.randint(0, num_timesteps, (len(x0),), generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
+            timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=generator)[kept]
+            noise = torch.randn((len(indices), *x0.shape[1:]), generator=generator)[kept]
+            if not bool(kept.any()):
+                schedule.step()  # a batch of excluded rows only: no update, the schedule keeps time with the full run
+                continue
             with torch.set_grad_enabled(config.train_text_encoder):
                 cond = model.text.encode(captions)
             loss = model.loss(x0.to(model.device), cond, timesteps.to(model.device), noise.to(model.device)).mean()
@@ -176,7 +192,7 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
             if ema is not None:
                 ema.step(trainable)
             history.losses.append(loss.item())
-            history.seen_examples += len(indices)
+            history.seen_examples += len(x0)
             bar.set_postfix(loss=f"{np.mean(history.losses[-100:]):.4f}", refresh=False)
     if ema is not None:
         ema.copy_to(trainable)

@@ -30,6 +30,7 @@ class TrainRequest:
     vae_steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
+    warmup_steps: int = 200
     seed: int = 0
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
@@ -76,7 +77,8 @@ def run_training(request: TrainRequest, quiet: bool = False) -> dict:
     if model.resolution != pixels.shape[1]:
         pixels = load_pixels(dataset, model.resolution)
     data = TrainingSet(model.encode_images(pixels), captions, request.exclude)
-    config = DiffusionTrainConfig(steps=request.steps, batch_size=request.batch_size, lr=request.lr, seed=request.seed,
+    config = DiffusionTrainConfig(steps=request.steps, batch_size=request.batch_size, lr=request.lr,
+                                  warmup_steps=request.warmup_steps, seed=request.seed,
                                   ema_decay=request.ema_decay, caption_dropout=request.caption_dropout,
                                   unet_parameters=request.unet_parameters,
                                   train_text_encoder=request.train_text_encoder)
