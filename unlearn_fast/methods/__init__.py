@@ -1,0 +1,10 @@
+"""Attribution methods behind one interface (base.AttributionMethod): AbU and the baselines it is judged against."""
+from .abu import AbU
+from .base import AttributionMethod, run_method
+from .dtrak import DTRAK, GradientKernel, TRAKLoss
+from .pixel import PixelCosine
+from .random_ranking import RandomRanking
+from .registry import METHODS, build_method
+
+__all__ = ["AbU", "AttributionMethod", "DTRAK", "GradientKernel", "METHODS", "PixelCosine", "RandomRanking", "TRAKLoss",
+           "build_method", "run_method"]

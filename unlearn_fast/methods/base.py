@@ -1,0 +1,59 @@
+"""One interface for every attribution method, so AbU and its baselines are judged by the same harness and report.
+
+A method turns queries into scores of shape (queries, N) over the training set: higher = more responsible. It reads the
+training set through an Attributor (its model, data set and work directory, where latents and text embeddings are
+computed once and shared by every method), and its scores are cached there under ``methods/<name>-<settings hash>/``,
+so a second call (or a resumed evaluation) reads them back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..attribution import Attribution
+from ..query import Query
+
+
+class AttributionMethod(ABC):
+    """name: short and stable (tables, file names). settings(): everything that changes the numbers."""
+
+    name: str = "method"
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+    @property
+    def key(self) -> str:
+        numbers = json.dumps(self.settings(), sort_keys=True, default=str).encode()
+        return f"{self.name}-{hashlib.sha256(numbers).hexdigest()[:8]}"
+
+    @abstractmethod
+    def score(self, attributor, queries: list[Query]) -> np.ndarray:
+        """(len(queries), N) float32 scores."""
+
+
+def run_method(method: AttributionMethod, attributor, queries: list[Query] | Query) -> Attribution:
+    """Scores of `method` for `queries` as an Attribution (the same outputs and report as AbU's); cached per query."""
+    queries = [queries] if isinstance(queries, Query) else list(queries)
+    store, n = attributor.store, len(attributor.dataset)
+    folder = f"methods/{method.key}"
+    missing = [q for q in queries if not store.exists(f"{folder}/{q.key}", ".npy")]
+    started = time.perf_counter()
+    if missing:
+        fresh = np.asarray(method.score(attributor, missing), dtype=np.float32)
+        if fresh.shape != (len(missing), n):
+            raise ValueError(f"method {method.name} returned scores of shape {fresh.shape}, expected "
+                             f"({len(missing)}, {n})")
+        for query, row in zip(missing, fresh):
+            store.save_npy(f"{folder}/{query.key}", row)
+        store.save_json(f"{folder}/method", {"name": method.name, "settings": method.settings()})
+    scores = np.stack([store.load_npy(f"{folder}/{q.key}") for q in queries])
+    records = [{"folder": folder, "prompt": q.prompt, "source": q.source, "generation": q.generation,
+                "method": method.name, "settings": method.settings()} for q in queries]
+    return Attribution(scores=scores, queries=queries, records=records, dataset=attributor.dataset,
+                       work_dir=str(store.path), timings={method.name: round(time.perf_counter() - started, 3)})

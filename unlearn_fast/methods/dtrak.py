@@ -1,0 +1,153 @@
+"""D-TRAK (Zheng et al. 2023) and a TRAK-style variant: gradient features, randomly projected, kernel-regression scores.
+
+For each training image z, φ(z) = P · ∇θ f(z), with f averaged over a fixed grid of timesteps (noise keyed by
+(seed, image, timestep), as everywhere in this package):
+    output="sqnorm": f = ‖ε_θ(x_t, t, c)‖²          (D-TRAK: the model output's squared norm, no target needed)
+    output="loss":   f = ‖ε_θ(x_t, t, c) − ε‖²      (TRAK-style: the denoising loss itself)
+P is a sparse Johnson-Lindenstrauss projection (each coordinate of θ goes to one of `dim` buckets with a random sign;
+dattri's "sjlt"): O(#params) per example instead of O(#params × dim), and nothing of size #params × dim is stored.
+Scores: φ(ẑ)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z), λ = damping · trace(ΦᵀΦ) / dim (relative, so it does not depend on the gradients' scale).
+
+Φ (N, dim) lives in the work directory as a chunked array (resumable), once per settings; queries only cost φ(ẑ).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from .. import ops
+from ..errors import SettingsError
+from ..scoring import timestep_grid
+from ..store import run_chunked
+from .base import AttributionMethod
+
+OUTPUTS = ("sqnorm", "loss")
+
+
+@dataclass
+class GradientKernel(AttributionMethod):
+    """output: "sqnorm" (D-TRAK) or "loss" (TRAK-style). group: the UNet parameters differentiated (a
+    DiffusionModel.parameter_group name or regex). block: examples per vmap call (memory only)."""
+
+    output: str = "sqnorm"
+    timesteps: int = 10
+    dim: int = 4096
+    group: str = "all"
+    damping: float = 0.01
+    seed: int = 0
+    block: int = 16
+
+    def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise SettingsError(f"gradient kernel output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.timesteps < 1 or self.dim < 1 or self.block < 1 or self.damping < 0:
+            raise SettingsError(f"gradient kernel needs timesteps, dim, block >= 1 and damping >= 0: {self}")
+
+    @property
+    def name(self) -> str:
+        return "dtrak" if self.output == "sqnorm" else "trak"
+
+    def settings(self) -> dict:
+        return {k: v for k, v in super().settings().items() if k != "block"}
+
+    # ---------------------------------------------------------------------------------------------- features
+    def _projection(self, params: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{name: (bucket, sign)} per parameter tensor, from a generator seeded once: the same P for every call."""
+        generator = torch.Generator().manual_seed(self.seed)
+        out = {}
+        for name, p in params.items():
+            bucket = torch.randint(0, self.dim, (p.numel(),), generator=generator)
+            sign = torch.randint(0, 2, (p.numel(),), generator=generator).float() * 2 - 1
+            out[name] = (bucket.to(p.device), sign.to(p.device))
+        return out
+
+    def features(self, model, x0: torch.Tensor, cond: torch.Tensor, noise_ids: torch.Tensor) -> torch.Tensor:
+        """φ (B, dim) float64 for rows x0 (B, C, h, w), cond (B, L, D), keyed by noise_ids (B,)."""
+        params = model.parameter_group(self.group)
+        projection = self._cached_projection(params)
+        device = x0.device
+        t = timestep_grid(model.scheduler.config.num_train_timesteps, self.timesteps).to(device)
+        steps = torch.arange(self.timesteps, device=device)
+
+        def f(selected, x, c, e):  # one example: the mean over the grid of timesteps
+            xs, cs = x.expand(len(t), -1, -1, -1), c.expand(len(t), -1, -1)
+            x_t = model.scheduler.add_noise(xs, e, t)
+            pred = functional_call(model.unet, selected, (x_t, t), {"encoder_hidden_states": cs}).sample.float()
+            if self.output == "loss":
+                pred = pred - model.target(xs, e, t).float()
+            return pred.pow(2).flatten(1).sum(1).mean()
+
+        phi = torch.zeros(len(x0), self.dim, dtype=torch.float64, device=device)
+        detached = {n: p.detach() for n, p in params.items()}
+        for start in range(0, len(x0), self.block):
+            rows = slice(start, start + self.block)
+            ids = noise_ids[rows]
+            noise = ops.gaussian_noise(self.seed, ids.repeat_interleave(len(t)), steps.repeat(len(ids)), 0,
+                                       x0.shape[1:], device=device).view(len(ids), len(t), *x0.shape[1:])
+            with torch.no_grad(), warnings.catch_warnings():  # torch.func.grad differentiates anyway
+                # vmap runs CPU flash attention through its slow per-row fallback and warns on every call
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                grads = vmap(grad(f), in_dims=(None, 0, 0, 0))(detached, x0[rows], cond[rows], noise)
+            for name, g in grads.items():
+                bucket, sign = projection[name]
+                phi[rows].index_add_(1, bucket, (g.flatten(1) * sign).double())
+        return phi
+
+    def _cached_projection(self, params):
+        key = tuple(params)
+        if getattr(self, "_projection_key", None) != key:
+            self._projection_cache, self._projection_key = self._projection(params), key
+        return self._projection_cache
+
+    def training_features(self, attributor) -> np.ndarray:
+        """Φ (N, dim): caption rows' features averaged per image; a chunked array in the work directory."""
+        from ..attributor import rows_of
+
+        rows = attributor.caption_rows
+        array = attributor.store.chunked(f"methods/{self.key}/row_features", (len(rows), self.dim),
+                                         attributor.settings.chunk_rows)
+        model = attributor.model
+
+        def compute(start, stop):
+            ids = torch.as_tensor(rows[start:stop])
+            return self.features(model, rows_of(attributor.latents, ids.numpy()).to(model.device),
+                                 rows_of(attributor.conditioning, slice(start, stop)).to(model.device),
+                                 ids.to(model.device)).float()
+        per_row = run_chunked(array, compute, attributor.progress)
+        counts = np.bincount(rows, minlength=len(attributor.dataset))
+        if (counts == 1).all():  # one caption per image: the rows are the images (no copy; read a chunk at a time)
+            return per_row
+        per_image = np.zeros((len(attributor.dataset), self.dim), dtype=np.float64)
+        np.add.at(per_image, rows, np.asarray(per_row, np.float64))
+        return (per_image / counts[:, None]).astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------------ scores
+    def score(self, attributor, queries) -> np.ndarray:
+        model = attributor.model
+        phi_train = self.training_features(attributor)
+        chunks = [slice(start, start + 65536) for start in range(0, len(phi_train), 65536)]
+        gram = np.zeros((self.dim, self.dim))
+        for rows in chunks:
+            part = np.asarray(phi_train[rows], np.float64)
+            gram += part.T @ part
+        damping = self.damping * np.trace(gram) / self.dim
+        x0 = model.encode_images(np.stack([q.image for q in queries]))
+        cond = model.encode_text([q.prompt for q in queries])
+        # A query's noise is keyed by its own hash, so it never shares noise with a training image by accident.
+        ids = torch.tensor([int(q.key[:8], 16) for q in queries], device=model.device)
+        phi_query = self.features(model, x0, cond, ids).cpu().numpy()
+        weights = np.linalg.solve(gram + damping * np.eye(self.dim), phi_query.T)  # (dim, Q)
+        return np.concatenate([(np.asarray(phi_train[rows], np.float64) @ weights).T for rows in chunks], axis=1
+                              ).astype(np.float32)
+
+
+def DTRAK(**kwargs) -> GradientKernel:
+    return GradientKernel(output="sqnorm", **kwargs)
+
+
+def TRAKLoss(**kwargs) -> GradientKernel:
+    return GradientKernel(output="loss", **kwargs)
