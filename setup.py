@@ -72,6 +72,7 @@ setup(
         "diffusers==0.42.1",
         "pyarrow>=14",
         "tqdm>=4.66",
+        "matplotlib>=3.8",  # the evaluation's plots (verified with 3.10.7)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "emoji==2.16.0", "triton>=3.2; platform_system=='Linux'", "ninja"],

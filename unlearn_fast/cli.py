@@ -42,7 +42,8 @@ def cmd_train(args) -> None:
     request = TrainRequest(
         data=args.data, out=args.out, init_from=args.init_from, vae_from=args.vae_from, exclude=_read_indices(args.exclude),
         add_tokens=args.add_token or [], steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout,
+        lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, ema_decay=args.ema_decay,
+        caption_dropout=args.caption_dropout,
         unet_parameters=args.unet_parameters, train_text_encoder=not args.freeze_text_encoder,
         caption_column=args.caption_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
     )
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--init-from)")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--warmup-steps", type=int, default=200, help="learning-rate warm-up steps")
     train.add_argument("--ema-decay", type=float, default=0.999)
     train.add_argument("--caption-dropout", type=float, default=0.1)
     train.add_argument("--unet-parameters", default="all", help="UNet parameter group to train: all, kv, "
@@ -334,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     query_arguments(demo)
     demo.set_defaults(run=cmd_demo)
+
+    from .cli_evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
 
     export = sub.add_parser("export-data", help="write a training set (e.g. the embedded default) as an image folder")
     export.add_argument("--data", default="default")

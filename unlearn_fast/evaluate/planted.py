@@ -44,33 +44,43 @@ def distinctive_image(resolution: int, seed: int = 0) -> np.ndarray:
     return image.clip(0, 255).astype(np.uint8)
 
 
-class _PlantedDataset(CaptionedImages):
-    """base images followed by `copies` copies of one image under one caption."""
+class AugmentedDataset(CaptionedImages):
+    """base images followed by extra images with their captions, named <prefix>_<i>.png."""
 
-    def __init__(self, base: CaptionedImages, image: np.ndarray, caption: str, copies: int):
-        self.base, self.planted, self.caption, self.copies = base, Image.fromarray(image), caption, copies
-        self.source = f"{base.source} + {copies} planted copies"
+    def __init__(self, base: CaptionedImages, images: list[np.ndarray], captions: list[str], prefix: str):
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} extra images but {len(captions)} captions")
+        self.base, self.extra, self.extra_captions, self.prefix = base, images, captions, prefix
+        self.source = f"{base.source} + {len(images)} {prefix} images"
 
     def __len__(self) -> int:
-        return len(self.base) + self.copies
+        return len(self.base) + len(self.extra)
 
     def example(self, index: int):
         if self._check_index(index) < len(self.base):
             ex = self.base.example(index)
             return Example(index, ex.key, ex.captions)
-        return Example(index, f"planted_{index - len(self.base)}.png", (self.caption,))
+        k = index - len(self.base)
+        return Example(index, f"{self.prefix}_{k}.png", (self.extra_captions[k],))
 
     def image(self, index: int) -> Image.Image:
-        return self.base.image(index) if self._check_index(index) < len(self.base) else self.planted.copy()
+        if self._check_index(index) < len(self.base):
+            return self.base.image(index)
+        return Image.fromarray(self.extra[index - len(self.base)])
+
+
+def seeded_subset(base: CaptionedImages, size: int | None, seed: int) -> CaptionedImages:
+    if size is None or size >= len(base):
+        return base
+    return SubsetDataset(base, np.sort(np.random.default_rng(seed).choice(len(base), size, replace=False)))
 
 
 def build_planted_set(base: CaptionedImages, setup: PlantedSetup, resolution: int, out_dir: str
                       ) -> tuple[str, list[int]]:
     """Write the planted training set as an image folder; returns (folder, indices of the planted copies)."""
-    if setup.base_images is not None and setup.base_images < len(base):
-        chosen = np.sort(np.random.default_rng(setup.seed).choice(len(base), setup.base_images, replace=False))
-        base = SubsetDataset(base, chosen)
-    dataset = _PlantedDataset(base, distinctive_image(resolution, setup.seed), setup.caption, setup.copies)
+    base = seeded_subset(base, setup.base_images, setup.seed)
+    image = distinctive_image(resolution, setup.seed)
+    dataset = AugmentedDataset(base, [image] * setup.copies, [setup.caption] * setup.copies, "planted")
     export_imagefolder(dataset, out_dir)
     return out_dir, list(range(len(base), len(dataset)))
 

@@ -1,0 +1,126 @@
+"""The leave-K-out harness on a toy scale: removal plans, retraining artefacts (skippable, parallel-safe), and the
+counterfactual effect itself on ground truth by construction (removing planted copies hurts more than random)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from unlearn_fast.data import open_dataset
+from unlearn_fast.data.dataset import SubsetDataset
+from unlearn_fast.data.export import export_imagefolder
+from unlearn_fast.evaluate import retrain
+from unlearn_fast.evaluate.counterfactual import (CounterfactualSetup, QueryLosses, plan_removals, random_removals,
+                                                  removal_sizes, training_request)
+from unlearn_fast.evaluate.planted import AugmentedDataset, distinctive_image
+from unlearn_fast.models.adapter import DiffusionModel
+from unlearn_fast.query import query_from_array
+from unlearn_fast.training_run import TrainRequest
+
+
+def test_job_key_is_the_recipe_and_the_removed_set():
+    a = TrainRequest(data="d", exclude=[5, 2, 2], out="x", command="one")
+    assert retrain.job_key(a) == retrain.job_key(TrainRequest(data="d", exclude=[2, 5], out="y", command="two"))
+    assert retrain.job_key(a) != retrain.job_key(TrainRequest(data="d", exclude=[2, 6]))
+    assert retrain.job_key(a) != retrain.job_key(TrainRequest(data="d", exclude=[2, 5], seed=1))
+
+
+def test_plan_removes_each_methods_top_k_and_shared_random_draws():
+    setup = CounterfactualSetup(fractions=(0.1, 0.3), random_draws=2, methods=("m",))
+    scores = {"m": np.array([[0.0, 9, 1, 8, 2, 7, 3, 6, 4, 5], [9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0]])}
+    assert removal_sizes(setup, 10) == [1, 3]
+    plan = plan_removals(setup, scores)
+    top = {(e["query"], e["k"]): e["exclude"] for e in plan if e["method"] == "m"}
+    assert top == {(0, 1): [1], (1, 1): [0], (0, 3): [1, 3, 5], (1, 3): [0, 1, 2]}
+    random = [e for e in plan if e["method"] == "random"]
+    assert len(random) == 4 and all(e["query"] is None for e in random)  # one set for every query
+    for draw in range(2):  # nested across K, different across draws
+        small, large = (set(random_removals(setup, 10, draw, k)) for k in (1, 3))
+        assert small <= large and len(large) == 3
+    assert random_removals(setup, 10, 0, 3) != random_removals(setup, 10, 1, 3)
+
+
+def test_a_live_lock_is_respected_and_a_dead_ones_taken_over(tmp_path):
+    lock = str(tmp_path / "job.lock")
+    assert retrain._acquire(lock)
+    assert not retrain._acquire(lock)  # held by this (live) process
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(lock, "w") as handle:
+        handle.write(f"{retrain.socket.gethostname()} {dead.pid}")
+    assert retrain._acquire(lock)
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
+    request = TrainRequest(data="d", exclude=[1])
+    folder = retrain.model_folder(str(tmp_path), request)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "training.json"), "w") as handle:
+        handle.write("{}")
+    monkeypatch.setattr(retrain, "run_training", lambda *a, **k: pytest.fail("trained a finished run"))
+    assert retrain.run_job(str(tmp_path), request) == "done"
+    assert retrain.run_jobs(str(tmp_path), [request, request], workers=2, log=lambda _: None) == {
+        retrain.job_key(request): "done"}
+
+
+@pytest.fixture(scope="module")
+def planted_runs(tmp_path_factory, default_dataset):
+    """40 default images + 6 copies of a distinctive image; the original model and three leave-6-out retrains."""
+    root = tmp_path_factory.mktemp("counterfactual")
+    base = SubsetDataset(default_dataset, range(0, 400, 10))
+    image = distinctive_image(32, seed=3)
+    export_imagefolder(AugmentedDataset(base, [image] * 6, ["zorblat quadrille"] * 6, "planted"), str(root / "data"))
+    setup = CounterfactualSetup(steps=150, batch_size=16, warmup_steps=10, lr=2e-3)
+    planted = list(range(40, 46))
+    removals = {"planted": planted, "random 0": random_removals(setup, 46, 0, 6),
+                "random 1": random_removals(setup, 46, 1, 6)}
+    requests = {"original": training_request(setup, str(root / "data"))}
+    requests.update({name: training_request(setup, str(root / "data"), exclude) for name, exclude in removals.items()})
+    outcomes = retrain.run_jobs(str(root / "runs"), list(requests.values()), log=lambda _: None)
+    assert sorted(outcomes.values()) == ["trained"] * 4
+    models = {name: DiffusionModel.load(retrain.model_folder(str(root / "runs"), r)) for name, r in requests.items()}
+    return root, setup, removals, requests, models, image
+
+
+def test_retrained_runs_record_exactly_their_removed_images(planted_runs):
+    root, _, removals, requests, _, _ = planted_runs
+    for name, exclude in removals.items():
+        folder = retrain.model_folder(str(root / "runs"), requests[name])
+        with open(os.path.join(folder, "training.json")) as handle:
+            record = json.load(handle)
+        assert record["request"]["exclude"] == sorted(exclude) and record["num_excluded"] == len(exclude)
+        with open(os.path.join(os.path.dirname(folder), "job.json")) as handle:
+            assert json.load(handle)["exclude"] == sorted(exclude)
+
+
+def test_removing_the_planted_copies_raises_their_loss_more_than_random_removal(planted_runs):
+    _, setup, _, _, models, image = planted_runs
+    query = query_from_array(image, "zorblat quadrille", 32)
+    losses = QueryLosses(setup, [query])
+    base = losses(models["original"])[0]
+    delta = {name: losses(models[name])[0] - base for name in ("planted", "random 0", "random 1")}
+    print(f"\nΔL of the planted image: {delta}")
+    assert delta["planted"] > 0
+    assert delta["planted"] > 2 * max(delta["random 0"], delta["random 1"], 0.0)
+
+
+def test_the_cli_runs_the_whole_evaluation_and_resumes(tmp_path):
+    out = tmp_path / "cf"
+    args = [sys.executable, "-m", "unlearn_fast", "evaluate", "counterfactual", "--profile", "tiny", "--out", str(out),
+            "--train-images", "32", "--steps", "8", "--json"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    table = json.loads(first.stdout)["table"]
+    setup = CounterfactualSetup(fractions=(0.05, 0.2))
+    ks = removal_sizes(setup, 32)
+    for method in ("abu", "pixel", "random"):
+        assert sorted(r["k"] for r in table if r["method"] == method) == ks
+    assert [r["method"] for r in table].count("noise floor") == 1
+    for name in ("results.md", "delta_loss.png", "delta_mse.png", "images.png", "results.json", "validation.json"):
+        assert (out / name).is_file(), name
+    assert (out / "attributions" / "pixel" / "report.html").is_file()
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "0 to train" in second.stderr
+    assert json.loads(second.stdout)["table"] == table

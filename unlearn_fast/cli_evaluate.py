@@ -1,0 +1,104 @@
+"""``unlearn-fast evaluate counterfactual|groundtruth``: the evaluation harness from the command line."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+
+def _setup(args, setup_class, profile: dict):
+    import dataclasses
+
+    values = dict(profile)
+    for field in dataclasses.fields(setup_class):
+        given = getattr(args, field.name, None)
+        if given is not None:
+            values[field.name] = tuple(given) if isinstance(given, list) else given
+    return setup_class(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(setup_class)}})
+
+
+def _header(kind: str, args, seconds: float) -> str:
+    import torch
+
+    return (f"# {kind} evaluation ({args.profile} profile)\n\n"
+            f"- command: `unlearn-fast {' '.join(args.argv)}`\n"
+            f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}\n"
+            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time {seconds / 60:.1f} min\n")
+
+
+def cmd_counterfactual(args) -> None:
+    from .evaluate.counterfactual import CounterfactualSetup, run_counterfactual
+    from .evaluate.counterfactual_report import winner_lines, write_report
+    from .evaluate.profiles import PROFILES
+
+    profile = PROFILES[args.profile]
+    setup = _setup(args, CounterfactualSetup, profile["counterfactual"])
+    started = time.perf_counter()
+    summary = run_counterfactual(setup, args.out, workers=args.workers or profile["workers"],
+                                 threads=args.threads or profile["threads"],
+                                 log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+    header = _header("Counterfactual (leave-K-out retraining)", args, time.perf_counter() - started)
+    header += "\n" + "\n".join(f"- {line}" for line in winner_lines(summary)) + "\n"
+    paths = write_report(summary, args.out, args.results, header)
+    print(json.dumps({"table": summary["table"], "files": paths}, indent=1 if not args.json else None))
+
+
+def cmd_groundtruth(args) -> None:
+    from .evaluate.groundtruth import GroundTruthSetup, markdown_table, run_groundtruth
+    from .evaluate.profiles import PROFILES
+
+    setup = _setup(args, GroundTruthSetup, PROFILES[args.profile]["groundtruth"])
+    started = time.perf_counter()
+    summary = run_groundtruth(setup, args.out, log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+    text = _header("Ground-truth", args, time.perf_counter() - started) + "\n" + markdown_table(summary,
+                                                                                               setup.recall_k) + "\n"
+    for folder in filter(None, (args.out, args.results)):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "groundtruth.md"), "w", encoding="utf-8") as handle:
+            handle.write(text)
+        with open(os.path.join(folder, "groundtruth.json"), "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=1)
+    print(text if not args.json else json.dumps(summary))
+
+
+def add_evaluate_parser(sub) -> None:
+    from .evaluate.profiles import PROFILES
+
+    evaluate = sub.add_parser("evaluate", help="judge attribution methods: leave-K-out retraining, ground truth")
+    kinds = evaluate.add_subparsers(dest="kind", required=True)
+    counterfactual = kinds.add_parser("counterfactual", help="retrain without each method's top-K; ΔL and ΔG")
+    counterfactual.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
+                                help="run sizes: cpu (≤ 60 min on 2 cores), gpu (one H200), tiny (a smoke test)")
+    counterfactual.add_argument("--out", default="evaluation/counterfactual", help="work folder (resumable)")
+    counterfactual.add_argument("--results", help="also write the table and plots here (e.g. benchmarks/results/...)")
+    counterfactual.add_argument("--data", help="training data (default: the embedded set)")
+    counterfactual.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
+    counterfactual.add_argument("--train-images", type=int, help="size of the seeded training subset")
+    counterfactual.add_argument("--queries", type=int, help="held-out prompts to attribute")
+    counterfactual.add_argument("--fractions", type=float, nargs="+", help="K as shares of the training set")
+    counterfactual.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature (random always runs)")
+    counterfactual.add_argument("--random-draws", type=int)
+    counterfactual.add_argument("--noise-seeds", type=int, nargs="+", help="seeds of the full-set noise-floor runs")
+    counterfactual.add_argument("--steps", type=int, help="training steps of every run")
+    counterfactual.add_argument("--batch-size", type=int)
+    counterfactual.add_argument("--encoder", help="local CLIP/DINO folder: the feature method and ΔG's feature distance")
+    counterfactual.add_argument("--workers", type=int, default=0, help="retraining processes at once")
+    counterfactual.add_argument("--threads", type=int, default=0, help="torch threads per process")
+    counterfactual.add_argument("--json", action="store_true")
+    counterfactual.set_defaults(run=cmd_counterfactual)
+
+    groundtruth = kinds.add_parser("groundtruth", help="customisation exemplars and planted duplicates: Recall@10, mAP")
+    groundtruth.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    groundtruth.add_argument("--out", default="evaluation/groundtruth", help="work folder (resumable)")
+    groundtruth.add_argument("--results", help="also write groundtruth.md/.json here")
+    groundtruth.add_argument("--data", help="base data (default: the embedded set)")
+    groundtruth.add_argument("--base-model", help="model to customise (default: the embedded one)")
+    groundtruth.add_argument("--base-images", type=int, help="seeded subset of the base data to rank among")
+    groundtruth.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
+    groundtruth.add_argument("--prompts", type=int, help="customisation prompts with the new token (≥ 10)")
+    groundtruth.add_argument("--planted-copies", type=int, nargs="+", help="repetition counts R")
+    groundtruth.add_argument("--json", action="store_true")
+    groundtruth.set_defaults(run=cmd_groundtruth)

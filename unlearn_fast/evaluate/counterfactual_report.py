@@ -1,0 +1,117 @@
+"""What `evaluate counterfactual` writes from its summary: a markdown table, plots of ΔL and ΔG against K, and
+original-vs-retrained images for a few queries."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+METRIC_LABELS = {"delta_loss": "ΔL (loss of ẑ, retrained − original)", "delta_mse": "ΔG (pixel MSE)",
+                 "delta_feature": "ΔG (1 − encoder cosine)"}
+
+
+def _cell(value: dict, digits: int = 4) -> str:
+    mean, se = value["mean"], value["se"]
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if se is None or math.isnan(se) else f" ± {se:.{digits}f}")
+
+
+def markdown_table(summary: dict) -> str:
+    metrics = [m for m in METRIC_LABELS if any(m in row for row in summary["table"])]
+    lines = ["| method | K (share) | " + " | ".join(METRIC_LABELS[m] for m in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for row in summary["table"]:
+        size = "full set, other seed" if row["method"] == "noise floor" else f"{row['k']} ({row['fraction']:.1%})"
+        lines.append(f"| {row['method']} | {size} | " + " | ".join(_cell(row[m]) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def plot_against_k(summary: dict, metric: str, path: str) -> str:
+    """Mean ± SE of `metric` against K for every method, the noise floor as a shaded band around 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    methods = [m for m in dict.fromkeys(r["method"] for r in summary["table"]) if m != "noise floor"]
+    for method in methods:
+        rows = sorted((r for r in summary["table"] if r["method"] == method and metric in r), key=lambda r: r["k"])
+        if rows:
+            ax.errorbar([100 * r["fraction"] for r in rows], [r[metric]["mean"] for r in rows],
+                        yerr=[0 if math.isnan(r[metric]["se"]) else r[metric]["se"] for r in rows], marker="o",
+                        capsize=3, label=method)
+    floor = [r for r in summary["table"] if r["method"] == "noise floor" and metric in r]
+    if floor and metric == "delta_loss":
+        spread = abs(floor[0][metric]["mean"]) + (0 if math.isnan(floor[0][metric]["se"]) else floor[0][metric]["se"])
+        ax.axhspan(-spread, spread, color="grey", alpha=0.2, label="noise floor (other seed)")
+    elif floor:
+        ax.axhline(floor[0][metric]["mean"], color="grey", linestyle="--", label="noise floor (other seed)")
+    ax.set_xlabel("K (% of the training set removed)")
+    ax.set_ylabel(METRIC_LABELS[metric])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def image_grid(summary: dict, out_dir: str, path: str, max_queries: int = 3, cell: int = 64) -> str:
+    """Rows: queries. Columns: the original image, then each method's retrained image at the largest K (random:
+    draw 0), then the noise-floor model's."""
+    rows = summary["rows"]
+    k = max(r["k"] for r in rows)
+    columns = [m for m in dict.fromkeys(r["method"] for r in rows)]
+    queries = summary["queries"][:max_queries]
+    label_h = 14
+    sheet = Image.new("RGB", (cell * (len(columns) + 1), label_h + cell * len(queries)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(["original", *columns]):
+        draw.text((c * cell + 2, 1), name[:10], fill="black")
+    for q, _ in enumerate(queries):
+        images = [Image.open(os.path.join(out_dir, "queries", f"q{q}.png"))]
+        for method in columns:
+            match = [r for r in rows if r["method"] == method and r["query"] == q and r["draw"] in (0, 1)
+                     and (r["k"] == k or method == "noise floor")]
+            images.append(Image.open(os.path.join(out_dir, "retrains", match[0]["run"], match[0]["image"]))
+                          if match else Image.new("RGB", (cell, cell), "lightgrey"))
+        for c, image in enumerate(images):
+            sheet.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST), (c * cell, label_h + q * cell))
+    sheet.save(path)
+    return path
+
+
+def write_report(summary: dict, out_dir: str, results_dir: str | None = None, header: str = "") -> dict[str, str]:
+    """results.md + plots + image grid in results_dir (default: out_dir)."""
+    results_dir = results_dir or out_dir
+    os.makedirs(results_dir, exist_ok=True)
+    paths = {}
+    for metric in METRIC_LABELS:
+        if any(metric in r for r in summary["table"]):
+            paths[metric] = plot_against_k(summary, metric, os.path.join(results_dir, f"{metric}.png"))
+    paths["images"] = image_grid(summary, out_dir, os.path.join(results_dir, "images.png"))
+    text = header + "\n" + markdown_table(summary) + "\n"
+    paths["table"] = os.path.join(results_dir, "results.md")
+    with open(paths["table"], "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return paths
+
+
+def winner_lines(summary: dict) -> list[str]:
+    """For each K: which method has the largest mean ΔL, and by how many SEs it beats random and the noise floor."""
+    lines = []
+    table = summary["table"]
+    floor = next((r["delta_loss"]["mean"] for r in table if r["method"] == "noise floor"), float("nan"))
+    for k in sorted({r["k"] for r in table if r["method"] != "noise floor"}):
+        at_k = [r for r in table if r["k"] == k and r["method"] != "noise floor"]
+        best = max(at_k, key=lambda r: r["delta_loss"]["mean"])
+        random = next(r for r in at_k if r["method"] == "random")
+        se = np.hypot(best["delta_loss"]["se"], random["delta_loss"]["se"])
+        lines.append(f"K = {k}: largest ΔL {best['method']} {best['delta_loss']['mean']:.4f}, random "
+                     f"{random['delta_loss']['mean']:.4f} (difference {(best['delta_loss']['mean'] - random['delta_loss']['mean']) / se:.1f} SE), "
+                     f"noise floor |ΔL| {abs(floor):.4f}")
+    return lines

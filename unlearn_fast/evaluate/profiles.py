@@ -1,0 +1,34 @@
+"""Sizes of the evaluation runs, chosen to fit a time budget (benchmarks/README.md records what they took).
+
+cpu: 2 cores, ≤ 60 minutes each. counterfactual: a 400-image subset of the default data, 300 training steps of 64
+     (48 epochs; ≈ 2.2 min per run on one core), 3 queries, 3 removal sizes: 38 runs, two at a time.
+     groundtruth: rank among 1,000 default images (+ the exemplars or copies), scoring at 4 timesteps × 2 flips.
+gpu: one H200, ≤ 8 minutes: the full default set, more queries, longer training, eight runs at a time.
+tiny: a smoke test of the whole pipeline in about a minute (the tests use it).
+"""
+from __future__ import annotations
+
+PROFILES = {
+    "cpu": {"counterfactual": {"train_images": 400, "queries": 3, "steps": 300, "batch_size": 64,
+                               "warmup_steps": 30, "methods": ("abu", "dtrak", "pixel"), "random_draws": 3,
+                               "noise_seeds": (1,), "method_options": {"dtrak": {"dim": 2048}}},
+            "groundtruth": {"base_images": 1000, "methods": ("abu", "dtrak", "pixel", "random"),
+                            "method_options": {"dtrak": {"dim": 2048}}},
+            "workers": 2, "threads": 1},
+    "gpu": {"counterfactual": {"train_images": None, "queries": 10, "steps": 1500, "batch_size": 128,
+                               "warmup_steps": 100, "methods": ("abu", "dtrak", "trak", "pixel"), "random_draws": 3,
+                               "noise_seeds": (1, 2),
+                               "method_options": {"dtrak": {"dim": 8192}, "trak": {"dim": 8192}}},
+            "groundtruth": {"base_images": None, "methods": ("abu", "dtrak", "trak", "pixel", "random"),
+                            "scoring_timesteps": 10, "method_options": {"dtrak": {"dim": 8192}, "trak": {"dim": 8192}}},
+            "workers": 8, "threads": 2},
+    "tiny": {"counterfactual": {"train_images": 48, "queries": 2, "steps": 20, "batch_size": 16, "warmup_steps": 2,
+                                "fractions": (0.05, 0.2), "methods": ("abu", "pixel"), "random_draws": 2,
+                                "noise_seeds": (1,), "loss_timesteps": 10, "query_steps": 10,
+                                "validation_prompts": 2},
+             "groundtruth": {"base_images": 60, "methods": ("abu", "pixel", "random"), "prompts": 3,
+                             "custom_steps": 20, "planted_copies": (2,), "planted_queries": 2, "planted_steps": 20,
+                             "planted_batch_size": 16, "query_steps": 10, "validation_prompts": 2,
+                             "abu_alphas": (0.1,)},
+             "workers": 1, "threads": 1},
+}

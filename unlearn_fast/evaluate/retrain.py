@@ -1,0 +1,125 @@
+"""Retraining runs as artefacts: one folder per (recipe, excluded set), so each is done once, skipped when done,
+and safe to run from several processes (or several machines sharing a disk) at the same time.
+
+    retrains/<key>/model/         the trained model (diffusers folders + training.json), written last
+    retrains/<key>/job.json       the request: recipe, seed, excluded indices (sorted)
+    retrains/<key>.lock           held while a process trains it (pid inside; a dead owner's lock is taken over)
+
+A killed run leaves only a lock and a partial temporary folder: the next call trains that job again from the start.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import socket
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+
+from ..training_run import TrainRequest, run_training
+
+
+def job_key(request: TrainRequest) -> str:
+    """A hash of everything that changes the trained weights (not where they go, not the command line)."""
+    recipe = dataclasses.asdict(request)
+    for name in ("out", "command"):
+        recipe.pop(name)
+    recipe["exclude"] = sorted({int(i) for i in request.exclude})
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_folder(root: str, request: TrainRequest) -> str:
+    return os.path.join(root, job_key(request), "model")
+
+
+def is_done(root: str, request: TrainRequest) -> bool:
+    return os.path.isfile(os.path.join(model_folder(root, request), "training.json"))
+
+
+def _owner_alive(lock: str) -> bool:
+    try:
+        with open(lock, encoding="utf-8") as handle:
+            host, pid = handle.read().split()
+    except (OSError, ValueError):
+        return False  # half-written: its writer died at once
+    if host != socket.gethostname():
+        return True  # another machine's: only it can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire(lock: str) -> bool:
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _owner_alive(lock):
+                return False
+            os.remove(lock)  # a killed run's lock
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{socket.gethostname()} {os.getpid()}")
+        return True
+    return False
+
+
+def run_job(root: str, request: TrainRequest, threads: int = 0) -> str:
+    """Train `request` into its folder unless it is done (or being trained by another live process): returns
+    "done", "trained" or "busy"."""
+    import torch
+
+    key = job_key(request)
+    folder = os.path.join(root, key)
+    if is_done(root, request):
+        return "done"
+    os.makedirs(folder, exist_ok=True)
+    lock = folder + ".lock"
+    if not _acquire(lock):
+        return "busy"
+    try:
+        if is_done(root, request):
+            return "done"
+        if threads:
+            torch.set_num_threads(threads)
+        partial = os.path.join(folder, f"model.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        with open(os.path.join(folder, "job.json"), "w", encoding="utf-8") as handle:
+            json.dump(dataclasses.asdict(request) | {"exclude": sorted(set(request.exclude)), "key": key}, handle)
+        run_training(dataclasses.replace(request, out=partial), quiet=True)
+        shutil.rmtree(os.path.join(folder, "model"), ignore_errors=True)
+        os.replace(partial, os.path.join(folder, "model"))  # the finished model appears at once, complete
+        return "trained"
+    finally:
+        os.remove(lock)
+
+
+def run_jobs(root: str, requests: list[TrainRequest], workers: int = 1, threads: int = 1, log=print) -> dict[str, str]:
+    """Every request trained (or found done), `workers` processes at a time; returns {key: outcome}."""
+    unique = {}
+    for request in requests:
+        unique.setdefault(job_key(request), request)
+    pending = [r for k, r in unique.items() if not is_done(root, r)]
+    log(f"retraining: {len(unique)} runs, {len(unique) - len(pending)} already done, {len(pending)} to train "
+        f"({workers} worker(s) × {threads} thread(s))")
+    outcomes = {k: "done" for k, r in unique.items() if is_done(root, r)}
+    if workers <= 1:
+        for number, request in enumerate(pending, 1):
+            outcomes[job_key(request)] = run_job(root, request, threads)
+            log(f"retraining: {number}/{len(pending)} finished")
+        return outcomes
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_job, root, r, threads): job_key(r) for r in pending}
+        for number, future in enumerate(as_completed(futures), 1):
+            outcomes[futures[future]] = future.result()
+            log(f"retraining: {number}/{len(pending)} finished")
+    busy = [k for k, v in outcomes.items() if v == "busy"]
+    if busy:
+        log(f"retraining: {len(busy)} run(s) are being trained by another process; run again to collect them")
+    return outcomes
