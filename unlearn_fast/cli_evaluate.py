@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -43,6 +44,10 @@ def cmd_counterfactual(args) -> None:
     header = _header("Counterfactual (leave-K-out retraining)", args, time.perf_counter() - started)
     header += "\n" + "\n".join(f"- {line}" for line in winner_lines(summary)) + "\n"
     paths = write_report(summary, args.out, args.results, header)
+    if args.results:  # the numbers behind the table, beside it
+        for name in ("results.json", "validation.json"):
+            if os.path.isfile(os.path.join(args.out, name)):
+                shutil.copy(os.path.join(args.out, name), os.path.join(args.results, name))
     print(json.dumps({"table": summary["table"], "files": paths}, indent=1 if not args.json else None))
 
 
@@ -84,6 +89,7 @@ def add_evaluate_parser(sub) -> None:
     counterfactual.add_argument("--noise-seeds", type=int, nargs="+", help="seeds of the full-set noise-floor runs")
     counterfactual.add_argument("--steps", type=int, help="training steps of every run")
     counterfactual.add_argument("--batch-size", type=int)
+    counterfactual.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
     counterfactual.add_argument("--encoder", help="local CLIP/DINO folder: the feature method and ΔG's feature distance")
     counterfactual.add_argument("--workers", type=int, default=0, help="retraining processes at once")
     counterfactual.add_argument("--threads", type=int, default=0, help="torch threads per process")

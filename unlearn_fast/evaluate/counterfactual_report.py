@@ -101,17 +101,19 @@ def write_report(summary: dict, out_dir: str, results_dir: str | None = None, he
     return paths
 
 
-def winner_lines(summary: dict) -> list[str]:
-    """For each K: which method has the largest mean ΔL, and by how many SEs it beats random and the noise floor."""
+def winner_lines(summary: dict, method: str = "abu") -> list[str]:
+    """For each K: `method`'s mean ΔL against random removal (difference in SEs), the best method, the noise floor."""
     lines = []
     table = summary["table"]
     floor = next((r["delta_loss"]["mean"] for r in table if r["method"] == "noise floor"), float("nan"))
     for k in sorted({r["k"] for r in table if r["method"] != "noise floor"}):
-        at_k = [r for r in table if r["k"] == k and r["method"] != "noise floor"]
-        best = max(at_k, key=lambda r: r["delta_loss"]["mean"])
-        random = next(r for r in at_k if r["method"] == "random")
-        se = np.hypot(best["delta_loss"]["se"], random["delta_loss"]["se"])
-        lines.append(f"K = {k}: largest ΔL {best['method']} {best['delta_loss']['mean']:.4f}, random "
-                     f"{random['delta_loss']['mean']:.4f} (difference {(best['delta_loss']['mean'] - random['delta_loss']['mean']) / se:.1f} SE), "
-                     f"noise floor |ΔL| {abs(floor):.4f}")
+        at_k = {r["method"]: r["delta_loss"] for r in table if r["k"] == k and r["method"] != "noise floor"}
+        best = max(at_k, key=lambda m: at_k[m]["mean"])
+        line = f"K = {k}: best ΔL {best} {at_k[best]['mean']:.4f}"
+        if method in at_k and "random" in at_k:
+            ours, random = at_k[method], at_k["random"]
+            se = np.hypot(np.nan_to_num(ours["se"]), np.nan_to_num(random["se"]))
+            line += (f"; {method} {ours['mean']:.4f} vs random {random['mean']:.4f} "
+                     f"({(ours['mean'] - random['mean']) / se if se else float('nan'):+.1f} SE)")
+        lines.append(line + f"; noise floor ΔL {floor:.4f}")
     return lines

@@ -16,7 +16,7 @@ def concept_exemplars(resolution: int, count: int = 4, seed: int = 0, supersampl
     size = resolution * supersample
     images = []
     for _ in range(count):
-        background = tuple(int(c) for c in rng.integers(150, 240, 3))
+        background = tuple(int(c) for c in rng.integers(170, 230, 3))
         canvas = Image.new("RGB", (size, size), background)
         draw = ImageDraw.Draw(canvas)
         radius = size * rng.uniform(0.30, 0.42)

@@ -1,0 +1,49 @@
+"""Ground-truth scenarios: exemplars made outside the data set, and the whole groundtruth run on a toy scale."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from unlearn_fast.data import load_pixels
+from unlearn_fast.evaluate.exemplars import concept_exemplars
+from unlearn_fast.evaluate.groundtruth import GroundTruthSetup, customisation_scenario
+from unlearn_fast.models.adapter import DiffusionModel
+
+
+def test_exemplars_are_one_concept_unlike_the_default_set(default_dataset):
+    exemplars = concept_exemplars(32, 5, seed=0)
+    assert len(exemplars) == 5 and all(e.shape == (32, 32, 3) and e.dtype == np.uint8 for e in exemplars)
+    np.testing.assert_array_equal(concept_exemplars(32, 5, seed=0)[2], exemplars[2])  # seeded
+    stack = np.stack(exemplars).astype(np.float64)
+    assert all(not np.array_equal(exemplars[0], e) for e in exemplars[1:])  # views, not copies
+    within = np.mean([np.abs(a - b).mean() for i, a in enumerate(stack) for b in stack[i + 1:]])
+    pixels = load_pixels(default_dataset, 32, range(0, 3953, 10)).astype(np.float64)
+    nearest = [np.abs(pixels - e).mean(axis=(1, 2, 3)).min() for e in stack]
+    assert min(nearest) > 35  # no default image is near any exemplar (mean absolute difference per channel)
+    assert within < np.mean(nearest)  # the exemplars are nearer one another than to their nearest default image
+
+
+def test_customisation_prompts_use_the_token_and_known_words():
+    model = DiffusionModel.load("default")
+    scenario = customisation_scenario(GroundTruthSetup(prompts=10), 32, model.text.tokenizer.index)
+    assert len(scenario.prompts) == 10 and len(set(scenario.prompts)) == 10
+    assert all("<v1>" in p and not [w for w in model.text.tokenizer.unknown_words(p) if w != "<v1>"]
+               for p in scenario.prompts)
+
+
+def test_the_cli_scores_every_method_on_every_scenario(tmp_path):
+    out = tmp_path / "gt"
+    result = subprocess.run([sys.executable, "-m", "unlearn_fast", "evaluate", "groundtruth", "--profile", "tiny",
+                             "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert [s["scenario"] for s in summary["scenarios"]] == ["customisation", "planted-2"]
+    for scenario in summary["scenarios"]:
+        n, relevant = scenario["num_train"], scenario["relevant"]
+        assert relevant == list(range(n - len(relevant), n))  # the exemplars / copies come after the base images
+        assert sorted(scenario["methods"]) == ["abu", "pixel", "random"]
+        for values in scenario["methods"].values():
+            assert len(values["per_query"]) == len(scenario["prompts"])
+            assert all(0 <= q["recall"] <= 1 and 0 < q["ap"] <= 1 for q in values["per_query"])
+    assert (out / "groundtruth.md").is_file()
