@@ -90,7 +90,7 @@ def add_evaluate_parser(sub) -> None:
     counterfactual.add_argument("--steps", type=int, help="training steps of every run")
     counterfactual.add_argument("--batch-size", type=int)
     counterfactual.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
-    counterfactual.add_argument("--encoder", help="local CLIP/DINO folder: the feature method and ΔG's feature distance")
+    counterfactual.add_argument("--encoder", help="local CLIP/DINO folder: the feature method, ΔG feature distance")
     counterfactual.add_argument("--workers", type=int, default=0, help="retraining processes at once")
     counterfactual.add_argument("--threads", type=int, default=0, help="torch threads per process")
     counterfactual.add_argument("--json", action="store_true")
@@ -105,6 +105,8 @@ def add_evaluate_parser(sub) -> None:
     groundtruth.add_argument("--base-images", type=int, help="seeded subset of the base data to rank among")
     groundtruth.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
     groundtruth.add_argument("--prompts", type=int, help="customisation prompts with the new token (≥ 10)")
-    groundtruth.add_argument("--planted-copies", type=int, nargs="+", help="repetition counts R")
+    groundtruth.add_argument("--planted-copies", type=int, nargs="*", help="repetition counts R (none: skip)")
+    groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
+                             help="customise on base images + exemplars (prior preservation), not exemplars only")
     groundtruth.add_argument("--json", action="store_true")
     groundtruth.set_defaults(run=cmd_groundtruth)
