@@ -22,9 +22,9 @@ from unlearn_fast.data import open_dataset
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.query import query_from_prompt
 from unlearn_fast.scoring import LossGrid
+from unlearn_fast.evaluate.validation import VALIDATION_SEED, validation_prompts
 from unlearn_fast.unlearn import UnlearnSettings
 
-VALIDATION_SEED = 2026
 # Prompts scored elsewhere (demo, tests, benchmarks, README samples): never validation prompts.
 RESERVED = {"red apple", "grinning face", "cat face", "flag: Japan", "thumbs up"}
 
@@ -42,17 +42,6 @@ CANDIDATES = {
 }
 
 
-def validation_prompts(dataset, count: int) -> list[tuple[str, list[int]]]:
-    """(prompt, indices of the training images with exactly that caption), for `count` seeded draws."""
-    by_caption: dict[str, list[int]] = {}
-    for i in range(len(dataset)):
-        for caption in dataset.captions(i):
-            by_caption.setdefault(caption, []).append(i)
-    captions = sorted(c for c in by_caption if c not in RESERVED)
-    chosen = np.random.default_rng(VALIDATION_SEED).choice(len(captions), count, replace=False)
-    return [(captions[k], by_caption[captions[k]]) for k in chosen]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", required=True)
@@ -68,7 +57,7 @@ def main() -> None:
     settings = PrepareSettings(scoring=LossGrid(timesteps=args.timesteps, flips=args.flips, batch_size=128),
                                fisher_examples=args.fisher_examples)
     attributor = Attributor(model, dataset, args.work_dir, settings, progress=False).prepare()
-    prompts = validation_prompts(dataset, args.prompts)
+    prompts = validation_prompts(dataset, args.prompts, VALIDATION_SEED, RESERVED)
     queries = [query_from_prompt(model, prompt, seed=0) for prompt, _ in prompts]
     results = {}
     for name, unlearn in CANDIDATES.items():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data.dataset import CaptionedImages
+from .evaluate.metrics import ranking
 
 
 @dataclass
@@ -34,8 +35,7 @@ class Attribution:
 
     def order(self, q: int = 0) -> np.ndarray:
         """Training indices by decreasing score (ties by index, so the order is reproducible); NaN scores last."""
-        scores = np.nan_to_num(self.scores[q].astype(np.float64), nan=-np.inf)
-        return np.lexsort((np.arange(len(scores)), -scores))
+        return ranking(self.scores[q])
 
     def top(self, q: int = 0, k: int = 10) -> list[dict]:
         """The k highest-scoring training images of query q: rank (1-based), index, file, caption, score."""

@@ -112,9 +112,8 @@ def split_data(setup: CounterfactualSetup, out_dir: str) -> tuple[str, list[str]
 # ------------------------------------------------------------------------------------------------------ runs
 def training_request(setup: CounterfactualSetup, data_folder: str, exclude=(), seed: int | None = None
                      ) -> TrainRequest:
-    from ..models.folder import DEFAULT_MODEL
-
-    vae_from = DEFAULT_MODEL if setup.base_model == "default" else os.path.abspath(setup.base_model)
+    # An absolute path, so the run's key (retrain.job_key) does not depend on the working directory.
+    vae_from = setup.base_model if setup.base_model == "default" else os.path.abspath(setup.base_model)
     return TrainRequest(data=os.path.abspath(data_folder), vae_from=vae_from,
                         exclude=sorted(int(i) for i in exclude), steps=setup.steps, batch_size=setup.batch_size,
                         lr=setup.lr, warmup_steps=setup.warmup_steps, seed=setup.seed if seed is None else seed,
@@ -128,9 +127,9 @@ def random_removals(setup: CounterfactualSetup, num_train: int, draw: int, k: in
 
 def plan_removals(setup: CounterfactualSetup, scores: dict[str, np.ndarray]) -> list[dict]:
     """One entry per measured removal: {method, query (None: every query), k, draw, exclude}."""
-    num_train = next(iter(scores.values())).shape[1] if scores else None
-    if num_train is None:
+    if not scores:
         raise SettingsError("no method scores to plan removals from")
+    num_train = next(iter(scores.values())).shape[1]
     plan = []
     for k in removal_sizes(setup, num_train):
         for name, method_scores in scores.items():
@@ -152,10 +151,12 @@ class QueryLosses:
         self.grid = LossGrid(seed=setup.seed, timesteps=setup.loss_timesteps, flips=True, batch_size=512)
         self.queries = queries
 
-    def __call__(self, model) -> np.ndarray:
-        x0 = model.encode_images(np.stack([q.image for q in self.queries]))
-        cond = model.encode_text([q.prompt for q in self.queries])
-        losses = per_example_losses(model, x0, cond, torch.arange(len(self.queries)), self.grid)
+    def __call__(self, model, which: list[int] | None = None) -> np.ndarray:
+        """L(ẑ_q) for the queries `which` (default: all), in that order."""
+        which = list(range(len(self.queries))) if which is None else list(which)
+        x0 = model.encode_images(np.stack([self.queries[q].image for q in which]))
+        cond = model.encode_text([self.queries[q].prompt for q in which])
+        losses = per_example_losses(model, x0, cond, torch.tensor(which), self.grid)
         return losses.double().mean(dim=(1, 2)).numpy()
 
 
@@ -175,7 +176,7 @@ def measure_model(folder: str, queries, which: list[int], query_losses: QueryLos
     todo = [q for q in which if queries[q].key not in cache]
     if todo:
         model = DiffusionModel.load(folder)
-        losses = query_losses(model)
+        losses = dict(zip(todo, query_losses(model, todo)))  # only the queries not measured yet
         for q in todo:
             query = queries[q]
             image = model.generate([query.prompt], seed=query.seed, steps=setup.query_steps,

@@ -8,15 +8,14 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .metrics import format_mean_se
+
 METRIC_LABELS = {"delta_loss": "ΔL (loss of ẑ, retrained − original)", "delta_mse": "ΔG (pixel MSE)",
                  "delta_feature": "ΔG (1 − encoder cosine)"}
 
 
-def _cell(value: dict, digits: int = 4) -> str:
-    mean, se = value["mean"], value["se"]
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    return f"{mean:.{digits}f}" + ("" if se is None or math.isnan(se) else f" ± {se:.{digits}f}")
+def _cell(value: dict) -> str:
+    return format_mean_se(value["mean"], value["se"])
 
 
 def markdown_table(summary: dict) -> str:
@@ -62,7 +61,7 @@ def plot_against_k(summary: dict, metric: str, path: str) -> str:
 
 def image_grid(summary: dict, out_dir: str, path: str, max_queries: int = 3, cell: int = 64) -> str:
     """Rows: queries. Columns: the original image, then each method's retrained image at the largest K (random:
-    draw 0), then the noise-floor model's."""
+    its first draw), then the first noise-floor model's."""
     rows = summary["rows"]
     k = max(r["k"] for r in rows)
     columns = [m for m in dict.fromkeys(r["method"] for r in rows)]
@@ -75,8 +74,9 @@ def image_grid(summary: dict, out_dir: str, path: str, max_queries: int = 3, cel
     for q, _ in enumerate(queries):
         images = [Image.open(os.path.join(out_dir, "queries", f"q{q}.png"))]
         for method in columns:
-            match = [r for r in rows if r["method"] == method and r["query"] == q and r["draw"] in (0, 1)
-                     and (r["k"] == k or method == "noise floor")]
+            # the largest K's run (noise floor: K = 0), its first random draw or noise seed
+            match = sorted((r for r in rows if r["method"] == method and r["query"] == q
+                            and r["k"] == (0 if method == "noise floor" else k)), key=lambda r: r["draw"])
             images.append(Image.open(os.path.join(out_dir, "retrains", match[0]["run"], match[0]["image"]))
                           if match else Image.new("RGB", (cell, cell), "lightgrey"))
         for c, image in enumerate(images):

@@ -14,10 +14,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from ..errors import SettingsError
-from .metrics import average_precision, mean_and_se, recall_at_k
+from .exemplars import concept_exemplars
+from .metrics import average_precision, format_mean_se, mean_and_se, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_subset, top_r_share
 from .validation import choose_alpha
 
@@ -71,7 +70,8 @@ class Scenario:
     extra_captions: list[str]
     prompts: list[str]  # one query per (prompt, seed)
     seeds: list[int]
-    train_on_extra_only: bool  # customisation: fine-tune on the exemplars; planted: on base + copies
+    train_on_extra_only: bool  # fine-tune on the extra images alone (customisation) or on base + extra
+    finetune: dict  # TrainRequest fields of the fine-tune: steps, batch_size, lr, unet_parameters
 
 
 def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words) -> Scenario:
@@ -81,24 +81,25 @@ def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words
                if set(split_words(t.format(t=""))) <= set(known_words)][:setup.prompts]
     if len(prompts) < setup.prompts:
         raise SettingsError(f"only {len(prompts)} customisation prompts use words the model knows")
-    images = _exemplars(resolution, setup)
-    return Scenario("customisation", images, [setup.token] * len(images), prompts, list(range(len(prompts))),
-                    not setup.custom_with_base)
-
-
-def _exemplars(resolution: int, setup: GroundTruthSetup):
-    from .exemplars import concept_exemplars
-
-    return concept_exemplars(resolution, setup.exemplars, setup.seed)
+    images = concept_exemplars(resolution, setup.exemplars, setup.seed)
+    alone = not setup.custom_with_base
+    finetune = {"steps": setup.custom_steps, "lr": setup.custom_lr, "unet_parameters": setup.custom_parameters,
+                "batch_size": len(images) if alone else setup.planted_batch_size}
+    return Scenario("customisation", images, [setup.token] * len(images), prompts, list(range(len(prompts))), alone,
+                    finetune)
 
 
 def planted_scenario(setup: GroundTruthSetup, resolution: int, copies: int) -> Scenario:
     image = distinctive_image(resolution, setup.seed)
+    finetune = {"steps": setup.planted_steps, "lr": setup.planted_lr, "unet_parameters": "all",
+                "batch_size": setup.planted_batch_size}
     return Scenario(f"planted-{copies}", [image] * copies, [setup.planted_caption] * copies,
-                    [setup.planted_caption] * setup.planted_queries, list(range(setup.planted_queries)), False)
+                    [setup.planted_caption] * setup.planted_queries, list(range(setup.planted_queries)), False,
+                    finetune)
 
 
-def run_scenario(setup: GroundTruthSetup, scenario: Scenario, out_dir: str, log=print) -> dict:
+def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_dir: str, log=print) -> dict:
+    """base_model: the loaded setup.base_model (its vocabulary says which words the fine-tune adds)."""
     from ..attributor import Attributor, PrepareSettings
     from ..data import open_dataset
     from ..data.dataset import SubsetDataset
@@ -111,7 +112,6 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, out_dir: str, log=
 
     folder = os.path.join(out_dir, scenario.name)
     data_dir, extra_dir, model_dir = (os.path.join(folder, n) for n in ("data", "extra", "model"))
-    base_model = DiffusionModel.load(setup.base_model)
     base = seeded_subset(open_dataset(setup.data), setup.base_images, setup.seed)
     augmented = AugmentedDataset(base, scenario.extra_images, scenario.extra_captions, scenario.name.split("-")[0])
     if not os.path.isfile(os.path.join(data_dir, "metadata.jsonl")):
@@ -125,14 +125,9 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, out_dir: str, log=
                 export_imagefolder(SubsetDataset(dataset, relevant), extra_dir)
             train_data = extra_dir
         words = base_model.text.tokenizer.unknown_words(" ".join(scenario.extra_captions + scenario.prompts))
-        custom = scenario.name == "customisation"
-        run_training(TrainRequest(
-            data=train_data, out=model_dir, init_from=setup.base_model, add_tokens=sorted(set(words)),
-            steps=setup.custom_steps if custom else setup.planted_steps,
-            batch_size=len(scenario.extra_images) if scenario.train_on_extra_only else setup.planted_batch_size,
-            lr=setup.custom_lr if custom else setup.planted_lr, warmup_steps=10, seed=setup.seed,
-            unet_parameters=setup.custom_parameters if custom else "all", command=f"evaluate groundtruth {scenario.name}"),
-            quiet=True)
+        run_training(TrainRequest(data=train_data, out=model_dir, init_from=setup.base_model,
+                                  add_tokens=sorted(set(words)), warmup_steps=10, seed=setup.seed,
+                                  command=f"evaluate groundtruth {scenario.name}", **scenario.finetune), quiet=True)
     model = DiffusionModel.load(model_dir)
     queries = [query_from_prompt(model, p, seed=s, steps=setup.query_steps)
                for p, s in zip(scenario.prompts, scenario.seeds)]
@@ -167,7 +162,7 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
     model = DiffusionModel.load(setup.base_model)
     scenarios = [customisation_scenario(setup, model.resolution, model.text.tokenizer.index)]
     scenarios += [planted_scenario(setup, model.resolution, r) for r in setup.planted_copies]
-    results = [run_scenario(setup, s, out_dir, log) for s in scenarios]
+    results = [run_scenario(setup, s, model, out_dir, log) for s in scenarios]
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "scenarios": results}
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)
@@ -178,10 +173,7 @@ def markdown_table(summary: dict, k: int) -> str:
     lines = [f"| scenario | N | method | Recall@{k} | mAP | share of the top R |", "|---|---:|---|---|---|---|"]
     for result in summary["scenarios"]:
         for name, values in result["methods"].items():
-            cells = []
-            for metric in ("recall", "ap", "top_r_share"):
-                mean, se = values[metric]["mean"], values[metric]["se"]
-                cells.append(f"{mean:.3f}" + ("" if se is None or np.isnan(se) else f" ± {se:.3f}"))
+            cells = [format_mean_se(values[m]["mean"], values[m]["se"], 3) for m in ("recall", "ap", "top_r_share")]
             lines.append(f"| {result['scenario']} ({len(result['relevant'])} relevant, {len(result['prompts'])} "
                          f"queries) | {result['num_train']} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

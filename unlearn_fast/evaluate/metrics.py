@@ -7,7 +7,7 @@ import numpy as np
 
 
 def ranking(scores: np.ndarray) -> np.ndarray:
-    """Indices by decreasing score, ties by index (as Attribution.order): reproducible on every platform."""
+    """Indices by decreasing score, ties by index, NaN last: reproducible on every platform (Attribution.order)."""
     scores = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
     return np.lexsort((np.arange(len(scores)), -scores))
 
@@ -38,3 +38,10 @@ def mean_and_se(values) -> tuple[float, float]:
     if values.size == 1:
         return float(values[0]), math.nan
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
+
+
+def format_mean_se(mean: float, se: float, digits: int = 4) -> str:
+    """"m ± se" for tables; "–" for no value and no "± nan" for a single one."""
+    if mean is None or math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if se is None or math.isnan(se) else f" ± {se:.{digits}f}")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..data.dataset import CaptionedImages, Example, SubsetDataset
 from ..data.export import export_imagefolder
+from .metrics import recall_at_k
 
 
 @dataclass
@@ -87,8 +88,7 @@ def build_planted_set(base: CaptionedImages, setup: PlantedSetup, resolution: in
 
 def top_r_share(scores: np.ndarray, planted: list[int]) -> float:
     """Share of the planted indices among the len(planted) highest scores."""
-    top = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:len(planted)]
-    return len(set(top.tolist()) & set(planted)) / len(planted)
+    return recall_at_k(scores, planted, len(planted))
 
 
 @dataclass

@@ -19,17 +19,23 @@ from .metrics import ranking
 VALIDATION_SEED = 2026
 
 
-def validation_queries(model, dataset, count: int, seed: int = VALIDATION_SEED, steps: int = 50,
-                       exclude_prompts=()) -> list[tuple[object, list[int]]]:
-    """(query, indices of the training images with exactly its caption) for `count` seeded training captions."""
+def validation_prompts(dataset, count: int, seed: int = VALIDATION_SEED, exclude_prompts=()
+                       ) -> list[tuple[str, list[int]]]:
+    """(caption, indices of the training images with exactly that caption) for `count` seeded training captions."""
     by_caption: dict[str, list[int]] = {}
     for i in range(len(dataset)):
         for caption in dataset.captions(i):
             by_caption.setdefault(caption, []).append(i)
     captions = sorted(c for c in by_caption if c not in set(exclude_prompts))
     chosen = np.random.default_rng(seed).choice(len(captions), min(count, len(captions)), replace=False)
-    return [(query_from_prompt(model, captions[k], seed=seed + n, steps=steps), by_caption[captions[k]])
-            for n, k in enumerate(chosen)]
+    return [(captions[k], by_caption[captions[k]]) for k in chosen]
+
+
+def validation_queries(model, dataset, count: int, seed: int = VALIDATION_SEED, steps: int = 50,
+                       exclude_prompts=()) -> list[tuple[object, list[int]]]:
+    """validation_prompts, each with the image the model generates from it (seed + its position)."""
+    return [(query_from_prompt(model, prompt, seed=seed + n, steps=steps), answer)
+            for n, (prompt, answer) in enumerate(validation_prompts(dataset, count, seed, exclude_prompts))]
 
 
 def mean_reciprocal_rank(scores: np.ndarray, answers: list[list[int]]) -> float:
