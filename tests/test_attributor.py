@@ -223,3 +223,37 @@ def test_the_work_dirs_fisher_reads_back_with_load_fisher(model, reference):
     fisher, fisher_settings, meta = load_fisher(f"{reference.work_dir}/fisher.safetensors")
     assert fisher_settings.seed == 5 and meta["group"] == "kv" and meta["rows"] == 40
     assert set(fisher) == set(model.parameter_group("kv")) and all(v.dtype == torch.float32 for v in fisher.values())
+
+
+def test_a_channels_last_engine_gives_the_same_ranking_and_leaves_the_model_as_it_was(model, data_folder, query,
+                                                                                       reference, tmp_path):
+    """The after-unlearning pass scores by swapping the unlearned K/V into model.unet (weight_swap): the engine's
+    plan must not change the ranking, and the model must come back with its own weights."""
+    import copy
+    import dataclasses
+
+    nhwc = copy.deepcopy(model)  # channels_last changes the UNet's strides in place
+    fingerprint = nhwc.fingerprint()
+    plan = dataclasses.replace(settings(), scoring=dataclasses.replace(settings().scoring, channels_last=True))
+    scores = Attributor(nhwc, open_dataset(data_folder), tmp_path, plan, progress=False).attribute([query], UNLEARN)
+    assert nhwc.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.fingerprint() == fingerprint
+    want = reference.scores[0]
+    assert np.abs(scores.scores[0] - want).max() <= 1e-3 * np.abs(want).max()
+    assert list(np.argsort(-scores.scores[0])[:10]) == list(np.argsort(-want)[:10])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("compile_mode", ["none", "reduce-overhead"])
+def test_the_gpu_attributor_ranks_as_the_cpu_one(model, data_folder, query, reference, tmp_path, compile_mode):
+    """The whole pipeline on the GPU (rows moved a batch at a time, Fisher sums brought back to the CPU, unlearned
+    weights swapped in), fp32 with TF32 off: the CPU's top 10 in the CPU's order."""
+    import copy
+    import dataclasses
+
+    on_gpu = copy.deepcopy(model).to("cuda")
+    plan = dataclasses.replace(settings(), scoring=dataclasses.replace(settings().scoring, compile=compile_mode))
+    scores = Attributor(on_gpu, open_dataset(data_folder), tmp_path, plan, progress=False).attribute([query], UNLEARN)
+    want = reference.scores[0]
+    assert np.abs(scores.scores[0] - want).max() <= 1e-2 * np.abs(want).max()
+    assert list(np.argsort(-scores.scores[0])[:10]) == list(np.argsort(-want)[:10])

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from unlearn_fast.cli import main
@@ -79,7 +80,24 @@ def test_bad_input_is_named_and_loses_nothing(folder, tmp_path, capsys):
               "--group", "no_such_layer", "--draws", "4", "--quiet"])
     with pytest.raises(SystemExit, match=r"unlearn-fast attribute: .*no_such_data: no such file or folder"):
         main(["attribute", "--data", str(tmp_path / "no_such_data"), "--work-dir", str(work), "--prompt", "x"])
+    with pytest.raises(SystemExit, match=r"unlearn-fast prepare: device 'gpu0' is not a torch device"):
+        main(["prepare", "--data", folder, "--work-dir", str(work), "--device", "gpu0", "--quiet"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match=r"unlearn-fast attribute: device 'cuda'.* sees no CUDA GPU"):
+            main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "x", "--device", "cuda"])
     assert (work / "fisher.safetensors").read_bytes() == fisher
+
+
+def test_speed_options_apply_to_a_prepared_folder_and_keep_its_numbers(folder, tmp_path, capsys):
+    from unlearn_fast.cli import _prepare_settings, build_parser
+
+    work = tmp_path / "work"
+    main(["prepare", "--data", folder, "--work-dir", str(work), *FAST])
+    args = build_parser().parse_args(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "x",
+                                      "--batch-size", "7", "--compile", "reduce-overhead", "--no-channels-last"])
+    scoring = _prepare_settings(args).scoring  # no numeric option given: the folder's numbers, the command's speed
+    assert (scoring.timesteps, scoring.flips, scoring.seed) == (2, False, 3)
+    assert (scoring.batch_size, scoring.compile, scoring.channels_last) == (7, "reduce-overhead", False)
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

@@ -25,6 +25,21 @@ def test_job_key_is_the_recipe_and_the_removed_set():
     assert retrain.job_key(a) == retrain.job_key(TrainRequest(data="d", exclude=[2, 5], out="y", command="two"))
     assert retrain.job_key(a) != retrain.job_key(TrainRequest(data="d", exclude=[2, 6]))
     assert retrain.job_key(a) != retrain.job_key(TrainRequest(data="d", exclude=[2, 5], seed=1))
+    on_gpu = TrainRequest(data="d", exclude=[2, 5], device="cuda")
+    assert retrain.job_key(a) != retrain.job_key(on_gpu)  # a GPU run is another run (float rounding differs)
+
+
+def test_a_cpu_runs_key_is_the_key_it_had_before_requests_named_a_device():
+    """Folders of retrains made before TrainRequest.device existed must still be found (no silent retraining)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    request = TrainRequest(data="d", exclude=[9, 3], steps=7)
+    recipe = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("out", "command", "device")}
+    recipe["exclude"] = [3, 9]
+    before = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    assert retrain.job_key(request) == before
 
 
 def test_plan_removes_each_methods_top_k_and_shared_random_draws():

@@ -30,10 +30,19 @@ def fp32_losses(scored):
     return per_example_losses(*scored, GRID)
 
 
-def rowwise_unet(x_t, t, encoder_hidden_states):
+class RowwiseUNet(torch.nn.Module):
     """Elementwise in each row's own inputs: bit-identical for any batch, unlike the UNet's CPU kernels."""
-    shift = encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1) + 1e-4 * t.view(-1, 1, 1, 1)
-    return SimpleNamespace(sample=0.9 * x_t + shift)
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.9))  # a parameter, so the pass can tell the module's device
+
+    def forward(self, x_t, t, encoder_hidden_states):
+        shift = encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1) + 1e-4 * t.view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=self.scale * x_t + shift)
+
+
+rowwise_unet = RowwiseUNet()
 
 
 def test_timestep_grid_is_cell_midpoints():

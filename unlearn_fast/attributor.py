@@ -9,7 +9,6 @@ result (tests/test_attributor.py checks it). Long passes are chunked with a done
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -31,9 +30,10 @@ from .query import Query
 from .scoring import LossGrid, loss_change_scores, per_example_losses
 from .store import WorkDir, read_manifest, run_chunked
 from .unlearn import UnlearnSettings, unlearn
+from .weight_swap import swapped_weights
 
 # Settings fields that change speed only: left out of the work directory's binding and of query keys.
-_SPEED_ONLY = ("batch_size", "backend")
+_SPEED_ONLY = ("batch_size", "backend", "compile", "channels_last")
 
 
 def _numeric(settings) -> dict:
@@ -194,11 +194,12 @@ class Attributor:
         ids = self.caption_rows[rows]
         sums = fisher_sums(self.model, params, rows_of(self.latents, ids), rows_of(self.conditioning, rows), ids,
                            self.settings.fisher)
+        sums = {n: value.cpu() for n, value in sums.items()}  # parts computed now and parts loaded add on the CPU
         self.store.save_tensors(name, sums)
         return sums
 
-    def _losses(self, name: str, unet=None) -> np.ndarray:
-        """(R, T, F) losses of every caption row, chunked and resumable."""
+    def _losses(self, name: str) -> np.ndarray:
+        """(R, T, F) losses of every caption row under model.unet's current weights, chunked and resumable."""
         grid = self.settings.scoring
         steps = len(grid.timestep_values(self.model.scheduler.config.num_train_timesteps))
         array = self.store.chunked(name, (len(self.caption_rows), steps, 2 if grid.flips else 1),
@@ -207,8 +208,7 @@ class Attributor:
 
         def compute(start, stop):
             ids = rows[start:stop]
-            return per_example_losses(self.model, rows_of(x0, ids), rows_of(cond, slice(start, stop)), ids, grid,
-                                      unet=unet)
+            return per_example_losses(self.model, rows_of(x0, ids), rows_of(cond, slice(start, stop)), ids, grid)
         return run_chunked(array, compute, self.progress)
 
     @property
@@ -245,28 +245,26 @@ class Attributor:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(query.png_bytes())
         self.store.save_json(f"{folder}/query", record)
-        unet = self._phase("unlearn", lambda: self._unlearned_unet(query, settings, folder))
-        after = self._phase("score", lambda: self._losses(f"{folder}/losses_after", unet=unet))
+        weights = self._phase("unlearn", lambda: self._unlearned_weights(query, settings, folder))
+        with swapped_weights(self.model.unet, weights):  # one UNet (and one compiled graph) before and after
+            after = self._phase("score", lambda: self._losses(f"{folder}/losses_after"))
         scores = loss_change_scores(self.base_losses, after, self.caption_rows, len(self.dataset))
         self.store.save_npy(f"{folder}/scores", scores)
         record["timings_s"] = {k: self.timings[k] for k in ("unlearn", "score")}
         self.store.save_json(f"{folder}/query", record)
         return record
 
-    def _unlearned_unet(self, query: Query, settings: UnlearnSettings, folder: str):
-        """The unlearned UNet; its changed weights are stored, so a resumed run does not unlearn again."""
+    def _unlearned_weights(self, query: Query, settings: UnlearnSettings, folder: str) -> dict[str, torch.Tensor]:
+        """The unlearned values of the changed group; stored, so a resumed run does not unlearn again."""
         name = f"{folder}/unlearned"
-        if self.store.exists(name, ".safetensors"):
-            unet = copy.deepcopy(self.model.unet)
-            unet.load_state_dict(self.store.load_tensors(name)[0], strict=False)
-            return unet
-        x0 = self.model.encode_images(query.image[None])
-        cond = self.model.encode_text([query.prompt])
-        unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset))
-        group = self.model.parameter_group(settings.group)
-        changed = dict(unet.named_parameters())
-        self.store.save_tensors(name, {n: changed[n].detach() for n in group})
-        return unet
+        if not self.store.exists(name, ".safetensors"):
+            x0 = self.model.encode_images(query.image[None])
+            cond = self.model.encode_text([query.prompt])
+            unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset))
+            changed = dict(unet.named_parameters())
+            del unet  # only the group differs from model.unet
+            self.store.save_tensors(name, {n: changed[n].detach() for n in self.model.parameter_group(settings.group)})
+        return self.store.load_tensors(name)[0]
 
 
 def rows_of(array: np.ndarray, index) -> torch.Tensor:

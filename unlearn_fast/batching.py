@@ -13,8 +13,11 @@ import torch
 MIN_UNET_ROWS = 16
 
 
-def pad_rows(rows: torch.Tensor) -> torch.Tensor:
-    """rows (a 1-D index tensor), extended to MIN_UNET_ROWS by repeating its last entry; len(rows) rows are real."""
-    if len(rows) >= MIN_UNET_ROWS:
+def pad_rows(rows: torch.Tensor, minimum: int = MIN_UNET_ROWS) -> torch.Tensor:
+    """rows (a 1-D index tensor), extended to `minimum` entries by repeating its last one; len(rows) rows are real.
+
+    minimum > MIN_UNET_ROWS pads every call to one shape (a compiled UNet then never recompiles for a short tail)."""
+    minimum = max(minimum, MIN_UNET_ROWS)
+    if len(rows) >= minimum:
         return rows
-    return torch.cat([rows, rows[-1:].expand(MIN_UNET_ROWS - len(rows))])
+    return torch.cat([rows, rows[-1:].expand(minimum - len(rows))])

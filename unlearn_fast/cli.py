@@ -36,6 +36,7 @@ def _read_indices(spec: str | None) -> list[int]:
 def cmd_train(args) -> None:
     import torch
 
+    from .device import resolve_device
     from .training_run import TrainRequest, run_training
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -46,6 +47,7 @@ def cmd_train(args) -> None:
         caption_dropout=args.caption_dropout,
         unet_parameters=args.unet_parameters, train_text_encoder=not args.freeze_text_encoder,
         caption_column=args.caption_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
+        device=str(resolve_device(args.device)),
     )
     summary = run_training(request, quiet=args.quiet)
     print(json.dumps(summary, indent=None if args.json else 2))
@@ -55,9 +57,7 @@ def cmd_generate(args) -> None:
     import numpy as np
     from PIL import Image
 
-    from .models.adapter import DiffusionModel
-
-    model = DiffusionModel.load(args.model)
+    model = _load_model(args)
     prompts = args.prompt
     images = model.generate(prompts, seed=args.seed, steps=args.steps, guidance=args.guidance)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
@@ -70,10 +70,9 @@ def cmd_generate(args) -> None:
 
 
 def cmd_grid(args) -> None:
-    from .models.adapter import DiffusionModel
     from .report.grid import sample_grid
 
-    model = DiffusionModel.load(args.model)
+    model = _load_model(args)
     path = sample_grid(model, args.prompt, args.out, seeds=range(args.seed, args.seed + args.per_prompt),
                        steps=args.steps, guidance=args.guidance)
     print(json.dumps({"out": os.path.abspath(path)}))
@@ -90,8 +89,8 @@ def _threads(args) -> None:
 
 
 def _prepare_settings(args):
-    """PrepareSettings from the command line: options not given keep the work directory's values (or the defaults
-    for a new one); None when no option was given."""
+    """PrepareSettings from the command line: numeric options not given keep the work directory's values (or the
+    defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
     import dataclasses
 
     from .attributor import PrepareSettings
@@ -102,22 +101,28 @@ def _prepare_settings(args):
     scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype)
     fisher = given(samples_per_example=args.fisher_samples, damping=args.damping, seed=args.score_seed)
     other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples)
-    if not (scoring or fisher or other):
-        return None
     if other.get("fisher_examples") == 0:  # 0 = every row
         other["fisher_examples"] = None
     base = (None if args.overwrite else PrepareSettings.recorded_in(args.work_dir)) or PrepareSettings()
-    return dataclasses.replace(base, scoring=dataclasses.replace(base.scoring, batch_size=args.batch_size, **scoring),
+    speed = {"batch_size": args.batch_size, "compile": args.compile, "channels_last": args.channels_last}
+    return dataclasses.replace(base, scoring=dataclasses.replace(base.scoring, **speed, **scoring),
                                fisher=dataclasses.replace(base.fisher, **fisher), **other)
+
+
+def _load_model(args):
+    """The model folder of --model on the device of --device (auto: a CUDA GPU when torch sees one)."""
+    from .device import resolve_device
+    from .models.adapter import DiffusionModel
+
+    return DiffusionModel.load(args.model, device=resolve_device(args.device))
 
 
 def _attributor(args):
     from .attributor import Attributor
     from .data import open_dataset
-    from .models.adapter import DiffusionModel
 
     _threads(args)
-    model = DiffusionModel.load(args.model)
+    model = _load_model(args)
     dataset = open_dataset(args.data, caption_column=args.caption_column)
     return Attributor(model, dataset, args.work_dir, _prepare_settings(args), overwrite=args.overwrite,
                       progress=not args.quiet)
@@ -186,15 +191,18 @@ def cmd_demo(args) -> None:
     Demo-sized settings (demo_settings) keep it within a minute on 2 CPU cores; `unlearn-fast attribute` uses the
     full defaults.
     """
+    import dataclasses
+
     from .attributor import Attributor
     from .data import open_dataset
-    from .models.adapter import DiffusionModel
     from .query import query_from_prompt
 
     started = time.perf_counter()
     _threads(args)
-    model = DiffusionModel.load(args.model)
+    model = _load_model(args)
     settings = demo_settings()
+    settings = dataclasses.replace(settings, scoring=dataclasses.replace(
+        settings.scoring, compile=args.compile, channels_last=args.channels_last))
     work_dir = os.path.join(args.out, "work")
     attributor = Attributor(model, open_dataset("default"), work_dir, settings, progress=not args.quiet)
     query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
@@ -226,6 +234,22 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    device_argument(parser)
+
+
+def device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
+                        "cuda or cuda:N")
+
+
+def speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the scoring pass runs the UNet (unet_forward.ForwardPlan): speed only, never the scores' meaning."""
+    from .unet_forward import COMPILE_MODES
+
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="none", help="torch.compile the UNet for the "
+                        "scoring passes (reduce-overhead: CUDA graphs); pays a one-off compile per process")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC UNet activations (default: on for CUDA, off for CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze-text-encoder", action="store_true")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    device_argument(train)
     train.add_argument("--quiet", action="store_true")
     train.add_argument("--json", action="store_true")
     train.set_defaults(run=cmd_train)
@@ -289,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         numbers.add_argument("--fisher-group", help="parameters the Fisher covers (default kv)")
         p.add_argument("--batch-size", type=int, default=512, help="UNet rows per call (speed only)")
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        device_argument(p)
+        speed_arguments(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
@@ -332,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="unlearn-fast-demo")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"query prompt (default {DEMO_PROMPT!r})")
     demo.add_argument("--threads", type=int, default=0)
+    device_argument(demo)
+    speed_arguments(demo)
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--json", action="store_true")
     query_arguments(demo)

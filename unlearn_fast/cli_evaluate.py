@@ -12,11 +12,14 @@ import time
 def _setup(args, setup_class, profile: dict):
     import dataclasses
 
+    from .device import resolve_device
+
     values = dict(profile)
     for field in dataclasses.fields(setup_class):
         given = getattr(args, field.name, None)
         if given is not None:
             values[field.name] = tuple(given) if isinstance(given, list) else given
+    values["device"] = str(resolve_device(args.device))
     return setup_class(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(setup_class)}})
 
 
@@ -93,6 +96,7 @@ def add_evaluate_parser(sub) -> None:
     counterfactual.add_argument("--encoder", help="local CLIP/DINO folder: the feature method, ΔG feature distance")
     counterfactual.add_argument("--workers", type=int, default=0, help="retraining processes at once")
     counterfactual.add_argument("--threads", type=int, default=0, help="torch threads per process")
+    counterfactual.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda")
     counterfactual.add_argument("--json", action="store_true")
     counterfactual.set_defaults(run=cmd_counterfactual)
 
@@ -108,5 +112,6 @@ def add_evaluate_parser(sub) -> None:
     groundtruth.add_argument("--planted-copies", type=int, nargs="*", help="repetition counts R (none: skip)")
     groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
                              help="customise on base images + exemplars (prior preservation), not exemplars only")
+    groundtruth.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda")
     groundtruth.add_argument("--json", action="store_true")
     groundtruth.set_defaults(run=cmd_groundtruth)

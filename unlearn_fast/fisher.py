@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .batching import MIN_UNET_ROWS, pad_rows
+from .device import module_device, to_device
 from .errors import SettingsError
 from .fisher_hooks import diagonal_fisher
 
@@ -72,28 +73,31 @@ def finish_fisher(sums: dict[str, torch.Tensor], count: int, damping: float) -> 
 
 def fisher_sums(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, example_ids,
                 settings: FisherSettings = FisherSettings(), progress: bool = False) -> dict[str, torch.Tensor]:
-    """{name: float64 Σ (∂L/∂θ)²} over every (example, sample) row: sums of parts add up (a resumable Fisher)."""
-    device = x0.device
-    ids = torch.as_tensor(example_ids, dtype=torch.int64, device=device)
+    """{name: float64 Σ (∂L/∂θ)²} over every (example, sample) row: sums of parts add up (a resumable Fisher).
+
+    x0 and cond may stay on the CPU (e.g. memmap rows): each batch moves to the UNet's device; the sums live there."""
+    device = module_device(model.unet)
+    ids = torch.as_tensor(example_ids, dtype=torch.int64)
     if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
         raise ValueError(f"the Fisher needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
                          f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")
     # Rows (example, sample) in C order; a batch is any slice of them.
-    row = torch.arange(len(x0), device=device).repeat_interleave(settings.samples_per_example)
-    sample = torch.arange(settings.samples_per_example, device=device).repeat(len(x0))
+    row = torch.arange(len(x0)).repeat_interleave(settings.samples_per_example)
+    sample = torch.arange(settings.samples_per_example).repeat(len(x0))
     T = model.scheduler.config.num_train_timesteps
-    total = {name: torch.zeros(p.shape, dtype=torch.float64, device=device) for name, p in params.items()}
+    total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
     # Batches are whole blocks of MIN_UNET_ROWS rows and each block's float32 sum is added in float64, so F has the
     # same bits for any batch size (the per-example gradients already do: batching.py).
     step = max(1, settings.batch_size // MIN_UNET_ROWS) * MIN_UNET_ROWS
     for start in tqdm(range(0, len(row), step), desc="fisher", unit="batch", disable=not progress):
-        batch = torch.arange(start, min(start + step, len(row)), device=device)
+        batch = torch.arange(start, min(start + step, len(row)))
         count, batch = len(batch), pad_rows(batch)  # only the first `count` rows count
         r, s = row[batch], sample[batch]
         t = keyed_timesteps(settings.seed, ids[r], s, T).to(device)
-        noise = ops.gaussian_noise(settings.seed, ids[r], s, 0, x0.shape[1:], device=device)
-        squares = diagonal_fisher(model, params, x0[r], cond[r], t, noise, backend=settings.backend, rows=count,
-                                  block_rows=MIN_UNET_ROWS)
+        noise = ops.gaussian_noise(settings.seed, ids[r].to(device), s.to(device), 0, x0.shape[1:], device=device)
+        squares = diagonal_fisher(model, params, to_device(x0[r.to(x0.device)], device),
+                                  to_device(cond[r.to(cond.device)], device), t, noise, backend=settings.backend,
+                                  rows=count, block_rows=MIN_UNET_ROWS)
         for name, value in squares.items():
             total[name] += value
     return total

@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .batching import pad_rows
+from .device import module_device, to_device
+from .unet_forward import ForwardPlan, precision, unet_forward
 from .errors import SettingsError
 from .models.adapter import DiffusionModel
 from .ops.noisy_input_reference import mirrored
@@ -44,9 +46,10 @@ class LossGrid:
 
     seed: noise seed. timesteps: a count (→ timestep_grid) or explicit timesteps in [0, T). flips: also score the
     mirrored image (with its own noise). batch_size: rows (example × timestep × flip) per UNet call; it changes speed,
-    never the losses. dtype: "fp32", or "bf16" autocast around the UNet (losses still reduced in fp32). backend: "auto"
-    (fused ops: noise regenerated in-kernel, never stored) or "reference" (stored noise, torch.flip, model.loss: what
-    the paper's code does; the oracle).
+    never the losses. dtype: "fp32" (TF32 off on GPUs too), or "bf16" autocast around the UNet (losses still reduced
+    in fp32). backend: "auto" (fused ops: noise regenerated in-kernel, never stored) or "reference" (stored noise,
+    torch.flip, model.loss: what the paper's code does; the oracle). compile, channels_last: how the UNet is run
+    (unet_forward.ForwardPlan; speed only). With compile, every call is padded to batch_size rows (one graph).
     """
 
     seed: int = 0
@@ -55,14 +58,21 @@ class LossGrid:
     batch_size: int = 512
     dtype: str = "fp32"
     backend: str = "auto"
+    compile: str = "none"
+    channels_last: bool | None = None
 
     def __post_init__(self):
+        self.forward_plan  # validates compile
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.backend not in BACKENDS:
             raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.batch_size < 1:
             raise SettingsError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    @property
+    def forward_plan(self) -> ForwardPlan:
+        return ForwardPlan(compile=self.compile, channels_last=self.channels_last)
 
     def timestep_values(self, num_train_timesteps: int) -> torch.Tensor:
         if isinstance(self.timesteps, int):
@@ -74,25 +84,21 @@ class LossGrid:
         return steps
 
 
-def _unet_precision(settings: LossGrid, device: torch.device):
-    # Autocast lowers only matmuls and convolutions (the UNet's): noise, x_t and the loss reduction stay fp32.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.dtype == "bf16")
-
-
-def _fused_losses(model, unet, x0, cond, ids, t, flips, settings):
+def _fused_losses(model, unet, forward, x0, cond, ids, t, flips, settings):
     a_t, s_t = model.noise_coefficients(t)
     x_t = ops.noisy_input(x0, a_t, s_t, settings.seed, ids, t, flips)
-    with _unet_precision(settings, x0.device):
-        pred = unet(x_t, t, encoder_hidden_states=cond).sample
+    with precision(settings.dtype, x0.device):
+        pred = forward(x_t, t, cond)
     return ops.denoising_loss(pred, x0, a_t, s_t, settings.seed, ids, t, flips,
                               prediction_type=model.prediction_type)
 
 
-def _reference_losses(model, unet, x0, cond, ids, t, flips, settings):
+def _reference_losses(model, unet, forward, x0, cond, ids, t, flips, settings):
     # The same noise bits on every ops backend, so the fastest one is used: this path differs only in storing it.
+    # The oracle calls the UNet as it is (eager, its own memory format): the plan's speed-ups are not applied.
     noise = ops.gaussian_noise(settings.seed, ids, t, flips, x0.shape[1:], device=x0.device)
     x0 = mirrored(x0, flips)
-    with _unet_precision(settings, x0.device):
+    with precision(settings.dtype, x0.device):
         return model.loss(x0, cond, t, noise, unet=unet)
 
 
@@ -116,28 +122,33 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
     timesteps, flips or captions as the method asks.
     """
     unet = unet if unet is not None else model.unet
-    device = x0.device
-    ids = torch.as_tensor(example_ids, dtype=torch.int64, device=device)
+    device = module_device(unet)  # x0 and cond may stay on the CPU: one batch at a time goes to the UNet's device
+    ids = torch.as_tensor(example_ids, dtype=torch.int64)
     if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
         raise ValueError(f"per_example_losses needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
                          f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")
-    timesteps = settings.timestep_values(model.scheduler.config.num_train_timesteps).to(device)
+    timesteps = settings.timestep_values(model.scheduler.config.num_train_timesteps)
     n, steps, views = len(x0), len(timesteps), 2 if settings.flips else 1
 
     # Row r is (example, timestep, flip) in C order, so losses.view(n, steps, views) needs no reshuffle.
-    example = torch.arange(n, device=device).repeat_interleave(steps * views)
-    step = torch.arange(steps, device=device).repeat_interleave(views).repeat(n)
-    flip = torch.arange(views, device=device).repeat(n * steps)
-    losses_of = _fused_losses if settings.backend == "auto" else _reference_losses
+    example = torch.arange(n).repeat_interleave(steps * views)
+    step = torch.arange(steps).repeat_interleave(views).repeat(n)
+    flip = torch.arange(views).repeat(n * steps)
+    fused = settings.backend == "auto"
+    losses_of = _fused_losses if fused else _reference_losses
+    forward = unet_forward(unet, settings.forward_plan, device) if fused else None
+    minimum = settings.batch_size if fused and settings.compile != "none" else 0  # a compiled UNet sees one shape
     losses = torch.empty(len(example), dtype=torch.float32, device=device)
     for start in tqdm(range(0, len(example), settings.batch_size), desc="losses", unit="batch",
                       disable=not progress):
-        rows = torch.arange(start, min(start + settings.batch_size, len(example)), device=device)
-        count, rows = len(rows), pad_rows(rows)  # padding's losses are dropped
-        e, t = example[rows], timesteps[step[rows]]
+        rows = torch.arange(start, min(start + settings.batch_size, len(example)))
+        count, rows = len(rows), pad_rows(rows, minimum)  # padding's losses are dropped
+        e = example[rows]
+        batch = [to_device(v, device) for v in (x0[e.to(x0.device)], cond[e.to(cond.device)], ids[e],
+                                                timesteps[step[rows]], flip[rows])]
         # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
-        losses[start:start + count] = losses_of(model, unet, x0[e], cond[e], ids[e], t, flip[rows], settings)[:count]
-    return losses.view(n, steps, views)
+        losses[start:start + count] = losses_of(model, unet, forward, *batch, settings)[:count]
+    return losses.view(n, steps, views).to(x0.device)
 
 
 def loss_change_scores(before: np.ndarray, after: np.ndarray, row_example: np.ndarray, num_examples: int

@@ -111,8 +111,9 @@ def train_vae(vae: nn.Module, pixels: np.ndarray, config: VAETrainConfig, exclud
             if not bool(kept.any()):
                 schedule.step()  # every row of this batch is excluded: no update, the schedule still advances
                 continue
+            x = x.to(vae.device)  # images stay on the CPU; one batch at a time goes to the VAE's device
             posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
             recon = vae.decode(z).sample
             loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + config.kl_weight * posterior.kl().mean()
             optimizer.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .data import load_pixels, open_dataset
+from .device import resolve_device
 from .models.adapter import DiffusionModel
 from .models.tiny import IMAGE_SIZE, new_tiny_model
 from .train import DiffusionTrainConfig, TrainingSet, VAETrainConfig, calibrate_latent_scale, train_diffusion, train_vae
@@ -38,6 +39,7 @@ class TrainRequest:
     train_text_encoder: bool = True
     caption_column: str = "text"
     command: str = ""
+    device: str = "cpu"  # "cpu" or "cuda[:N]"; GPU and CPU runs of one recipe agree to float rounding, not bitwise
 
 
 def _add_tokens(model: DiffusionModel, tokens: list[str]) -> None:
@@ -47,18 +49,19 @@ def _add_tokens(model: DiffusionModel, tokens: list[str]) -> None:
 
 
 def build_model(request: TrainRequest, captions, pixels, quiet: bool = False) -> tuple[DiffusionModel, dict]:
-    """The starting model of a run, and what was done to get it (recorded in training.json)."""
+    """The starting model of a run on request.device, and what was done to get it (recorded in training.json)."""
     vocabulary = [c for cs in captions for c in cs]
+    device = resolve_device(request.device)
     if request.init_from:
-        model = DiffusionModel.load(request.init_from)
+        model = DiffusionModel.load(request.init_from, device=device)
         _add_tokens(model, request.add_tokens)
         return model, {"init_from": request.init_from}
-    torch.manual_seed(request.seed)  # initial weights are part of the recipe
+    torch.manual_seed(request.seed)  # initial weights are part of the recipe (drawn on the CPU, then moved)
     if request.vae_from:
         vae = DiffusionModel.load(request.vae_from).vae
-        model = new_tiny_model(vocabulary + list(request.add_tokens), vae=vae)
+        model = new_tiny_model(vocabulary + list(request.add_tokens), vae=vae).to(device)
         return model, {"vae_from": request.vae_from}
-    model = new_tiny_model(vocabulary + list(request.add_tokens))
+    model = new_tiny_model(vocabulary + list(request.add_tokens)).to(device)
     vae_losses = train_vae(model.vae, pixels, VAETrainConfig(steps=request.vae_steps, seed=request.seed),
                            exclude=request.exclude, quiet=quiet)
     scale, shift = calibrate_latent_scale(model, pixels)
@@ -97,6 +100,7 @@ def run_training(request: TrainRequest, quiet: bool = False) -> dict:
         "total_seconds": time.perf_counter() - started,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(model.device),
         **origin,
     }
     model.save(request.out, training_record=record)

@@ -62,6 +62,7 @@ class CounterfactualSetup:
     # AbU's α is chosen among these on validation prompts (training captions) unless method_options gives one.
     abu_alphas: tuple[float, ...] = (0.01, 0.03, 0.1)
     validation_prompts: int = 4
+    device: str = "cpu"  # where every run trains and every model is measured ("cpu", "cuda", "cuda:N")
 
     def __post_init__(self):
         if not self.fractions or any(not 0 < f < 1 for f in self.fractions):
@@ -117,7 +118,7 @@ def training_request(setup: CounterfactualSetup, data_folder: str, exclude=(), s
     return TrainRequest(data=os.path.abspath(data_folder), vae_from=vae_from,
                         exclude=sorted(int(i) for i in exclude), steps=setup.steps, batch_size=setup.batch_size,
                         lr=setup.lr, warmup_steps=setup.warmup_steps, seed=setup.seed if seed is None else seed,
-                        command="unlearn-fast evaluate counterfactual")
+                        command="unlearn-fast evaluate counterfactual", device=setup.device)
 
 
 def random_removals(setup: CounterfactualSetup, num_train: int, draw: int, k: int) -> list[int]:
@@ -157,7 +158,7 @@ class QueryLosses:
         x0 = model.encode_images(np.stack([self.queries[q].image for q in which]))
         cond = model.encode_text([self.queries[q].prompt for q in which])
         losses = per_example_losses(model, x0, cond, torch.tensor(which), self.grid)
-        return losses.double().mean(dim=(1, 2)).numpy()
+        return losses.double().mean(dim=(1, 2)).cpu().numpy()
 
 
 def measure_model(folder: str, queries, which: list[int], query_losses: QueryLosses, setup: CounterfactualSetup,
@@ -175,7 +176,7 @@ def measure_model(folder: str, queries, which: list[int], query_losses: QueryLos
             cache = json.load(handle)
     todo = [q for q in which if queries[q].key not in cache]
     if todo:
-        model = DiffusionModel.load(folder)
+        model = DiffusionModel.load(folder, device=setup.device)
         losses = dict(zip(todo, query_losses(model, todo)))  # only the queries not measured yet
         for q in todo:
             query = queries[q]
@@ -252,7 +253,7 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
     runs = os.path.join(out_dir, "retrains")
     original = training_request(setup, data_folder)
     run_jobs(runs, [original], workers=1, threads=max(1, workers * threads), log=log)
-    model = DiffusionModel.load(model_folder(runs, original))
+    model = DiffusionModel.load(model_folder(runs, original), device=setup.device)
     queries = _queries(setup, model, prompts, out_dir)
     scores = attribute_all(setup, model, dataset, queries, out_dir, log)
     plan = plan_removals(setup, scores)
@@ -292,6 +293,7 @@ def _record_setup(setup: CounterfactualSetup, out_dir: str) -> None:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             recorded = json.load(handle)
+        recorded = {"device": "cpu"} | recorded  # folders made before runs could move to a GPU ran on the CPU
         changed = sorted(k for k in numbers if recorded.get(k) != numbers[k] and k not in ("methods", "noise_seeds",
                                                                                            "random_draws", "encoder"))
         if changed:

@@ -56,6 +56,7 @@ class GroundTruthSetup:
     abu_alphas: tuple[float, ...] = (0.01, 0.03, 0.1)
     validation_prompts: int = 3
     method_options: dict = field(default_factory=dict)
+    device: str = "cpu"  # where the fine-tunes train and the attributions run
 
     def __post_init__(self):
         if not 3 <= self.exemplars <= 8 or self.prompts < 1:
@@ -127,8 +128,9 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
         words = base_model.text.tokenizer.unknown_words(" ".join(scenario.extra_captions + scenario.prompts))
         run_training(TrainRequest(data=train_data, out=model_dir, init_from=setup.base_model,
                                   add_tokens=sorted(set(words)), warmup_steps=10, seed=setup.seed,
-                                  command=f"evaluate groundtruth {scenario.name}", **scenario.finetune), quiet=True)
-    model = DiffusionModel.load(model_dir)
+                                  command=f"evaluate groundtruth {scenario.name}", device=setup.device,
+                                  **scenario.finetune), quiet=True)
+    model = DiffusionModel.load(model_dir, device=setup.device)
     queries = [query_from_prompt(model, p, seed=s, steps=setup.query_steps)
                for p, s in zip(scenario.prompts, scenario.seeds)]
     settings = PrepareSettings(scoring=LossGrid(timesteps=setup.scoring_timesteps, flips=True, batch_size=256))
@@ -159,7 +161,7 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
     from ..models.adapter import DiffusionModel
 
     os.makedirs(out_dir, exist_ok=True)
-    model = DiffusionModel.load(setup.base_model)
+    model = DiffusionModel.load(setup.base_model, device=setup.device)
     scenarios = [customisation_scenario(setup, model.resolution, model.text.tokenizer.index)]
     scenarios += [planted_scenario(setup, model.resolution, r) for r in setup.planted_copies]
     results = [run_scenario(setup, s, model, out_dir, log) for s in scenarios]

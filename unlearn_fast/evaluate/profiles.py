@@ -3,9 +3,9 @@
 cpu: 2 cores, ≤ 60 minutes each. counterfactual: a 400-image subset of the default data, 300 training steps of 64
      (48 epochs; ≈ 2.2 min per run on one core), 3 queries, 3 removal sizes: 38 runs, two at a time.
      groundtruth: rank among 1,000 default images (+ the exemplars or copies), scoring at 4 timesteps × 2 flips.
-gpu: meant for one H200 in ≤ 8 minutes: the full default set, more queries, longer training, eight runs at a time.
-     Not run yet: training (training_run) and the Attributor still keep the model on the CPU, so on a GPU machine this
-     profile would run on its CPU cores; moving them to the device is part of the GPU work (issue 5).
+gpu: meant for one H200 in ≤ 8 minutes: the full default set, more queries, longer training, eight runs at a time
+     (`--device auto` puts every run and every model on the GPU). Not run yet: no GPU has been available to this
+     project, so its time budget is a plan, not a measurement.
 tiny: a smoke test of the whole pipeline in about a minute (the tests use it).
 """
 from __future__ import annotations

@@ -201,7 +201,8 @@ class DiffusionModel:
         return load_model_folder(folder, device)
 
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.unet, self.vae, self.text.encoder) if m is not None]
+        text_encoder = self.text.encoder if self.text is not None else None  # a UNet-only model (benchmarks)
+        return [m for m in (self.unet, self.vae, text_encoder) if m is not None]
 
     def to(self, device) -> "DiffusionModel":
         for module in self.modules():

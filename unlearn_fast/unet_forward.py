@@ -1,0 +1,89 @@
+"""How the scoring pass calls the UNet: precision, memory format and torch.compile, prepared once per UNet.
+
+A compiled forward is kept on the UNet it was made for and reused for every later pass over it. Unlearned weights are
+copied INTO that UNet for a pass (weight_swap.swapped_weights) instead of scoring a new copy: torch.compile guards
+on tensor metadata, not values, so the pass after unlearning reuses the graph (measured on CPU: 86 s to compile the
+default UNet, 0.16 s for the first call after a swap). With mode "reduce-overhead" the compiled UNet replays as CUDA
+graphs; its output buffer is reused by the next call, which is safe here because each output is reduced to losses
+before the next call.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import SettingsError
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """compile: a torch.compile mode or "none". channels_last: NHWC activations and weights (what cuDNN's and
+    oneDNN's fastest convolutions want); None = on for CUDA, off for CPU. Both change speed, not what is computed
+    (results agree to float32 rounding: tests/test_unet_forward.py)."""
+
+    compile: str = "none"
+    channels_last: bool | None = None
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_MODES:
+            raise SettingsError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        return self.channels_last if self.channels_last is not None else device.type == "cuda"
+
+
+class _ForwardCache(dict):
+    """Prepared forwards kept on their UNet; a deep copy of the UNet (unlearn's working copy) starts with none."""
+
+    def __deepcopy__(self, memo):
+        return _ForwardCache()
+
+
+@contextmanager
+def precision(dtype: str, device: torch.device):
+    """The UNet's arithmetic: "bf16" autocasts its matmuls and convolutions (noise, x_t and the loss reduction stay
+    fp32); "fp32" means IEEE fp32 on a GPU too, with TF32 off for matmuls and cuDNN convolutions (torch leaves TF32 on
+    for cuDNN by default, which rounds inputs to 10 mantissa bits: larger than many loss changes AbU measures)."""
+    if dtype == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
+def unet_forward(unet: torch.nn.Module, plan: ForwardPlan, device: torch.device
+                 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(x_t, t, cond) → the UNet's prediction, as `plan` says. Converting to channels_last changes `unet` in place
+    (its weights' strides, not their values); the compiled module is cached on `unet`."""
+    channels_last = plan.uses_channels_last(device)
+    cache = unet.__dict__.setdefault("_unlearn_fast_forwards", _ForwardCache())
+    key = (plan.compile, channels_last)
+    if key not in cache:
+        if channels_last:
+            unet.to(memory_format=torch.channels_last)
+        module = unet if plan.compile == "none" else torch.compile(unet, mode=None if plan.compile == "default"
+                                                                    else plan.compile, dynamic=False)
+        cache[key] = module
+
+    module = cache[key]
+
+    def forward(x_t, t, cond):
+        if channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        return module(x_t, t, encoder_hidden_states=cond).sample
+    return forward
