@@ -28,10 +28,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_models import MSCOCO_TEXT, mscoco_model
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"tiny default, batch 64": 64, "MSCOCO UNet, batch 4": 4}
-ROUNDS = {"tiny default, batch 64": 5, "MSCOCO UNet, batch 4": 4}
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+# On a GPU the MSCOCO UNet runs at ANCHORS.md's batch of 32; a 2-core CPU takes batch 4.
+MSCOCO_CASE = "MSCOCO UNet, batch 32" if ON_GPU else "MSCOCO UNet, batch 4"
+MODELS = {"tiny default, batch 64": 64, MSCOCO_CASE: 32 if ON_GPU else 4}
+ROUNDS = {"tiny default, batch 64": 5, MSCOCO_CASE: 10 if ON_GPU else 4}
 # The op alone on one layer's (x, g), (N, T, d_in, d_out): a K/V projection of each model at 64 examples.
 LAYERS = {"tiny K/V layer, N=64": (64, 16, 64, 64), "MSCOCO K/V layer, N=64": (64, 77, 1024, 320)}
 _results = {}
@@ -39,28 +44,23 @@ _results = {}
 
 def build(model_name: str):
     """(DiffusionModel, K/V parameters, (x0, cond, timesteps, noise)), seeded."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
 
-    from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.models.tiny import new_tiny_model
 
     torch.manual_seed(0)
     if model_name.startswith("tiny"):
         model, tokens, text_dim = new_tiny_model(["red apple", "cat face"]), 16, 64
     else:
-        unet = UNet2DConditionModel(
-            sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(128, 256, 256, 256),
-            cross_attention_dim=1024, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8)
-        model, tokens, text_dim = DiffusionModel(unet, DDPMScheduler(num_train_timesteps=1000), text=None), 77, 1024
+        model, (tokens, text_dim) = mscoco_model(), MSCOCO_TEXT
     model.unet.eval().set_attn_processor(AttnProcessor())
     batch = MODELS[model_name]
     gen = torch.Generator().manual_seed(1)
     inputs = (torch.randn(batch, *model.latent_shape, generator=gen),
               torch.randn(batch, tokens, text_dim, generator=gen), torch.randint(0, 1000, (batch,), generator=gen),
               torch.randn(batch, *model.latent_shape, generator=gen))
-    return model, model.parameter_group("kv"), inputs
+    model.unet.to(DEVICE)  # the MSCOCO model has no text side
+    return model, model.parameter_group("kv"), tuple(v.to(DEVICE) for v in inputs)
 
 
 def run(path: str, model, params, inputs):
@@ -78,14 +78,32 @@ def prepare(case: str, path: str):
 
         n, t, d_in, d_out = LAYERS[case]
         gen = torch.Generator().manual_seed(0)
-        x, g = torch.randn(n, t, d_in, generator=gen), torch.randn(n, t, d_out, generator=gen)
+        x, g = torch.randn(n, t, d_in, generator=gen).to(DEVICE), torch.randn(n, t, d_out, generator=gen).to(DEVICE)
         return lambda: ops.linear_fisher_diag(x, g, backend=path)
     built = build(case)
     return lambda: run(path, *built)
 
 
-def peak_rss_growth_mib(case: str, path: str) -> float:
-    """Peak resident set growth of one call, in a fresh process (run as: python bench_linear_fisher.py CASE PATH)."""
+def synchronized(call):
+    """call, waiting for the GPU's queue to drain, so a timing covers the work and not only its launch."""
+    def run_and_wait():
+        result = call()
+        if ON_GPU:
+            torch.cuda.synchronize()
+        return result
+    return run_and_wait
+
+
+def peak_memory_growth_mib(case: str, path: str) -> float:
+    """Peak memory growth of one call: GPU memory allocated (in this process), or on a CPU the resident set, in a
+    fresh process (run as: python bench_linear_fisher.py CASE PATH)."""
+    if ON_GPU:
+        call = prepare(case, path)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        synchronized(call)()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     result = subprocess.run([sys.executable, __file__, case, path], capture_output=True, text=True, check=True,
                             cwd=ROOT, env=env)
@@ -104,32 +122,34 @@ def test_linear_fisher(benchmark, model_name, path):
 
     model, params, inputs = build(model_name)
     benchmark.group = f"K/V Fisher, {model_name}"
-    fisher = benchmark.pedantic(run, args=(path, model, params, inputs), rounds=ROUNDS[model_name], warmup_rounds=1)
+    fisher = benchmark.pedantic(synchronized(lambda: run(path, model, params, inputs)), rounds=ROUNDS[model_name],
+                                warmup_rounds=1)
     if path != "vmap":
-        assert ops.last_backend("linear_fisher_diag") == ("reference" if path == "hooks + einsum" else "cpp")
+        fast = ("cuda", "triton") if ON_GPU else ("cpp",)
+        assert ops.last_backend("linear_fisher_diag") in (("reference",) if path == "hooks + einsum" else fast)
     _results[model_name, path] = fisher
     if (model_name, "fused") in _results:  # every path computes the same numbers
         for name, want in _results[model_name, "fused"].items():
             torch.testing.assert_close(fisher[name], want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
     benchmark.extra_info.update(
         batch=len(inputs[0]), kv_params=sum(p.numel() for p in params.values()), threads=torch.get_num_threads(),
-        samples_per_s=len(inputs[0]) / benchmark.stats.stats.mean,
-        peak_rss_growth_mib=peak_rss_growth_mib(model_name, path))
+        device=str(DEVICE), samples_per_s=len(inputs[0]) / benchmark.stats.stats.mean,
+        peak_growth_mib=peak_memory_growth_mib(model_name, path))
 
 
-@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("backend", ["cpp", "cuda", "triton", "reference"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_op_alone(benchmark, layer, backend):
     from unlearn_fast import ops
 
-    if backend not in ops.available_backends("cpu"):
-        pytest.skip(f"{backend} backend not available")
+    if backend not in ops.available_backends(DEVICE.type) or (backend == "triton" and not ON_GPU):
+        pytest.skip(f"{backend} backend not available on {DEVICE.type} (the Triton interpreter is not a speed number)")
     benchmark.group = f"linear_fisher_diag alone, {layer}"
-    benchmark.pedantic(prepare(layer, backend), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(synchronized(prepare(layer, backend)), rounds=5, warmup_rounds=1)
     n, t, d_in, d_out = LAYERS[layer]
     benchmark.extra_info.update(gflop_per_s=2 * n * t * d_in * d_out / benchmark.stats.stats.mean / 1e9,
-                                threads=torch.get_num_threads(),
-                                peak_rss_growth_mib=peak_rss_growth_mib(layer, backend))
+                                threads=torch.get_num_threads(), device=str(DEVICE),
+                                peak_growth_mib=peak_memory_growth_mib(layer, backend))
 
 
 if __name__ == "__main__":  # one measured call in a fresh process, for peak_rss_growth_mib
