@@ -228,6 +228,18 @@ def cmd_export_data(args) -> None:
     print(json.dumps({"out": os.path.abspath(args.out), "images": len(dataset)}))
 
 
+def cmd_export_scores(args) -> None:
+    import numpy as np
+
+    from .exporters import ExportError, export_scores
+
+    path = os.path.join(args.attribution, "scores.npy") if os.path.isdir(args.attribution) else args.attribution
+    if not os.path.isfile(path):
+        raise ExportError(f"{path}: no such file (give a folder written by attribute, or its scores.npy)")
+    out = export_scores(np.load(path), args.format, args.out, args.experiment, args.overwrite)
+    print(json.dumps({"out": out, "format": args.format}))
+
+
 def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
     parser.add_argument("--out", default=out)
@@ -374,12 +386,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", default="default")
     export.add_argument("--out", required=True)
     export.set_defaults(run=cmd_export_data)
+
+    scores = sub.add_parser("export-scores", help="write an attribution's scores for dattri (.pt, train × test) or "
+                            "TRAK (a save directory with scores/<experiment>.mmap)")
+    scores.add_argument("attribution", help="folder written by attribute (or its scores.npy)")
+    scores.add_argument("--format", choices=("dattri", "trak"), required=True)
+    scores.add_argument("--out", required=True, help="dattri: the .pt file; trak: the save directory")
+    scores.add_argument("--experiment", default="unlearn_fast", help="TRAK experiment name (default unlearn_fast)")
+    scores.add_argument("--overwrite", action="store_true", help="replace an existing file or experiment")
+    scores.set_defaults(run=cmd_export_scores)
     return parser
 
 
 def main(argv=None) -> None:
     from .data import DataError
     from .errors import SettingsError
+    from .exporters import ExportError
     from .models.folder import ModelFolderError
     from .query import QueryError
     from .store import StoreMismatchError
@@ -389,7 +411,8 @@ def main(argv=None) -> None:
     args.argv = argv  # recorded with what it produced (training.json)
     try:
         args.run(args)
-    except (DataError, ModelFolderError, QueryError, SettingsError, StoreMismatchError, FloatingPointError) as error:
+    except (DataError, ExportError, ModelFolderError, QueryError, SettingsError, StoreMismatchError,
+            FloatingPointError) as error:
         # The user's input or settings, not a bug: the message names the culprit; no traceback.
         raise SystemExit(f"unlearn-fast {args.verb}: {error}") from None
 
