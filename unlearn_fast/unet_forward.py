@@ -81,9 +81,12 @@ def unet_forward(unet: torch.nn.Module, plan: ForwardPlan, device: torch.device
         cache[key] = module
 
     module = cache[key]
+    graphs = plan.compile == "reduce-overhead"
 
     def forward(x_t, t, cond):
         if channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
+        if graphs:  # each call is a new step: the previous output (already reduced to losses) may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         return module(x_t, t, encoder_hidden_states=cond).sample
     return forward
