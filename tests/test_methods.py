@@ -12,6 +12,7 @@ from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.ops import gaussian_noise
 from unlearn_fast.query import query_from_array
 from unlearn_fast.scoring import timestep_grid
+from unlearn_fast.unlearn import UnlearnSettings
 
 N = 24
 
@@ -116,6 +117,16 @@ def test_run_method_caches_and_reports_like_abu(setting, tmp_path):
     assert np.load(paths["scores"]).shape == (2, N)
     cached = run_method(PixelCosine(), attributor, queries[::-1])  # per query: order and subsets do not matter
     np.testing.assert_array_equal(cached.scores, first.scores[::-1])
+
+
+def test_abu_through_run_method_is_the_attributors_own_result_stored_once(setting):
+    attributor, _, queries = setting
+    abu = AbU(unlearn=UnlearnSettings(alpha=1e-4, draws=16))
+    via_method = run_method(abu, attributor, queries[:1])
+    direct = attributor.attribute(queries[:1], abu.unlearn)
+    np.testing.assert_array_equal(via_method.scores, direct.scores)
+    assert via_method.records[0]["folder"].startswith("queries/")  # the query folder with the unlearned weights
+    assert not (attributor.store.path / "methods" / abu.key).exists()  # no second copy of the scores
 
 
 def test_build_method_names_the_problem():

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..attribution import Attribution
 from ..unlearn import UnlearnSettings
 from .base import AttributionMethod
 
@@ -15,4 +16,8 @@ class AbU(AttributionMethod):
     name = "abu"
 
     def score(self, attributor, queries) -> np.ndarray:
-        return attributor.attribute(queries, self.unlearn).scores  # cached per query by the Attributor itself
+        return self.attribute(attributor, queries).scores
+
+    def attribute(self, attributor, queries) -> Attribution:
+        # The Attributor caches each query itself (unlearned weights, losses after, scores): records point there.
+        return attributor.attribute(list(queries), self.unlearn)

@@ -36,10 +36,18 @@ class AttributionMethod(ABC):
     def score(self, attributor, queries: list[Query]) -> np.ndarray:
         """(len(queries), N) float32 scores."""
 
+    def attribute(self, attributor, queries: list[Query]) -> Attribution:
+        """The scores as an Attribution, cached per query under methods/<key>/. A method that keeps its own per-query
+        artefacts (AbU: the Attributor's query folders) overrides this, so nothing is stored twice."""
+        return _cached_attribution(self, attributor, queries)
+
 
 def run_method(method: AttributionMethod, attributor, queries: list[Query] | Query) -> Attribution:
     """Scores of `method` for `queries` as an Attribution (the same outputs and report as AbU's); cached per query."""
-    queries = [queries] if isinstance(queries, Query) else list(queries)
+    return method.attribute(attributor, [queries] if isinstance(queries, Query) else list(queries))
+
+
+def _cached_attribution(method: AttributionMethod, attributor, queries: list[Query]) -> Attribution:
     store, n = attributor.store, len(attributor.dataset)
     folder = f"methods/{method.key}"
     missing = [q for q in queries if not store.exists(f"{folder}/{q.key}", ".npy")]
