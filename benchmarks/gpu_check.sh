@@ -18,7 +18,7 @@ python3 -m pip install --no-build-isolation --no-deps -e . >> "$OUT/install.log"
 python3 -c "import unlearn_fast.ops as o; print(o.available_backends('cuda'))" | tee "$OUT/backends.txt"
 
 timeout 240 python3 -m pytest -q -x tests/test_noise.py tests/test_noisy_input.py tests/test_denoising_loss.py \
-    tests/test_linear_fisher.py tests/test_unet_forward.py -k "cuda or triton or gpu" 2>&1 | tail -40 | tee "$OUT/tests.log"
+    tests/test_linear_fisher.py tests/test_unet_forward.py tests/test_attributor.py -k "cuda or triton or gpu" 2>&1 | tail -40 | tee "$OUT/tests.log"
 
 for suite in bench_scoring.py bench_linear_fisher.py bench_fused_loss.py; do
     name=${suite%%.py*}

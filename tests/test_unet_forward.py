@@ -124,7 +124,7 @@ def test_plan_and_device_settings_are_validated():
             resolve_device("cuda")
 
 
-def test_bf16_precision_autocasts_the_unet_only():
+def test_bf16_precision_autocasts_and_fp32_does_not():
     weight = torch.randn(8, 8)
     with precision("bf16", torch.device("cpu")):
         assert (torch.randn(2, 8) @ weight).dtype == torch.bfloat16

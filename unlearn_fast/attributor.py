@@ -257,14 +257,15 @@ class Attributor:
     def _unlearned_weights(self, query: Query, settings: UnlearnSettings, folder: str) -> dict[str, torch.Tensor]:
         """The unlearned values of the changed group; stored, so a resumed run does not unlearn again."""
         name = f"{folder}/unlearned"
-        if not self.store.exists(name, ".safetensors"):
-            x0 = self.model.encode_images(query.image[None])
-            cond = self.model.encode_text([query.prompt])
-            unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset))
-            changed = dict(unet.named_parameters())
-            del unet  # only the group differs from model.unet
-            self.store.save_tensors(name, {n: changed[n].detach() for n in self.model.parameter_group(settings.group)})
-        return self.store.load_tensors(name)[0]
+        if self.store.exists(name, ".safetensors"):
+            return self.store.load_tensors(name)[0]
+        x0 = self.model.encode_images(query.image[None])
+        cond = self.model.encode_text([query.prompt])
+        unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset))
+        changed = dict(unet.named_parameters())  # only the group differs from model.unet
+        weights = {n: changed[n].detach() for n in self.model.parameter_group(settings.group)}
+        self.store.save_tensors(name, weights)
+        return weights
 
 
 def rows_of(array: np.ndarray, index) -> torch.Tensor:

@@ -73,6 +73,7 @@ def cmd_groundtruth(args) -> None:
 
 
 def add_evaluate_parser(sub) -> None:
+    from .cli import device_argument
     from .evaluate.profiles import PROFILES
 
     evaluate = sub.add_parser("evaluate", help="judge attribution methods: leave-K-out retraining, ground truth")
@@ -96,7 +97,7 @@ def add_evaluate_parser(sub) -> None:
     counterfactual.add_argument("--encoder", help="local CLIP/DINO folder: the feature method, ΔG feature distance")
     counterfactual.add_argument("--workers", type=int, default=0, help="retraining processes at once")
     counterfactual.add_argument("--threads", type=int, default=0, help="torch threads per process")
-    counterfactual.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda")
+    device_argument(counterfactual)
     counterfactual.add_argument("--json", action="store_true")
     counterfactual.set_defaults(run=cmd_counterfactual)
 
@@ -112,6 +113,6 @@ def add_evaluate_parser(sub) -> None:
     groundtruth.add_argument("--planted-copies", type=int, nargs="*", help="repetition counts R (none: skip)")
     groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
                              help="customise on base images + exemplars (prior preservation), not exemplars only")
-    groundtruth.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda")
+    device_argument(groundtruth)
     groundtruth.add_argument("--json", action="store_true")
     groundtruth.set_defaults(run=cmd_groundtruth)

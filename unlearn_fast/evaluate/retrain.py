@@ -21,19 +21,14 @@ from multiprocessing import get_context
 from ..training_run import TrainRequest, run_training
 
 
-# Request fields added after runs were keyed: hashed only when set to something else, so older keys stay valid.
-_ADDED_LATER = {"device": "cpu"}
-
-
 def job_key(request: TrainRequest) -> str:
     """A hash of everything that changes the trained weights (not where they go, not the command line)."""
     recipe = dataclasses.asdict(request)
     for name in ("out", "command"):
         recipe.pop(name)
-    recipe["device"] = recipe["device"].split(":")[0]  # which kind of device, not which of several GPUs
-    for name, default in _ADDED_LATER.items():
-        if recipe[name] == default:
-            recipe.pop(name)
+    device = recipe.pop("device").split(":")[0]  # the kind of device, not which of several GPUs
+    if device != "cpu":  # hashed only off the CPU: keys made before requests named a device stay valid
+        recipe["device"] = device
     recipe["exclude"] = sorted({int(i) for i in request.exclude})
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
