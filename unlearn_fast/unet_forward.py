@@ -3,9 +3,9 @@
 A compiled forward is kept on the UNet it was made for and reused for every later pass over it. Unlearned weights are
 copied INTO that UNet for a pass (weight_swap.swapped_weights) instead of scoring a new copy: torch.compile guards
 on tensor metadata, not values, so the pass after unlearning reuses the graph (tests/test_unet_forward.py counts the
-graphs; compiling the default UNet took 86 s on the 2-core CPU, so a recompile per query would show). With mode "reduce-overhead" the compiled UNet replays as CUDA
-graphs; its output buffer is reused by the next call, which is safe here because each output is reduced to losses
-before the next call.
+graphs; compiling the default UNet took 86 s on the 2-core CPU, so a recompile per query would show). With mode
+"reduce-overhead" the compiled UNet replays as CUDA graphs; its output buffer is reused by the next call, which is safe
+here because each output is reduced to losses before the next call.
 """
 from __future__ import annotations
 
