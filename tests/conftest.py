@@ -7,6 +7,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _digest_cache(tmp_path_factory):
+    """Image digests cached in a folder of the test session's own, never in the user's ~/.cache."""
+    os.environ["UNLEARN_FAST_CACHE"] = str(tmp_path_factory.mktemp("digest_cache"))
+
+
 @pytest.fixture(scope="session")
 def default_dataset():
     from unlearn_fast.data import open_dataset

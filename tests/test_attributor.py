@@ -125,7 +125,7 @@ def test_work_dir_of_another_model_is_refused_and_kept(model, data_folder, query
         next(other.unet.parameters()).add_(1e-3)
     work = reference.work_dir
     before = {p.name: p.stat().st_mtime_ns for p in Path(work).rglob("*") if p.is_file()}
-    with pytest.raises(StoreMismatchError, match="model fingerprint: was"):
+    with pytest.raises(StoreMismatchError, match="model.unet: was"):
         Attributor(other, open_dataset(data_folder), work, progress=False)
     with pytest.raises(StoreMismatchError, match="setting 'scoring'"):
         Attributor(model, open_dataset(data_folder), work, PrepareSettings(scoring=LossGrid(timesteps=4)), progress=False)

@@ -28,7 +28,8 @@ def test_prepare_attribute_report(folder, tmp_path, capsys, default_dataset):
     work = tmp_path / "work"
     main(["prepare", "--data", folder, "--work-dir", str(work), *FAST, "--json"])
     prepared = last_json(capsys)
-    assert prepared["num_train"] == 24 and set(prepared["timings_s"]) == {"latents", "text", "fisher", "base_losses"}
+    assert prepared["num_train"] == 24
+    assert set(prepared["timings_s"]) == {"content_binding", "latents", "text", "fisher", "base_losses"}
 
     default_dataset.image(369).convert("RGB").resize((32, 32)).save(tmp_path / "query.png")  # 'red apple'
     main(["attribute", "--data", folder, "--work-dir", str(work), "--image", str(tmp_path / "query.png"),
@@ -41,7 +42,8 @@ def test_prepare_attribute_report(folder, tmp_path, capsys, default_dataset):
     manifest = json.loads((work / "manifest.json").read_text())
     assert manifest["settings"]["scoring"]["timesteps"] == 2 and manifest["settings"]["scoring"]["flips"] is False
 
-    main(["report", str(work / "attribution"), "--top-k", "2", "--json"])
+    assert files["report"] == str(work / "attributions" / summary["queries"][0]["folder"].split("/")[-1] / "report.html")
+    main(["report", str(work / "attributions" / "latest"), "--top-k", "2", "--json"])
     again = last_json(capsys)
     assert again["files"]["report"] == files["report"]
     assert open(files["report"]).read().count("<figure>") == 2

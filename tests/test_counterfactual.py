@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-from unlearn_fast.data import open_dataset
 from unlearn_fast.data.dataset import SubsetDataset
 from unlearn_fast.data.export import export_imagefolder
 from unlearn_fast.evaluate import retrain
@@ -57,15 +56,19 @@ def test_plan_removes_each_methods_top_k_and_shared_random_draws():
     assert random_removals(setup, 10, 0, 3) != random_removals(setup, 10, 1, 3)
 
 
-def test_a_live_lock_is_respected_and_a_dead_ones_taken_over(tmp_path):
-    lock = str(tmp_path / "job.lock")
-    assert retrain._acquire(lock)
-    assert not retrain._acquire(lock)  # held by this (live) process
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    with open(lock, "w") as handle:
-        handle.write(f"{retrain.socket.gethostname()} {dead.pid}")
-    assert retrain._acquire(lock)
+def test_a_job_locked_by_a_live_process_is_left_to_it(tmp_path):
+    """run_job takes each job's lock with store.FileLock (tests/test_lock.py): held elsewhere, the job is 'busy'."""
+    request = TrainRequest(data="d", exclude=[1])
+    os.makedirs(os.path.join(str(tmp_path), retrain.job_key(request)))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unlearn_fast.store import FileLock\n"
+                               "assert FileLock(sys.argv[1]).try_acquire()\nprint('held', flush=True)\ntime.sleep(30)",
+                               os.path.join(str(tmp_path), retrain.job_key(request)) + ".lock"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert retrain.run_job(str(tmp_path), request) == "busy"
+    finally:
+        holder.kill()
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):

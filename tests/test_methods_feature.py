@@ -193,7 +193,7 @@ def test_bad_folders_and_settings_are_settings_errors(tmp_path, attributor, data
 
 def test_settings_and_cached_runs(clip_folder, tmp_path, attributor, dataset):
     from unlearn_fast.methods.base import run_method
-    from unlearn_fast.store import WorkDir
+    from unlearn_fast.store import Binding, WorkDir
 
     method = FeatureSimilarity(clip_folder, batch_size=5)
     settings = method.settings()
@@ -201,7 +201,7 @@ def test_settings_and_cached_runs(clip_folder, tmp_path, attributor, dataset):
     assert method.key == FeatureSimilarity(clip_folder, batch_size=64).key  # batch size: memory only
     assert method.key != FeatureSimilarity(clip_folder, modality="text").key
     work = WorkDir(tmp_path / "work")
-    work.bind("model", dataset.fingerprint(), {})
+    work.bind(Binding(inputs={"model": "model", "data": dataset.fingerprint()}, settings={}))
     with_store = SimpleNamespace(**vars(attributor), store=work)
     queries = _queries(dataset, [1, 12])
     first = run_method(method, with_store, queries)

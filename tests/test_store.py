@@ -6,15 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_fast.store import ChunkedArray, StoreMismatchError, WorkDir, atomic_write, run_chunked
+from unlearn_fast.store import Binding, ChunkedArray, StoreMismatchError, WorkDir, atomic_write, run_chunked
 
 SETTINGS = {"num_timesteps": 10, "flip": True, "groups": ["cross_attn_kv"], "alpha": 1e-3}
+DEPENDS = {"latents": ("data.images",), "text": ("data.captions", "model.text"), "losses": ("model", "data",
+           "settings.num_timesteps")}
+
+
+def binding(model="a1b2", data="d4e5", settings=SETTINGS, rows=None, **extra) -> Binding:
+    inputs = {"model.unet": model, "model.text": "t0", "data.images": data, "data.captions": "c0"}
+    rows = {} if rows is None else {"data.images": rows}
+    return Binding(inputs=inputs, settings=settings, rows=rows, depends=DEPENDS,
+                   describe_row=lambda name, row: f"file{row}.png (metadata.jsonl line {row + 1})", **extra)
 
 
 @pytest.fixture()
 def wd(tmp_path):
     w = WorkDir(tmp_path / "work")
-    w.bind("a1b2", "d4e5", SETTINGS)
+    w.bind(binding())
     return w
 
 
@@ -24,57 +33,101 @@ def rows(start, stop, shape=(3, 2)):
     return (np.arange(start * size, stop * size, dtype=np.float32) * 0.5).reshape(stop - start, *shape)
 
 
+def digests(n, changed=()):
+    table = np.arange(n * 16, dtype=np.uint8).reshape(n, 16)
+    for row in changed:
+        table[row, 0] ^= 0xFF
+    return table
+
+
 # ----------------------------------------------------------------------------------------------- manifest
 
 def test_bind_writes_manifest_and_accepts_same_inputs(tmp_path):
     w = WorkDir(tmp_path / "work")
-    w.bind("a1b2", "d4e5", SETTINGS)
+    assert w.bind(binding()) == []
     manifest = json.loads((tmp_path / "work" / "manifest.json").read_text())
-    assert manifest["model_fingerprint"] == "a1b2" and manifest["data_fingerprint"] == "d4e5"
+    assert manifest["inputs"]["model.unet"] == "a1b2" and manifest["inputs"]["data.images"] == "d4e5"
     assert manifest["settings"] == SETTINGS
     # a later run with the same inputs (tuples read back as lists) binds without complaint
-    WorkDir(tmp_path / "work").bind("a1b2", "d4e5", {**SETTINGS, "groups": ("cross_attn_kv",)})
+    WorkDir(tmp_path / "work").bind(binding(settings={**SETTINGS, "groups": ("cross_attn_kv",)}))
 
 
 @pytest.mark.parametrize("model, data, settings, expected", [
-    ("c3d4", "d4e5", SETTINGS, ["model fingerprint: was 'a1b2', now 'c3d4'"]),
-    ("a1b2", "ffff", SETTINGS, ["data fingerprint: was 'd4e5', now 'ffff'"]),
+    ("c3d4", "d4e5", SETTINGS, ["model.unet: was 'a1b2', now 'c3d4'"]),
+    ("a1b2", "ffff", SETTINGS, ["data.images: was 'd4e5', now 'ffff'"]),
     ("a1b2", "d4e5", {**SETTINGS, "num_timesteps": 20}, ["setting 'num_timesteps': was 10, now 20"]),
     ("a1b2", "d4e5", {**SETTINGS, "seed": 3}, ["setting 'seed': was (absent), now 3"]),
     ("c3d4", "d4e5", {k: v for k, v in SETTINGS.items() if k != "flip"},
-     ["model fingerprint: was 'a1b2', now 'c3d4'", "setting 'flip': was True, now (absent)"]),
+     ["model.unet: was 'a1b2', now 'c3d4'", "setting 'flip': was True, now (absent)"]),
 ])
 def test_bind_mismatch_names_each_key_and_both_values(wd, model, data, settings, expected):
     with pytest.raises(StoreMismatchError) as err:
-        WorkDir(wd.path).bind(model, data, settings)
+        WorkDir(wd.path).bind(binding(model, data, settings))
     message = str(err.value)
     assert str(wd.path) in message and "--overwrite" in message
     for line in expected:
         assert line in message
     assert len(message.strip().splitlines()) == len(expected) + 2  # header, one line per difference, hint
     # nothing was changed: the original inputs still bind
-    WorkDir(wd.path).bind("a1b2", "d4e5", SETTINGS)
+    WorkDir(wd.path).bind(binding())
 
 
-def test_overwrite_clears_artefacts_and_rebinds(wd):
-    wd.save_json("summary", {"x": 1})
-    wd.save_tensors("fisher", {"w": torch.ones(2)})
+def test_a_changed_row_is_named_by_its_file_and_line(tmp_path):
+    WorkDir(tmp_path).bind(binding(rows=digests(24)))
+    with pytest.raises(StoreMismatchError, match=r"data.images: was 'd4e5', now 'x': 2 of 24 rows differ, the first "
+                                                 r"at file5.png \(metadata.jsonl line 6\)"):
+        WorkDir(tmp_path).bind(binding(data="x", rows=digests(24, changed=(5, 9))))
+    with pytest.raises(StoreMismatchError, match=r"1 of 25 rows differ \(24 rows then, 25 now\), the first at "
+                                                 r"file24.png"):
+        WorkDir(tmp_path).bind(binding(data="y", rows=digests(25)))
+
+
+def test_overwrite_deletes_only_what_the_change_invalidates(wd):
+    wd.save_json("latents", {"x": 1})
+    wd.save_tensors("text", {"w": torch.ones(2)})
     run_chunked(wd.chunked("losses", (4,), 2), lambda a, b: np.ones(b - a))
-    w2 = WorkDir(wd.path)
-    w2.bind("c3d4", "d4e5", SETTINGS, overwrite=True)
-    assert sorted(p.name for p in wd.path.iterdir()) == ["manifest.json"]
-    assert not w2.exists("summary", ".json")
-    WorkDir(wd.path).bind("c3d4", "d4e5", SETTINGS)  # the new inputs are now the recorded ones
-    with pytest.raises(StoreMismatchError, match="was 'c3d4', now 'a1b2'"):
-        WorkDir(wd.path).bind("a1b2", "d4e5", SETTINGS)
+    wd.save_json("queries/q1/query", {"q": 1})  # not in DEPENDS: depends on everything
+    (wd.path / "log.txt").write_text("kept\n")
+    before = {p.name: p.stat().st_mtime_ns for p in wd.path.iterdir()}
+
+    # the same inputs with overwrite: nothing is deleted
+    assert WorkDir(wd.path).bind(binding(), overwrite=True) == []
+    assert {p.name: p.stat().st_mtime_ns for p in wd.path.iterdir()} == before
+
+    # a setting only the losses read: the refusal says what would go, overwrite deletes exactly that
+    changed = binding(settings={**SETTINGS, "num_timesteps": 20})
+    with pytest.raises(StoreMismatchError, match=r"--overwrite deletes losses/, queries/ and keeps latents.json, "
+                                                 r"log.txt, text.safetensors"):
+        WorkDir(wd.path).bind(changed)
+    assert WorkDir(wd.path).bind(changed, overwrite=True) == ["losses", "queries"]
+    after = {p.name: p.stat().st_mtime_ns for p in wd.path.iterdir()}
+    assert {k: v for k, v in after.items() if k in ("latents.json", "text.safetensors", "log.txt")} == \
+        {k: v for k, v in before.items() if k in ("latents.json", "text.safetensors", "log.txt")}
+    assert "losses" not in after and "queries" not in after
+    WorkDir(wd.path).bind(changed)  # the new inputs are now the recorded ones
+    with pytest.raises(StoreMismatchError, match="was 20, now 10"):
+        WorkDir(wd.path).bind(binding())
+
+    # a changed model part invalidates what reads it ("model" covers model.text) and keeps the latents
+    assert WorkDir(wd.path).bind(Binding(inputs={**changed.inputs, "model.text": "t1"}, settings=changed.settings,
+                                         depends=DEPENDS), overwrite=True) == ["text.safetensors"]
+    assert (wd.path / "latents.json").exists()
 
 
 def test_refuses_a_folder_with_files_but_no_manifest(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     for overwrite in (False, True):
         with pytest.raises(StoreMismatchError, match="no manifest.json"):
-            WorkDir(tmp_path).bind("a1b2", "d4e5", SETTINGS, overwrite=overwrite)
+            WorkDir(tmp_path).bind(binding(), overwrite=overwrite)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_manifest_of_the_previous_format_is_refused_with_everything_listed(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 1, "model_fingerprint": "a", "data_fingerprint": "b",
+                                                         "settings": SETTINGS}))
+    (tmp_path / "latents").mkdir()
+    with pytest.raises(StoreMismatchError, match=r"(?s)format version: was 1, now 2.*--overwrite deletes latents/\)"):
+        WorkDir(tmp_path).bind(binding())
 
 
 def test_artefacts_need_bind_and_safe_names(tmp_path, wd):
@@ -164,7 +217,7 @@ def test_resume_after_fault_recomputes_only_missing_chunks(tmp_path, fail_at):
 
 def _bound(path):
     w = WorkDir(path)
-    w.bind("a1b2", "d4e5", SETTINGS)
+    w.bind(binding())
     return w
 
 

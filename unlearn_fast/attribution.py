@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .data.dataset import CaptionedImages
+from .errors import OutputError, SettingsError
 from .evaluate.metrics import ranking
+
+RECORD = "attribution.json"
+
+
+def check_output_folder(out_dir: str) -> None:
+    """Refuse, before any work, a folder that holds files but is not an attribution (they would be lost)."""
+    if os.path.isfile(out_dir):
+        raise OutputError(f"output folder {out_dir} is a file")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, RECORD)):
+        raise OutputError(f"output folder {out_dir} holds other files ({', '.join(sorted(os.listdir(out_dir))[:3])}) "
+                          f"and no {RECORD}: give an empty or new folder")
+
+
+def check_top_k(top_k) -> int:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise SettingsError(f"top_k must be an integer >= 1 (training images shown per query), got {top_k!r}")
+    return top_k
 
 
 @dataclass
@@ -50,34 +69,56 @@ class Attribution:
                             for q, (query, record) in enumerate(zip(self.queries, self.records))]}
 
     def save(self, out_dir: str, top_k: int = 16) -> dict:
-        """Write every output; returns {name: path}."""
+        """Write every output into out_dir; returns {name: path}.
+
+        The folder is written beside out_dir and swapped into place when complete: a reader sees the old outputs or
+        the new ones, and nothing of an earlier report lingers (old thumbnails). A folder holding other files is refused.
+        """
         from .report.contact_sheet import contact_sheet
         from .report.html import html_report
         from .report.tables import write_ranking
 
-        os.makedirs(out_dir, exist_ok=True)
-        paths = {"scores": os.path.join(out_dir, "scores.npy")}
-        np.save(paths["scores"], self.scores)
-        paths.update(write_ranking(self, out_dir))
-        paths["report"] = html_report(self, out_dir, top_k=top_k)
-        paths["contact_sheet"] = contact_sheet(self, os.path.join(out_dir, "contact_sheet.png"), top_k=top_k)
-        record = {"data": getattr(self.dataset, "reopen_args", None), "work_dir": self.work_dir,
-                  "timings_s": self.timings, "queries": self.records,
-                  "files": {k: os.path.basename(v) for k, v in paths.items()}}
-        with open(os.path.join(out_dir, "attribution.json"), "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2)
-        return {k: os.path.abspath(v) for k, v in paths.items()}
+        check_top_k(top_k)
+        check_output_folder(out_dir)
+        final = os.path.realpath(out_dir)  # through a link such as attributions/latest: the folder it names
+        work = f"{final}.partial-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        try:
+            np.save(os.path.join(work, "scores.npy"), self.scores)
+            names = {"scores": "scores.npy"}
+            names.update({k: os.path.basename(v) for k, v in write_ranking(self, work).items()})
+            names["report"] = os.path.basename(html_report(self, work, top_k=top_k))
+            names["contact_sheet"] = os.path.basename(contact_sheet(self, os.path.join(work, "contact_sheet.png"),
+                                                                    top_k=top_k))
+            record = {"data": getattr(self.dataset, "reopen_args", None), "work_dir": self.work_dir,
+                      "timings_s": self.timings, "queries": self.records, "files": names}
+            with open(os.path.join(work, RECORD), "w", encoding="utf-8") as handle:
+                json.dump(record, handle, indent=2)
+            _swap_into_place(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return {k: os.path.join(final, v) for k, v in names.items()}
 
     @classmethod
     def load(cls, out_dir: str, dataset: CaptionedImages | None = None) -> "Attribution":
         """Read back what save wrote (the report folder is self-contained); the dataset is reopened from its source."""
         from PIL import Image
 
-        from .data.dataset import open_dataset
+        from .data import open_dataset
         from .query import Query
 
-        with open(os.path.join(out_dir, "attribution.json"), encoding="utf-8") as handle:
-            record = json.load(handle)
+        path = os.path.join(out_dir, RECORD)
+        if not os.path.isfile(path):
+            what = "no such folder" if not os.path.exists(out_dir) else f"it has no {RECORD}"
+            raise OutputError(f"{out_dir}: {what}; give a folder written by attribute (WORK_DIR/attributions/<id>, "
+                              "or its --out)")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise OutputError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from None
         if dataset is None:
             if not record.get("data"):
                 raise ValueError(f"{out_dir}: the training set was not opened with open_dataset, so it cannot be "
@@ -88,3 +129,15 @@ class Attribution:
         scores = np.load(os.path.join(out_dir, "scores.npy"))
         return cls(scores=scores, queries=queries, records=record["queries"], dataset=dataset,
                    work_dir=record["work_dir"], timings=record.get("timings_s", {}))
+
+
+def _swap_into_place(new: str, final: str) -> None:
+    """Replace folder `final` by folder `new` (both complete); the old one is removed only once the new one is in."""
+    if not os.path.exists(final):
+        os.replace(new, final)
+        return
+    old = f"{final}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -3,9 +3,11 @@
     prepare:    latents ─ text embeddings ─ Fisher ─ base losses L(z, θ0)      (work directory, once)
     attribute:  query ─ unlearn (Fisher-preconditioned ascent) ─ losses after ─ τ = after − before ─ rank
 
-Every artefact lives in the work directory (store.WorkDir), bound to the model fingerprint, the data fingerprint and
-the settings that change numbers; batch sizes and backends are left out of that binding because they never change a
-result (tests/test_attributor.py checks it). Long passes are chunked with a done-mask, so a killed run resumes.
+Every artefact lives in the work directory (store.WorkDir), bound to the CONTENT of its inputs (each model part's
+weights, every training image's bytes, the captions) and the settings that change numbers; batch sizes and backends are
+left out of that binding because they never change a result (tests/test_attributor.py checks it). Every setting is
+checked before anything is recorded or computed. Long passes are chunked with a done-mask, so a killed run resumes;
+the work directory's lock lets several commands share a folder, taking turns.
 """
 from __future__ import annotations
 
@@ -23,17 +25,34 @@ from tqdm.auto import tqdm
 
 from .attribution import Attribution
 from .batching import MIN_UNET_ROWS
-from .data.dataset import CaptionedImages, load_pixels
+from .data.content import DigestCache
+from .data.dataset import CaptionedImages, DataError, load_pixels
+from .data.preprocess import POLICIES, PreprocessPlan
+from .errors import SettingsError
 from .fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
 from .models.adapter import DiffusionModel
 from .query import Query
 from .scoring import LossGrid, loss_change_scores, per_example_losses
-from .store import WorkDir, read_manifest, run_chunked
+from .store import Binding, WorkDir, read_manifest, run_chunked
 from .unlearn import UnlearnSettings, unlearn
 from .weight_swap import swapped_weights
 
 # Settings fields that change speed only: left out of the work directory's binding and of query keys.
 _SPEED_ONLY = ("batch_size", "backend", "compile", "channels_last")
+
+# What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
+# Artefacts not listed (queries/, attributions/) depend on everything.
+DEPENDS = {
+    "caption_rows": ("data.captions",),
+    "text": ("data.captions", "model.text_encoder"),
+    "text_truncated": ("data.captions", "model.text_encoder"),
+    "latents": ("data.images", "model.vae", "settings.preprocess"),
+    "fisher": ("model", "data", "settings.fisher", "settings.fisher_group", "settings.fisher_examples",
+                           "settings.preprocess"),
+    "fisher_parts": ("model", "data", "settings.fisher", "settings.fisher_group", "settings.fisher_examples",
+                     "settings.preprocess"),
+    "losses_base": ("model", "data", "settings.scoring", "settings.preprocess"),
+}
 
 
 def _numeric(settings) -> dict:
@@ -45,17 +64,31 @@ class PrepareSettings:
     """What prepare computes. scoring: the loss grid used before AND after unlearning (so it is fixed per work
     directory). fisher_group: the parameters the Fisher covers (unlearning may use this group or a subset).
     fisher_examples: how many caption rows (a seeded random subset) the Fisher averages over; None = all.
-    chunk_rows: caption rows per resumable chunk (speed and resume granularity only)."""
+    chunk_rows: caption rows per resumable chunk (speed and resume granularity only). preprocess: how training images
+    that are not RGB at the model's resolution are treated (data/preprocess.py: "resize-crop" or "refuse")."""
 
     scoring: LossGrid = field(default_factory=LossGrid)
     fisher: FisherSettings = field(default_factory=FisherSettings)
     fisher_group: str = "kv"
     fisher_examples: int | None = None
     chunk_rows: int = 1024
+    preprocess: str = "resize-crop"
 
     def manifest(self) -> dict:
         return {"scoring": _numeric(self.scoring), "fisher": _numeric(self.fisher), "fisher_group": self.fisher_group,
-                "fisher_examples": self.fisher_examples}
+                "fisher_examples": self.fisher_examples, "preprocess": self.preprocess}
+
+    def validate(self, model: DiffusionModel) -> None:
+        """Every setting checked against the model before anything is computed or recorded (SettingsError)."""
+        self.scoring.timestep_values(model.scheduler.config.num_train_timesteps)
+        if self.fisher_examples is not None and (not isinstance(self.fisher_examples, int) or self.fisher_examples < 1):
+            raise SettingsError(f"fisher_examples must be a number of rows >= 1, or None for every row (0 on the "
+                                f"command line); got {self.fisher_examples!r}")
+        if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
+            raise SettingsError(f"chunk_rows must be >= 1, got {self.chunk_rows!r}")
+        if self.preprocess not in POLICIES:
+            raise SettingsError(f"preprocess must be one of {POLICIES}, got {self.preprocess!r}")
+        model.parameter_group(self.fisher_group)
 
     @classmethod
     def recorded_in(cls, work_dir) -> "PrepareSettings | None":
@@ -71,7 +104,8 @@ class PrepareSettings:
             scoring["timesteps"] = tuple(scoring["timesteps"])
         return cls(scoring=LossGrid(**scoring, batch_size=scoring_batch),
                    fisher=FisherSettings(**numbers["fisher"], batch_size=fisher_batch),
-                   fisher_group=numbers["fisher_group"], fisher_examples=numbers["fisher_examples"])
+                   fisher_group=numbers["fisher_group"], fisher_examples=numbers["fisher_examples"],
+                   preprocess=numbers.get("preprocess", "resize-crop"))
 
 
 class Attributor:
@@ -83,29 +117,64 @@ class Attributor:
     """
 
     def __init__(self, model: DiffusionModel, dataset: CaptionedImages, work_dir, settings: PrepareSettings = None,
-                 *, overwrite: bool = False, progress: bool = True):
-        """settings=None: those recorded in work_dir's manifest, or the defaults for a new folder. A folder prepared
-        for another model, data set or settings raises store.StoreMismatchError naming what differs."""
+                 *, overwrite: bool = False, progress: bool = True, digest_cache: DigestCache | None = None,
+                 lock_timeout: float | None = None):
+        """settings=None: those recorded in work_dir's manifest, or the defaults for a new folder. Settings are
+        validated first (SettingsError); a folder prepared from other content (a changed image, caption or weight) or
+        settings raises store.StoreMismatchError naming what differs and what overwrite=True would delete: exactly
+        the artefacts those differences invalidate. digest_cache: where image digests are cached (data/content.py).
+        lock_timeout: seconds to wait for another command working in the folder (None: as long as it takes)."""
         self.model = model.eval()
         self.dataset = dataset
         self.progress = progress
-        self.store = WorkDir(work_dir)
-        if settings is None and not overwrite:  # reuse what the folder was prepared with
+        if settings is None:  # reuse what the folder was prepared with
             settings = PrepareSettings.recorded_in(work_dir)
         self.settings = settings or PrepareSettings()
-        self.store.bind(model.fingerprint(), dataset.fingerprint(), self.settings.manifest(), overwrite=overwrite)
+        self.settings.validate(model)  # before anything is read, computed or recorded
+        self._model_fingerprints = model.fingerprints()
+        self.store = WorkDir(work_dir, on_wait=self._waiting, lock_timeout=lock_timeout)
         self.timings: dict[str, float] = {}
         self._cache: dict[str, torch.Tensor | np.ndarray] = {}
         self._prepared = False
+        binding = self._binding(digest_cache if digest_cache is not None else DigestCache())
+        deleted = self.store.bind(binding, overwrite=overwrite)
+        if deleted:
+            self._log(f"--overwrite: deleted {', '.join(deleted)} (invalidated by the new inputs); the rest is kept")
+        self._log(self._preprocess_plan.summary(dataset.where))
+
+    def _binding(self, cache: DigestCache) -> Binding:
+        """The work directory's binding: a fingerprint per model part, the images' bytes and the captions (rows kept to
+        name the first differing file), and the settings. Images the preprocessing would change are known here."""
+        started = time.perf_counter()
+        content = self.dataset.content_index(cache)
+        cache.close()
+        self.timings["content_binding"] = round(time.perf_counter() - started, 3)
+        self._preprocess_plan = plan = PreprocessPlan.of(content, self.model.resolution)
+        if self.settings.preprocess == "refuse" and len(plan.changed):
+            first = int(plan.changed[0])
+            raise DataError(f"{self.dataset.where(first)}: {content['width'][first]}×{content['height'][first]} "
+                            f"{content['mode'][first].decode()}, the model takes RGB "
+                            f"{self.model.resolution}×{self.model.resolution} (preprocess 'refuse'; {len(plan.changed)} "
+                            f"of {len(content)} images would change)")
+        rows = {"data.images": content["digest"], "data.captions": self.dataset.caption_digests()}
+        inputs = {f"model.{part}": value for part, value in self._model_fingerprints.items()}
+        inputs.update({name: hashlib.sha256(digests.tobytes()).hexdigest()[:16] for name, digests in rows.items()})
+        return Binding(inputs=inputs, settings=self.settings.manifest(), rows=rows,
+                       describe_row=lambda name, row: self.dataset.where(row), depends=DEPENDS)
+
+    def _waiting(self, owner) -> None:
+        print(f"[unlearn-fast] {self.store.path} is in use by {owner.describe()}: waiting for it to finish",
+              file=sys.stderr)
 
     # ------------------------------------------------------------------------------------------------ prepare
     def prepare(self) -> "Attributor":
         """Compute (or resume) every per-model artefact; those already complete are skipped."""
         if not self._prepared:  # once per Attributor: later calls would only log 0 s phases over the real timings
-            self._phase("latents", lambda: self.latents)
-            self._phase("text", lambda: self.conditioning)
-            self._phase("fisher", lambda: self.fisher)
-            self._phase("base_losses", lambda: self.base_losses)
+            with self.store.lock:  # shared artefacts: one command at a time writes (or resumes) them
+                self._phase("latents", lambda: self.latents)
+                self._phase("text", lambda: self.conditioning)
+                self._phase("fisher", lambda: self.fisher)
+                self._phase("base_losses", lambda: self.base_losses)
             self._prepared = True
         return self
 
@@ -158,6 +227,15 @@ class Attributor:
             captions = [c for i in range(len(self.dataset)) for c in self.dataset.captions(i)]
             shape = tuple(self.model.encode_text(captions[:1]).shape[1:])
             array = self.store.chunked("text", (len(rows), *shape), self.settings.chunk_rows)
+            if not self.store.exists("text_truncated", ".json"):
+                cut = self.model.truncated_prompts(captions)
+                self.store.save_json("text_truncated", {"rows": cut, "max_tokens": self.model.text.max_tokens})
+            cut = self.store.load_json("text_truncated")["rows"]
+            if cut:
+                first = int(rows[cut[0]])
+                self._log(f"warning: {len(cut)} of {len(captions)} captions are longer than the text encoder's "
+                          f"{self.model.text.max_tokens} tokens and are cut to it (first: {self.dataset.where(first)}: "
+                          f"{captions[cut[0]][:80]!r})")
             return run_chunked(array, lambda a, b: self.model.encode_text(captions[a:b]), self.progress)
         return self._cached("text", make)
 
@@ -181,7 +259,7 @@ class Attributor:
             fisher = finish_fisher(total, len(rows) * self.settings.fisher.samples_per_example,
                                    self.settings.fisher.damping)
             meta = {"group": self.settings.fisher_group, "rows": len(rows),
-                    "model_fingerprint": self.store.manifest["model_fingerprint"]}
+                    "model_fingerprint": self.model.fingerprint()}
             self.store.save_tensors("fisher", fisher, fisher_metadata(self.settings.fisher, meta))  # load_fisher reads it
             shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
             return fisher
@@ -221,14 +299,42 @@ class Attributor:
         """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts."""
         queries = [queries] if isinstance(queries, Query) else list(queries)
         settings = settings or UnlearnSettings()
-        self.prepare()
-        scores, records = [], []
+        self.check_unlearning(settings)
         for query in queries:
-            record = self._attribute_one(query, settings)
-            scores.append(self.store.load_npy(f"{record['folder']}/scores"))
-            records.append(record)
+            if self.model.truncated_prompts([query.prompt]):
+                self._log(f"warning: the query prompt {query.prompt[:80]!r} is longer than the text encoder's "
+                          f"{self.model.text.max_tokens} tokens: it is cut to them, as the model read it when generating")
+        with self.store.lock:
+            self.prepare()
+            scores, records = [], []
+            for query in queries:
+                record = self._attribute_one(query, settings)
+                scores.append(self.store.load_npy(f"{record['folder']}/scores"))
+                records.append(record)
         return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=self.dataset,
                            work_dir=str(self.store.path), timings=dict(self.timings))
+
+    def check_unlearning(self, settings: UnlearnSettings) -> None:
+        """The unlearning settings checked against the model and the Fisher's group before any work (SettingsError)."""
+        changed = self.model.parameter_group(settings.group)
+        if settings.precondition:
+            covered = self.model.parameter_group(self.settings.fisher_group)
+            outside = [name for name in changed if name not in covered]
+            if outside:
+                raise SettingsError(f"the Fisher lacks {len(outside)} parameters of group {settings.group!r} (e.g. "
+                                    f"{outside[0]}): it covers group {self.settings.fisher_group!r}; unlearn a subset "
+                                    "of it, or prepare another work directory with --fisher-group")
+
+    def write_outputs(self, attribution: Attribution, out: str | None = None, top_k: int = 16) -> dict[str, str]:
+        """attribution.save into `out`, by default the work directory's own folder for these queries
+        (attributions/<id>/, listed in attributions/index.json with attributions/latest pointing at the newest)."""
+        from .outputs import output_id, record_output
+
+        with self.store.lock:
+            folder = out or str(self.store.artefact_path(f"attributions/{output_id(attribution.records)}"))
+            paths = attribution.save(folder, top_k=top_k)
+            record_output(self.store.path, folder, attribution)
+        return paths
 
     def _query_folder(self, query: Query, settings: UnlearnSettings) -> str:
         numbers = json.dumps(_numeric(settings), sort_keys=True).encode()

@@ -1,5 +1,14 @@
-"""Errors that mean "the user's settings are wrong", not "the code is wrong": the CLI prints them as one line."""
+"""Errors that mean "the user's input or settings are wrong", not "the code is wrong": the CLI prints them as one
+message naming the culprit (file, line, parameter, shape), with no traceback."""
 
 
-class SettingsError(ValueError):
+class UserInputError(ValueError):
+    """Base of every error about the user's input: data, model folder, query, settings, work directory, outputs."""
+
+
+class SettingsError(UserInputError):
     """An invalid or inconsistent setting (a step size, a batch size, a parameter group, a timestep grid...)."""
+
+
+class OutputError(UserInputError):
+    """An output folder that cannot be written (it holds other files) or read back (it is not an attribution)."""

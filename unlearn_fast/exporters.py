@@ -17,10 +17,12 @@ import os
 
 import numpy as np
 
+from .errors import UserInputError
+
 FORMATS = ("dattri", "trak")
 
 
-class ExportError(ValueError):
+class ExportError(UserInputError):
     """An export that would overwrite finished work or cannot be written as asked."""
 
 

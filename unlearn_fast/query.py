@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .errors import UserInputError
 
-class QueryError(ValueError):
+
+class QueryError(UserInputError):
     """A query the model cannot take (wrong image size or mode, empty prompt, unreadable file)."""
 
 

@@ -9,6 +9,7 @@ batch_size and a run is repeatable.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +37,15 @@ class UnlearnSettings:
     num_train: int | None = None
 
     def __post_init__(self):
-        if self.steps < 1 or self.draws < 1 or self.batch_size < 1:
-            raise SettingsError(f"UnlearnSettings needs steps, draws and batch_size >= 1: {self}")
+        for name in ("steps", "draws", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SettingsError(f"unlearning {name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise SettingsError(f"alpha must be a finite step size > 0, got {self.alpha!r} (0 changes no weight and "
+                                "scores every image 0; a negative step would make the query more likely, not less)")
+        if self.num_train is not None and (not isinstance(self.num_train, int) or self.num_train < 1):
+            raise SettingsError(f"num_train must be >= 1 or None, got {self.num_train!r}")
 
 
 def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):

@@ -9,11 +9,12 @@ Formats (``open_dataset`` picks by what the path is):
 - webdataset shards: a ``.tar`` file, a folder of them, or a brace pattern ``shards-{000..009}.tar``.
 
 Every dataset answers the same questions — how many images, the key (file name) and captions of image i, image i
-decoded as RGB — and every failure names the file or row at fault.
+decoded as RGB, where image i comes from (``where``: file, line) and what its bytes are (``content_index``) — and
+every failure names the file and line at fault. Lines and rows are counted from 1, as editors do; "training index"
+is the 0-based index of the score arrays.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,10 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..errors import UserInputError
+from .content import DigestCache, cached_file_rows, digest_rows, empty_index, fingerprint_of, probe_bytes, probe_file
+from .preprocess import model_input, to_rgb
+
 DEFAULT_DATASET = os.path.join(os.path.dirname(__file__), "default", "emoji32.parquet")
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """A training set that cannot be read; the message names the file and row."""
 
 
@@ -57,15 +62,6 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     return to_rgb(image)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited on white (emoji and logos have transparent backgrounds)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 class CaptionedImages(ABC):
     """N captioned images, addressed by index 0..N-1 (the index every score array uses)."""
 
@@ -86,13 +82,28 @@ class CaptionedImages(ABC):
     def key(self, index: int) -> str:
         return self.example(index).key
 
-    def fingerprint(self) -> str:
-        """Hash of the keys and captions in order: changes when the set, its order or its captions change."""
-        digest = hashlib.sha256()
+    def where(self, index: int) -> str:
+        """Where image `index` comes from, for a person: its file and line (counted from 1)."""
+        return f"{self.key(index)} (training index {index} of {self.source})"
+
+    def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
+        """content.INFO per image (digest of its encoded bytes, size, mode). This generic version digests the decoded
+        RGB pixels of every image; the formats below digest the stored bytes, cached per file."""
+        index = empty_index(len(self))
         for i in range(len(self)):
-            ex = self.example(i)
-            digest.update(ex.key.encode() + b"\0" + "\x1f".join(ex.captions).encode() + b"\n")
-        return digest.hexdigest()[:16]
+            image = self.image(i)
+            index[i] = probe_bytes(_png(image), self.where(i), DataError)[0]
+        return index
+
+    def caption_digests(self) -> np.ndarray:
+        """(N, 16) uint8: a digest of each image's key and captions."""
+        return digest_rows(self.key(i).encode() + b"\0" + "\x1f".join(self.captions(i)).encode()
+                           for i in range(len(self)))
+
+    def fingerprint(self, cache: DigestCache | None = None) -> str:
+        """Hash of the keys, captions and image bytes, in order: changes when any image's bytes, the set, its order or
+        its captions change."""
+        return fingerprint_of(np.concatenate([self.caption_digests(), self.content_index(cache)["digest"]], axis=1))
 
     def _check_index(self, index: int) -> int:
         if not 0 <= index < len(self):
@@ -109,6 +120,7 @@ class ImageFolderDataset(CaptionedImages):
         if not os.path.isfile(self.source):
             raise DataError(f"{root}: no metadata.jsonl (expected an image folder as diffusers' text-to-image scripts read)")
         self._examples: list[Example] = []
+        self._lines: list[int] = []
         try:
             with open(self.source, encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark from Windows tools
                 lines = handle.readlines()
@@ -130,6 +142,7 @@ class ImageFolderDataset(CaptionedImages):
                 raise DataError(f"{where}: no caption column {caption_column!r} (fields: {sorted(row)})")
             captions = _as_captions(row[caption_column], where)
             self._examples.append(Example(len(self._examples), str(row["file_name"]), captions))
+            self._lines.append(line_number)
         if not self._examples:
             raise DataError(f"{self.source}: no rows")
 
@@ -139,12 +152,30 @@ class ImageFolderDataset(CaptionedImages):
     def example(self, index: int) -> Example:
         return self._examples[self._check_index(index)]
 
-    def image(self, index: int) -> Image.Image:
+    def where(self, index: int) -> str:
+        return f"{self.example(index).key} ({self.source} line {self._lines[index]})"
+
+    def _path(self, index: int) -> str:
         path = os.path.join(self.root, self.example(index).key)
         if not os.path.isfile(path):
-            raise DataError(f"{path}: image file missing (row {index} of {self.source})")
+            raise DataError(f"{path}: image file missing ({self.source} line {self._lines[index]})")
+        return path
+
+    def image(self, index: int) -> Image.Image:
+        path = self._path(index)
         with open(path, "rb") as handle:
-            return decode_image(handle.read(), f"{path} (row {index} of {self.source})")
+            return decode_image(handle.read(), f"{path} ({self.source} line {self._lines[index]})")
+
+    def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
+        cache = cache or DigestCache(None)
+        cache.prefetch(self.root)
+        index = empty_index(len(self))
+        for i in range(len(self)):
+            path = self._path(i)
+            where = f"{path} ({self.source} line {self._lines[i]})"
+            index[i] = cached_file_rows(cache, path, lambda: probe_file(path, where, DataError))[0]
+        cache.flush()
+        return index
 
 
 class SubsetDataset(CaptionedImages):
@@ -166,6 +197,12 @@ class SubsetDataset(CaptionedImages):
     def image(self, index: int) -> Image.Image:
         return self.base.image(self.indices[self._check_index(index)])
 
+    def where(self, index: int) -> str:
+        return self.base.where(self.indices[self._check_index(index)])
+
+    def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
+        return self.base.content_index(cache)[self.indices]
+
 
 class ParquetDataset(CaptionedImages):
     """A parquet file with encoded image bytes and captions (the embedded default set uses this format)."""
@@ -185,7 +222,7 @@ class ParquetDataset(CaptionedImages):
         self._images = [cell.get("bytes") if isinstance(cell, dict) else cell for cell in images]
         keys = table.column(key_column).to_pylist() if key_column in table.column_names else None
         self._examples = [
-            Example(i, str(keys[i]) if keys else f"row-{i}", _as_captions(caption, f"{path} row {i}"))
+            Example(i, str(keys[i]) if keys else f"row-{i}", _as_captions(caption, f"{path} row {i + 1}"))
             for i, caption in enumerate(table.column(caption_column).to_pylist())
         ]
         if not self._examples:
@@ -197,60 +234,37 @@ class ParquetDataset(CaptionedImages):
     def example(self, index: int) -> Example:
         return self._examples[self._check_index(index)]
 
-    def image(self, index: int) -> Image.Image:
+    def where(self, index: int) -> str:
+        return f"{self.example(index).key} ({self.source} row {index + 1})"
+
+    def _bytes(self, index: int) -> bytes:
         data = self._images[self._check_index(index)]
         if not data:
-            raise DataError(f"{self.source} row {index}: no image bytes")
-        return decode_image(data, f"{self.source} row {index} ({self._examples[index].key})")
+            raise DataError(f"{self.source} row {index + 1}: no image bytes")
+        return data
 
+    def image(self, index: int) -> Image.Image:
+        return decode_image(self._bytes(index), self.where(index))
 
-def open_dataset(spec: str = "default", caption_column: str = "text") -> CaptionedImages:
-    """Open a captioned training set from ``"default"``, an image folder, a parquet file or webdataset shards.
-
-    The set remembers how it was opened (``reopen_args``), so outputs can record it and reports can reopen it.
-    """
-    dataset = _open(os.fspath(spec), caption_column)
-    dataset.reopen_args = {"spec": os.path.abspath(spec) if spec != "default" else spec,
-                           "caption_column": caption_column}
-    return dataset
-
-
-def _open(spec: str, caption_column: str) -> CaptionedImages:
-    if spec == "default":
-        return ParquetDataset(DEFAULT_DATASET)
-    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "metadata.jsonl")):
-        return ImageFolderDataset(spec, caption_column)
-    if spec.endswith(".parquet") and os.path.isfile(spec):
-        return ParquetDataset(spec, caption_column)
-    if spec.endswith(".tar") or "{" in spec or (os.path.isdir(spec) and any(f.endswith(".tar") for f in os.listdir(spec))):
-        from .webdataset_shards import WebDatasetShards
-
-        return WebDatasetShards(spec, caption_column)
-    if not os.path.exists(spec):
-        raise DataError(f"{spec}: no such file or folder (expected 'default', an image folder with metadata.jsonl, "
-                        "a .parquet file or webdataset .tar shards)")
-    if os.path.isdir(spec):
-        raise DataError(f"{spec}: folder has no metadata.jsonl and no .tar shards (expected an image folder with "
-                        "metadata.jsonl, as diffusers' text-to-image scripts read, or webdataset .tar shards)")
-    raise DataError(f"{spec}: not a known training-set layout (expected 'default', an image folder with "
-                    "metadata.jsonl, a .parquet file or webdataset .tar shards)")
+    def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
+        def compute():
+            return np.concatenate([probe_bytes(self._bytes(i), self.where(i), DataError) for i in range(len(self))])
+        rows = cached_file_rows(cache or DigestCache(None), self.source, compute)
+        if cache is not None:
+            cache.flush()
+        return rows
 
 
 def load_pixels(dataset: CaptionedImages, resolution: int, indices=None) -> np.ndarray:
-    """Decode images into a uint8 array (n, resolution, resolution, 3): centre crop to square, then resize."""
+    """Decode images into the model's uint8 input (n, resolution, resolution, 3), as preprocess.model_input states."""
     indices = range(len(dataset)) if indices is None else indices
     out = np.empty((len(indices), resolution, resolution, 3), dtype=np.uint8)
     for row, index in enumerate(indices):
-        out[row] = np.asarray(square_resize(dataset.image(int(index)), resolution))
+        out[row] = model_input(dataset.image(int(index)), resolution)
     return out
 
 
-def square_resize(image: Image.Image, resolution: int) -> Image.Image:
-    width, height = image.size
-    side = min(width, height)
-    if width != height:
-        left, top = (width - side) // 2, (height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    if side != resolution:
-        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    return image
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+import numpy as np
+
+from .content import DigestCache, cached_file_rows, empty_index, probe_bytes
 from .dataset import CaptionedImages, DataError, Example, _as_captions, decode_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a sample has several
@@ -120,14 +123,31 @@ class WebDatasetShards(CaptionedImages):
     def example(self, index: int) -> Example:
         return self._examples[self._check_index(index)]
 
-    def image(self, index: int) -> Image.Image:
+    def where(self, index: int) -> str:
         member = self._images[self._check_index(index)]
-        shard = self.shards[member.shard]
+        return f"{self.shards[member.shard]} member {self._examples[index].key!r}"
+
+    def _bytes(self, index: int) -> bytes:
+        member = self._images[self._check_index(index)]
         # A fresh handle per read keeps the dataset safe to share with forked data-loader workers.
-        with open(shard, "rb") as handle:
+        with open(self.shards[member.shard], "rb") as handle:
             handle.seek(member.offset)
-            data = handle.read(member.size)
-        return decode_image(data, f"{shard} member {self._examples[index].key!r} (row {index})")
+            return handle.read(member.size)
+
+    def image(self, index: int) -> Image.Image:
+        return decode_image(self._bytes(index), self.where(index))
+
+    def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
+        """Cached per shard file: a rerun costs one stat per shard."""
+        cache = cache or DigestCache(None)
+        shard_of = np.array([m.shard for m in self._images])
+        parts = []
+        for number, shard in enumerate(self.shards):
+            rows = np.flatnonzero(shard_of == number)
+            parts.append(cached_file_rows(cache, shard, lambda: np.concatenate(
+                [empty_index(0)] + [probe_bytes(self._bytes(int(i)), self.where(int(i)), DataError) for i in rows])))
+        cache.flush()
+        return np.concatenate(parts)
 
 
 def _sample_captions(members: dict[str, dict], caption_column: str, where: str) -> tuple[str, ...]:

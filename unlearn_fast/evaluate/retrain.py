@@ -3,7 +3,7 @@ and safe to run from several processes (or several machines sharing a disk) at t
 
     retrains/<key>/model/         the trained model (diffusers folders + training.json), written last
     retrains/<key>/job.json       the request: recipe, seed, excluded indices (sorted)
-    retrains/<key>.lock           held while a process trains it (pid inside; a dead owner's lock is taken over)
+    retrains/<key>.lock           held while a process trains it (store.FileLock: a dead owner's lock is taken over)
 
 A killed run leaves only a lock and a partial temporary folder: the next call trains that job again from the start.
 """
@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
+from ..store import FileLock
 from ..training_run import TrainRequest, run_training
 
 
@@ -41,38 +41,6 @@ def is_done(root: str, request: TrainRequest) -> bool:
     return os.path.isfile(os.path.join(model_folder(root, request), "training.json"))
 
 
-def _owner_alive(lock: str) -> bool:
-    try:
-        with open(lock, encoding="utf-8") as handle:
-            host, pid = handle.read().split()
-    except (OSError, ValueError):
-        return False  # half-written: its writer died at once
-    if host != socket.gethostname():
-        return True  # another machine's: only it can tell
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _acquire(lock: str) -> bool:
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _owner_alive(lock):
-                return False
-            os.remove(lock)  # a killed run's lock
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{socket.gethostname()} {os.getpid()}")
-        return True
-    return False
-
-
 def run_job(root: str, request: TrainRequest, threads: int = 0) -> str:
     """Train `request` into its folder unless it is done (or being trained by another live process): returns
     "done", "trained" or "busy"."""
@@ -83,8 +51,8 @@ def run_job(root: str, request: TrainRequest, threads: int = 0) -> str:
     if is_done(root, request):
         return "done"
     os.makedirs(folder, exist_ok=True)
-    lock = folder + ".lock"
-    if not _acquire(lock):
+    lock = FileLock(folder + ".lock")
+    if not lock.try_acquire():
         return "busy"
     try:
         if is_done(root, request):
@@ -100,7 +68,7 @@ def run_job(root: str, request: TrainRequest, threads: int = 0) -> str:
         os.replace(partial, os.path.join(folder, "model"))  # the finished model appears at once, complete
         return "trained"
     finally:
-        os.remove(lock)
+        lock.release()
 
 
 def run_jobs(root: str, requests: list[TrainRequest], workers: int = 1, threads: int = 1, log=print) -> dict[str, str]:

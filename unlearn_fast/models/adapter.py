@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import SettingsError
+from .text_side import TextSide  # noqa: F401  (re-exported: the model's text side)
 
 # Named subsets of weights that unlearning may change (METHOD.md §3). Keys are diffusers parameter names.
 PARAMETER_GROUPS: dict[str, str] = {
@@ -31,15 +30,6 @@ def _config_repr(config) -> str:
     """A config's meaning, without bookkeeping entries (``_name_or_path``, ``_diffusers_version``, ...)."""
     items = config.to_dict().items() if hasattr(config, "to_dict") else dict(config).items()
     return json.dumps({key: value for key, value in items if not key.startswith("_")}, sort_keys=True, default=str)
-
-
-@dataclass
-class TextSide:
-    """Prompt strings → conditioning tensor (B, L, D); ``tokenizer`` and ``encoder`` are kept for saving and training."""
-
-    tokenizer: Callable
-    encoder: nn.Module
-    encode: Callable[[list[str]], torch.Tensor]
 
 
 class DiffusionModel:
@@ -106,6 +96,13 @@ class DiffusionModel:
         with torch.no_grad():
             return self.text.encode(list(prompts)).float()
 
+    def truncated_prompts(self, prompts: list[str]) -> list[int]:
+        """Indices of the prompts longer than the text encoder reads: encode_text cuts them to max_tokens."""
+        if self.text.token_counts is None or self.text.max_tokens is None:
+            return []
+        counts = self.text.token_counts(list(prompts))
+        return [i for i, count in enumerate(counts) if count > self.text.max_tokens]
+
     # ---------------------------------------------------------------------------------------------- the loss (§1)
     def noise_coefficients(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_t, s_t) with x_t = a_t·x0 + s_t·ε: sqrt(ᾱ_t) and sqrt(1 − ᾱ_t), float32, one per row."""
@@ -141,18 +138,30 @@ class DiffusionModel:
                              f"{next(iter(dict(self.unet.named_parameters())))!r})")
         return selected
 
+    def fingerprints(self) -> dict[str, str]:
+        """A hash per part (every weight and config): "unet", "vae" (with the input resolution), "text_encoder" (with
+        the tokenizer's vocabulary where it has one), "scheduler". Artefacts computed from another part are refused, and
+        those that never read a changed part (latents when only the UNet changed) are kept."""
+        def part(module, *extra: str) -> str:
+            digest = hashlib.sha256()
+            for item in extra:
+                digest.update(item.encode())
+            if module is not None:
+                digest.update(_config_repr(getattr(module, "config", {})).encode())
+                for key, tensor in sorted(module.state_dict().items()):
+                    digest.update(key.encode())
+                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            return digest.hexdigest()[:16]
+
+        vocabulary = getattr(self.text.tokenizer, "vocab", None) if self.text is not None else None
+        return {"unet": part(self.unet), "vae": part(self.vae, f"resolution {self.resolution}"),
+                "text_encoder": part(self.text.encoder if self.text is not None else None,
+                                     json.dumps(vocabulary) if isinstance(vocabulary, list) else ""),
+                "scheduler": hashlib.sha256(_config_repr(self.scheduler.config).encode()).hexdigest()[:16]}
+
     def fingerprint(self) -> str:
-        """Hash of every weight and config of the model: artefacts computed from a different model are refused."""
-        digest = hashlib.sha256()
-        for name, module in (("unet", self.unet), ("vae", self.vae), ("text", self.text.encoder)):
-            if module is None:
-                continue
-            digest.update(name.encode() + _config_repr(getattr(module, "config", {})).encode())
-            for key, tensor in sorted(module.state_dict().items()):
-                digest.update(key.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(_config_repr(self.scheduler.config).encode())
-        return digest.hexdigest()[:16]
+        """One hash of every weight and config of the model (of its parts' fingerprints)."""
+        return hashlib.sha256(json.dumps(self.fingerprints(), sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -196,9 +205,13 @@ class DiffusionModel:
 
     @classmethod
     def load(cls, folder: str = "default", device: str | torch.device = "cpu") -> "DiffusionModel":
-        from .folder import load_model_folder
+        """A model folder (``"default"`` = the shipped tiny emoji model) in eval mode; bad folders raise
+        models.folder.ModelFolderError naming the part."""
+        from .folder import load_parts, loading
 
-        return load_model_folder(folder, device)
+        parts, where = load_parts(folder, device)
+        with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported
+            return cls(**parts).eval()
 
     def modules(self) -> list[nn.Module]:
         text_encoder = self.text.encoder if self.text is not None else None  # a UNet-only model (benchmarks)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from .adapter import DiffusionModel, TextSide
+from .adapter import DiffusionModel
 from .text_encoder import WordTextEncoder, WordTokenizer
+from .text_side import TextSide, word_text_side
 
 IMAGE_SIZE = 32
 TEXT_DIM = 64
@@ -57,14 +58,6 @@ def tiny_unet() -> UNet2DConditionModel:
 def tiny_scheduler() -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
                          clip_sample=False)
-
-
-def word_text_side(tokenizer: WordTokenizer, encoder: WordTextEncoder) -> TextSide:
-    def encode(prompts: list[str]):
-        ids = tokenizer(prompts).to(encoder.device)
-        return encoder(ids)
-
-    return TextSide(tokenizer=tokenizer, encoder=encoder, encode=encode)
 
 
 def tiny_text_side(captions) -> TextSide:

@@ -5,7 +5,7 @@ import os
 
 from PIL import Image
 
-from ..data.dataset import to_rgb
+from ..data.preprocess import to_rgb
 
 
 def training_image(dataset, index: int, size: int) -> Image.Image:

@@ -8,11 +8,13 @@ import shutil
 import sys
 import time
 
+from .arguments import device_argument
+
 
 def _setup(args, setup_class, profile: dict):
     import dataclasses
 
-    from .device import resolve_device
+    from ..device import resolve_device
 
     values = dict(profile)
     for field in dataclasses.fields(setup_class):
@@ -34,9 +36,9 @@ def _header(kind: str, args, seconds: float) -> str:
 
 
 def cmd_counterfactual(args) -> None:
-    from .evaluate.counterfactual import CounterfactualSetup, run_counterfactual
-    from .evaluate.counterfactual_report import winner_lines, write_report
-    from .evaluate.profiles import PROFILES
+    from ..evaluate.counterfactual import CounterfactualSetup, run_counterfactual
+    from ..evaluate.counterfactual_report import winner_lines, write_report
+    from ..evaluate.profiles import PROFILES
 
     profile = PROFILES[args.profile]
     setup = _setup(args, CounterfactualSetup, profile["counterfactual"])
@@ -55,8 +57,8 @@ def cmd_counterfactual(args) -> None:
 
 
 def cmd_groundtruth(args) -> None:
-    from .evaluate.groundtruth import GroundTruthSetup, markdown_table, run_groundtruth
-    from .evaluate.profiles import PROFILES
+    from ..evaluate.groundtruth import GroundTruthSetup, markdown_table, run_groundtruth
+    from ..evaluate.profiles import PROFILES
 
     setup = _setup(args, GroundTruthSetup, PROFILES[args.profile]["groundtruth"])
     started = time.perf_counter()
@@ -73,8 +75,7 @@ def cmd_groundtruth(args) -> None:
 
 
 def add_evaluate_parser(sub) -> None:
-    from .cli import device_argument
-    from .evaluate.profiles import PROFILES
+    from ..evaluate.profiles import PROFILES
 
     evaluate = sub.add_parser("evaluate", help="judge attribution methods: leave-K-out retraining, ground truth")
     kinds = evaluate.add_subparsers(dest="kind", required=True)

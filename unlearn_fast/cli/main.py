@@ -8,7 +8,9 @@ import shlex
 import sys
 import time
 
-from .unlearn import UnlearnSettings
+from ..unlearn import UnlearnSettings
+from .arguments import (Parser, count_or_zero, device_argument, non_negative_float, positive_float, positive_int,
+                        speed_arguments)
 
 UNLEARN_DEFAULTS = UnlearnSettings()
 
@@ -36,8 +38,8 @@ def _read_indices(spec: str | None) -> list[int]:
 def cmd_train(args) -> None:
     import torch
 
-    from .device import resolve_device
-    from .training_run import TrainRequest, run_training
+    from ..device import resolve_device
+    from ..training_run import TrainRequest, run_training
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     request = TrainRequest(
@@ -70,7 +72,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_grid(args) -> None:
-    from .report.grid import sample_grid
+    from ..report.grid import sample_grid
 
     model = _load_model(args)
     path = sample_grid(model, args.prompt, args.out, seeds=range(args.seed, args.seed + args.per_prompt),
@@ -93,17 +95,17 @@ def _prepare_settings(args):
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
     import dataclasses
 
-    from .attributor import PrepareSettings
+    from ..attributor import PrepareSettings
 
     def given(**options):
         return {k: v for k, v in options.items() if v is not None}
 
     scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype)
     fisher = given(samples_per_example=args.fisher_samples, damping=args.damping, seed=args.score_seed)
-    other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples)
+    other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples, preprocess=args.preprocess)
     if other.get("fisher_examples") == 0:  # 0 = every row
         other["fisher_examples"] = None
-    base = (None if args.overwrite else PrepareSettings.recorded_in(args.work_dir)) or PrepareSettings()
+    base = PrepareSettings.recorded_in(args.work_dir) or PrepareSettings()
     speed = {"batch_size": args.batch_size, "compile": args.compile, "channels_last": args.channels_last}
     return dataclasses.replace(base, scoring=dataclasses.replace(base.scoring, **speed, **scoring),
                                fisher=dataclasses.replace(base.fisher, **fisher), **other)
@@ -111,15 +113,15 @@ def _prepare_settings(args):
 
 def _load_model(args):
     """The model folder of --model on the device of --device (auto: a CUDA GPU when torch sees one)."""
-    from .device import resolve_device
-    from .models.adapter import DiffusionModel
+    from ..device import resolve_device
+    from ..models.adapter import DiffusionModel
 
     return DiffusionModel.load(args.model, device=resolve_device(args.device))
 
 
 def _attributor(args):
-    from .attributor import Attributor
-    from .data import open_dataset
+    from ..attributor import Attributor
+    from ..data import open_dataset
 
     _threads(args)
     model = _load_model(args)
@@ -135,7 +137,7 @@ def cmd_prepare(args) -> None:
 
 
 def _queries(args, model) -> list:
-    from .query import query_from_file, query_from_prompt
+    from ..query import query_from_file, query_from_prompt
 
     prompts, images = args.prompt or [], args.image or []
     if not prompts:
@@ -149,14 +151,13 @@ def _queries(args, model) -> list:
 
 
 def _unlearn_settings(args):
-    from .unlearn import UnlearnSettings
+    from ..unlearn import UnlearnSettings
 
     return UnlearnSettings(steps=args.unlearn_steps, alpha=args.alpha, draws=args.draws, seed=args.unlearn_seed,
                            group=args.group, precondition=not args.sgd, batch_size=args.unlearn_batch_size)
 
 
-def _finish(attribution, out: str, top_k: int, as_json: bool, started: float, verb: str) -> None:
-    paths = attribution.save(out, top_k=top_k)
+def _finish(attribution, paths: dict, top_k: int, as_json: bool, started: float, verb: str) -> None:
     summary = attribution.summary(top_k=min(top_k, 5))
     summary.update(files=paths, seconds=round(time.perf_counter() - started, 1))
     if as_json:
@@ -169,20 +170,28 @@ def _finish(attribution, out: str, top_k: int, as_json: bool, started: float, ve
 
 
 def cmd_attribute(args) -> None:
+    from ..attribution import check_output_folder
+
     started = time.perf_counter()
+    if args.out:
+        check_output_folder(args.out)  # before any work: a folder of other files is never written into
+    settings = _unlearn_settings(args)
     attributor = _attributor(args)
+    attributor.check_unlearning(settings)
     queries = _queries(args, attributor.model)
-    attribution = attributor.attribute(queries, _unlearn_settings(args))
-    _finish(attribution, args.out or os.path.join(args.work_dir, "attribution"), args.top_k, args.json, started,
-            "attribute")
+    attribution = attributor.attribute(queries, settings)
+    paths = attributor.write_outputs(attribution, args.out, top_k=args.top_k)
+    _finish(attribution, paths, args.top_k, args.json, started, "attribute")
 
 
 def cmd_report(args) -> None:
-    from .attribution import Attribution
+    from ..attribution import Attribution, check_output_folder
 
     started = time.perf_counter()
     attribution = Attribution.load(args.attribution)
-    _finish(attribution, args.out or args.attribution, args.top_k, args.json, started, "report")
+    out = args.out or args.attribution
+    check_output_folder(out)
+    _finish(attribution, attribution.save(out, top_k=args.top_k), args.top_k, args.json, started, "report")
 
 
 def cmd_demo(args) -> None:
@@ -193,12 +202,13 @@ def cmd_demo(args) -> None:
     """
     import dataclasses
 
-    from .attributor import Attributor
-    from .data import open_dataset
-    from .query import query_from_prompt
+    from ..attributor import Attributor
+    from ..data import open_dataset
+    from ..query import query_from_prompt
 
     started = time.perf_counter()
     _threads(args)
+    unlearning = _unlearn_settings(args)
     model = _load_model(args)
     settings = demo_settings()
     settings = dataclasses.replace(settings, scoring=dataclasses.replace(
@@ -206,22 +216,23 @@ def cmd_demo(args) -> None:
     work_dir = os.path.join(args.out, "work")
     attributor = Attributor(model, open_dataset("default"), work_dir, settings, progress=not args.quiet)
     query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
-    attribution = attributor.attribute([query], _unlearn_settings(args))
-    _finish(attribution, os.path.join(args.out, "report"), args.top_k, args.json, started, "demo")
+    attribution = attributor.attribute([query], unlearning)
+    paths = attributor.write_outputs(attribution, os.path.join(args.out, "report"), top_k=args.top_k)
+    _finish(attribution, paths, args.top_k, args.json, started, "demo")
 
 
 def demo_settings():
     """The demo's prepare settings: 3 timesteps, no flips, a 1,024-row Fisher (the full defaults: 10 timesteps, both
     flips, every row) so that the whole run fits in a minute on 2 CPU cores: on the validation prompts these settings
     still put the prompt's own training image in the top 10 every time (benchmarks/results/tuning.md)."""
-    from .attributor import PrepareSettings
-    from .scoring import LossGrid
+    from ..attributor import PrepareSettings
+    from ..scoring import LossGrid
 
     return PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
 
 
 def cmd_export_data(args) -> None:
-    from .data import export_imagefolder, open_dataset
+    from ..data import export_imagefolder, open_dataset
 
     dataset = open_dataset(args.data)
     export_imagefolder(dataset, args.out)
@@ -231,7 +242,7 @@ def cmd_export_data(args) -> None:
 def cmd_export_scores(args) -> None:
     import numpy as np
 
-    from .exporters import ExportError, export_scores
+    from ..exporters import ExportError, export_scores
 
     path = os.path.join(args.attribution, "scores.npy") if os.path.isdir(args.attribution) else args.attribution
     if not os.path.isfile(path):
@@ -244,28 +255,13 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
     parser.add_argument("--out", default=out)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     device_argument(parser)
 
 
-def device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
-                        "cuda or cuda:N")
-
-
-def speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """How the scoring pass runs the UNet (unet_forward.ForwardPlan): speed only, never the scores' meaning."""
-    from .unet_forward import COMPILE_MODES
-
-    parser.add_argument("--compile", choices=COMPILE_MODES, default="none", help="torch.compile the UNet for the "
-                        "scoring passes (reduce-overhead: CUDA graphs); pays a one-off compile per process")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="NHWC UNet activations (default: on for CUDA, off for CPU)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unlearn-fast", description=__doc__)
+    parser = Parser(prog="unlearn-fast", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
 
     train = sub.add_parser("train", help="train the VAE and the diffusion model (or fine-tune one) on a captioned set")
@@ -277,10 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vae-from", help="model folder whose VAE to reuse (no VAE training): leave-K-out retraining")
     train.add_argument("--exclude", help="training indices never to show the model: '3,17,42' or a file")
     train.add_argument("--add-token", action="append", help="new word for the vocabulary, e.g. '<v1>' (repeatable)")
-    train.add_argument("--steps", type=int, default=4000, help="diffusion training steps")
+    train.add_argument("--steps", type=positive_int, default=4000, help="diffusion training steps")
     train.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps (ignored with --vae-from / "
                        "--init-from)")
-    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--batch-size", type=positive_int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--warmup-steps", type=int, default=200, help="learning-rate warm-up steps")
     train.add_argument("--ema-decay", type=float, default=0.999)
@@ -289,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "cross-attention, attention or a regex")
     train.add_argument("--freeze-text-encoder", action="store_true")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    train.add_argument("--threads", type=count_or_zero, default=0, help="torch CPU threads (0: torch's default)")
     device_argument(train)
     train.add_argument("--quiet", action="store_true")
     train.add_argument("--json", action="store_true")
@@ -303,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid = sub.add_parser("grid", help="a labelled sample grid: prompts × seeds → PNG")
     grid.add_argument("prompt", nargs="+")
     _sampling_arguments(grid, out="samples.png")
-    grid.add_argument("--per-prompt", type=int, default=4)
+    grid.add_argument("--per-prompt", type=positive_int, default=4)
     grid.set_defaults(run=cmd_grid)
 
     def work_arguments(p):
@@ -312,20 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "metadata.jsonl, a .parquet file or webdataset shards")
         p.add_argument("--caption-column", default="text")
         p.add_argument("--work-dir", required=True, help="folder for the prepared artefacts (one per model + data)")
-        p.add_argument("--overwrite", action="store_true", help="delete a work directory built from other inputs")
+        p.add_argument("--overwrite", action="store_true", help="when the inputs or settings differ from the work "
+                       "directory's, delete exactly the artefacts they invalidate (the refusal without it lists them)")
         numbers = p.add_argument_group("prepare settings (default: the work directory's own, else the defaults)")
-        numbers.add_argument("--timesteps", type=int, help="timesteps scored per image (default 10)")
+        numbers.add_argument("--timesteps", type=positive_int, help="timesteps scored per image (default 10)")
         numbers.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                              help="also score the mirrored image, keep the larger change (default on)")
         numbers.add_argument("--score-seed", type=int, help="noise seed of the scoring and the Fisher (default 0)")
         numbers.add_argument("--dtype", choices=("fp32", "bf16"), help="UNet precision when scoring (default fp32)")
-        numbers.add_argument("--fisher-samples", type=int, help="(t, ε) draws per image for the Fisher (default 1)")
-        numbers.add_argument("--fisher-examples", type=int, help="caption rows the Fisher averages over, a seeded "
+        numbers.add_argument("--fisher-samples", type=positive_int, help="(t, ε) draws per image for the Fisher (default 1)")
+        numbers.add_argument("--fisher-examples", type=count_or_zero, help="caption rows the Fisher averages over, a seeded "
                              "subset (default all; 0 = all)")
-        numbers.add_argument("--damping", type=float, help="λ added to the Fisher (default 1e-8)")
+        numbers.add_argument("--damping", type=non_negative_float, help="λ added to the Fisher (default 1e-8)")
         numbers.add_argument("--fisher-group", help="parameters the Fisher covers (default kv)")
-        p.add_argument("--batch-size", type=int, default=512, help="UNet rows per call (speed only)")
-        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        numbers.add_argument("--preprocess", choices=("resize-crop", "refuse"), help="training images that are not RGB "
+                             "at the model's resolution: resize the shorter side and centre-crop as diffusers' training "
+                             "scripts do, or refuse them (default resize-crop; either way, stated in the log)")
+        p.add_argument("--batch-size", type=positive_int, default=512, help="UNet rows per call (speed only)")
+        p.add_argument("--threads", type=count_or_zero, default=0, help="torch CPU threads (0: torch's default)")
         device_argument(p)
         speed_arguments(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -333,18 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def query_arguments(p):
         p.add_argument("--seed", type=int, default=0, help="seed of a generated query")
-        p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of a generated query")
+        p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of a generated query")
         p.add_argument("--guidance", type=float, default=3.0, help="guidance scale of a generated query")
         unlearning = p.add_argument_group("unlearning (METHOD.md §4)")
-        unlearning.add_argument("--alpha", type=float, default=UNLEARN_DEFAULTS.alpha, help="step size α")
-        unlearning.add_argument("--unlearn-steps", type=int, default=UNLEARN_DEFAULTS.steps, help="ascent steps S")
-        unlearning.add_argument("--draws", type=int, default=UNLEARN_DEFAULTS.draws, help="(t, ε) draws M per step")
+        unlearning.add_argument("--alpha", type=positive_float, default=UNLEARN_DEFAULTS.alpha, help="step size α")
+        unlearning.add_argument("--unlearn-steps", type=positive_int, default=UNLEARN_DEFAULTS.steps, help="ascent steps S")
+        unlearning.add_argument("--draws", type=positive_int, default=UNLEARN_DEFAULTS.draws, help="(t, ε) draws M per step")
         unlearning.add_argument("--unlearn-seed", type=int, default=0)
         unlearning.add_argument("--group", default="kv", help="weights to unlearn: kv, cross-attention, attention, "
                                 "all or a regex (within the Fisher's group)")
         unlearning.add_argument("--sgd", action="store_true", help="plain gradient ascent, no Fisher (a baseline)")
-        unlearning.add_argument("--unlearn-batch-size", type=int, default=64, help="draws per backward (speed only)")
-        p.add_argument("--top-k", type=int, default=16, help="training images shown per query in the report")
+        unlearning.add_argument("--unlearn-batch-size", type=positive_int, default=64, help="draws per backward (speed only)")
+        p.add_argument("--top-k", type=positive_int, default=16, help="training images shown per query in the report")
 
     prepare = sub.add_parser("prepare", help="encode the training set, estimate the Fisher and the base losses")
     work_arguments(prepare)
@@ -355,14 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--prompt", action="append", help="the query's prompt (repeatable: several queries)")
     attribute.add_argument("--image", action="append", help="the query image (one per --prompt); without it the "
                            "query is generated from the prompt and --seed")
-    attribute.add_argument("--out", help="output folder (default WORK_DIR/attribution)")
+    attribute.add_argument("--out", help="output folder (default WORK_DIR/attributions/<query id>/, listed in "
+                           "WORK_DIR/attributions/index.json; WORK_DIR/attributions/latest is the newest)")
     query_arguments(attribute)
     attribute.set_defaults(run=cmd_attribute)
 
     report = sub.add_parser("report", help="rewrite the report of an attribution folder (e.g. with another --top-k)")
     report.add_argument("attribution", help="folder written by attribute")
     report.add_argument("--out", help="where to write (default: the same folder)")
-    report.add_argument("--top-k", type=int, default=16)
+    report.add_argument("--top-k", type=positive_int, default=16)
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=cmd_report)
 
@@ -370,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="default")
     demo.add_argument("--out", default="unlearn-fast-demo")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"query prompt (default {DEMO_PROMPT!r})")
-    demo.add_argument("--threads", type=int, default=0)
+    demo.add_argument("--threads", type=count_or_zero, default=0)
     device_argument(demo)
     speed_arguments(demo)
     demo.add_argument("--quiet", action="store_true")
@@ -378,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     query_arguments(demo)
     demo.set_defaults(run=cmd_demo)
 
-    from .cli_evaluate import add_evaluate_parser
+    from .evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub)
 
@@ -399,20 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from .data import DataError
-    from .errors import SettingsError
-    from .exporters import ExportError
-    from .models.folder import ModelFolderError
-    from .query import QueryError
-    from .store import StoreMismatchError
+    from ..errors import UserInputError
+    from ..store import LockTimeout
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded with what it produced (training.json)
     try:
         args.run(args)
-    except (DataError, ExportError, ModelFolderError, QueryError, SettingsError, StoreMismatchError,
-            FloatingPointError) as error:
+    except (UserInputError, FloatingPointError, LockTimeout) as error:
         # The user's input or settings, not a bug: the message names the culprit; no traceback.
         raise SystemExit(f"unlearn-fast {args.verb}: {error}") from None
 

@@ -1,0 +1,55 @@
+"""Command-line arguments shared by the verbs: one-line errors, checked number types, --device and the speed options."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported as one line naming it (not the verb's whole usage text)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, minimum, what: str):
+    """An argparse type: `kind` (int or float), finite, >= minimum; the message names the bound."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (kind is float and not math.isfinite(value)) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, "an integer >= 1")
+count_or_zero = _number(int, 0, "an integer >= 0")
+non_negative_float = _number(float, 0.0, "a finite number >= 0")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = non_negative_float(text)
+    except argparse.ArgumentTypeError:
+        value = 0.0
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
+                        "cuda or cuda:N")
+
+
+def speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the scoring pass runs the UNet (unet_forward.ForwardPlan): speed only, never the scores' meaning."""
+    from ..unet_forward import COMPILE_MODES
+
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="none", help="torch.compile the UNet for the "
+                        "scoring passes (reduce-overhead: CUDA graphs); pays a one-off compile per process")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC UNet activations (default: on for CUDA, off for CPU)")

@@ -1,0 +1,174 @@
+"""What a training set's images ARE, not what they are called: a digest of every image's bytes, plus its size and
+colour mode read from its header, so a work directory is bound to content and preprocessing is stated before any work.
+
+Reading every byte of millions of images on every run would cost more than the run, so digests are cached per file
+by (size, mtime, ctime, inode) in a small SQLite database: a rerun costs one ``stat`` per file. An overwritten file
+always changes ctime (no tool can set it back), so a changed pixel is never missed. Location: ``$UNLEARN_FAST_CACHE``
+(a folder; ``off`` disables the cache), else ``$XDG_CACHE_HOME/unlearn_fast``, else ``~/.cache/unlearn_fast``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sqlite3
+import sys
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+# One row per image: blake2b-128 of its encoded bytes, its size and colour mode as the file states them.
+INFO = np.dtype([("digest", "u1", (16,)), ("width", "<i4"), ("height", "<i4"), ("mode", "S8")])
+_BLOCK = 1 << 20
+
+
+def empty_index(n: int = 0) -> np.ndarray:
+    return np.zeros(n, INFO)
+
+
+def _info(digest: bytes, header: Image.Image) -> np.ndarray:
+    row = empty_index(1)
+    row["digest"][0] = np.frombuffer(digest, np.uint8)
+    row["width"], row["height"] = header.size
+    row["mode"] = header.mode.encode()
+    return row
+
+
+def probe_bytes(data: bytes, where: str, error: Callable[[str], Exception]) -> np.ndarray:
+    """The INFO row of an encoded image held in memory (its header is parsed, its pixels are not decoded)."""
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            return _info(digest, header)
+    except Exception as failure:  # PIL raises several types for non-image data
+        raise error(f"{where}: cannot read as an image ({type(failure).__name__}: {failure})") from None
+
+
+def probe_file(path: str, where: str, error: Callable[[str], Exception]) -> np.ndarray:
+    """The INFO row of an image file: its bytes streamed through the digest, then its header."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_BLOCK), b""):
+            digest.update(block)
+    try:
+        with Image.open(path) as header:
+            return _info(digest.digest(), header)
+    except Exception as failure:
+        raise error(f"{where}: cannot read as an image ({type(failure).__name__}: {failure})") from None
+
+
+def stat_key(stat: os.stat_result) -> str:
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+
+
+def default_cache_folder() -> str | None:
+    spec = os.environ.get("UNLEARN_FAST_CACHE")
+    if spec:
+        return None if spec.lower() in ("off", "0", "none") else spec
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "unlearn_fast")
+
+
+class DigestCache:
+    """INFO rows per file path, valid while the file's stat key is unchanged. Never required: if the database cannot be
+    opened or written, the cache turns itself off with one notice and digests are computed afresh."""
+
+    def __init__(self, folder: str | None = "default"):
+        self.folder = default_cache_folder() if folder == "default" else folder
+        self._db: sqlite3.Connection | None = None
+        self._known: dict[str, tuple[str, bytes]] = {}
+        self._pending: list[tuple[str, str, bytes]] = []
+        self.hits = self.misses = 0
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is None and self.folder is not None:
+            try:
+                os.makedirs(self.folder, exist_ok=True)
+                self._db = sqlite3.connect(os.path.join(self.folder, "content_digests.sqlite"), timeout=60)
+                self._db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stat TEXT, info BLOB)")
+            except (sqlite3.Error, OSError) as error:
+                self._disable(error)
+        return self._db
+
+    def _disable(self, error: Exception) -> None:
+        print(f"[unlearn-fast] digest cache in {self.folder} is off ({error}): image digests are computed afresh",
+              file=sys.stderr)
+        self.folder, self._db = None, None
+
+    def prefetch(self, folder: str) -> None:
+        """Load every entry under `folder` in one query (a rerun over 100 k files then costs no query per file)."""
+        db = self._connect()
+        if db is None:
+            return
+        prefix = os.path.join(os.path.abspath(folder), "")
+        try:
+            rows = db.execute("SELECT path, stat, info FROM digests WHERE path >= ? AND path < ?",
+                              (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).fetchall()
+        except sqlite3.Error as error:
+            self._disable(error)
+            return
+        self._known.update({path: (stat, info) for path, stat, info in rows})
+
+    def get(self, path: str, key: str) -> np.ndarray | None:
+        path = os.path.abspath(path)
+        entry = self._known.get(path)
+        if entry is None and self._connect() is not None:
+            try:
+                found = self._db.execute("SELECT stat, info FROM digests WHERE path = ?", (path,)).fetchone()
+            except sqlite3.Error as error:
+                self._disable(error)
+                found = None
+            entry = tuple(found) if found else None
+        if entry is not None and entry[0] == key:
+            self.hits += 1
+            return np.frombuffer(entry[1], INFO).copy()
+        self.misses += 1
+        return None
+
+    def put(self, path: str, key: str, rows: np.ndarray) -> None:
+        path = os.path.abspath(path)
+        blob = np.ascontiguousarray(rows, INFO).tobytes()
+        self._known[path] = (key, blob)
+        if self.folder is not None:
+            self._pending.append((path, key, blob))
+            if len(self._pending) >= 10_000:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self._pending or self._connect() is None:
+            self._pending.clear()
+            return
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", self._pending)
+        except sqlite3.Error as error:
+            self._disable(error)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def cached_file_rows(cache: DigestCache, path: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The INFO rows of one file (an image, a parquet file, a shard), from the cache while the file is unchanged."""
+    key = stat_key(os.stat(path))
+    rows = cache.get(path, key)
+    if rows is None:
+        rows = compute()
+        cache.put(path, key, rows)
+    return rows
+
+
+def digest_rows(items: Iterable[bytes]) -> np.ndarray:
+    """(N, 16) uint8: one blake2b-128 digest per item."""
+    return np.array([np.frombuffer(hashlib.blake2b(item, digest_size=16).digest(), np.uint8) for item in items],
+                    np.uint8).reshape(-1, 16)
+
+
+def fingerprint_of(rows: np.ndarray) -> str:
+    """A short hash of a (N, k) digest table, row order included."""
+    return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]

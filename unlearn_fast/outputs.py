@@ -1,0 +1,61 @@
+"""Where attributions are written: one folder per set of queries, listed in an index, with a stable `latest` pointer.
+
+    work_dir/attributions/<id>/        what Attribution.save writes (report, ranking, scores) for these queries
+    work_dir/attributions/index.json   every output written from this work directory: id, folder, prompts, time
+    work_dir/attributions/latest       symlink to the newest output folder (index.json names it too)
+
+<id> is the query folder's name for one query (queries/<id>: its image, unlearned weights and losses), so a query
+asked again with the same settings writes the same folder, and different queries never share one. Callers hold the
+work directory's lock while they write here (Attributor.write_outputs).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from .store import write_json
+
+INDEX = "index.json"
+LATEST = "latest"
+
+
+def output_id(records: list[dict]) -> str:
+    """The output folder's name for these query records (Attributor records: their 'folder' is queries/<name>)."""
+    names = [os.path.basename(record["folder"]) for record in records]
+    if len(names) == 1:
+        return names[0]
+    return f"{len(names)}-queries-" + hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+
+
+def read_index(work_dir: str | os.PathLike) -> dict:
+    import json
+
+    path = Path(work_dir) / "attributions" / INDEX
+    return json.loads(path.read_text()) if path.is_file() else {"outputs": [], "latest": None}
+
+
+def record_output(work_dir: str | os.PathLike, folder: str | os.PathLike, attribution) -> dict:
+    """Add (or refresh) `folder` in the work directory's index and point `latest` at it."""
+    root = Path(work_dir) / "attributions"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder).resolve()
+    inside = folder.parent == root.resolve()
+    entry = {"id": folder.name if inside else str(folder), "folder": folder.name if inside else str(folder),
+             "prompts": [query.prompt for query in attribution.queries],
+             "queries": [record["folder"] for record in attribution.records],
+             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    index = read_index(work_dir)
+    index["outputs"] = [e for e in index["outputs"] if e["folder"] != entry["folder"]] + [entry]
+    index["latest"] = entry["folder"]
+    write_json(root / INDEX, index)
+    if inside:  # a relative link, so the work directory can be moved or copied
+        link = root / f".{LATEST}.{os.getpid()}.link"
+        link.unlink(missing_ok=True)
+        try:
+            link.symlink_to(folder.name, target_is_directory=True)
+            os.replace(link, root / LATEST)
+        except OSError:  # no symlinks here: index.json's "latest" still says it
+            link.unlink(missing_ok=True)
+    return entry

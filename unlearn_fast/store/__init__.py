@@ -1,0 +1,9 @@
+"""The work directory and its parts: atomic writes, chunked arrays with a done-mask, the lock, the content binding."""
+from .atomic import atomic_write, write_json, write_npy
+from .chunked import ChunkedArray, run_chunked
+from .errors import StoreMismatchError
+from .lock import FileLock, LockOwner, LockTimeout
+from .workdir import MANIFEST, Binding, WorkDir, read_manifest
+
+__all__ = ["MANIFEST", "Binding", "ChunkedArray", "FileLock", "LockOwner", "LockTimeout", "StoreMismatchError",
+           "WorkDir", "atomic_write", "read_manifest", "run_chunked", "write_json", "write_npy"]
