@@ -110,8 +110,8 @@ class DigestCache:
             return
         self._known.update({path: (stat, info) for path, stat, info in rows})
 
-    def get(self, path: str, key: str) -> np.ndarray | None:
-        path = os.path.abspath(path)
+    def get(self, path: str, key: str) -> bytes | None:
+        """The INFO rows (as bytes) cached for absolute `path` if its stat key is still `key`."""
         entry = self._known.get(path)
         if entry is None and self._connect() is not None:
             try:
@@ -122,13 +122,12 @@ class DigestCache:
             entry = tuple(found) if found else None
         if entry is not None and entry[0] == key:
             self.hits += 1
-            return np.frombuffer(entry[1], INFO).copy()
+            return entry[1]
         self.misses += 1
         return None
 
-    def put(self, path: str, key: str, rows: np.ndarray) -> None:
-        path = os.path.abspath(path)
-        blob = np.ascontiguousarray(rows, INFO).tobytes()
+    def put(self, path: str, key: str, blob: bytes) -> None:
+        """Cache the INFO rows `blob` for absolute `path` at stat key `key`."""
         self._known[path] = (key, blob)
         if self.folder is not None:
             self._pending.append((path, key, blob))
@@ -153,14 +152,21 @@ class DigestCache:
             self._db = None
 
 
-def cached_file_rows(cache: DigestCache, path: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """The INFO rows of one file (an image, a parquet file, a shard), from the cache while the file is unchanged."""
-    key = stat_key(os.stat(path))
-    rows = cache.get(path, key)
-    if rows is None:
-        rows = compute()
-        cache.put(path, key, rows)
-    return rows
+def cached_file_rows(cache: DigestCache, path: str, compute: Callable[[], np.ndarray],
+                     stat: os.stat_result | None = None) -> bytes:
+    """The INFO rows of one file (an image, a parquet file, a shard) as bytes (np.frombuffer(..., INFO) reads them),
+    from the cache while the file is unchanged. `path` must be absolute (callers over many files make it so once);
+    `stat`: the file's, if already taken."""
+    key = stat_key(stat or os.stat(path))
+    blob = cache.get(path, key)
+    if blob is None:
+        blob = np.ascontiguousarray(compute(), INFO).tobytes()
+        cache.put(path, key, blob)
+    return blob
+
+
+def rows_of(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, INFO).copy()
 
 
 def digest_rows(items: Iterable[bytes]) -> np.ndarray:

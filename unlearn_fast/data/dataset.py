@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserInputError
-from .content import DigestCache, cached_file_rows, digest_rows, empty_index, fingerprint_of, probe_bytes, probe_file
+from .content import (DigestCache, cached_file_rows, digest_rows, empty_index, fingerprint_of, probe_bytes, probe_file,
+                      rows_of)
 from .preprocess import model_input, to_rgb
 
 DEFAULT_DATASET = os.path.join(os.path.dirname(__file__), "default", "emoji32.parquet")
@@ -168,14 +169,19 @@ class ImageFolderDataset(CaptionedImages):
 
     def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
         cache = cache or DigestCache(None)
-        cache.prefetch(self.root)
-        index = empty_index(len(self))
-        for i in range(len(self)):
-            path = self._path(i)
-            where = f"{path} ({self.source} line {self._lines[i]})"
-            index[i] = cached_file_rows(cache, path, lambda: probe_file(path, where, DataError))[0]
+        root = os.path.abspath(self.root)
+        cache.prefetch(root)
+        blobs = []
+        for i, example in enumerate(self._examples):
+            path = os.path.join(root, example.key)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                raise DataError(f"{path}: image file missing ({self.source} line {self._lines[i]})") from None
+            blobs.append(cached_file_rows(
+                cache, path, lambda: probe_file(path, f"{path} ({self.source} line {self._lines[i]})", DataError), stat))
         cache.flush()
-        return index
+        return rows_of(b"".join(blobs))
 
 
 class SubsetDataset(CaptionedImages):
@@ -249,10 +255,10 @@ class ParquetDataset(CaptionedImages):
     def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
         def compute():
             return np.concatenate([probe_bytes(self._bytes(i), self.where(i), DataError) for i in range(len(self))])
-        rows = cached_file_rows(cache or DigestCache(None), self.source, compute)
+        blob = cached_file_rows(cache or DigestCache(None), os.path.abspath(self.source), compute)
         if cache is not None:
             cache.flush()
-        return rows
+        return rows_of(blob)
 
 
 def load_pixels(dataset: CaptionedImages, resolution: int, indices=None) -> np.ndarray:

@@ -19,7 +19,7 @@ from PIL import Image
 
 import numpy as np
 
-from .content import DigestCache, cached_file_rows, empty_index, probe_bytes
+from .content import DigestCache, cached_file_rows, empty_index, probe_bytes, rows_of
 from .dataset import CaptionedImages, DataError, Example, _as_captions, decode_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a sample has several
@@ -144,10 +144,10 @@ class WebDatasetShards(CaptionedImages):
         parts = []
         for number, shard in enumerate(self.shards):
             rows = np.flatnonzero(shard_of == number)
-            parts.append(cached_file_rows(cache, shard, lambda: np.concatenate(
+            parts.append(cached_file_rows(cache, os.path.abspath(shard), lambda: np.concatenate(
                 [empty_index(0)] + [probe_bytes(self._bytes(int(i)), self.where(int(i)), DataError) for i in rows])))
         cache.flush()
-        return np.concatenate(parts)
+        return rows_of(b"".join(parts))
 
 
 def _sample_captions(members: dict[str, dict], caption_column: str, where: str) -> tuple[str, ...]:
