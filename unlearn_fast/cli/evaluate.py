@@ -74,10 +74,35 @@ def cmd_groundtruth(args) -> None:
     print(text if not args.json else json.dumps(summary))
 
 
+def cmd_lds(args) -> None:
+    from ..evaluate.lds import LDSSetup, markdown_table, run_lds
+    from ..evaluate.profiles import PROFILES
+
+    profile = PROFILES[args.profile]
+    setup = _setup(args, LDSSetup, profile["lds"])
+    started = time.perf_counter()
+    summary = run_lds(setup, args.out, workers=args.workers or profile["workers"],
+                      threads=args.threads or profile["threads"],
+                      log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+    runs = summary["training_runs"]
+    text = (_header("Linear datamodeling score (LDS)", args, time.perf_counter() - started)
+            + f"- N = {summary['num_train']} training images, M = {setup.subsets} subsets of "
+              f"{setup.subset_fraction:g} N, {len(summary['queries'])} queries; {runs['distinct']} training runs "
+              f"(full model, {runs['subsets']} subsets, {runs['ceiling']} second seeds), shared by every method\n\n"
+            + markdown_table(summary) + "\n")
+    for folder in filter(None, (args.out, args.results)):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "lds.md"), "w", encoding="utf-8") as handle:
+            handle.write(text)
+        if folder != args.out:
+            shutil.copy(os.path.join(args.out, "results.json"), os.path.join(folder, "results.json"))
+    print(text if not args.json else json.dumps({k: v for k, v in summary.items() if k != "subset_losses"}))
+
+
 def add_evaluate_parser(sub) -> None:
     from ..evaluate.profiles import PROFILES
 
-    evaluate = sub.add_parser("evaluate", help="judge attribution methods: leave-K-out retraining, ground truth")
+    evaluate = sub.add_parser("evaluate", help="judge attribution methods: leave-K-out retraining, ground truth, LDS")
     kinds = evaluate.add_subparsers(dest="kind", required=True)
     counterfactual = kinds.add_parser("counterfactual", help="retrain without each method's top-K; ΔL and ΔG")
     counterfactual.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
@@ -117,3 +142,25 @@ def add_evaluate_parser(sub) -> None:
     device_argument(groundtruth)
     groundtruth.add_argument("--json", action="store_true")
     groundtruth.set_defaults(run=cmd_groundtruth)
+
+    lds = kinds.add_parser("lds", help="linear datamodeling score over models trained on random half subsets")
+    lds.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
+                     help="run sizes: cpu (≤ 90 min on 2 cores), gpu (one H200), tiny (a smoke test)")
+    lds.add_argument("--out", default="evaluation/lds", help="work folder (resumable)")
+    lds.add_argument("--results", help="also write lds.md and results.json here")
+    lds.add_argument("--data", help="training data (default: the embedded set)")
+    lds.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
+    lds.add_argument("--train-images", type=int, help="N: size of the seeded training subset")
+    lds.add_argument("--subsets", type=int, help="M: subset models")
+    lds.add_argument("--ceiling-subsets", type=int, help="subsets trained again with a second seed (the ceiling)")
+    lds.add_argument("--generated-queries", type=int, help="queries generated from held-out prompts")
+    lds.add_argument("--heldout-queries", type=int, help="held-out real images with their captions")
+    lds.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
+    lds.add_argument("--steps", type=int, help="training steps of every run")
+    lds.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
+    lds.add_argument("--encoder", help="local CLIP/DINO folder for the feature method")
+    lds.add_argument("--workers", type=int, default=0, help="training processes at once")
+    lds.add_argument("--threads", type=int, default=0, help="torch threads per process")
+    device_argument(lds)
+    lds.add_argument("--json", action="store_true")
+    lds.set_defaults(run=cmd_lds)

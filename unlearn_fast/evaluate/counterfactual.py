@@ -286,16 +286,16 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
     return summary
 
 
-def _record_setup(setup: CounterfactualSetup, out_dir: str) -> None:
-    """The setup an output folder was made with; another setup in the same folder is refused (it would mix runs)."""
+def _record_setup(setup, out_dir: str, free=("methods", "noise_seeds", "random_draws", "encoder")) -> None:
+    """The setup an output folder was made with; another setup in the same folder is refused (it would mix runs),
+    except for the `free` fields, which add work without changing what is there."""
     path = os.path.join(out_dir, "setup.json")
     numbers = json.loads(json.dumps(asdict(setup)))
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             recorded = json.load(handle)
         recorded = {"device": "cpu"} | recorded  # folders made before runs could move to a GPU ran on the CPU
-        changed = sorted(k for k in numbers if recorded.get(k) != numbers[k] and k not in ("methods", "noise_seeds",
-                                                                                           "random_draws", "encoder"))
+        changed = sorted(k for k in numbers if recorded.get(k) != numbers[k] and k not in free)
         if changed:
             raise SettingsError(f"{out_dir} was made with other settings ({', '.join(changed)}); use another folder")
     with open(path, "w", encoding="utf-8") as handle:

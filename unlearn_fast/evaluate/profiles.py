@@ -6,6 +6,8 @@ cpu: 2 cores, ≤ 60 minutes each. counterfactual: a 400-image subset of the def
 gpu: meant for one H200 in ≤ 8 minutes: the full default set, more queries, longer training, eight runs at a time
      (`--device auto` puts every run and every model on the GPU). Not run yet: no GPU has been available to this
      project, so its time budget is a plan, not a measurement.
+     lds: 400 training images, M = 64 half-subsets (+ 8 retrained with a second seed for the ceiling) at 200 steps of
+     64 (≈ 1.5 min per run on one core, two at a time), 25 generated + 25 held-out queries: ≤ 90 minutes.
 tiny: a smoke test of the whole pipeline in about a minute (the tests use it).
 """
 from __future__ import annotations
@@ -16,6 +18,10 @@ PROFILES = {
                                "noise_seeds": (1,), "method_options": {"dtrak": {"dim": 2048}}},
             "groundtruth": {"base_images": 1000, "methods": ("abu", "dtrak", "pixel", "random"),
                             "method_options": {"dtrak": {"dim": 2048}}},
+            "lds": {"train_images": 400, "subsets": 64, "ceiling_subsets": 8, "generated_queries": 25,
+                    "heldout_queries": 25, "steps": 200, "batch_size": 64, "warmup_steps": 20,
+                    "methods": ("abu", "dtrak", "trak", "pixel", "random"),
+                    "method_options": {"dtrak": {"dim": 2048}, "trak": {"dim": 2048}}},
             "workers": 2, "threads": 1},
     "gpu": {"counterfactual": {"train_images": None, "queries": 10, "steps": 1500, "batch_size": 128,
                                "warmup_steps": 100, "methods": ("abu", "dtrak", "trak", "pixel"), "random_draws": 3,
@@ -23,6 +29,10 @@ PROFILES = {
                                "method_options": {"dtrak": {"dim": 8192}, "trak": {"dim": 8192}}},
             "groundtruth": {"base_images": None, "methods": ("abu", "dtrak", "trak", "pixel", "random"),
                             "scoring_timesteps": 10, "method_options": {"dtrak": {"dim": 8192}, "trak": {"dim": 8192}}},
+            "lds": {"train_images": None, "subsets": 128, "ceiling_subsets": 16, "generated_queries": 100,
+                    "heldout_queries": 100, "steps": 1500, "batch_size": 128, "warmup_steps": 100,
+                    "methods": ("abu", "dtrak", "trak", "pixel", "random"),
+                    "method_options": {"dtrak": {"dim": 8192}, "trak": {"dim": 8192}}},
             "workers": 8, "threads": 2},
     "tiny": {"counterfactual": {"train_images": 48, "queries": 2, "steps": 20, "batch_size": 16, "warmup_steps": 2,
                                 "fractions": (0.05, 0.2), "methods": ("abu", "pixel"), "random_draws": 2,
@@ -32,5 +42,9 @@ PROFILES = {
                              "custom_steps": 20, "planted_copies": (2,), "planted_queries": 2, "planted_steps": 20,
                              "planted_batch_size": 16, "query_steps": 10, "validation_prompts": 2,
                              "abu_alphas": (0.1,)},
+             "lds": {"train_images": 24, "subsets": 6, "ceiling_subsets": 3, "generated_queries": 2,
+                     "heldout_queries": 2, "steps": 8, "batch_size": 8, "warmup_steps": 1,
+                     "methods": ("abu", "pixel", "random"), "loss_timesteps": 5, "query_steps": 5,
+                     "validation_prompts": 2, "abu_alphas": (0.1,)},
              "workers": 1, "threads": 1},
 }

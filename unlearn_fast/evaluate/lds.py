@@ -1,0 +1,275 @@
+"""The linear datamodeling score (LDS; TRAK, D-TRAK), METHOD.md "How attribution is judged" §3.
+
+    split:     a seeded subset of N training images; the queries are images the full model generates from held-out
+               prompts AND held-out real images with their own captions (D-TRAK's "generated" and "validation" sets)
+    full:      the model trained from scratch on all N: it generates the queries, and every method attributes with it
+    subsets:   M seeded random subsets S_m (a share α = 0.5 of the N rows), each trained from scratch with the same
+               recipe and seed (the replay: the full run's order and per-row draws minus the removed rows); trained
+               ONCE as retraining artefacts (evaluate.retrain: resumable, lock-protected, several workers) and shared
+               by every method and every query
+    output:    f_m(q) = L(ẑ_q; model m) on a fixed timestep grid with fixed noise (counterfactual.QueryLosses)
+    score:     g_m(q) = Σ_{z ∈ S_m} τ_q(z); LDS(q) = Spearman over m of (g_m(q), −f_m(q)): a method predicts well
+               when the subsets it says help the query most give it the lowest loss. Reported as mean ± SE over
+               queries per method, for each query kind and for all.
+    ceiling:   the first `ceiling_subsets` subsets are trained again with another seed; Spearman over those subsets of
+               (−f_m(seed a), −f_m(seed b)) per query says how much of f any function of S_m can predict.
+
+Every stage is an artefact in the output folder, so a killed run resumes, and a second method adds no training run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..data import load_pixels, open_dataset
+from ..data.dataset import SubsetDataset
+from ..data.export import export_imagefolder
+from ..errors import SettingsError
+from ..models.text_encoder import split_words
+from .counterfactual import QueryLosses, _queries, attribute_all, training_request
+from .metrics import mean_and_se
+from .retrain import is_done, job_key, model_folder, run_jobs
+
+KINDS = ("generated", "held-out")
+
+
+@dataclass
+class LDSSetup:
+    """What is measured and how. subsets: M. subset_fraction: α, the share of the N rows each subset keeps.
+    ceiling_subsets: how many of the subsets are trained with a second seed. generated_queries / heldout_queries:
+    queries of each kind. steps … warmup_steps, seed: the training recipe of the full model and every subset model."""
+
+    data: str = "default"
+    base_model: str = "default"
+    train_images: int | None = 400
+    subsets: int = 64
+    subset_fraction: float = 0.5
+    ceiling_subsets: int = 8
+    generated_queries: int = 25
+    heldout_queries: int = 25
+    methods: tuple[str, ...] = ("abu", "dtrak", "trak", "pixel", "random")
+    steps: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    seed: int = 0
+    split_seed: int = 0
+    query_seed: int = 2000
+    query_steps: int = 50
+    guidance: float = 3.0
+    loss_timesteps: int = 50
+    encoder: str | None = None
+    method_options: dict = field(default_factory=dict)
+    abu_alphas: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
+    validation_prompts: int = 4
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.subsets < 3:
+            raise SettingsError(f"subsets must be at least 3 for a rank correlation, got {self.subsets}")
+        if not 0 < self.subset_fraction < 1:
+            raise SettingsError(f"subset_fraction must be in (0, 1), got {self.subset_fraction}")
+        if not 0 <= self.ceiling_subsets <= self.subsets or self.ceiling_subsets in (1, 2):
+            raise SettingsError(f"ceiling_subsets must be 0 or in [3, subsets], got {self.ceiling_subsets}")
+        if self.generated_queries + self.heldout_queries < 1:
+            raise SettingsError("LDS needs at least one query")
+
+
+# --------------------------------------------------------------------------------------------------- the metric
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two vectors (average ranks for ties); NaN when either is constant."""
+    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):  # ties share their average rank
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def linear_datamodeling_scores(scores: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """LDS per query: scores (Q, N) attribution scores (higher = more helpful to the query), masks (M, N) bool (row m:
+    the training rows subset model m saw), losses (M, Q) the query losses under the subset models. Returns (Q,)."""
+    scores, masks, losses = np.asarray(scores, np.float64), np.asarray(masks, bool), np.asarray(losses, np.float64)
+    if scores.ndim != 2 or masks.shape[1] != scores.shape[1] or losses.shape != (len(masks), len(scores)):
+        raise ValueError(f"LDS needs scores (Q, N), masks (M, N), losses (M, Q); got {scores.shape}, {masks.shape}, "
+                         f"{losses.shape}")
+    predicted = masks.astype(np.float64) @ scores.T  # (M, Q): g_m(q) = Σ_{z ∈ S_m} τ_q(z)
+    return np.array([spearman(predicted[:, q], -losses[:, q]) for q in range(len(scores))])
+
+
+# ------------------------------------------------------------------------------------------------------- split
+def subset_rows(setup: LDSSetup, num_train: int, m: int) -> np.ndarray:
+    """The rows subset model m trains on: a seeded random share of the N rows, sorted."""
+    keep = max(1, round(setup.subset_fraction * num_train))
+    return np.sort(np.random.default_rng([setup.split_seed, 15485863, m]).permutation(num_train)[:keep])
+
+
+def subset_masks(setup: LDSSetup, num_train: int) -> np.ndarray:
+    masks = np.zeros((setup.subsets, num_train), bool)
+    for m in range(setup.subsets):
+        masks[m, subset_rows(setup, num_train, m)] = True
+    return masks
+
+
+def split_data(setup: LDSSetup, out_dir: str) -> tuple[str, list[str], list[dict]]:
+    """The training folder (a seeded subset, exported once), the held-out prompts of the generated queries, and the
+    held-out real images (their index in the full data and their caption) of the other queries. Every query caption
+    uses only words of the training captions and equals none of them."""
+    folder, record_path = os.path.join(out_dir, "data"), os.path.join(out_dir, "split.json")
+    if os.path.isfile(record_path):
+        with open(record_path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        return folder, record["generated_prompts"], record["heldout_images"]
+    full = open_dataset(setup.data)
+    order = np.random.default_rng(setup.split_seed).permutation(len(full))
+    wanted = setup.generated_queries + setup.heldout_queries
+    n = len(full) - wanted if setup.train_images is None else min(setup.train_images, len(full) - wanted)
+    train = np.sort(order[:n])
+    captions = {c for i in train for c in full.captions(int(i))}
+    vocabulary = {w for c in captions for w in split_words(c)}
+    eligible, seen = [], set()
+    for i in order[n:]:
+        prompt = full.captions(int(i))[0]
+        words = split_words(prompt)
+        if prompt not in captions and prompt not in seen and words and set(words) <= vocabulary:
+            eligible.append((int(i), prompt))
+            seen.add(prompt)
+        if len(eligible) == wanted:
+            break
+    if len(eligible) < wanted:
+        raise SettingsError(f"only {len(eligible)} held-out images have captions in the training vocabulary; ask for "
+                            "fewer queries or more held-out images")
+    generated = [prompt for _, prompt in eligible[:setup.generated_queries]]
+    heldout = [{"index": i, "prompt": prompt} for i, prompt in eligible[setup.generated_queries:]]
+    export_imagefolder(SubsetDataset(full, train), folder)
+    with open(record_path, "w", encoding="utf-8") as handle:
+        json.dump({"data": setup.data, "train_indices": train.tolist(), "generated_prompts": generated,
+                   "heldout_images": heldout}, handle)
+    return folder, generated, heldout
+
+
+def heldout_queries(setup: LDSSetup, heldout: list[dict], resolution: int) -> list:
+    from ..query import query_from_array
+
+    full = open_dataset(setup.data)
+    return [query_from_array(load_pixels(full, resolution, [entry["index"]])[0], entry["prompt"], resolution,
+                             source=f"held-out image {full.key(entry['index'])}") for entry in heldout]
+
+
+# ------------------------------------------------------------------------------------------------------ measure
+def query_losses_under(folder: str, queries, query_losses: QueryLosses, device: str) -> np.ndarray:
+    """L(ẑ_q) of every query under the model in `folder`; cached beside it (losses.json, by query key)."""
+    from ..models.adapter import DiffusionModel
+
+    path = os.path.join(os.path.dirname(folder), "losses.json")
+    cache = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            cache = json.load(handle)
+    todo = [q for q, query in enumerate(queries) if query.key not in cache]
+    if todo:
+        model = DiffusionModel.load(folder, device=device)
+        for q, loss in zip(todo, query_losses(model, todo)):
+            cache[queries[q].key] = float(loss)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(cache, handle, indent=1)
+        os.replace(path + ".tmp", path)
+    return np.array([cache[query.key] for query in queries])
+
+
+# ----------------------------------------------------------------------------------------------------- the run
+def plan_runs(setup: LDSSetup, data_folder: str, num_train: int) -> tuple:
+    """(full, subset requests, ceiling requests): every training run the evaluation needs, whatever the methods."""
+    everyone = np.arange(num_train)
+    full = training_request(setup, data_folder)
+    subsets = [training_request(setup, data_folder, np.setdiff1d(everyone, subset_rows(setup, num_train, m)))
+               for m in range(setup.subsets)]
+    ceiling = [training_request(setup, data_folder, request.exclude, seed=setup.seed + 1)
+               for request in subsets[:setup.ceiling_subsets]]
+    return full, subsets, ceiling
+
+
+def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, log=print) -> dict:
+    """The whole evaluation (resumable); returns the summary also written to out_dir/results.json."""
+    from ..models.adapter import DiffusionModel
+    from .counterfactual import _record_setup
+
+    os.makedirs(out_dir, exist_ok=True)
+    # Methods (and their options: each method's scores are cached under its own key) may be added to a folder.
+    _record_setup(setup, out_dir, free=("methods", "method_options", "encoder"))
+    data_folder, prompts, heldout = split_data(setup, out_dir)
+    dataset = open_dataset(data_folder)
+    runs = os.path.join(out_dir, "retrains")
+    full, subsets, ceiling = plan_runs(setup, data_folder, len(dataset))
+    run_jobs(runs, [full], workers=1, threads=max(1, workers * threads), log=log)
+    model = DiffusionModel.load(model_folder(runs, full), device=setup.device)
+    queries = _queries(setup, model, prompts, out_dir) + heldout_queries(setup, heldout, model.resolution)
+    kinds = np.array(["generated"] * len(prompts) + ["held-out"] * len(heldout))
+    scores = attribute_all(setup, model, dataset, queries, out_dir, log)
+    run_jobs(runs, subsets + ceiling, workers=workers, threads=threads, log=log)
+    if not all(is_done(runs, r) for r in subsets + ceiling):
+        raise RuntimeError("some subset models are still being trained by another process: run again later")
+
+    query_losses = QueryLosses(setup, queries)
+    losses = np.stack([query_losses_under(model_folder(runs, r), queries, query_losses, setup.device)
+                       for r in subsets])
+    masks = subset_masks(setup, len(dataset))
+    per_query = {name: linear_datamodeling_scores(method_scores, masks, losses)
+                 for name, method_scores in scores.items()}
+    ceiling_per_query = None
+    if ceiling:
+        again = np.stack([query_losses_under(model_folder(runs, r), queries, query_losses, setup.device)
+                          for r in ceiling])
+        ceiling_per_query = np.array([spearman(-losses[:len(ceiling), q], -again[:, q]) for q in range(len(queries))])
+    summary = summarize(per_query, ceiling_per_query, kinds)
+    summary.update({
+        "setup": json.loads(json.dumps(asdict(setup))), "num_train": len(dataset),
+        "training_runs": {"full": 1, "subsets": len(subsets), "ceiling": len(ceiling),
+                          "distinct": len({job_key(r) for r in [full, *subsets, *ceiling]})},
+        "queries": [{"prompt": q.prompt, "kind": str(k), "source": q.source, "key": q.key}
+                    for q, k in zip(queries, kinds)],
+        "per_query": {name: values.tolist() for name, values in per_query.items()},
+        "ceiling_per_query": None if ceiling_per_query is None else ceiling_per_query.tolist(),
+        "subset_losses": losses.tolist()})
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=1)
+    return summary
+
+
+def summarize(per_query: dict[str, np.ndarray], ceiling: np.ndarray | None, kinds: np.ndarray) -> dict:
+    """Mean ± SE over queries (NaN LDS, from a constant prediction, left out and counted) per method and kind."""
+    def cell(values: np.ndarray) -> dict:
+        finite = values[np.isfinite(values)]
+        mean, se = mean_and_se(finite)
+        return {"mean": mean, "se": se, "n": int(len(finite)), "undefined": int(len(values) - len(finite))}
+
+    groups = {"all": np.ones(len(kinds), bool), **{kind: kinds == kind for kind in KINDS if (kinds == kind).any()}}
+    table = [{"method": name, **{group: cell(values[mask]) for group, mask in groups.items()}}
+             for name, values in per_query.items()]
+    if ceiling is not None:
+        table.append({"method": "ceiling (two seeds)", **{g: cell(ceiling[mask]) for g, mask in groups.items()}})
+    return {"table": table, "groups": list(groups)}
+
+
+def markdown_table(summary: dict) -> str:
+    from .metrics import format_mean_se
+
+    groups = summary["groups"]
+    lines = ["| method | " + " | ".join(f"LDS {g} (n)" for g in groups) + " |",
+             "|---|" + "---:|" * len(groups)]
+    for row in summary["table"]:
+        cells = [f"{format_mean_se(row[g]['mean'], row[g]['se'], 3)} ({row[g]['n']})" for g in groups]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
