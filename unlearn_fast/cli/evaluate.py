@@ -99,6 +99,27 @@ def cmd_lds(args) -> None:
     print(text if not args.json else json.dumps({k: v for k, v in summary.items() if k != "subset_losses"}))
 
 
+def cmd_unlearning(args) -> None:
+    from ..evaluate.profiles import PROFILES
+    from ..evaluate.unlearning_quality import UnlearningQualitySetup, markdown_table, run_unlearning_quality
+
+    setup = _setup(args, UnlearningQualitySetup, PROFILES[args.profile]["unlearning"])
+    started = time.perf_counter()
+    summary = run_unlearning_quality(setup, args.out, log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+    text = (_header("Unlearning quality", args, time.perf_counter() - started)
+            + f"- model {setup.model}, {summary['num_train']} training images, {setup.queries} queries (training "
+              f"captions), {setup.unrelated} unrelated prompts each, same seeds before and after; {setup.draws} draws, "
+              f"group {setup.group}, Fisher over {setup.fisher_examples or 'all'} rows\n\n"
+            + markdown_table(summary["table"]) + "\n")
+    for folder in filter(None, (args.out, args.results)):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "unlearning_quality.md"), "w", encoding="utf-8") as handle:
+            handle.write(text)
+        if folder != args.out:
+            shutil.copy(os.path.join(args.out, "unlearning_quality.json"), folder)
+    print(text if not args.json else json.dumps(summary["table"]))
+
+
 def add_evaluate_parser(sub) -> None:
     from ..evaluate.profiles import PROFILES
 
@@ -164,3 +185,18 @@ def add_evaluate_parser(sub) -> None:
     device_argument(lds)
     lds.add_argument("--json", action="store_true")
     lds.set_defaults(run=cmd_lds)
+
+    unlearning = kinds.add_parser("unlearning", help="per α: how much unlearning changes the query's regeneration "
+                                  "and loss against unrelated prompts")
+    unlearning.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    unlearning.add_argument("--out", default="evaluation/unlearning", help="work folder")
+    unlearning.add_argument("--results", help="also write unlearning_quality.md/.json here")
+    unlearning.add_argument("--model", help="model folder (default: the embedded one)")
+    unlearning.add_argument("--data", help="its training data (default: the embedded set)")
+    unlearning.add_argument("--queries", type=int)
+    unlearning.add_argument("--unrelated", type=int, help="unrelated prompts per query (≥ 10 in the cpu profile)")
+    unlearning.add_argument("--alphas", type=float, nargs="+")
+    unlearning.add_argument("--group", help="weights to unlearn (default kv)")
+    device_argument(unlearning)
+    unlearning.add_argument("--json", action="store_true")
+    unlearning.set_defaults(run=cmd_unlearning)

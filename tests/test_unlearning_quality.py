@@ -1,0 +1,18 @@
+"""evaluate unlearning (METHOD.md §4) on the shipped model, tiny profile: a bigger step changes the query's own
+regeneration and loss more, and a small step leaves unrelated prompts nearly as they were."""
+import json
+
+from unlearn_fast.cli import main
+
+
+def test_a_larger_step_unlearns_the_query_more_and_a_small_one_spares_unrelated_prompts(tmp_path, capsys):
+    main(["evaluate", "unlearning", "--profile", "tiny", "--out", str(tmp_path / "uq"), "--json"])
+    table = {row["alpha"]: row for row in json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+    small, large = table[0.01], table[1.0]
+    assert small["queries"] == large["queries"] == 2
+    assert large["target_delta_loss"]["mean"] > small["target_delta_loss"]["mean"] > 0  # ascent raises the query's loss
+    assert large["target_mse"]["mean"] > small["target_mse"]["mean"]
+    assert small["unrelated_mse"]["mean"] < 0.1 * small["target_mse"]["mean"]
+    record = json.loads((tmp_path / "uq" / "unlearning_quality.json").read_text())
+    assert len(record["rows"]) == 4 and all(len(r["unrelated_mse"]) == 2 for r in record["rows"])
+    assert (tmp_path / "uq" / "unlearning_quality.md").read_text().count("\n| ") == 3  # header and two α rows
