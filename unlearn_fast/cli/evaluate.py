@@ -35,6 +35,23 @@ def _header(kind: str, args, seconds: float) -> str:
             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time {seconds / 60:.1f} min\n")
 
 
+def _log(line: str) -> None:
+    print(f"[unlearn-fast] {line}", file=sys.stderr)
+
+
+def _write_results(args, markdown_name: str, text: str, json_name: str, summary: dict | None = None) -> None:
+    """The markdown table into --out and --results; the JSON beside it (written now, or copied from --out)."""
+    for folder in filter(None, (args.out, args.results)):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, markdown_name), "w", encoding="utf-8") as handle:
+            handle.write(text)
+        if summary is not None:
+            with open(os.path.join(folder, json_name), "w", encoding="utf-8") as handle:
+                json.dump(summary, handle, indent=1)
+        elif os.path.abspath(folder) != os.path.abspath(args.out):
+            shutil.copy(os.path.join(args.out, json_name), os.path.join(folder, json_name))
+
+
 def cmd_counterfactual(args) -> None:
     from ..evaluate.counterfactual import CounterfactualSetup, run_counterfactual
     from ..evaluate.counterfactual_report import winner_lines, write_report
@@ -45,7 +62,7 @@ def cmd_counterfactual(args) -> None:
     started = time.perf_counter()
     summary = run_counterfactual(setup, args.out, workers=args.workers or profile["workers"],
                                  threads=args.threads or profile["threads"],
-                                 log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+                                 log=_log)
     header = _header("Counterfactual (leave-K-out retraining)", args, time.perf_counter() - started)
     header += "\n" + "\n".join(f"- {line}" for line in winner_lines(summary)) + "\n"
     paths = write_report(summary, args.out, args.results, header)
@@ -62,15 +79,10 @@ def cmd_groundtruth(args) -> None:
 
     setup = _setup(args, GroundTruthSetup, PROFILES[args.profile]["groundtruth"])
     started = time.perf_counter()
-    summary = run_groundtruth(setup, args.out, log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+    summary = run_groundtruth(setup, args.out, log=_log)
     text = _header("Ground-truth", args, time.perf_counter() - started) + "\n" + markdown_table(summary,
                                                                                                setup.recall_k) + "\n"
-    for folder in filter(None, (args.out, args.results)):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "groundtruth.md"), "w", encoding="utf-8") as handle:
-            handle.write(text)
-        with open(os.path.join(folder, "groundtruth.json"), "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=1)
+    _write_results(args, "groundtruth.md", text, "groundtruth.json", summary)
     print(text if not args.json else json.dumps(summary))
 
 
@@ -83,19 +95,14 @@ def cmd_lds(args) -> None:
     started = time.perf_counter()
     summary = run_lds(setup, args.out, workers=args.workers or profile["workers"],
                       threads=args.threads or profile["threads"],
-                      log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+                      log=_log)
     runs = summary["training_runs"]
     text = (_header("Linear datamodeling score (LDS)", args, time.perf_counter() - started)
             + f"- N = {summary['num_train']} training images, M = {setup.subsets} subsets of "
               f"{setup.subset_fraction:g} N, {len(summary['queries'])} queries; {runs['distinct']} training runs "
               f"(full model, {runs['subsets']} subsets, {runs['ceiling']} second seeds), shared by every method\n\n"
             + markdown_table(summary) + "\n")
-    for folder in filter(None, (args.out, args.results)):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "lds.md"), "w", encoding="utf-8") as handle:
-            handle.write(text)
-        if folder != args.out:
-            shutil.copy(os.path.join(args.out, "results.json"), os.path.join(folder, "results.json"))
+    _write_results(args, "lds.md", text, "results.json")
     print(text if not args.json else json.dumps({k: v for k, v in summary.items() if k != "subset_losses"}))
 
 
@@ -105,18 +112,13 @@ def cmd_unlearning(args) -> None:
 
     setup = _setup(args, UnlearningQualitySetup, PROFILES[args.profile]["unlearning"])
     started = time.perf_counter()
-    summary = run_unlearning_quality(setup, args.out, log=lambda line: print(f"[unlearn-fast] {line}", file=sys.stderr))
+    summary = run_unlearning_quality(setup, args.out, log=_log)
     text = (_header("Unlearning quality", args, time.perf_counter() - started)
             + f"- model {setup.model}, {summary['num_train']} training images, {setup.queries} queries (training "
               f"captions), {setup.unrelated} unrelated prompts each, same seeds before and after; {setup.draws} draws, "
               f"group {setup.group}, Fisher over {setup.fisher_examples or 'all'} rows\n\n"
             + markdown_table(summary["table"]) + "\n")
-    for folder in filter(None, (args.out, args.results)):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "unlearning_quality.md"), "w", encoding="utf-8") as handle:
-            handle.write(text)
-        if folder != args.out:
-            shutil.copy(os.path.join(args.out, "unlearning_quality.json"), folder)
+    _write_results(args, "unlearning_quality.md", text, "unlearning_quality.json")
     print(text if not args.json else json.dumps(summary["table"]))
 
 
