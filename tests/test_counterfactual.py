@@ -142,3 +142,18 @@ def test_the_cli_runs_the_whole_evaluation_and_resumes(tmp_path):
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "0 to train" in second.stderr
     assert json.loads(second.stdout)["table"] == table
+
+
+def test_paired_differences_against_random_removal_by_hand():
+    from unlearn_fast.evaluate.counterfactual import paired_with_random
+
+    def row(method, q, k, draw, loss):
+        return {"method": method, "query": q, "k": k, "draw": draw, "delta_loss": loss}
+
+    rows = [row("m", 0, 4, 0, 0.30), row("m", 1, 4, 0, 0.10),
+            row("random", 0, 4, 0, 0.10), row("random", 0, 4, 1, 0.20),   # query 0: random mean 0.15
+            row("random", 1, 4, 0, 0.00), row("random", 1, 4, 1, 0.10)]   # query 1: random mean 0.05
+    (entry,) = paired_with_random(rows, ["m"], ["delta_loss"])
+    # differences 0.15 and 0.05: mean 0.10, SE = std(ddof=1) / √2 = 0.0707… / 1.414… = 0.05
+    assert entry["k"] == 4 and entry["delta_loss"]["n"] == 2
+    assert entry["delta_loss"]["mean"] == pytest.approx(0.10) and entry["delta_loss"]["se"] == pytest.approx(0.05)

@@ -337,4 +337,27 @@ def summarize(rows: list[dict], setup: CounterfactualSetup, num_train: int) -> d
                 mean, se = mean_and_se([np.mean(v) for v in per_query.values()])
                 entry[metric] = {"mean": mean, "se": se, "n": len(per_query)}
             table.append(entry)
-    return {"setup": json.loads(json.dumps(asdict(setup))), "num_train": num_train, "table": table}
+    return {"setup": json.loads(json.dumps(asdict(setup))), "num_train": num_train, "table": table,
+            "paired": paired_with_random(rows, setup.methods, metrics)}
+
+
+def paired_with_random(rows: list[dict], methods, metrics) -> list[dict]:
+    """Per (method, K): mean ± SE over queries of the PAIRED difference metric(method's removal, q) − metric(random
+    removal, q), random averaged over its draws for that same query. Pairing removes the query-to-query spread (some
+    queries' losses move under any retraining), which dominates the unpaired SEs."""
+    random = {}
+    for r in rows:
+        if r["method"] == "random":
+            random.setdefault((r["k"], r["query"]), []).append(r)
+    table = []
+    for method in methods:
+        for k in sorted({r["k"] for r in rows if r["method"] == method}):
+            entry = {"method": method, "k": k}
+            for metric in metrics:
+                differences = [r[metric] - np.mean([d[metric] for d in random[(k, r["query"])]])
+                               for r in rows if r["method"] == method and r["k"] == k and metric in r
+                               and (k, r["query"]) in random]
+                mean, se = mean_and_se(differences)
+                entry[metric] = {"mean": mean, "se": se, "n": len(differences)}
+            table.append(entry)
+    return table

@@ -28,6 +28,20 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_table(summary: dict) -> str:
+    """The paired differences against random removal on the same query (summary["paired"])."""
+    paired = summary.get("paired") or []
+    metrics = [m for m in METRIC_LABELS if any(m in row for row in paired)]
+    if not paired:
+        return ""
+    lines = ["| method | K | queries | " + " | ".join(f"{METRIC_LABELS[m]}: method − random, paired" for m in metrics)
+             + " |", "|---|---|---:|" + "---|" * len(metrics)]
+    for row in paired:
+        n = row[metrics[0]]["n"]
+        lines.append(f"| {row['method']} | {row['k']} | {n} | " + " | ".join(_cell(row[m]) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
 def plot_against_k(summary: dict, metric: str, path: str) -> str:
     """Mean ± SE of `metric` against K for every method, the noise floor as a shaded band around 0."""
     import matplotlib
@@ -95,6 +109,8 @@ def write_report(summary: dict, out_dir: str, results_dir: str | None = None, he
             paths[metric] = plot_against_k(summary, metric, os.path.join(results_dir, f"{metric}.png"))
     paths["images"] = image_grid(summary, out_dir, os.path.join(results_dir, "images.png"))
     text = header + "\n" + markdown_table(summary) + "\n"
+    if summary.get("paired"):
+        text += "\nPaired against random removal on the same query (mean ± SE over queries):\n\n" + paired_table(summary) + "\n"
     paths["table"] = os.path.join(results_dir, "results.md")
     with open(paths["table"], "w", encoding="utf-8") as handle:
         handle.write(text)
