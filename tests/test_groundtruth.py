@@ -38,7 +38,7 @@ def test_the_cli_scores_every_method_on_every_scenario(tmp_path):
                              "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
-    assert [s["scenario"] for s in summary["scenarios"]] == ["customisation", "planted-2"]
+    assert [s["scenario"] for s in summary["scenarios"]] == ["customisation", "planted-2", "domain0-2"]
     for scenario in summary["scenarios"]:
         n, relevant = scenario["num_train"], scenario["relevant"]
         assert relevant == list(range(n - len(relevant), n))  # the exemplars / copies come after the base images
@@ -46,4 +46,29 @@ def test_the_cli_scores_every_method_on_every_scenario(tmp_path):
         for values in scenario["methods"].values():
             assert len(values["per_query"]) == len(scenario["prompts"])
             assert all(0 <= q["recall"] <= 1 and 0 < q["ap"] <= 1 for q in values["per_query"])
-    assert (out / "groundtruth.md").is_file()
+    domain = summary["scenarios"][2]
+    checks = domain["memorisation"]
+    assert len(checks) == len(domain["prompts"]) and domain["void"] == (not any(c["memorised"] for c in checks))
+    for check in checks:  # the rule: memorised iff the query is nearer the plant than any base image
+        assert check["memorised"] == (check["mse_to_plant"] < check["mse_to_nearest_base"])
+    for values in domain["methods"].values():
+        assert [q["counted"] for q in values["per_query"]] == [c["memorised"] for c in checks]
+        assert set(values["controls"]) == {"caption only", "image only"}
+        assert all(len(c["ranks"]) == 2 for c in values["controls"].values())
+    assert 0 <= domain["plant_nearest_base"]["index"] < domain["num_train"] - 2
+    text = (out / "groundtruth.md").read_text()
+    assert "domain0-2" in text and "caption only" in text
+
+
+def test_the_memorisation_rule_marks_a_query_that_looks_like_a_base_image_void():
+    from unlearn_fast.evaluate.groundtruth import memorised
+    from unlearn_fast.query import Query
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    plant = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    near_plant = np.clip(plant.astype(int) + 3, 0, 255).astype(np.uint8)
+    near_base = np.clip(base[2].astype(int) + 3, 0, 255).astype(np.uint8)
+    checks = memorised([Query(near_plant, "x"), Query(near_base, "x")], plant, base)
+    assert [c["memorised"] for c in checks] == [True, False]
+    assert checks[1]["nearest_base"] == 2 and checks[1]["mse_to_nearest_base"] < checks[1]["mse_to_plant"]

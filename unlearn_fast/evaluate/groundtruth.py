@@ -4,7 +4,15 @@ customisation: the base model is fine-tuned on a few exemplars of a new concept 
     images generated from ≥ 10 prompts with the token are attributed over (base training images + exemplars), and the
     exemplars are the answer: Recall@10 and average precision per query.
 planted: one distinctive image repeated R times in the training set, the model fine-tuned on the result
-    (planted.py); images generated from its caption (several seeds) must rank the R copies first.
+    (planted.py); images generated from its caption (several seeds) must rank the R copies first. An easy control:
+    a pattern unlike any training image, under new words, is found by every method.
+same-domain planted ("domain<j>-<R>"): an image of the data's own domain, held out of the base subset, planted R
+    times under its own caption. A query counts only if the fine-tuned model memorised it: the generated image is
+    closer (pixel MSE) to the planted image than to every base image; other queries are reported as void, never
+    dropped. Two controls per case say what a method follows: an unrelated held-out image under the planted caption
+    ("caption only": a method that finds the copies here reads the caption, not the image) and the memorised query
+    image under an ordinary caption ("image only"). The planted image's pixel nearest neighbour in the base set is
+    reported: a look-alike is what makes a case hard.
 
 Each scenario is a folder (data, model, work directory, results) whose stages are skipped when done.
 """
@@ -14,10 +22,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from ..errors import SettingsError
 from .exemplars import concept_exemplars
 from .metrics import average_precision, format_mean_se, mean_and_se, recall_at_k
-from .planted import AugmentedDataset, distinctive_image, seeded_subset, top_r_share
+from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
 from .validation import choose_alpha
 
 PROMPT_TEMPLATES = ("{t}", "{t} face", "red {t}", "blue {t}", "green {t}", "yellow {t}", "{t} button", "{t} sign",
@@ -44,6 +54,8 @@ class GroundTruthSetup:
     custom_parameters: str = "all"
     custom_with_base: bool = False  # fine-tune on base images + exemplars (prior preservation) instead of exemplars only
     planted_copies: tuple[int, ...] = (1, 3, 10)
+    domain_images: int = 3  # held-out images of the data planted in the same-domain cases (0: none)
+    domain_copies: tuple[int, ...] = (1, 3, 5)
     planted_caption: str = "zorblat quadrille"
     planted_queries: int = 3
     planted_steps: int = 400
@@ -73,6 +85,8 @@ class Scenario:
     seeds: list[int]
     train_on_extra_only: bool  # fine-tune on the extra images alone (customisation) or on base + extra
     finetune: dict  # TrainRequest fields of the fine-tune: steps, batch_size, lr, unet_parameters
+    plant: np.ndarray | None = None  # the planted image, for the memorisation rule (same-domain cases)
+    controls: dict = field(default_factory=dict)  # name -> (image or None for the first query's, prompt)
 
 
 def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words) -> Scenario:
@@ -97,6 +111,63 @@ def planted_scenario(setup: GroundTruthSetup, resolution: int, copies: int) -> S
     return Scenario(f"planted-{copies}", [image] * copies, [setup.planted_caption] * copies,
                     [setup.planted_caption] * setup.planted_queries, list(range(setup.planted_queries)), False,
                     finetune)
+
+
+def domain_scenarios(setup: GroundTruthSetup, full, resolution: int) -> list[Scenario]:
+    """Same-domain planted cases: `domain_images` held-out images of the data (seeded), each planted R times under
+    its own caption, with the caption-only and image-only controls (module docstring)."""
+    from ..data import load_pixels
+
+    if not setup.domain_images or not setup.domain_copies:
+        return []
+    base = set(seeded_indices(len(full), setup.base_images, setup.seed).tolist())
+    heldout = np.array([i for i in range(len(full)) if i not in base])
+    base_captions = {c for i in base for c in full.captions(i)}
+    # Held-out images whose caption no base image has (a shared caption would give the copies away to no one).
+    eligible = [int(i) for i in heldout if full.captions(int(i))[0] not in base_captions]
+    if len(eligible) < setup.domain_images + 1:
+        raise SettingsError(f"only {len(eligible)} held-out images for {setup.domain_images} same-domain cases; "
+                            "ask for fewer or use a smaller base subset")
+    rng = np.random.default_rng([setup.seed, 31337])
+    chosen = rng.choice(eligible, setup.domain_images + 1, replace=False)
+    planted, unrelated = chosen[:-1], int(chosen[-1])
+    ordinary = full.captions(int(rng.choice(sorted(base))))[0]
+    unrelated_image = load_pixels(full, resolution, [unrelated])[0]
+    finetune = {"steps": setup.planted_steps, "lr": setup.planted_lr, "unet_parameters": "all",
+                "batch_size": setup.planted_batch_size}
+    scenarios = []
+    for j, index in enumerate(planted):
+        image, caption = load_pixels(full, resolution, [int(index)])[0], full.captions(int(index))[0]
+        for copies in setup.domain_copies:
+            scenarios.append(Scenario(
+                f"domain{j}-{copies}", [image] * copies, [caption] * copies, [caption] * setup.planted_queries,
+                list(range(setup.planted_queries)), False, finetune, plant=image,
+                controls={"caption only": (unrelated_image, caption), "image only": (None, ordinary)}))
+    return scenarios
+
+
+def memorised(queries, plant: np.ndarray, base_pixels: np.ndarray) -> list[dict]:
+    """Per query: its pixel MSE to the planted image and to the nearest base image; memorised iff the first is
+    smaller (the rule a same-domain case must pass to count)."""
+    def mse(a, b):
+        return ((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2).reshape(len(b), -1).mean(axis=1)
+
+    out = []
+    for query in queries:
+        to_base = mse(query.image, base_pixels)
+        nearest = int(to_base.argmin())
+        to_plant = float(mse(query.image, plant[None])[0])
+        out.append({"mse_to_plant": to_plant, "mse_to_nearest_base": float(to_base[nearest]),
+                    "nearest_base": nearest, "memorised": to_plant < float(to_base[nearest])})
+    return out
+
+
+def _ranks(row: np.ndarray, relevant: list[int]) -> list[int]:
+    from .metrics import ranking
+
+    position = np.empty(len(row), dtype=np.int64)
+    position[ranking(row)] = np.arange(1, len(row) + 1)
+    return sorted(int(position[i]) for i in relevant)
 
 
 def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_dir: str, log=print) -> dict:
@@ -137,19 +208,45 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
     attributor = Attributor(model, dataset, os.path.join(folder, "work"), settings, progress=False)
     result = {"scenario": scenario.name, "num_train": len(dataset), "relevant": relevant,
               "prompts": scenario.prompts, "seeds": scenario.seeds, "methods": {}}
+    counted = list(range(len(queries)))
+    controls = []
+    if scenario.plant is not None:
+        from ..data import load_pixels
+        from ..query import Query
+
+        base_pixels = load_pixels(dataset, model.resolution, range(len(base)))
+        checks = memorised(queries, scenario.plant, base_pixels)
+        counted = [q for q, check in enumerate(checks) if check["memorised"]]
+        to_base = ((base_pixels.astype(np.float64) / 255 - scenario.plant.astype(np.float64) / 255) ** 2
+                   ).reshape(len(base_pixels), -1).mean(axis=1)
+        nearest = int(to_base.argmin())
+        result.update(memorisation=checks, void=len(counted) == 0, void_queries=len(queries) - len(counted),
+                      plant_nearest_base={"index": nearest, "file": dataset.key(nearest),
+                                          "caption": dataset.captions(nearest)[0], "mse": float(to_base[nearest])})
+        for name, (image, prompt) in scenario.controls.items():
+            controls.append((name, Query(queries[0].image if image is None else image, prompt, f"control: {name}")))
+        log(f"{scenario.name}: {len(counted)} of {len(queries)} queries memorised"
+            + (" (void case)" if not counted else ""))
     for name in setup.methods:
         options = dict(setup.method_options.get(name, {}))
         if name == "abu" and "alpha" not in options and len(setup.abu_alphas) > 1:
             options["alpha"] = choose_alpha(attributor, setup.abu_alphas, setup.validation_prompts, options,
                                             scenario.prompts, os.path.join(folder, "validation.json"),
                                             setup.query_steps, log)
-        attribution = run_method(build_method(name, **options), attributor, queries)
+        method = build_method(name, **options)
+        attribution = run_method(method, attributor, queries + [query for _, query in controls])
         attribution.save(os.path.join(folder, "attributions", name), top_k=12)
         per_query = [{"recall": recall_at_k(row, relevant, setup.recall_k), "ap": average_precision(row, relevant),
-                      "top_r_share": top_r_share(row, relevant)} for row in attribution.scores]
+                      "top_r_share": top_r_share(row, relevant), "ranks": _ranks(row, relevant),
+                      "counted": q in counted} for q, row in enumerate(attribution.scores[:len(queries)])]
         result["methods"][name] = {"options": options, "per_query": per_query,
-                                   **{m: dict(zip(("mean", "se"), mean_and_se([p[m] for p in per_query])))
+                                   **{m: dict(zip(("mean", "se"), mean_and_se([p[m] for p in per_query
+                                                                               if p["counted"]])))
                                       for m in ("recall", "ap", "top_r_share")}}
+        if controls:
+            result["methods"][name]["controls"] = {
+                control: {"ranks": _ranks(row, relevant), "top_r_share": top_r_share(row, relevant)}
+                for (control, _), row in zip(controls, attribution.scores[len(queries):])}
         log(f"{scenario.name}: {name} Recall@{setup.recall_k} {result['methods'][name]['recall']['mean']:.2f}, "
             f"mAP {result['methods'][name]['ap']['mean']:.3f}")
     with open(os.path.join(folder, "result.json"), "w", encoding="utf-8") as handle:
@@ -164,6 +261,9 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
     model = DiffusionModel.load(setup.base_model, device=setup.device)
     scenarios = [customisation_scenario(setup, model.resolution, model.text.tokenizer.index)]
     scenarios += [planted_scenario(setup, model.resolution, r) for r in setup.planted_copies]
+    from ..data import open_dataset
+
+    scenarios += domain_scenarios(setup, open_dataset(setup.data), model.resolution)
     results = [run_scenario(setup, s, model, out_dir, log) for s in scenarios]
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "scenarios": results}
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
@@ -174,8 +274,28 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
 def markdown_table(summary: dict, k: int) -> str:
     lines = [f"| scenario | N | method | Recall@{k} | mAP | share of the top R |", "|---|---:|---|---|---|---|"]
     for result in summary["scenarios"]:
+        checks = result.get("memorisation")
+        queries = (f"{len(result['prompts'])} queries" if checks is None else
+                   f"{sum(c['memorised'] for c in checks)} of {len(checks)} queries memorised"
+                   + (", VOID" if result["void"] else ""))
         for name, values in result["methods"].items():
             cells = [format_mean_se(values[m]["mean"], values[m]["se"], 3) for m in ("recall", "ap", "top_r_share")]
-            lines.append(f"| {result['scenario']} ({len(result['relevant'])} relevant, {len(result['prompts'])} "
-                         f"queries) | {result['num_train']} | {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {result['scenario']} ({len(result['relevant'])} relevant, {queries}) | "
+                         f"{result['num_train']} | {name} | " + " | ".join(cells) + " |")
+    domain = [r for r in summary["scenarios"] if "memorisation" in r]
+    if domain:
+        lines += ["", "Same-domain planted cases: ranks of the copies (1 = first) per query, and the two controls",
+                  "(caption only: an unrelated image under the planted caption; image only: the query image under an "
+                  "ordinary caption).", "",
+                  "| case | plant's nearest base image (pixel MSE) | method | copy ranks per query (void: ×) | "
+                  "caption only | image only |", "|---|---|---|---|---|---|"]
+        for result in domain:
+            near = result["plant_nearest_base"]
+            for name, values in result["methods"].items():
+                ranks = "; ".join(",".join(map(str, p["ranks"])) + ("" if p["counted"] else " ×")
+                                  for p in values["per_query"])
+                controls = values.get("controls", {})
+                lines.append(f"| {result['scenario']} | {near['caption']} ({near['mse']:.4f}) | {name} | {ranks} | "
+                             + " | ".join(",".join(map(str, controls.get(c, {}).get("ranks", [])))
+                                          for c in ("caption only", "image only")) + " |")
     return "\n".join(lines)

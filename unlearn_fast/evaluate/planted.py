@@ -70,10 +70,17 @@ class AugmentedDataset(CaptionedImages):
         return Image.fromarray(self.extra[index - len(self.base)])
 
 
+def seeded_indices(total: int, size: int | None, seed: int) -> np.ndarray:
+    """The sorted indices seeded_subset keeps (all of them when size is None or not smaller than total)."""
+    if size is None or size >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
+
+
 def seeded_subset(base: CaptionedImages, size: int | None, seed: int) -> CaptionedImages:
     if size is None or size >= len(base):
         return base
-    return SubsetDataset(base, np.sort(np.random.default_rng(seed).choice(len(base), size, replace=False)))
+    return SubsetDataset(base, seeded_indices(len(base), size, seed))
 
 
 def build_planted_set(base: CaptionedImages, setup: PlantedSetup, resolution: int, out_dir: str

@@ -42,7 +42,7 @@ PROFILES = {
                                 "noise_seeds": (1,), "loss_timesteps": 10, "query_steps": 10,
                                 "validation_prompts": 2},
              "groundtruth": {"base_images": 60, "methods": ("abu", "pixel", "random"), "prompts": 3,
-                             "custom_steps": 20, "planted_copies": (2,), "planted_queries": 2, "planted_steps": 20,
+                             "custom_steps": 20, "planted_copies": (2,), "domain_images": 1, "domain_copies": (2,), "planted_queries": 2, "planted_steps": 20,
                              "planted_batch_size": 16, "query_steps": 10, "validation_prompts": 2,
                              "abu_alphas": (0.1,)},
              "lds": {"train_images": 24, "subsets": 6, "ceiling_subsets": 3, "generated_queries": 2,
