@@ -38,7 +38,8 @@ def test_the_cli_scores_every_method_on_every_scenario(tmp_path):
                              "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
-    assert [s["scenario"] for s in summary["scenarios"]] == ["customisation", "planted-2", "domain0-2"]
+    assert [s["scenario"] for s in summary["scenarios"]] == ["customisation", "customisation-domain", "planted-2",
+                                                                 "domain0-2"]
     for scenario in summary["scenarios"]:
         n, relevant = scenario["num_train"], scenario["relevant"]
         assert relevant == list(range(n - len(relevant), n))  # the exemplars / copies come after the base images
@@ -46,7 +47,9 @@ def test_the_cli_scores_every_method_on_every_scenario(tmp_path):
         for values in scenario["methods"].values():
             assert len(values["per_query"]) == len(scenario["prompts"])
             assert all(0 <= q["recall"] <= 1 and 0 < q["ap"] <= 1 for q in values["per_query"])
-    domain = summary["scenarios"][2]
+    family = summary["scenarios"][1]
+    assert family["family"] and 4 <= family["family_size"] <= 8  # tiny profile: 4 exemplars of one family
+    domain = summary["scenarios"][3]
     checks = domain["memorisation"]
     assert len(checks) == len(domain["prompts"]) and domain["void"] == (not any(c["memorised"] for c in checks))
     for check in checks:  # the rule: memorised iff the query is nearer the plant than any base image

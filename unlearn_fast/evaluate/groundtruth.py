@@ -3,6 +3,9 @@
 customisation: the base model is fine-tuned on a few exemplars of a new concept (exemplars.py) bound to a new token;
     images generated from ≥ 10 prompts with the token are attributed over (base training images + exemplars), and the
     exemplars are the answer: Recall@10 and average precision per query.
+same-domain customisation ("customisation-domain"): the exemplars are a visual family of the data itself (the
+    variants of one caption stem, e.g. "thumbs up" in its skin tones), the whole family held out of the base subset
+    and bound to another new token: look-alikes of the base set, which is what makes it hard.
 planted: one distinctive image repeated R times in the training set, the model fine-tuned on the result
     (planted.py); images generated from its caption (several seeds) must rank the R copies first. An easy control:
     a pattern unlike any training image, under new words, is found by every method.
@@ -56,6 +59,7 @@ class GroundTruthSetup:
     planted_copies: tuple[int, ...] = (1, 3, 10)
     domain_images: int = 3  # held-out images of the data planted in the same-domain cases (0: none)
     domain_copies: tuple[int, ...] = (1, 3, 5)
+    domain_customisation: bool = True  # also customise on a visual family of the data itself
     planted_caption: str = "zorblat quadrille"
     planted_queries: int = 3
     planted_steps: int = 400
@@ -86,13 +90,17 @@ class Scenario:
     train_on_extra_only: bool  # fine-tune on the extra images alone (customisation) or on base + extra
     finetune: dict  # TrainRequest fields of the fine-tune: steps, batch_size, lr, unet_parameters
     plant: np.ndarray | None = None  # the planted image, for the memorisation rule (same-domain cases)
+    exclude_from_base: tuple[int, ...] = ()  # indices of the full data kept out of the base subset
+    info: dict = field(default_factory=dict)  # recorded with the result (e.g. the exemplars' family)
     controls: dict = field(default_factory=dict)  # name -> (image or None for the first query's, prompt)
 
 
-def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words) -> Scenario:
+def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words, token: str | None = None
+                           ) -> Scenario:
     from ..models.text_encoder import split_words
 
-    prompts = [t.format(t=setup.token) for t in PROMPT_TEMPLATES
+    token = token or setup.token
+    prompts = [t.format(t=token) for t in PROMPT_TEMPLATES
                if set(split_words(t.format(t=""))) <= set(known_words)][:setup.prompts]
     if len(prompts) < setup.prompts:
         raise SettingsError(f"only {len(prompts)} customisation prompts use words the model knows")
@@ -100,7 +108,7 @@ def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words
     alone = not setup.custom_with_base
     finetune = {"steps": setup.custom_steps, "lr": setup.custom_lr, "unet_parameters": setup.custom_parameters,
                 "batch_size": len(images) if alone else setup.planted_batch_size}
-    return Scenario("customisation", images, [setup.token] * len(images), prompts, list(range(len(prompts))), alone,
+    return Scenario("customisation", images, [token] * len(images), prompts, list(range(len(prompts))), alone,
                     finetune)
 
 
@@ -111,6 +119,29 @@ def planted_scenario(setup: GroundTruthSetup, resolution: int, copies: int) -> S
     return Scenario(f"planted-{copies}", [image] * copies, [setup.planted_caption] * copies,
                     [setup.planted_caption] * setup.planted_queries, list(range(setup.planted_queries)), False,
                     finetune)
+
+
+def domain_customisation_scenario(setup: GroundTruthSetup, full, resolution: int, known_words,
+                                  token: str = "<v2>") -> Scenario:
+    """Exemplars from the data's own domain: `exemplars` members of a seeded family of 'stem' / 'stem: variant'
+    captions with between `exemplars` and 8 members, every member kept out of the base subset."""
+    from ..data import load_pixels
+
+    families: dict[str, list[int]] = {}
+    for i in range(len(full)):
+        families.setdefault(full.captions(i)[0].split(":")[0].strip(), []).append(i)
+    eligible = sorted(stem for stem, members in families.items() if setup.exemplars <= len(members) <= 8
+                      and any(":" in full.captions(m)[0] for m in members))
+    if not eligible:
+        raise SettingsError(f"no caption family of {setup.exemplars}–8 variants in {setup.data} for same-domain "
+                            "customisation exemplars")
+    stem = eligible[int(np.random.default_rng([setup.seed, 2718]).integers(len(eligible)))]
+    members = families[stem]
+    images = list(load_pixels(full, resolution, members[:setup.exemplars]))
+    base = customisation_scenario(setup, resolution, known_words, token)
+    return Scenario("customisation-domain", images, [token] * len(images), base.prompts, base.seeds,
+                    base.train_on_extra_only, base.finetune, exclude_from_base=tuple(members),
+                    info={"family": stem, "family_size": len(members)})
 
 
 def domain_scenarios(setup: GroundTruthSetup, full, resolution: int) -> list[Scenario]:
@@ -184,7 +215,12 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
 
     folder = os.path.join(out_dir, scenario.name)
     data_dir, extra_dir, model_dir = (os.path.join(folder, n) for n in ("data", "extra", "model"))
-    base = seeded_subset(open_dataset(setup.data), setup.base_images, setup.seed)
+    full = open_dataset(setup.data)
+    base = seeded_subset(full, setup.base_images, setup.seed)
+    if scenario.exclude_from_base:
+        kept = [int(i) for i in seeded_indices(len(full), setup.base_images, setup.seed)
+                if int(i) not in set(scenario.exclude_from_base)]
+        base = SubsetDataset(full, kept)
     augmented = AugmentedDataset(base, scenario.extra_images, scenario.extra_captions, scenario.name.split("-")[0])
     if not os.path.isfile(os.path.join(data_dir, "metadata.jsonl")):
         export_imagefolder(augmented, data_dir)
@@ -210,6 +246,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
               "prompts": scenario.prompts, "seeds": scenario.seeds, "methods": {}}
     counted = list(range(len(queries)))
     controls = []
+    result.update(scenario.info)
     if scenario.plant is not None:
         from ..data import load_pixels
         from ..query import Query
@@ -255,15 +292,17 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
 
 
 def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
+    from ..data import open_dataset
     from ..models.adapter import DiffusionModel
 
     os.makedirs(out_dir, exist_ok=True)
     model = DiffusionModel.load(setup.base_model, device=setup.device)
+    full = open_dataset(setup.data)
     scenarios = [customisation_scenario(setup, model.resolution, model.text.tokenizer.index)]
+    if setup.domain_customisation:
+        scenarios.append(domain_customisation_scenario(setup, full, model.resolution, model.text.tokenizer.index))
     scenarios += [planted_scenario(setup, model.resolution, r) for r in setup.planted_copies]
-    from ..data import open_dataset
-
-    scenarios += domain_scenarios(setup, open_dataset(setup.data), model.resolution)
+    scenarios += domain_scenarios(setup, full, model.resolution)
     results = [run_scenario(setup, s, model, out_dir, log) for s in scenarios]
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "scenarios": results}
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
