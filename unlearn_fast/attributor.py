@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .attribution import Attribution
 from .batching import MIN_UNET_ROWS
-from .data.content import DigestCache
+from .data.content import DigestCache, fingerprint_of
 from .data.dataset import CaptionedImages, DataError, load_pixels
 from .data.preprocess import POLICIES, PreprocessPlan
 from .errors import SettingsError
@@ -158,7 +158,7 @@ class Attributor:
                             f"of {len(content)} images would change)")
         rows = {"data.images": content["digest"], "data.captions": self.dataset.caption_digests()}
         inputs = {f"model.{part}": value for part, value in self._model_fingerprints.items()}
-        inputs.update({name: hashlib.sha256(digests.tobytes()).hexdigest()[:16] for name, digests in rows.items()})
+        inputs.update({name: fingerprint_of(digests) for name, digests in rows.items()})
         return Binding(inputs=inputs, settings=self.settings.manifest(), rows=rows,
                        describe_row=lambda name, row: self.dataset.where(row), depends=DEPENDS)
 
@@ -259,7 +259,7 @@ class Attributor:
             fisher = finish_fisher(total, len(rows) * self.settings.fisher.samples_per_example,
                                    self.settings.fisher.damping)
             meta = {"group": self.settings.fisher_group, "rows": len(rows),
-                    "model_fingerprint": self.model.fingerprint()}
+                    "model_fingerprint": self.model.fingerprint(self._model_fingerprints)}
             self.store.save_tensors("fisher", fisher, fisher_metadata(self.settings.fisher, meta))  # load_fisher reads it
             shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
             return fisher

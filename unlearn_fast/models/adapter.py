@@ -159,9 +159,9 @@ class DiffusionModel:
                                      json.dumps(vocabulary) if isinstance(vocabulary, list) else ""),
                 "scheduler": hashlib.sha256(_config_repr(self.scheduler.config).encode()).hexdigest()[:16]}
 
-    def fingerprint(self) -> str:
-        """One hash of every weight and config of the model (of its parts' fingerprints)."""
-        return hashlib.sha256(json.dumps(self.fingerprints(), sort_keys=True).encode()).hexdigest()[:16]
+    def fingerprint(self, parts: dict[str, str] | None = None) -> str:
+        """One hash of every weight and config of the model: of its parts' fingerprints (pass them if already known)."""
+        return hashlib.sha256(json.dumps(parts or self.fingerprints(), sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
