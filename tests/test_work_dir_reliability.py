@@ -297,3 +297,23 @@ def test_prompts_longer_than_the_text_encoder_reads_are_warned_about(images, tmp
     assert (f"warning: 1 of 16 captions are longer than the text encoder's 16 tokens and are cut to it (first: "
             f"{rows[3]['file_name']} ({root / 'metadata.jsonl'} line 4)") in log
     assert "warning: the query prompt 'cat face cat face" in log and "is longer than the text encoder's 16 tokens" in log
+
+
+def test_a_command_whose_folder_was_rebound_meanwhile_stops_before_writing(images, tmp_path):
+    """Command A binds; command B then --overwrites the folder with other settings; A must not write its artefacts
+    into a folder now bound to B's inputs."""
+    from unlearn_fast.attributor import Attributor, PrepareSettings
+    from unlearn_fast.data import open_dataset
+    from unlearn_fast.models.adapter import DiffusionModel
+    from unlearn_fast.scoring import LossGrid
+    from unlearn_fast.store import StoreMismatchError
+
+    model = DiffusionModel.load("default")
+    work = tmp_path / "work"
+    first = Attributor(model, open_dataset(images), work, PrepareSettings(scoring=LossGrid(timesteps=1, flips=False)),
+                       progress=False)
+    Attributor(model, open_dataset(images), work, PrepareSettings(scoring=LossGrid(timesteps=2, flips=False)),
+               overwrite=True, progress=False)
+    with pytest.raises(StoreMismatchError, match="rebound to other inputs by another command"):
+        first.prepare()
+    assert not (work / "latents").exists()

@@ -170,7 +170,7 @@ class Attributor:
     def prepare(self) -> "Attributor":
         """Compute (or resume) every per-model artefact; those already complete are skipped."""
         if not self._prepared:  # once per Attributor: later calls would only log 0 s phases over the real timings
-            with self.store.lock:  # shared artefacts: one command at a time writes (or resumes) them
+            with self.store.locked():  # shared artefacts: one command at a time writes (or resumes) them
                 self._phase("latents", lambda: self.latents)
                 self._phase("text", lambda: self.conditioning)
                 self._phase("fisher", lambda: self.fisher)
@@ -304,7 +304,7 @@ class Attributor:
             if self.model.truncated_prompts([query.prompt]):
                 self._log(f"warning: the query prompt {query.prompt[:80]!r} is longer than the text encoder's "
                           f"{self.model.text.max_tokens} tokens: it is cut to them, as the model read it when generating")
-        with self.store.lock:
+        with self.store.locked():
             self.prepare()
             scores, records = [], []
             for query in queries:
@@ -330,7 +330,7 @@ class Attributor:
         (attributions/<id>/, listed in attributions/index.json with attributions/latest pointing at the newest)."""
         from .outputs import output_id, record_output
 
-        with self.store.lock:
+        with self.store.locked():
             folder = out or str(self.store.artefact_path(f"attributions/{output_id(attribution.records)}"))
             paths = attribution.save(folder, top_k=top_k)
             record_output(self.store.path, folder, attribution)

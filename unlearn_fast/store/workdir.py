@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -139,6 +140,17 @@ class WorkDir:
                     entry.unlink()
             self._record(binding, new)
             return sorted(p.name for p in doomed)
+
+    @contextmanager
+    def locked(self):
+        """Hold the folder's lock, and check that no other command rebound the folder (--overwrite with other inputs)
+        since this one bound it: artefacts made for one binding must never land in a folder bound to another."""
+        with self.lock:
+            current = read_manifest(self.path)
+            if self.manifest is not None and current != self.manifest:
+                raise StoreMismatchError(f"work directory {self.path} was rebound to other inputs by another command "
+                                         "since this one started (an --overwrite); run this command again")
+            yield self
 
     def _record(self, binding: Binding, manifest: dict) -> None:
         for name, rows in binding.rows.items():  # the manifest is written last: it commits the binding
