@@ -28,7 +28,7 @@ from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from ..scoring import LossGrid, per_example_losses
 from ..training_run import TrainRequest
-from .metrics import mean_and_se, ranking
+from .metrics import mean_and_se, pixel_mse, ranking
 from .retrain import is_done, job_key, model_folder, run_jobs
 from .validation import choose_alpha
 
@@ -185,7 +185,7 @@ def measure_model(folder: str, queries, which: list[int], query_losses: QueryLos
             path = os.path.join(os.path.dirname(folder), f"generated-{query.key}.png")
             Image.fromarray(image).save(path)
             entry = {"loss": float(losses[q]), "image": os.path.basename(path),
-                     "mse": float(np.mean((image.astype(np.float64) / 255 - query.image.astype(np.float64) / 255) ** 2))}
+                     "mse": float(pixel_mse(query.image, image[None])[0])}
             if encoder is not None:
                 entry["feature"] = float(1.0 - encoder.image_similarity(image, query.image))
             cache[query.key] = entry
@@ -196,7 +196,7 @@ def measure_model(folder: str, queries, which: list[int], query_losses: QueryLos
 
 
 # --------------------------------------------------------------------------------------------------- the run
-def _queries(setup: CounterfactualSetup, model, prompts: list[str], out_dir: str):
+def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_dir: str):
     """The original model's image for each held-out prompt (seed query_seed + q), saved once and read back."""
     from PIL import Image
 
@@ -247,14 +247,14 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
     from ..models.adapter import DiffusionModel
 
     os.makedirs(out_dir, exist_ok=True)
-    _record_setup(setup, out_dir)
+    record_setup(setup, out_dir)
     data_folder, prompts = split_data(setup, out_dir)
     dataset = open_dataset(data_folder)
     runs = os.path.join(out_dir, "retrains")
     original = training_request(setup, data_folder)
     run_jobs(runs, [original], workers=1, threads=max(1, workers * threads), log=log)
     model = DiffusionModel.load(model_folder(runs, original), device=setup.device)
-    queries = _queries(setup, model, prompts, out_dir)
+    queries = generate_queries(setup, model, prompts, out_dir)
     scores = attribute_all(setup, model, dataset, queries, out_dir, log)
     plan = plan_removals(setup, scores)
     noise = [training_request(setup, data_folder, seed=s) for s in setup.noise_seeds]
@@ -286,7 +286,7 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
     return summary
 
 
-def _record_setup(setup, out_dir: str, free=("methods", "noise_seeds", "random_draws", "encoder")) -> None:
+def record_setup(setup, out_dir: str, free=("methods", "noise_seeds", "random_draws", "encoder")) -> None:
     """The setup an output folder was made with; another setup in the same folder is refused (it would mix runs),
     except for the `free` fields, which add work without changing what is there."""
     path = os.path.join(out_dir, "setup.json")

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import SettingsError
 from .exemplars import concept_exemplars
-from .metrics import average_precision, format_mean_se, mean_and_se, recall_at_k
+from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, rank_positions, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
 from .validation import choose_alpha
 
@@ -180,24 +180,18 @@ def domain_scenarios(setup: GroundTruthSetup, full, resolution: int) -> list[Sce
 def memorised(queries, plant: np.ndarray, base_pixels: np.ndarray) -> list[dict]:
     """Per query: its pixel MSE to the planted image and to the nearest base image; memorised iff the first is
     smaller (the rule a same-domain case must pass to count)."""
-    def mse(a, b):
-        return ((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2).reshape(len(b), -1).mean(axis=1)
-
     out = []
     for query in queries:
-        to_base = mse(query.image, base_pixels)
+        to_base = pixel_mse(query.image, base_pixels)
         nearest = int(to_base.argmin())
-        to_plant = float(mse(query.image, plant[None])[0])
+        to_plant = float(pixel_mse(query.image, plant[None])[0])
         out.append({"mse_to_plant": to_plant, "mse_to_nearest_base": float(to_base[nearest]),
                     "nearest_base": nearest, "memorised": to_plant < float(to_base[nearest])})
     return out
 
 
 def _ranks(row: np.ndarray, relevant: list[int]) -> list[int]:
-    from .metrics import ranking
-
-    position = np.empty(len(row), dtype=np.int64)
-    position[ranking(row)] = np.arange(1, len(row) + 1)
+    position = rank_positions(row)
     return sorted(int(position[i]) for i in relevant)
 
 
@@ -254,8 +248,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
         base_pixels = load_pixels(dataset, model.resolution, range(len(base)))
         checks = memorised(queries, scenario.plant, base_pixels)
         counted = [q for q, check in enumerate(checks) if check["memorised"]]
-        to_base = ((base_pixels.astype(np.float64) / 255 - scenario.plant.astype(np.float64) / 255) ** 2
-                   ).reshape(len(base_pixels), -1).mean(axis=1)
+        to_base = pixel_mse(scenario.plant, base_pixels)
         nearest = int(to_base.argmin())
         result.update(memorisation=checks, void=len(counted) == 0, void_queries=len(queries) - len(counted),
                       plant_nearest_base={"index": nearest, "file": dataset.key(nearest),

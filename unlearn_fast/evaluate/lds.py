@@ -29,7 +29,7 @@ from ..data.dataset import SubsetDataset
 from ..data.export import export_imagefolder
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
-from .counterfactual import QueryLosses, _queries, attribute_all, training_request
+from .counterfactual import QueryLosses, attribute_all, generate_queries, record_setup, training_request
 from .metrics import mean_and_se
 from .retrain import is_done, job_key, model_folder, run_jobs
 
@@ -204,18 +204,17 @@ def plan_runs(setup: LDSSetup, data_folder: str, num_train: int) -> tuple:
 def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, log=print) -> dict:
     """The whole evaluation (resumable); returns the summary also written to out_dir/results.json."""
     from ..models.adapter import DiffusionModel
-    from .counterfactual import _record_setup
 
     os.makedirs(out_dir, exist_ok=True)
     # Methods (and their options: each method's scores are cached under its own key) may be added to a folder.
-    _record_setup(setup, out_dir, free=("methods", "method_options", "encoder"))
+    record_setup(setup, out_dir, free=("methods", "method_options", "encoder"))
     data_folder, prompts, heldout = split_data(setup, out_dir)
     dataset = open_dataset(data_folder)
     runs = os.path.join(out_dir, "retrains")
     full, subsets, ceiling = plan_runs(setup, data_folder, len(dataset))
     run_jobs(runs, [full], workers=1, threads=max(1, workers * threads), log=log)
     model = DiffusionModel.load(model_folder(runs, full), device=setup.device)
-    queries = _queries(setup, model, prompts, out_dir) + heldout_queries(setup, heldout, model.resolution)
+    queries = generate_queries(setup, model, prompts, out_dir) + heldout_queries(setup, heldout, model.resolution)
     kinds = np.array(["generated"] * len(prompts) + ["held-out"] * len(heldout))
     scores = attribute_all(setup, model, dataset, queries, out_dir, log)
     run_jobs(runs, subsets + ceiling, workers=workers, threads=threads, log=log)

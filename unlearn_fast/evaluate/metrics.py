@@ -12,6 +12,21 @@ def ranking(scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), -scores))
 
 
+def rank_positions(scores: np.ndarray) -> np.ndarray:
+    """The 1-based rank of every index in ranking(scores)."""
+    position = np.empty(len(scores), dtype=np.int64)
+    position[ranking(scores)] = np.arange(1, len(scores) + 1)
+    return position
+
+
+def pixel_mse(image: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Mean squared difference in [0, 1] pixel units between uint8 `image` (H, W, 3) and each of `others` (n, H, W, 3)
+    (or between two stacks of the same length, row by row)."""
+    a = np.asarray(image, np.float64) / 255
+    b = np.asarray(others, np.float64) / 255
+    return ((a - b) ** 2).reshape(len(b), -1).mean(axis=1)
+
+
 def recall_at_k(scores: np.ndarray, relevant, k: int) -> float:
     """Share of the relevant indices found among the k highest scores."""
     relevant = set(int(i) for i in relevant)

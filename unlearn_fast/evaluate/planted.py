@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..data.dataset import CaptionedImages, Example, SubsetDataset
 from ..data.export import export_imagefolder
-from .metrics import recall_at_k
+from .metrics import rank_positions, recall_at_k
 
 
 @dataclass
@@ -141,8 +141,7 @@ def run_planted(base_model: str, base: CaptionedImages, setup: PlantedSetup, out
     attributions = {}
     for name, settings in methods.items():
         attribution = attributor.attribute([query], settings)
-        position = np.empty(len(dataset), dtype=np.int64)
-        position[attribution.order(0)] = np.arange(1, len(dataset) + 1)
+        position = rank_positions(attribution.scores[0])
         result.shares[name] = top_r_share(attribution.scores[0], planted)
         result.ranks[name] = sorted(int(position[i]) for i in planted)
         attributions[name] = attribution

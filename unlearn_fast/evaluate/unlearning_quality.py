@@ -18,7 +18,7 @@ import torch
 
 from ..errors import SettingsError
 from ..scoring import LossGrid, per_example_losses
-from .metrics import mean_and_se
+from .metrics import mean_and_se, pixel_mse
 from .validation import validation_prompts
 
 QUALITY_SEED = 4242  # its own seed: these prompts are neither validation nor evaluation queries
@@ -49,10 +49,6 @@ def _losses(model, images: np.ndarray, prompts: list[str], grid: LossGrid) -> np
     x0 = model.encode_images(images)
     cond = model.encode_text(prompts)
     return per_example_losses(model, x0, cond, torch.arange(len(prompts)), grid).double().mean(dim=(1, 2)).cpu().numpy()
-
-
-def _mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return ((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2).reshape(len(a), -1).mean(axis=1)
 
 
 def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=print) -> dict:
@@ -89,7 +85,7 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=prin
             with swapped_weights(model.unet, weights):
                 after = model.generate(batch, seed=seeds, steps=setup.sample_steps, guidance=setup.guidance)
                 loss_after = _losses(model, before, batch, grid)
-            mse, delta = _mse(after, before), loss_after - loss_before
+            mse, delta = pixel_mse(after, before), loss_after - loss_before
             rows.append({"query": q, "prompt": target, "alpha": alpha, "target_mse": float(mse[0]),
                          "target_delta_loss": float(delta[0]), "unrelated_mse": mse[1:].tolist(),
                          "unrelated_delta_loss": delta[1:].tolist()})

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from ..query import query_from_prompt
-from .metrics import ranking
+from .metrics import rank_positions
 
 VALIDATION_SEED = 2026
 
@@ -42,9 +42,7 @@ def mean_reciprocal_rank(scores: np.ndarray, answers: list[list[int]]) -> float:
     """Mean over queries of 1 / (best rank of any of that query's answers)."""
     reciprocal = []
     for row, answer in zip(scores, answers):
-        position = np.empty(len(row), dtype=np.int64)
-        position[ranking(row)] = np.arange(1, len(row) + 1)
-        reciprocal.append(1.0 / position[answer].min())
+        reciprocal.append(1.0 / rank_positions(row)[answer].min())
     return float(np.mean(reciprocal))
 
 
