@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data.dataset import CaptionedImages
-from .errors import OutputError, SettingsError
+from .errors import OutputError, SettingsError, read_json_file
 from .evaluate.metrics import ranking
 
 RECORD = "attribution.json"
@@ -114,11 +114,7 @@ class Attribution:
             what = "no such folder" if not os.path.exists(out_dir) else f"it has no {RECORD}"
             raise OutputError(f"{out_dir}: {what}; give a folder written by attribute (WORK_DIR/attributions/<id>, "
                               "or its --out)")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                record = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise OutputError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from None
+        record = read_json_file(path, OutputError)
         if dataset is None:
             if not record.get("data"):
                 raise ValueError(f"{out_dir}: the training set was not opened with open_dataset, so it cannot be "

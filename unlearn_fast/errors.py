@@ -12,3 +12,16 @@ class SettingsError(UserInputError):
 
 class OutputError(UserInputError):
     """An output folder that cannot be written (it holds other files) or read back (it is not an attribution)."""
+
+
+def read_json_file(path: str, error: type[UserInputError]):
+    """The JSON in `path`; an unreadable or malformed file raises `error` naming the file, line and column."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as failure:
+        raise error(f"{path} line {failure.lineno} column {failure.colno}: not valid JSON ({failure.msg})") from None
+    except UnicodeDecodeError as failure:
+        raise error(f"{path}: not UTF-8 text ({failure})") from None

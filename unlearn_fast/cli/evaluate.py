@@ -127,34 +127,42 @@ def add_evaluate_parser(sub) -> None:
 
     evaluate = sub.add_parser("evaluate", help="judge attribution methods: leave-K-out retraining, ground truth, LDS")
     kinds = evaluate.add_subparsers(dest="kind", required=True)
-    counterfactual = kinds.add_parser("counterfactual", help="retrain without each method's top-K; ΔL and ΔG")
-    counterfactual.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
-                                help="run sizes: cpu (≤ 60 min on 2 cores), gpu (one H200), tiny (a smoke test)")
-    counterfactual.add_argument("--out", default="evaluation/counterfactual", help="work folder (resumable)")
-    counterfactual.add_argument("--results", help="also write the table and plots here (e.g. benchmarks/results/...)")
-    counterfactual.add_argument("--data", help="training data (default: the embedded set)")
-    counterfactual.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
-    counterfactual.add_argument("--train-images", type=int, help="size of the seeded training subset")
+
+    def verb(name: str, help: str, run, results: str):
+        """A subcommand with what every evaluation takes: --profile, --out, --results, --device, --json."""
+        parser = kinds.add_parser(name, help=help)
+        parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
+                            help="run sizes: cpu (2 cores), gpu (one H200), tiny (a smoke test)")
+        parser.add_argument("--out", default=f"evaluation/{name}", help="work folder (resumable)")
+        parser.add_argument("--results", help=f"also write {results} here (e.g. benchmarks/results/...)")
+        parser.add_argument("--data", help="training data (default: the embedded set)")
+        device_argument(parser)
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(run=run)
+        return parser
+
+    def retraining(parser) -> None:
+        """What the verbs that train models from scratch on subsets share."""
+        parser.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
+        parser.add_argument("--train-images", type=int, help="N: size of the seeded training subset")
+        parser.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
+        parser.add_argument("--steps", type=int, help="training steps of every run")
+        parser.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
+        parser.add_argument("--encoder", help="local CLIP/DINO folder: the feature method (and ΔG's feature distance)")
+        parser.add_argument("--workers", type=int, default=0, help="training processes at once")
+        parser.add_argument("--threads", type=int, default=0, help="torch threads per process")
+
+    counterfactual = verb("counterfactual", "retrain without each method's top-K; ΔL and ΔG", cmd_counterfactual,
+                          "the table and plots")
+    retraining(counterfactual)
     counterfactual.add_argument("--queries", type=int, help="held-out prompts to attribute")
     counterfactual.add_argument("--fractions", type=float, nargs="+", help="K as shares of the training set")
-    counterfactual.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature (random always runs)")
     counterfactual.add_argument("--random-draws", type=int)
     counterfactual.add_argument("--noise-seeds", type=int, nargs="+", help="seeds of the full-set noise-floor runs")
-    counterfactual.add_argument("--steps", type=int, help="training steps of every run")
     counterfactual.add_argument("--batch-size", type=int)
-    counterfactual.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
-    counterfactual.add_argument("--encoder", help="local CLIP/DINO folder: the feature method, ΔG feature distance")
-    counterfactual.add_argument("--workers", type=int, default=0, help="retraining processes at once")
-    counterfactual.add_argument("--threads", type=int, default=0, help="torch threads per process")
-    device_argument(counterfactual)
-    counterfactual.add_argument("--json", action="store_true")
-    counterfactual.set_defaults(run=cmd_counterfactual)
 
-    groundtruth = kinds.add_parser("groundtruth", help="customisation exemplars and planted duplicates: Recall@10, mAP")
-    groundtruth.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    groundtruth.add_argument("--out", default="evaluation/groundtruth", help="work folder (resumable)")
-    groundtruth.add_argument("--results", help="also write groundtruth.md/.json here")
-    groundtruth.add_argument("--data", help="base data (default: the embedded set)")
+    groundtruth = verb("groundtruth", "customisation exemplars and planted duplicates: Recall@10, mAP",
+                       cmd_groundtruth, "groundtruth.md/.json")
     groundtruth.add_argument("--base-model", help="model to customise (default: the embedded one)")
     groundtruth.add_argument("--base-images", type=int, help="seeded subset of the base data to rank among")
     groundtruth.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
@@ -162,43 +170,19 @@ def add_evaluate_parser(sub) -> None:
     groundtruth.add_argument("--planted-copies", type=int, nargs="*", help="repetition counts R (none: skip)")
     groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
                              help="customise on base images + exemplars (prior preservation), not exemplars only")
-    device_argument(groundtruth)
-    groundtruth.add_argument("--json", action="store_true")
-    groundtruth.set_defaults(run=cmd_groundtruth)
 
-    lds = kinds.add_parser("lds", help="linear datamodeling score over models trained on random half subsets")
-    lds.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
-                     help="run sizes: cpu (≤ 90 min on 2 cores), gpu (one H200), tiny (a smoke test)")
-    lds.add_argument("--out", default="evaluation/lds", help="work folder (resumable)")
-    lds.add_argument("--results", help="also write lds.md and results.json here")
-    lds.add_argument("--data", help="training data (default: the embedded set)")
-    lds.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
-    lds.add_argument("--train-images", type=int, help="N: size of the seeded training subset")
+    lds = verb("lds", "linear datamodeling score over models trained on random half subsets", cmd_lds,
+               "lds.md and results.json")
+    retraining(lds)
     lds.add_argument("--subsets", type=int, help="M: subset models")
     lds.add_argument("--ceiling-subsets", type=int, help="subsets trained again with a second seed (the ceiling)")
     lds.add_argument("--generated-queries", type=int, help="queries generated from held-out prompts")
     lds.add_argument("--heldout-queries", type=int, help="held-out real images with their captions")
-    lds.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
-    lds.add_argument("--steps", type=int, help="training steps of every run")
-    lds.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
-    lds.add_argument("--encoder", help="local CLIP/DINO folder for the feature method")
-    lds.add_argument("--workers", type=int, default=0, help="training processes at once")
-    lds.add_argument("--threads", type=int, default=0, help="torch threads per process")
-    device_argument(lds)
-    lds.add_argument("--json", action="store_true")
-    lds.set_defaults(run=cmd_lds)
 
-    unlearning = kinds.add_parser("unlearning", help="per α: how much unlearning changes the query's regeneration "
-                                  "and loss against unrelated prompts")
-    unlearning.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    unlearning.add_argument("--out", default="evaluation/unlearning", help="work folder")
-    unlearning.add_argument("--results", help="also write unlearning_quality.md/.json here")
+    unlearning = verb("unlearning", "per α: how much unlearning changes the query's regeneration and loss against "
+                      "unrelated prompts", cmd_unlearning, "unlearning_quality.md/.json")
     unlearning.add_argument("--model", help="model folder (default: the embedded one)")
-    unlearning.add_argument("--data", help="its training data (default: the embedded set)")
     unlearning.add_argument("--queries", type=int)
     unlearning.add_argument("--unrelated", type=int, help="unrelated prompts per query (≥ 10 in the cpu profile)")
     unlearning.add_argument("--alphas", type=float, nargs="+")
     unlearning.add_argument("--group", help="weights to unlearn (default kv)")
-    device_argument(unlearning)
-    unlearning.add_argument("--json", action="store_true")
-    unlearning.set_defaults(run=cmd_unlearning)

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..errors import UserInputError
+from ..errors import UserInputError, read_json_file
 from .text_side import TextSide, word_text_side
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "default")
@@ -43,13 +43,7 @@ def _read_index(folder: str) -> dict:
     if not os.path.isfile(path):
         raise ModelFolderError(f"{folder}: not a model folder: model_index.json is missing (expected the diffusers "
                                f"pipeline layout; found {sorted(os.listdir(folder))[:10]})")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            index = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ModelFolderError(f"{path} line {error.lineno} column {error.colno}: not valid JSON ({error.msg})") from None
-    except UnicodeDecodeError as error:
-        raise ModelFolderError(f"{path}: not UTF-8 text ({error})") from None
+    index = read_json_file(path, ModelFolderError)
     if not isinstance(index, dict):
         raise ModelFolderError(f"{path}: expected a JSON object naming each part, got {type(index).__name__}")
     missing = [part for part in REQUIRED_PARTS if part not in index or not os.path.isdir(os.path.join(folder, part))]
