@@ -13,7 +13,8 @@ from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.fisher import FisherSettings
 from unlearn_fast.query import QueryError, query_from_array, query_from_file
-from unlearn_fast.scoring import LossGrid, loss_change_scores
+from unlearn_fast.score_rules import loss_change_scores
+from unlearn_fast.scoring import LossGrid
 from unlearn_fast.store import StoreMismatchError
 from unlearn_fast.unlearn import UnlearnSettings
 

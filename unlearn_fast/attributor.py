@@ -32,13 +32,21 @@ from .errors import SettingsError
 from .fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
 from .models.adapter import DiffusionModel
 from .query import Query
-from .scoring import LossGrid, loss_change_scores, per_example_losses
+from .score_rules import calibrate, loss_change_scores
+from .scoring import LossGrid, per_example_losses
 from .store import Binding, WorkDir, read_manifest, run_chunked
 from .unlearn import UnlearnSettings, unlearn
 from .weight_swap import swapped_weights
 
 # Settings fields that change speed only: left out of the work directory's binding and of query keys.
 _SPEED_ONLY = ("batch_size", "backend", "compile", "channels_last")
+# Unlearning settings that change how scores are read from the losses, not the unlearned weights or the losses after:
+# every score rule of one unlearning shares its query folder.
+_SCORE_ONLY = ("score", "references", "spread")
+# Settings added after work directories existed, left out of keys at the value that reproduces the older numbers, so
+# those folders (and their query folders) stay valid.
+_IMPLICIT = {"noise": "example", "step": "alpha/N"}
+REFERENCE_SEED = 4242  # the calibrated score's reference queries: generations from captions drawn with this seed
 
 # What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
 # Artefacts not listed (queries/, attributions/) depend on everything.
@@ -55,8 +63,9 @@ DEPENDS = {
 }
 
 
-def _numeric(settings) -> dict:
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in _SPEED_ONLY}
+def _numeric(settings, leave_out=()) -> dict:
+    return {k: v for k, v in dataclasses.asdict(settings).items()
+            if k not in _SPEED_ONLY and k not in leave_out and not (k in _IMPLICIT and v == _IMPLICIT[k])}
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ class PrepareSettings:
     @classmethod
     def from_manifest(cls, numbers: dict, scoring_batch: int = 512, fisher_batch: int = 64) -> "PrepareSettings":
         """The settings a work directory was prepared with (its manifest), with the given batch sizes."""
-        scoring = dict(numbers["scoring"])
+        scoring = dict(numbers["scoring"])  # a missing "noise" is the implicit "example" (_IMPLICIT)
         if isinstance(scoring.get("timesteps"), list):
             scoring["timesteps"] = tuple(scoring["timesteps"])
         return cls(scoring=LossGrid(**scoring, batch_size=scoring_batch),
@@ -136,6 +145,7 @@ class Attributor:
         self.timings: dict[str, float] = {}
         self._cache: dict[str, torch.Tensor | np.ndarray] = {}
         self._prepared = False
+        self._step_record: dict = {}
         binding = self._binding(digest_cache if digest_cache is not None else DigestCache())
         deleted = self.store.bind(binding, overwrite=overwrite)
         if deleted:
@@ -309,8 +319,8 @@ class Attributor:
             scores, records = [], []
             for query in queries:
                 record = self._attribute_one(query, settings)
-                scores.append(self.store.load_npy(f"{record['folder']}/scores"))
-                records.append(record)
+                scores.append(self._scores(query, settings, record["folder"]))
+                records.append({**record, "unlearn": dataclasses.asdict(settings)})
         return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=self.dataset,
                            work_dir=str(self.store.path), timings=dict(self.timings))
 
@@ -337,13 +347,55 @@ class Attributor:
         return paths
 
     def _query_folder(self, query: Query, settings: UnlearnSettings) -> str:
-        numbers = json.dumps(_numeric(settings), sort_keys=True).encode()
+        numbers = json.dumps(_numeric(settings, _SCORE_ONLY), sort_keys=True).encode()
         return f"queries/{query.key}-{hashlib.sha256(numbers).hexdigest()[:8]}"
+
+    def _scores(self, query: Query, settings: UnlearnSettings, folder: str) -> np.ndarray:
+        """The query's scores under settings.score (score_rules.py), from its raw scores or its stored losses."""
+        if settings.score == "raw":
+            return self.store.load_npy(f"{folder}/scores")
+        name = f"{folder}/scores-{settings.score}" + ("-spread" if settings.spread else "")
+        if settings.score == "calibrated":
+            name += f"-{settings.references}"
+        if not self.store.exists(name, ".npy"):
+            if settings.score == "normalised":
+                after = self._losses(f"{folder}/losses_after")  # complete: _attribute_one computed it
+                scores = loss_change_scores(self.base_losses, after, self.caption_rows, len(self.dataset),
+                                            "normalised")
+            else:
+                scores = calibrate(self.store.load_npy(f"{folder}/scores"), self._reference_scores(settings),
+                                   settings.spread)
+            self.store.save_npy(name, scores)
+        return self.store.load_npy(name)
+
+    def reference_queries(self, count: int) -> list[Query]:
+        """The calibrated score's reference queries: images the model generates from `count` training captions drawn
+        with REFERENCE_SEED (each with its own seed), stored in the work directory so every query reuses them."""
+        from .query import query_from_array, query_from_prompt
+
+        captions = sorted({c for i in range(len(self.dataset)) for c in self.dataset.captions(i)})
+        chosen = np.random.default_rng(REFERENCE_SEED).choice(len(captions), min(count, len(captions)),
+                                                              replace=False)
+        queries = []
+        for n, k in enumerate(chosen):
+            name = f"references/{n}-{hashlib.sha256(captions[k].encode()).hexdigest()[:8]}"
+            if not self.store.exists(name, ".npy"):
+                query = query_from_prompt(self.model, captions[k], seed=REFERENCE_SEED + n)
+                self.store.save_npy(name, query.image)
+            queries.append(query_from_array(self.store.load_npy(name), captions[k], self.model.resolution,
+                                            source=f"reference query {n} (seed {REFERENCE_SEED + n})"))
+        return queries
+
+    def _reference_scores(self, settings: UnlearnSettings) -> np.ndarray:
+        """(R, N) raw scores of the reference queries under the same unlearning settings."""
+        raw = dataclasses.replace(settings, score="raw")
+        return np.stack([self.store.load_npy(f"{self._attribute_one(q, raw)['folder']}/scores")
+                         for q in self.reference_queries(settings.references)])
 
     def _attribute_one(self, query: Query, settings: UnlearnSettings) -> dict:
         folder = self._query_folder(query, settings)
         record = {"folder": folder, "prompt": query.prompt, "source": query.source, "generation": query.generation,
-                  "unlearn": dataclasses.asdict(settings)}
+                  "unlearn": _numeric(settings, _SCORE_ONLY)}
         if self.store.exists(f"{folder}/scores", ".npy"):
             self._log(f"query {query.key}: scores already in {folder}, reused")
             return self.store.load_json(f"{folder}/query")
@@ -357,6 +409,8 @@ class Attributor:
         scores = loss_change_scores(self.base_losses, after, self.caption_rows, len(self.dataset))
         self.store.save_npy(f"{folder}/scores", scores)
         record["timings_s"] = {k: self.timings[k] for k in ("unlearn", "score")}
+        if self._step_record:
+            record["steps"] = self._step_record.pop("steps", [])
         self.store.save_json(f"{folder}/query", record)
         return record
 
@@ -367,7 +421,9 @@ class Attributor:
             return self.store.load_tensors(name)[0]
         x0 = self.model.encode_images(query.image[None])
         cond = self.model.encode_text([query.prompt])
-        unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset))
+        self._step_record = {}
+        unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset),
+                       record=self._step_record)
         changed = dict(unet.named_parameters())  # only the group differs from model.unet
         weights = {n: changed[n].detach() for n in self.model.parameter_group(settings.group)}
         self.store.save_tensors(name, weights)

@@ -1,17 +1,16 @@
 """Per-example denoising losses over a fixed timestep grid: the quantity AbU scores with (METHOD.md §5).
 
-    τ(z) = L(z, θ_unlearned) − L(z, θ0)
+    τ(z) = L(z, θ_unlearned) − L(z, θ0)     (score_rules.py: this and the other score rules)
 
 is only meaningful if both losses see EXACTLY the same noise. Here the noise of a row is a pure function of
-(seed, example id, timestep, flip) (ops.gaussian_noise), so an example's loss never depends on the batch size, its batch
-position or the other examples in the call: L(·, θ0) is computed once and reused for every query, and any shard of the
+(seed, example id, timestep, flip) (ops.gaussian_noise; with LossGrid.noise = "shared", of (seed, timestep, flip)
+alone), so an example's loss never depends on the batch size, its batch position or the other examples in the call: L(·, θ0) is computed once and reused for every query, and any shard of the
 training set can be scored on its own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,6 +25,10 @@ from .unet_forward import ForwardPlan, precision, unet_forward
 DTYPES = ("fp32", "bf16")
 
 BACKENDS = ("auto", "reference")
+
+# "example": a row's noise is keyed by its example id too (the paper); "shared": only by (seed, timestep, flip), so
+# identical images get identical losses (and scores), still independent of batching and sharding.
+NOISE_KEYS = ("example", "shared")
 
 
 def timestep_grid(num_train_timesteps: int, count: int) -> torch.Tensor:
@@ -50,6 +53,8 @@ class LossGrid:
     in fp32). backend: "auto" (fused ops: noise regenerated in-kernel, never stored) or "reference" (stored noise,
     torch.flip, model.loss: what the paper's code does; the oracle). compile, channels_last: how the UNet is run
     (unet_forward.ForwardPlan; speed only). With compile, every call is padded to batch_size rows (one graph).
+    noise: "example" (keyed by example id, timestep, flip) or "shared" (one noise per timestep and flip for every
+    example: NOISE_KEYS).
     """
 
     seed: int = 0
@@ -60,6 +65,7 @@ class LossGrid:
     backend: str = "auto"
     compile: str = "none"
     channels_last: bool | None = None
+    noise: str = "example"
 
     def __post_init__(self):
         self.forward_plan  # validates compile
@@ -67,6 +73,8 @@ class LossGrid:
             raise SettingsError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.backend not in BACKENDS:
             raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.noise not in NOISE_KEYS:
+            raise SettingsError(f"noise must be one of {NOISE_KEYS}, got {self.noise!r}")
         if self.batch_size < 1:
             raise SettingsError(f"batch_size must be at least 1, got {self.batch_size}")
 
@@ -124,6 +132,8 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
     unet = unet if unet is not None else model.unet
     device = module_device(unet)  # x0 and cond may stay on the CPU: one batch at a time goes to the UNet's device
     ids = torch.as_tensor(example_ids, dtype=torch.int64)
+    if settings.noise == "shared":
+        ids = torch.zeros_like(ids)
     if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
         raise ValueError(f"per_example_losses needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
                          f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")
@@ -149,23 +159,3 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
         # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
         losses[start:start + count] = losses_of(model, unet, forward, *batch, settings)[:count]
     return losses.view(n, steps, views).to(x0.device)
-
-
-def loss_change_scores(before: np.ndarray, after: np.ndarray, row_example: np.ndarray, num_examples: int
-                       ) -> np.ndarray:
-    """τ per example (METHOD.md §5) from losses of (R, T, F) rows, row r scoring example row_example[r]:
-
-        τ(z) = max over flips f of  mean over z's captions c and timesteps t of  L_after − L_before
-
-    float64 arithmetic, float32 result (num_examples,). An example without rows scores NaN.
-    """
-    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
-    if before.shape != after.shape or before.ndim != 3 or len(row_example) != len(before):
-        raise ValueError(f"loss_change_scores needs before/after of one shape (R, T, F) and R row indices, got "
-                         f"{before.shape}, {after.shape}, {len(row_example)} rows")
-    change = (after - before).mean(axis=1)  # (R, F): mean over timesteps
-    total = np.zeros((num_examples, change.shape[1]))
-    np.add.at(total, row_example, change)
-    count = np.bincount(row_example, minlength=num_examples)[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (total / count).max(axis=1).astype(np.float32)

@@ -1,10 +1,16 @@
 """Unlearning a query (METHOD.md §4): Fisher-preconditioned gradient ASCENT on its loss, on a copy of the UNet.
 
-    repeat `steps` times:  θ ← θ + (α / N) · ĝ / F,   ĝ = mean over `draws` (t, ε) of ∇θ L(ẑ, θ)
+    repeat `steps` times:  θ ← θ + s · ĝ / F,   ĝ = mean over `draws` (t, ε) of ∇θ L(ẑ, θ)
+
+The step s follows a rule (STEP_RULES):
+    "alpha/N"  s = α / N (the paper): its effect shrinks as the training set grows, so α chosen at one N does not
+               transfer to another
+    "rise"     s such that the query's own loss rises by the factor α, L(ẑ; θ + s·u) = (1 + α) · L(ẑ; θ): a short line
+               search on fresh draws of the query alone (u = ĝ / F), so the step means the same thing for any N
 
 F is estimate_fisher's output, which already includes the damping λ. Draw d of step k is keyed by (seed, k, d):
 timestep keyed_timesteps(seed, k, d), noise ops.gaussian_noise(seed, k, d, flip 0), so ĝ does not depend on
-batch_size and a run is repeatable.
+batch_size and a run is repeatable. The line search measures the loss on the draws d in [draws, draws + 128).
 """
 from __future__ import annotations
 
@@ -21,11 +27,18 @@ from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient
 
 
+STEP_RULES = ("alpha/N", "rise")
+RISE_DRAWS = 128  # query draws the "rise" line search measures its loss on
+RISE_TOLERANCE = 0.1  # accept a step whose rise is within 10 % of the target
+RISE_EVALUATIONS = 8
+
+
 @dataclass
 class UnlearnSettings:
     """group: the weights changed (a DiffusionModel.parameter_group name or regex). precondition=False: plain SGD
     ascent (θ += α/N · ĝ), the baseline METHOD.md says falls to chance. num_train: N in α/N, overriding the caller's
-    training-set size."""
+    training-set size. step: the step rule (STEP_RULES; α's meaning follows it). score: how losses become scores
+    (score_rules.SCORE_RULES); references and spread: the reference queries of the "calibrated" rule."""
 
     steps: int = 1
     alpha: float = 0.1  # chosen on validation prompts (benchmarks/results/tuning.md); the paper's MSCOCO value is 0.01
@@ -35,8 +48,22 @@ class UnlearnSettings:
     group: str = "kv"
     precondition: bool = True
     num_train: int | None = None
+    step: str = "alpha/N"
+    score: str = "raw"
+    references: int = 8
+    spread: bool = False
 
     def __post_init__(self):
+        from .score_rules import SCORE_RULES
+
+        if self.step not in STEP_RULES:
+            raise SettingsError(f"step must be one of {STEP_RULES}, got {self.step!r}")
+        if self.score not in SCORE_RULES:
+            raise SettingsError(f"score must be one of {SCORE_RULES}, got {self.score!r}")
+        if self.score == "calibrated" and (not isinstance(self.references, int)
+                                           or self.references < (2 if self.spread else 1)):
+            raise SettingsError(f"the calibrated score needs references >= {2 if self.spread else 1}, "
+                                f"got {self.references!r}")
         for name in ("steps", "draws", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -64,11 +91,62 @@ def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: Un
     return total
 
 
+@torch.no_grad()
+def query_loss(model, unet, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
+    """L(ẑ) on the RISE_DRAWS draws after the gradient's own (fresh noise, the same at every evaluation), float64."""
+    T = model.scheduler.config.num_train_timesteps
+    total = 0.0
+    for start in range(settings.draws, settings.draws + RISE_DRAWS, settings.batch_size):
+        d = torch.arange(start, min(start + settings.batch_size, settings.draws + RISE_DRAWS), device=x0_query.device)
+        count, d = len(d), pad_rows(d)  # padded like the gradient's batches, so the loss is batch-size invariant
+        t = keyed_timesteps(settings.seed, step, d, T).to(x0_query.device)
+        noise = ops.gaussian_noise(settings.seed, step, d, 0, x0_query.shape[1:], device=x0_query.device)
+        losses = model.loss(x0_query.expand(len(d), -1, -1, -1), cond_query.expand(len(d), -1, -1), t, noise,
+                            unet=unet)
+        total += float(losses[:count].double().sum())
+    return total / RISE_DRAWS
+
+
+def _set_step(params: dict, start: dict, update: dict, scale: float, step: int, alpha: float) -> None:
+    with torch.no_grad():
+        for name, p in params.items():
+            new = (start[name] + scale * update[name]).to(p.dtype)
+            if not torch.isfinite(new).all():
+                raise FloatingPointError(f"unlearning produced NaN/inf in {name} at step {step}: try a smaller "
+                                         f"alpha (now {alpha})")
+            p.copy_(new)
+
+
+def _rise_scale(model, unet, params, start, update, gradient, x0_query, cond_query, settings, step, record) -> float:
+    """The step s along `update` that raises the query's loss by the factor α (within RISE_TOLERANCE): start from the
+    first-order guess s = α·L / (ĝ·u), then rescale by the ratio of target to achieved rise (a secant step in log s)."""
+    before = query_loss(model, unet, x0_query, cond_query, settings, step)
+    slope = sum(float((gradient[n] * update[n]).sum()) for n in params)
+    if not slope > 0:
+        raise FloatingPointError(f"step {step}: the query's gradient gives no ascent direction (ĝ·u = {slope:g})")
+    target = settings.alpha * before
+    scale, rise = target / slope, 0.0
+    for _ in range(RISE_EVALUATIONS):
+        _set_step(params, start, update, scale, step, settings.alpha)
+        rise = query_loss(model, unet, x0_query, cond_query, settings, step) - before
+        if abs(rise - target) <= RISE_TOLERANCE * target:
+            break
+        scale *= min(4.0, max(0.25, target / rise)) if rise > 0 else 4.0
+    else:
+        _set_step(params, start, update, scale, step, settings.alpha)
+        rise = query_loss(model, unet, x0_query, cond_query, settings, step) - before
+    if record is not None:
+        record.setdefault("steps", []).append({"scale": scale, "loss_before": before, "rise": rise / before})
+    return scale
+
+
 def unlearn(model, fisher: dict[str, torch.Tensor], x0_query: torch.Tensor, cond_query: torch.Tensor,
-            settings: UnlearnSettings = UnlearnSettings(), num_train: int | None = None) -> torch.nn.Module:
-    """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query (1, L, D)."""
+            settings: UnlearnSettings = UnlearnSettings(), num_train: int | None = None,
+            record: dict | None = None) -> torch.nn.Module:
+    """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query (1, L, D).
+    record: filled with each step's scale (and, for the "rise" rule, the query's loss and its achieved rise)."""
     N = settings.num_train or num_train
-    if not N:
+    if settings.step == "alpha/N" and not N:
         raise ValueError("unlearn needs the training-set size N (num_train argument or settings.num_train)")
     if x0_query.ndim != 4 or len(x0_query) != 1 or cond_query.ndim != 3 or len(cond_query) != 1:
         raise ValueError(f"unlearn takes one query: x0 (1, C, h, w) and cond (1, L, D), got {tuple(x0_query.shape)} "
@@ -81,15 +159,16 @@ def unlearn(model, fisher: dict[str, torch.Tensor], x0_query: torch.Tensor, cond
         if missing:
             raise SettingsError(f"the Fisher lacks (or has another shape for) {len(missing)} parameters of group "
                              f"{settings.group!r}, e.g. {missing[0]}: estimate it over the same group")
-    scale = settings.alpha / N
     for step in range(settings.steps):
         g = query_gradient(model, unet, params, x0_query, cond_query, settings, step)
-        with torch.no_grad():
-            for name, p in params.items():
-                update = g[name] / fisher[name].to(p.device, torch.float64) if settings.precondition else g[name]
-                new = (p.double() + scale * update).to(p.dtype)
-                if not torch.isfinite(new).all():
-                    raise FloatingPointError(f"unlearning produced NaN/inf in {name} at step {step}: try a smaller "
-                                             f"alpha (now {settings.alpha})")
-                p.copy_(new)
+        update = {name: g[name] / fisher[name].to(p.device, torch.float64) if settings.precondition else g[name]
+                  for name, p in params.items()}
+        start = {name: p.detach().double().clone() for name, p in params.items()}
+        if settings.step == "rise":
+            scale = _rise_scale(model, unet, params, start, update, g, x0_query, cond_query, settings, step, record)
+        else:
+            scale = settings.alpha / N
+            _set_step(params, start, update, scale, step, settings.alpha)
+            if record is not None:
+                record.setdefault("steps", []).append({"scale": scale})
     return unet

@@ -100,7 +100,8 @@ def _prepare_settings(args):
     def given(**options):
         return {k: v for k, v in options.items() if v is not None}
 
-    scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype)
+    scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype,
+                    noise=args.noise)
     fisher = given(samples_per_example=args.fisher_samples, damping=args.damping, seed=args.score_seed)
     other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples, preprocess=args.preprocess)
     if other.get("fisher_examples") == 0:  # 0 = every row
@@ -151,10 +152,14 @@ def _queries(args, model) -> list:
 
 
 def _unlearn_settings(args):
+    from ..methods.abu import RECIPES
     from ..unlearn import UnlearnSettings
 
-    return UnlearnSettings(steps=args.unlearn_steps, alpha=args.alpha, draws=args.draws, seed=args.unlearn_seed,
-                           group=args.group, precondition=not args.sgd, batch_size=args.unlearn_batch_size)
+    given = {"steps": args.unlearn_steps, "alpha": args.alpha, "draws": args.draws, "group": args.group,
+             "step": args.step, "score": args.score, "references": args.references, "spread": args.spread or None}
+    recipe = {k: v for k, v in RECIPES[args.recipe].items() if k != "noise"}
+    return UnlearnSettings(**{**recipe, **{k: v for k, v in given.items() if v is not None}},
+                           seed=args.unlearn_seed, precondition=not args.sgd, batch_size=args.unlearn_batch_size)
 
 
 def _finish(attribution, paths: dict, top_k: int, as_json: bool, started: float, verb: str) -> None:
@@ -316,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="also score the mirrored image, keep the larger change (default on)")
         numbers.add_argument("--score-seed", type=int, help="noise seed of the scoring and the Fisher (default 0)")
         numbers.add_argument("--dtype", choices=("fp32", "bf16"), help="UNet precision when scoring (default fp32)")
+        numbers.add_argument("--noise", choices=("example", "shared"), help="scoring noise keyed per example (the "
+                             "paper) or shared by every example at a timestep, so identical images score alike "
+                             "(default example)")
         numbers.add_argument("--fisher-samples", type=positive_int, help="(t, ε) draws per image for the Fisher (default 1)")
         numbers.add_argument("--fisher-examples", type=count_or_zero, help="caption rows the Fisher averages over, a seeded "
                              "subset (default all; 0 = all)")
@@ -336,11 +344,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of a generated query")
         p.add_argument("--guidance", type=float, default=3.0, help="guidance scale of a generated query")
         unlearning = p.add_argument_group("unlearning (METHOD.md §4)")
-        unlearning.add_argument("--alpha", type=positive_float, default=UNLEARN_DEFAULTS.alpha, help="step size α")
-        unlearning.add_argument("--unlearn-steps", type=positive_int, default=UNLEARN_DEFAULTS.steps, help="ascent steps S")
-        unlearning.add_argument("--draws", type=positive_int, default=UNLEARN_DEFAULTS.draws, help="(t, ε) draws M per step")
+        unlearning.add_argument("--recipe", choices=("default", "paper"), default="default",
+                                help="AbU's settings before the options below: the package's default or the paper's "
+                                "(README, 'AbU variants')")
+        unlearning.add_argument("--alpha", type=positive_float, help=f"step size α (default {UNLEARN_DEFAULTS.alpha}; "
+                                "with --step rise, the relative rise of the query's loss)")
+        unlearning.add_argument("--step", choices=("alpha/N", "rise"), help="step rule: α/N (the paper) or the step "
+                                "that raises the query's loss by the factor α, whatever N")
+        unlearning.add_argument("--score", choices=("raw", "normalised", "calibrated"), help="raw loss change (the "
+                                "paper), relative change, or change minus that of reference queries")
+        unlearning.add_argument("--references", type=positive_int, help="reference queries of --score calibrated "
+                                "(default 8)")
+        unlearning.add_argument("--spread", action="store_true", help="--score calibrated: also divide by the "
+                                "references' spread")
+        unlearning.add_argument("--unlearn-steps", type=positive_int, help=f"ascent steps S (default "
+                                f"{UNLEARN_DEFAULTS.steps})")
+        unlearning.add_argument("--draws", type=positive_int, help=f"(t, ε) draws M per step (default "
+                                f"{UNLEARN_DEFAULTS.draws})")
         unlearning.add_argument("--unlearn-seed", type=int, default=0)
-        unlearning.add_argument("--group", default="kv", help="weights to unlearn: kv, cross-attention, attention, "
+        unlearning.add_argument("--group", help="weights to unlearn: kv (default), cross-attention, attention, "
                                 "all or a regex (within the Fisher's group)")
         unlearning.add_argument("--sgd", action="store_true", help="plain gradient ascent, no Fisher (a baseline)")
         unlearning.add_argument("--unlearn-batch-size", type=positive_int, default=64, help="draws per backward (speed only)")

@@ -30,7 +30,7 @@ from ..scoring import LossGrid, per_example_losses
 from ..training_run import TrainRequest
 from .metrics import mean_and_se, pixel_mse, ranking
 from .retrain import is_done, job_key, model_folder, run_jobs
-from .validation import choose_alpha
+from .method_setup import Attributors, configured_method
 
 
 @dataclass
@@ -222,18 +222,12 @@ def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_
 def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: str, log=print
                   ) -> dict[str, np.ndarray]:
     """{method: scores (Q, N)} for every method of the setup; each method's report under attributions/<name>/."""
-    from ..attributor import Attributor
-    from ..methods import build_method, run_method
+    from ..methods import run_method
 
-    attributor = Attributor(model, dataset, os.path.join(out_dir, "work"), progress=False)
+    attributors = Attributors(model, dataset, os.path.join(out_dir, "work"))
     scores = {}
     for name in setup.methods:
-        options = dict(setup.method_options.get(name, {}))
-        if name == "abu" and "alpha" not in options and len(setup.abu_alphas) > 1:
-            options["alpha"] = choose_alpha(attributor, setup.abu_alphas, setup.validation_prompts, options,
-                                            [q.prompt for q in queries], os.path.join(out_dir, "validation.json"),
-                                            setup.query_steps, log)
-        method = build_method(name, encoder=setup.encoder, **options)
+        method, attributor, _ = configured_method(name, setup, attributors, [q.prompt for q in queries], out_dir, log)
         attribution = run_method(method, attributor, queries)
         attribution.save(os.path.join(out_dir, "attributions", name), top_k=12)
         scores[name] = attribution.scores

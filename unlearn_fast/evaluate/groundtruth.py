@@ -31,7 +31,7 @@ from ..errors import SettingsError
 from .exemplars import concept_exemplars
 from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, rank_positions, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
-from .validation import choose_alpha
+from .method_setup import Attributors, configured_method
 
 PROMPT_TEMPLATES = ("{t}", "{t} face", "red {t}", "blue {t}", "green {t}", "yellow {t}", "{t} button", "{t} sign",
                     "{t} symbol", "black {t}", "white {t}", "purple {t}", "orange {t}", "{t} with star", "{t} heart",
@@ -197,11 +197,11 @@ def _ranks(row: np.ndarray, relevant: list[int]) -> list[int]:
 
 def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_dir: str, log=print) -> dict:
     """base_model: the loaded setup.base_model (its vocabulary says which words the fine-tune adds)."""
-    from ..attributor import Attributor, PrepareSettings
+    from ..attributor import PrepareSettings
     from ..data import open_dataset
     from ..data.dataset import SubsetDataset
     from ..data.export import export_imagefolder
-    from ..methods import build_method, run_method
+    from ..methods import run_method
     from ..models.adapter import DiffusionModel
     from ..query import query_from_prompt
     from ..scoring import LossGrid
@@ -235,7 +235,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
     queries = [query_from_prompt(model, p, seed=s, steps=setup.query_steps)
                for p, s in zip(scenario.prompts, scenario.seeds)]
     settings = PrepareSettings(scoring=LossGrid(timesteps=setup.scoring_timesteps, flips=True, batch_size=256))
-    attributor = Attributor(model, dataset, os.path.join(folder, "work"), settings, progress=False)
+    attributors = Attributors(model, dataset, os.path.join(folder, "work"), settings)
     result = {"scenario": scenario.name, "num_train": len(dataset), "relevant": relevant,
               "prompts": scenario.prompts, "seeds": scenario.seeds, "methods": {}}
     counted = list(range(len(queries)))
@@ -258,12 +258,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
         log(f"{scenario.name}: {len(counted)} of {len(queries)} queries memorised"
             + (" (void case)" if not counted else ""))
     for name in setup.methods:
-        options = dict(setup.method_options.get(name, {}))
-        if name == "abu" and "alpha" not in options and len(setup.abu_alphas) > 1:
-            options["alpha"] = choose_alpha(attributor, setup.abu_alphas, setup.validation_prompts, options,
-                                            scenario.prompts, os.path.join(folder, "validation.json"),
-                                            setup.query_steps, log)
-        method = build_method(name, **options)
+        method, attributor, options = configured_method(name, setup, attributors, scenario.prompts, folder, log)
         attribution = run_method(method, attributor, queries + [query for _, query in controls])
         attribution.save(os.path.join(folder, "attributions", name), top_k=12)
         per_query = [{"recall": recall_at_k(row, relevant, setup.recall_k), "ap": average_precision(row, relevant),

@@ -68,17 +68,27 @@ def choose_setting(attributor, make_method, candidates: dict, validation, record
     return chosen, candidates[chosen], mrr
 
 
-def choose_alpha(attributor, alphas, prompts: int, options: dict, held_out, record_path: str, steps: int = 50,
-                 log=print) -> float:
-    """AbU's α among `alphas` by validation MRR on `prompts` training captions (never the held-out evaluation
-    prompts); `options`: AbU's other settings. Recorded in record_path and read back from there."""
+RISE_ALPHAS = (0.03, 0.1, 0.3, 1.0)  # relative rises of the query's loss (the "rise" step rule)
+
+
+def choose_alpha(attributor, alphas, prompts: int, method: str, options: dict, held_out, record_path: str,
+                 steps: int = 50, log=print, extensions: int = 2) -> float:
+    """α of the AbU variant `method` by validation MRR on `prompts` training captions (never the held-out evaluation
+    prompts); `options`: its other settings. While the best α is at an end of the grid, the grid grows by a factor 3
+    past that end (at most `extensions` times), so the choice is not an artefact of where the grid stops. Recorded in
+    record_path and read back from there."""
     from ..methods import build_method
 
     validation = validation_queries(attributor.model, attributor.dataset, prompts, steps=steps,
                                     exclude_prompts=held_out)
-    candidates = {f"alpha={a:g}": a for a in alphas}
     others = {k: v for k, v in options.items() if k != "alpha"}
-    name, alpha, mrr = choose_setting(attributor, lambda a: build_method("abu", alpha=a, **others), candidates,
-                                      validation, record_path)
-    log(f"AbU α chosen on {len(validation)} validation prompts: {name} (MRR {mrr})")
+    grid = sorted(alphas)
+    for extension in range(extensions + 1):
+        candidates = {f"alpha={a:g}": a for a in grid}
+        name, alpha, mrr = choose_setting(attributor, lambda a: build_method(method, alpha=a, **others), candidates,
+                                          validation, record_path)
+        if len(grid) < 2 or grid[0] < alpha < grid[-1] or extension == extensions:
+            break
+        grid = [grid[0] / 3] + grid if alpha == grid[0] else grid + [grid[-1] * 3]
+    log(f"{method}: α chosen on {len(validation)} validation prompts: {name} (MRR {mrr})")
     return alpha

@@ -32,6 +32,10 @@ class AttributionMethod(ABC):
         numbers = json.dumps(self.settings(), sort_keys=True, default=str).encode()
         return f"{self.name}-{hashlib.sha256(numbers).hexdigest()[:8]}"
 
+    def prepare_overrides(self) -> dict:
+        """PrepareSettings fields the work directory must have for this method ({} = any work directory)."""
+        return {}
+
     @abstractmethod
     def score(self, attributor, queries: list[Query]) -> np.ndarray:
         """(len(queries), N) float32 scores."""

@@ -21,7 +21,7 @@ from torch.func import functional_call, grad, vmap
 
 from .. import ops
 from ..errors import SettingsError
-from ..scoring import timestep_grid
+from ..scoring import NOISE_KEYS, timestep_grid
 from ..store import run_chunked
 from .base import AttributionMethod
 
@@ -31,7 +31,9 @@ OUTPUTS = ("sqnorm", "loss")
 @dataclass
 class GradientKernel(AttributionMethod):
     """output: "sqnorm" (D-TRAK) or "loss" (TRAK-style). group: the UNet parameters differentiated (a
-    DiffusionModel.parameter_group name or regex). block: examples per vmap call (memory only)."""
+    DiffusionModel.parameter_group name or regex). block: examples per vmap call (memory only). noise: "example"
+    (keyed by each image's id; a query by its own hash) or "shared" (every image and query sees the same noise at a
+    timestep, so identical images get identical features)."""
 
     output: str = "sqnorm"
     timesteps: int = 10
@@ -40,8 +42,11 @@ class GradientKernel(AttributionMethod):
     damping: float = 0.01
     seed: int = 0
     block: int = 16
+    noise: str = "example"
 
     def __post_init__(self):
+        if self.noise not in NOISE_KEYS:
+            raise SettingsError(f"gradient kernel noise must be one of {NOISE_KEYS}, got {self.noise!r}")
         if self.output not in OUTPUTS:
             raise SettingsError(f"gradient kernel output must be one of {OUTPUTS}, got {self.output!r}")
         if self.timesteps < 1 or self.dim < 1 or self.block < 1 or self.damping < 0:
@@ -52,7 +57,9 @@ class GradientKernel(AttributionMethod):
         return "dtrak" if self.output == "sqnorm" else "trak"
 
     def settings(self) -> dict:
-        return {k: v for k, v in super().settings().items() if k != "block"}
+        # noise "example" is left out, so the keys (and cached features) of runs made before the option stay valid
+        return {k: v for k, v in super().settings().items()
+                if k != "block" and not (k == "noise" and v == "example")}
 
     # ---------------------------------------------------------------------------------------------- features
     def _projection(self, params: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -68,6 +75,8 @@ class GradientKernel(AttributionMethod):
     def features(self, model, x0: torch.Tensor, cond: torch.Tensor, noise_ids: torch.Tensor) -> torch.Tensor:
         """φ (B, dim) float64 for rows x0 (B, C, h, w), cond (B, L, D), keyed by noise_ids (B,)."""
         params = model.parameter_group(self.group)
+        if self.noise == "shared":
+            noise_ids = torch.zeros_like(noise_ids)
         projection = self._cached_projection(params)
         device = x0.device
         t = timestep_grid(model.scheduler.config.num_train_timesteps, self.timesteps).to(device)

@@ -2,23 +2,27 @@
 from __future__ import annotations
 
 from ..errors import SettingsError
-from ..unlearn import UnlearnSettings
-from .abu import AbU
+from .abu import VARIANTS, AbU
 from .base import AttributionMethod
 from .dtrak import GradientKernel
 from .pixel import PixelCosine
 from .random_ranking import RandomRanking
 
-METHODS = ("abu", "dtrak", "trak", "pixel", "feature", "random")
+METHODS = ("abu", "dtrak", "trak", "pixel", "feature", "random")  # and every AbU variant (abu.VARIANTS)
+# D-TRAK with noise shared by every image at a timestep: what the same change does to a gradient method.
+SHARED_NOISE = {"dtrak-shared-noise": "sqnorm", "trak-shared-noise": "loss"}
 
 
 def build_method(name: str, encoder: str | None = None, **options) -> AttributionMethod:
-    """name: one of METHODS; encoder: the local encoder folder "feature" needs; options: the method's settings."""
+    """name: one of METHODS or an AbU variant (abu.VARIANTS); encoder: the local encoder folder "feature" needs;
+    options: the method's settings."""
+    if name in VARIANTS:
+        return AbU.variant(name, **options)
     try:
-        if name == "abu":
-            return AbU(UnlearnSettings(**options))
         if name in ("dtrak", "trak"):
             return GradientKernel(output="sqnorm" if name == "dtrak" else "loss", **options)
+        if name in SHARED_NOISE:
+            return GradientKernel(output=SHARED_NOISE[name], **{"noise": "shared", **options})
         if name == "pixel":
             return PixelCosine(**options)
         if name == "random":
@@ -31,4 +35,5 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
         from .feature import FeatureSimilarity
 
         return FeatureSimilarity(encoder=encoder, **options)
-    raise SettingsError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    raise SettingsError(f"unknown method {name!r}; choose from {', '.join(METHODS)} or an AbU variant "
+                        f"({', '.join(v for v in VARIANTS if v != 'abu')})")

@@ -1,0 +1,206 @@
+"""AbU's variants (issue 13): score rules, step rules, noise keys, the paper recipe, α grids that extend."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn_fast.attributor import Attributor, PrepareSettings
+from unlearn_fast.data import SubsetDataset, export_imagefolder, load_pixels, open_dataset
+from unlearn_fast.errors import SettingsError
+from unlearn_fast.fisher import FisherSettings
+from unlearn_fast.methods import build_method, run_method
+from unlearn_fast.query import query_from_array
+from unlearn_fast.score_rules import calibrate, loss_change_scores
+from unlearn_fast.scoring import LossGrid
+from unlearn_fast.unlearn import RISE_TOLERANCE, UnlearnSettings, query_gradient, query_loss, unlearn
+
+UNLEARN = dict(alpha=1e-4, draws=24, batch_size=24)
+
+
+def settings(noise: str = "example") -> PrepareSettings:
+    return PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64, seed=5, noise=noise),
+                           fisher=FisherSettings(batch_size=64, seed=5), chunk_rows=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from unlearn_fast.models.adapter import DiffusionModel
+
+    return DiffusionModel.load("default").eval()
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory, default_dataset):
+    """24 default images, the last one an exact copy of the first (same bytes, same caption)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("twins")
+    export_imagefolder(SubsetDataset(default_dataset, range(360, 383)), str(folder))
+    lines = (folder / "metadata.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    shutil.copy(folder / first["file_name"], folder / "twin.png")
+    (folder / "metadata.jsonl").write_text("\n".join(lines + [json.dumps({**first, "file_name": "twin.png"})]) + "\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def query(default_dataset):
+    return query_from_array(load_pixels(default_dataset, 32, [369])[0], "red apple", 32, source="training image 369")
+
+
+# ------------------------------------------------------------------------------------------------- score rules
+def test_normalised_score_is_the_relative_change_of_the_timestep_mean():
+    before = np.array([[[1.0], [3.0]], [[0.5], [0.5]]])  # (rows 2, timesteps 2, flips 1)
+    after = np.array([[[2.0], [4.0]], [[0.5], [1.5]]])
+    scores = loss_change_scores(before, after, np.array([0, 1]), 2, "normalised")
+    # row 0: mean before 2, after 3 -> 1/5; row 1: before 0.5, after 1.0 -> 0.5/1.5
+    np.testing.assert_allclose(scores, [0.2, 1 / 3], rtol=1e-6)
+    raw = loss_change_scores(before, after, np.array([0, 1]), 2, "raw")
+    np.testing.assert_allclose(raw, [1.0, 0.5], rtol=1e-6)  # raw ranks row 0 first, normalised row 1
+
+
+def test_calibration_subtracts_the_references_mean_and_divides_by_their_spread():
+    reference = np.array([[1.0, 0.0, 2.0], [3.0, 0.0, 2.0]])
+    scores = np.array([4.0, 1.0, 2.0])
+    np.testing.assert_allclose(calibrate(scores, reference), [2.0, 1.0, 0.0])
+    std0 = np.std([1.0, 3.0], ddof=1)
+    # images 1 and 2 have no spread over the references: they keep their centred score
+    np.testing.assert_allclose(calibrate(scores, reference, spread=True), [2.0 / std0, 1.0, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="R >= 2"):
+        calibrate(scores, reference[:1], spread=True)
+
+
+def test_unknown_rules_are_refused_naming_the_choices():
+    with pytest.raises(SettingsError, match="step must be one of"):
+        UnlearnSettings(step="newton")
+    with pytest.raises(SettingsError, match="score must be one of"):
+        UnlearnSettings(score="zscore")
+    with pytest.raises(SettingsError, match="noise must be one of"):
+        LossGrid(noise="per-batch")
+    with pytest.raises(SettingsError, match="unknown AbU variant|unknown method"):
+        build_method("abu-newton")
+
+
+# ------------------------------------------------------------------------------------------- the paper recipe
+def test_the_paper_recipe_is_one_alpha_over_n_step_along_the_preconditioned_gradient(model, query):
+    """θ_after = θ0 + α/N · ĝ/F exactly (float64 update, cast once), with the raw loss change as score."""
+    params = model.parameter_group("kv")
+    fisher = {n: torch.rand_like(p) + 0.5 for n, p in params.items()}
+    x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
+    paper = build_method("abu-paper", **UNLEARN).unlearn
+    unet = unlearn(model, fisher, x0, cond, paper, num_train=40)
+    fresh = copy.deepcopy(model.unet)
+    copies = dict(fresh.named_parameters())
+    g = query_gradient(model, fresh, {n: copies[n] for n in params}, x0, cond, paper, 0)
+    after = dict(unet.named_parameters())
+    for name, p in params.items():
+        expected = (p.double() + (paper.alpha / 40) * (g[name] / fisher[name].double())).float()
+        torch.testing.assert_close(after[name], expected, rtol=0, atol=0)
+
+
+def test_the_paper_recipes_query_folder_keeps_its_pre_variant_key(model, twins, query, tmp_path):
+    """Folders made before the variants existed are reused: the key of the paper's settings did not change."""
+    attributor = Attributor(model, open_dataset(twins), tmp_path, settings(), progress=False)
+    folder = attributor._query_folder(query, UnlearnSettings(**UNLEARN))
+    import hashlib
+    import json
+    old = {"steps": 1, "alpha": 1e-4, "draws": 24, "seed": 0, "group": "kv", "precondition": True, "num_train": None}
+    assert folder.endswith(hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:8])
+    assert "noise" not in attributor.settings.manifest()["scoring"]  # the manifest of older folders still matches
+
+
+# ---------------------------------------------------------------------------------------------- the rise rule
+def test_the_rise_step_raises_the_querys_loss_by_alpha_whatever_n(model, query):
+    params = model.parameter_group("kv")
+    fisher = {n: torch.full_like(p, 1e-3) for n, p in params.items()}
+    x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
+    rise = UnlearnSettings(step="rise", alpha=0.2, draws=32, batch_size=32)
+    before = query_loss(model, model.unet, x0, cond, rise, 0)
+    records = []
+    for n in (40, 4000):
+        record = {}
+        unet = unlearn(model, fisher, x0, cond, rise, num_train=n, record=record)
+        achieved = query_loss(model, unet, x0, cond, rise, 0) / before - 1
+        assert abs(achieved - 0.2) <= RISE_TOLERANCE * 0.2 + 1e-9, (n, achieved)
+        records.append(record["steps"][0])
+    assert records[0] == records[1]  # the step does not depend on N
+    alpha_over_n = {}
+    unlearn(model, fisher, x0, cond, UnlearnSettings(alpha=0.2, draws=32, batch_size=32), num_train=40,
+            record=alpha_over_n)
+    assert alpha_over_n["steps"][0]["scale"] == pytest.approx(0.2 / 40)
+
+
+def test_the_rise_steps_loss_does_not_depend_on_the_batch_size(model, query):
+    x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
+    losses = {b: query_loss(model, model.unet, x0, cond, UnlearnSettings(step="rise", draws=24, batch_size=b), 0)
+              for b in (5, 24, 128)}
+    assert len(set(losses.values())) == 1, losses
+
+
+# ------------------------------------------------------------------------------------------------- noise keys
+@pytest.mark.parametrize("noise", ["example", "shared"])
+def test_identical_images_score_alike_only_with_shared_noise(model, twins, query, tmp_path, noise):
+    attributor = Attributor(model, open_dataset(twins), tmp_path, settings(noise), progress=False)
+    method = build_method("abu-shared-noise" if noise == "shared" else "abu", **UNLEARN)
+    scores = run_method(method, attributor, [query]).scores[0]
+    assert np.abs(scores).max() > 0
+    gap = abs(scores[0] - scores[23]) / np.abs(scores).max()
+    # Shared: equal up to float rounding (the copies sit in batches of other sizes, so oneDNN picks other kernels).
+    assert gap < 1e-4 if noise == "shared" else gap > 1e-2, gap
+
+
+def test_a_variant_refuses_a_work_dir_prepared_with_another_noise_key(model, twins, query, tmp_path):
+    attributor = Attributor(model, open_dataset(twins), tmp_path, settings("example"), progress=False)
+    with pytest.raises(SettingsError, match="prepared with 'example'"):
+        run_method(build_method("abu-shared-noise", **UNLEARN), attributor, [query])
+
+
+def test_dtrak_with_shared_noise_gives_identical_images_identical_features(model, twins, tmp_path):
+    attributor = Attributor(model, open_dataset(twins), tmp_path, settings(), progress=False)
+    shared = build_method("dtrak-shared-noise", dim=64, timesteps=2, group="kv")
+    features = np.asarray(shared.training_features(attributor))
+    scale = np.abs(features).max()
+    assert np.abs(features[0] - features[23]).max() < 1e-5 * scale  # equal up to float rounding (batch position)
+    per_example = np.asarray(build_method("dtrak", dim=64, timesteps=2, group="kv").training_features(attributor))
+    assert np.abs(per_example[0] - per_example[23]).max() > 1e-2 * scale
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def test_calibrated_scores_reuse_the_reference_queries_and_the_querys_unlearning(model, twins, query, tmp_path):
+    attributor = Attributor(model, open_dataset(twins), tmp_path, settings(), progress=False)
+    raw = run_method(build_method("abu", **UNLEARN), attributor, [query]).scores[0]
+    folders = lambda: sorted(p.name for p in (tmp_path / "queries").iterdir())  # noqa: E731
+    assert len(folders()) == 1
+    calibrated = run_method(build_method("abu-calibrated", references=3, **UNLEARN), attributor, [query]).scores[0]
+    assert len(folders()) == 4  # the query's folder (reused) and one per reference query
+    refs = np.stack([run_method(build_method("abu", **UNLEARN), attributor, [q]).scores[0]
+                     for q in attributor.reference_queries(3)])
+    np.testing.assert_allclose(calibrated, raw - refs.mean(axis=0), rtol=1e-5, atol=1e-9)
+    run_method(build_method("abu-calibrated", references=3, spread=True, **UNLEARN), attributor, [query])
+    assert len(folders()) == 4  # a second reading of the same unlearning computes nothing new
+    normalised = run_method(build_method("abu-normalised", **UNLEARN), attributor, [query]).scores[0]
+    assert len(folders()) == 4 and not np.allclose(normalised, raw)
+
+
+# ----------------------------------------------------------------------------------------------- α on validation
+def test_the_alpha_grid_extends_until_the_best_is_inside(monkeypatch):
+    from unlearn_fast.evaluate import validation
+
+    tried = []
+
+    def fake_choose(attributor, make_method, candidates, validation_set, record_path):
+        tried.append(sorted(candidates.values()))
+        mrr = {name: -abs(np.log(value / 0.001)) for name, value in candidates.items()}  # best at α = 0.001
+        best = max(mrr, key=mrr.get)
+        return best, candidates[best], mrr
+
+    monkeypatch.setattr(validation, "validation_queries", lambda *a, **k: [])
+    monkeypatch.setattr(validation, "choose_setting", fake_choose)
+    stand_in = type("Attributor", (), {"model": None, "dataset": None})()
+    alpha = validation.choose_alpha(stand_in, (0.01, 0.03, 0.1), 3, "abu", {}, [], None, log=lambda line: None)
+    assert tried[-1][0] == pytest.approx(0.01 / 9) and alpha == pytest.approx(0.01 / 9)  # two extensions down
+    tried.clear()
+    alpha = validation.choose_alpha(stand_in, (0.0003, 0.001, 0.01), 3, "abu", {}, [], None, log=lambda line: None)
+    assert len(tried) == 1 and alpha == 0.001  # inside the grid: no extension

@@ -1,0 +1,65 @@
+"""Building each method of an evaluation: its options, its α chosen on validation, the work directory it needs.
+
+Every harness (counterfactual, LDS, ground truth) asks for methods by name (methods.build_method, AbU variants
+included). A method whose numbers depend on how the work directory is prepared (an AbU variant with shared noise, or
+a Fisher over a larger group) gets its own work directory beside the default one, named by what differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .validation import RISE_ALPHAS, choose_alpha
+
+
+def prepared_settings(settings, overrides: dict):
+    """PrepareSettings `settings` with the method's overrides (methods.AttributionMethod.prepare_overrides)."""
+    values = dict(overrides)
+    if "noise" in values:
+        values["scoring"] = dataclasses.replace(settings.scoring, noise=values.pop("noise"))
+    return dataclasses.replace(settings, **values)
+
+
+def work_dir_for(folder: str, overrides: dict) -> str:
+    """folder for the default preparation, folder-<key>-<value>… for another."""
+    return folder if not overrides else folder + "".join(f"-{k}-{v}" for k, v in sorted(overrides.items()))
+
+
+class Attributors:
+    """One Attributor per preparation the methods ask for, over one model and data set, made on first use."""
+
+    def __init__(self, model, dataset, folder: str, settings=None):
+        """settings: the default preparation (None: what `folder` records, or the defaults)."""
+        self.model, self.dataset, self.folder, self.settings = model, dataset, folder, settings
+        self._made = {}
+
+    def __call__(self, overrides: dict | None = None):
+        from ..attributor import Attributor, PrepareSettings
+
+        path = work_dir_for(self.folder, overrides or {})
+        if path not in self._made:
+            settings = self.settings
+            if overrides:
+                base = settings or PrepareSettings.recorded_in(self.folder) or PrepareSettings()
+                settings = prepared_settings(base, overrides)
+            self._made[path] = Attributor(self.model, self.dataset, path, settings, progress=False)
+        return self._made[path]
+
+
+def configured_method(name: str, setup, attributors: Attributors, held_out, folder: str, log=print):
+    """(method, attributor, options) for method `name` of `setup` (its method_options, abu_alphas,
+    validation_prompts, query_steps, encoder): an AbU variant without a given α gets the one validation chooses on
+    training captions (recorded in folder/validation.json for "abu", validation-<name>.json for other variants)."""
+    from ..methods import AbU, build_method
+
+    options = dict(setup.method_options.get(name, {}))
+    encoder = getattr(setup, "encoder", None)
+    method = build_method(name, encoder=encoder, **options)
+    attributor = attributors(method.prepare_overrides())
+    if isinstance(method, AbU) and "alpha" not in options and len(setup.abu_alphas) > 1:
+        grid = RISE_ALPHAS if method.unlearn.step == "rise" else setup.abu_alphas
+        record = os.path.join(folder, "validation.json" if name == "abu" else f"validation-{name}.json")
+        options["alpha"] = choose_alpha(attributor, grid, setup.validation_prompts, name, options, held_out, record,
+                                        setup.query_steps, log)
+        method = build_method(name, encoder=encoder, **options)
+    return method, attributor, options
