@@ -29,6 +29,23 @@ def small_pixels(default_dataset):
     return load_pixels(default_dataset, 32, indices), [default_dataset.captions(i) for i in indices]
 
 
+@pytest.fixture(scope="module")
+def model():
+    """The shipped default model, in eval mode (one per test module: tests may not change it)."""
+    from unlearn_fast.models.adapter import DiffusionModel
+
+    return DiffusionModel.load("default").eval()
+
+
+@pytest.fixture(scope="module")
+def red_apple_query(default_dataset):
+    """The training image at default index 369 ('red apple') as a query."""
+    from unlearn_fast.data import load_pixels
+    from unlearn_fast.query import query_from_array
+
+    return query_from_array(load_pixels(default_dataset, 32, [369])[0], "red apple", 32, source="training image 369")
+
+
 @pytest.fixture()
 def tiny_model(small_pixels):
     """A freshly initialised default-architecture model (seeded), in eval mode."""

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from unlearn_fast.attributor import Attributor, PrepareSettings
-from unlearn_fast.data import SubsetDataset, export_imagefolder, load_pixels, open_dataset
+from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.errors import SettingsError
 from unlearn_fast.fisher import FisherSettings
 from unlearn_fast.methods import build_method, run_method
-from unlearn_fast.query import query_from_array
 from unlearn_fast.score_rules import calibrate, loss_change_scores
 from unlearn_fast.scoring import LossGrid
 from unlearn_fast.unlearn import RISE_TOLERANCE, UnlearnSettings, query_gradient, query_loss, unlearn
@@ -21,13 +20,6 @@ UNLEARN = dict(alpha=1e-4, draws=24, batch_size=24)
 def settings(noise: str = "example") -> PrepareSettings:
     return PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64, seed=5, noise=noise),
                            fisher=FisherSettings(batch_size=64, seed=5), chunk_rows=16)
-
-
-@pytest.fixture(scope="module")
-def model():
-    from unlearn_fast.models.adapter import DiffusionModel
-
-    return DiffusionModel.load("default").eval()
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +38,8 @@ def twins(tmp_path_factory, default_dataset):
 
 
 @pytest.fixture(scope="module")
-def query(default_dataset):
-    return query_from_array(load_pixels(default_dataset, 32, [369])[0], "red apple", 32, source="training image 369")
+def query(red_apple_query):
+    return red_apple_query
 
 
 # ------------------------------------------------------------------------------------------------- score rules

@@ -27,13 +27,6 @@ def settings(batch: int = 64, chunk_rows: int = 16) -> PrepareSettings:
 
 
 @pytest.fixture(scope="module")
-def model():
-    from unlearn_fast.models.adapter import DiffusionModel
-
-    return DiffusionModel.load("default").eval()
-
-
-@pytest.fixture(scope="module")
 def data_folder(tmp_path_factory, default_dataset):
     """40 default images as an image folder (a set that can be reopened from its path, as the report verb does)."""
     folder = tmp_path_factory.mktemp("data40")
@@ -42,11 +35,9 @@ def data_folder(tmp_path_factory, default_dataset):
 
 
 @pytest.fixture(scope="module")
-def query(model, default_dataset):
+def query(red_apple_query):
     """The training image at default index 369 ('red apple', index 9 of the subset) used as the query image."""
-    from unlearn_fast.data import load_pixels
-
-    return query_from_array(load_pixels(default_dataset, 32, [369])[0], "red apple", 32, source="training image 369")
+    return red_apple_query
 
 
 @pytest.fixture(scope="module")
