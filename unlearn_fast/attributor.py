@@ -45,7 +45,7 @@ _SPEED_ONLY = ("batch_size", "backend", "compile", "channels_last")
 _SCORE_ONLY = ("score", "references", "spread")
 # Settings added after work directories existed, left out of keys at the value that reproduces the older numbers, so
 # those folders (and their query folders) stay valid.
-_IMPLICIT = {"noise": "example", "step": "alpha/N"}
+_IMPLICIT = {"noise": "example", "step": "alpha/N", "curvature": "diagonal", "curvature_damping": 0.1}
 REFERENCE_SEED = 4242  # the calibrated score's reference queries: generations from captions drawn with this seed
 
 # What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
@@ -60,6 +60,8 @@ DEPENDS = {
     "fisher_parts": ("model", "data", "settings.fisher", "settings.fisher_group", "settings.fisher_examples",
                      "settings.preprocess"),
     "losses_base": ("model", "data", "settings.scoring", "settings.preprocess"),
+    "curvature": ("model", "data", "settings.fisher", "settings.fisher_group", "settings.fisher_examples",
+                  "settings.preprocess"),
 }
 
 
@@ -255,10 +257,7 @@ class Attributor:
         def make():
             if self.store.exists("fisher", ".safetensors"):
                 return self.store.load_tensors("fisher")[0]
-            rows = np.arange(len(self.caption_rows))
-            chosen = self.settings.fisher_examples
-            if chosen is not None and chosen < len(rows):  # a seeded subset: F is an expectation, not a sum
-                rows = np.sort(np.random.default_rng(self.settings.fisher.seed).choice(rows, chosen, replace=False))
+            rows = self._fisher_rows()
             params = self.model.parameter_group(self.settings.fisher_group)
             # Chunks are whole blocks of MIN_UNET_ROWS rows, so F has the same bits for any chunking (batching.py).
             chunk = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
@@ -274,6 +273,38 @@ class Attributor:
             shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
             return fisher
         return self._cached("fisher", make)
+
+    def _fisher_rows(self) -> np.ndarray:
+        """The caption rows the Fisher (and the Kronecker curvature) average over: all, or a seeded subset."""
+        rows = np.arange(len(self.caption_rows))
+        chosen = self.settings.fisher_examples
+        if chosen is not None and chosen < len(rows):  # a seeded subset: F is an expectation, not a sum
+            rows = np.sort(np.random.default_rng(self.settings.fisher.seed).choice(rows, chosen, replace=False))
+        return rows
+
+    def curvature(self, kind: str, damping: float = 0.1):
+        """K-FAC or EK-FAC factors (curvature.py) of the Fisher group's Linear layers over the Fisher's rows, stored
+        in kronfluence's layout under curvature/<kind>/ (one safetensors file per factor name)."""
+        from .curvature import FACTOR_NAMES, estimate_curvature, from_kronfluence, to_kronfluence
+
+        def make():
+            folder = f"curvature/{kind}"
+            if not self.store.exists(f"{folder}/activation_eigenvectors", ".safetensors"):
+                rows = self._fisher_rows()
+                ids = self.caption_rows[rows]
+                params = self.model.parameter_group(self.settings.fisher_group)
+                estimated = estimate_curvature(self.model, params, rows_of(self.latents, ids),
+                                               rows_of(self.conditioning, rows), ids, kind, self.settings.fisher)
+                layout = to_kronfluence(estimated)
+                for name in FACTOR_NAMES:  # the eigenvectors last: their file marks the artefact complete
+                    if name in layout and name != "activation_eigenvectors":
+                        self.store.save_tensors(f"{folder}/{name}", layout[name])
+                self.store.save_tensors(f"{folder}/activation_eigenvectors", layout["activation_eigenvectors"])
+            layout = {name: self.store.load_tensors(f"{folder}/{name}")[0] for name in FACTOR_NAMES
+                      if self.store.exists(f"{folder}/{name}", ".safetensors")}
+            return from_kronfluence(layout, kind)
+        curvature = self._cached(f"curvature-{kind}", make)
+        return dataclasses.replace(curvature, damping=damping)
 
     def _fisher_part(self, params, rows: np.ndarray) -> dict[str, torch.Tensor]:
         name = f"fisher_parts/{rows[0]}-{rows[-1]}-{len(rows)}"
@@ -422,7 +453,9 @@ class Attributor:
         x0 = self.model.encode_images(query.image[None])
         cond = self.model.encode_text([query.prompt])
         self._step_record = {}
-        unet = unlearn(self.model, self.fisher, x0, cond, settings, num_train=len(self.dataset),
+        curvature = (self.fisher if settings.curvature == "diagonal" or not settings.precondition
+                     else self.curvature(settings.curvature, settings.curvature_damping))
+        unet = unlearn(self.model, curvature, x0, cond, settings, num_train=len(self.dataset),
                        record=self._step_record)
         changed = dict(unet.named_parameters())  # only the group differs from model.unet
         weights = {n: changed[n].detach() for n in self.model.parameter_group(settings.group)}

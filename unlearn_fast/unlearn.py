@@ -38,7 +38,9 @@ class UnlearnSettings:
     """group: the weights changed (a DiffusionModel.parameter_group name or regex). precondition=False: plain SGD
     ascent (θ += α/N · ĝ), the baseline METHOD.md says falls to chance. num_train: N in α/N, overriding the caller's
     training-set size. step: the step rule (STEP_RULES; α's meaning follows it). score: how losses become scores
-    (score_rules.SCORE_RULES); references and spread: the reference queries of the "calibrated" rule."""
+    (score_rules.SCORE_RULES); references and spread: the reference queries of the "calibrated" rule. curvature:
+    the preconditioner (curvature.CURVATURES: the diagonal Fisher, or K-FAC / EK-FAC factors of the group's Linear
+    layers, damped by curvature_damping × their mean eigenvalue)."""
 
     steps: int = 1
     alpha: float = 0.1  # chosen on validation prompts (benchmarks/results/tuning.md); the paper's MSCOCO value is 0.01
@@ -52,12 +54,18 @@ class UnlearnSettings:
     score: str = "raw"
     references: int = 8
     spread: bool = False
+    curvature: str = "diagonal"
+    curvature_damping: float = 0.1
 
     def __post_init__(self):
         from .score_rules import SCORE_RULES
 
         if self.step not in STEP_RULES:
             raise SettingsError(f"step must be one of {STEP_RULES}, got {self.step!r}")
+        from .curvature import CURVATURES
+
+        if self.curvature not in CURVATURES:
+            raise SettingsError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
         if self.score not in SCORE_RULES:
             raise SettingsError(f"score must be one of {SCORE_RULES}, got {self.score!r}")
         if self.score == "calibrated" and (not isinstance(self.references, int)
@@ -140,11 +148,14 @@ def _rise_scale(model, unet, params, start, update, gradient, x0_query, cond_que
     return scale
 
 
-def unlearn(model, fisher: dict[str, torch.Tensor], x0_query: torch.Tensor, cond_query: torch.Tensor,
+def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
             settings: UnlearnSettings = UnlearnSettings(), num_train: int | None = None,
             record: dict | None = None) -> torch.nn.Module:
     """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query (1, L, D).
-    record: filled with each step's scale (and, for the "rise" rule, the query's loss and its achieved rise)."""
+    fisher: the diagonal F + λ ({name: tensor}) or a curvature.KroneckerCurvature. record: filled with each step's
+    scale (and, for the "rise" rule, the query's loss and its achieved rise)."""
+    from .curvature import KroneckerCurvature
+
     N = settings.num_train or num_train
     if settings.step == "alpha/N" and not N:
         raise ValueError("unlearn needs the training-set size N (num_train argument or settings.num_train)")
@@ -154,15 +165,24 @@ def unlearn(model, fisher: dict[str, torch.Tensor], x0_query: torch.Tensor, cond
     unet = copy.deepcopy(model.unet)
     copies = dict(unet.named_parameters())
     params = {name: copies[name] for name in model.parameter_group(settings.group)}
-    if settings.precondition:
+    kronecker = isinstance(fisher, KroneckerCurvature)
+    if settings.precondition and kronecker:
+        missing = [n for n in params if n.rpartition(".")[0] not in fisher.factors]
+        if missing:
+            raise SettingsError(f"the curvature has no factors for {len(missing)} parameters of group "
+                                f"{settings.group!r}, e.g. {missing[0]}: estimate it over the same group")
+    elif settings.precondition:
         missing = [n for n, p in params.items() if n not in fisher or fisher[n].shape != p.shape]
         if missing:
             raise SettingsError(f"the Fisher lacks (or has another shape for) {len(missing)} parameters of group "
                              f"{settings.group!r}, e.g. {missing[0]}: estimate it over the same group")
     for step in range(settings.steps):
         g = query_gradient(model, unet, params, x0_query, cond_query, settings, step)
-        update = {name: g[name] / fisher[name].to(p.device, torch.float64) if settings.precondition else g[name]
-                  for name, p in params.items()}
+        if settings.precondition and kronecker:
+            update = fisher.precondition(g)
+        else:
+            update = {name: g[name] / fisher[name].to(p.device, torch.float64) if settings.precondition else g[name]
+                      for name, p in params.items()}
         start = {name: p.detach().double().clone() for name, p in params.items()}
         if settings.step == "rise":
             scale = _rise_scale(model, unet, params, start, update, g, x0_query, cond_query, settings, step, record)

@@ -1,0 +1,123 @@
+"""K-FAC / EK-FAC curvature (curvature.py) against direct computations on the default model's K/V layers."""
+import numpy as np
+import pytest
+import torch
+
+from unlearn_fast.curvature import (KroneckerCurvature, covariance_sums, eigenbases, estimate_curvature,
+                                    from_kronfluence, homogeneous, lambda_sums, linear_layers, to_kronfluence)
+from unlearn_fast.errors import SettingsError
+from unlearn_fast.fisher import FisherSettings, keyed_timesteps
+from unlearn_fast import ops
+
+
+def _spd(n: int, generator) -> torch.Tensor:
+    m = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    return m @ m.T + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+def test_kfac_preconditioning_is_the_damped_kronecker_inverse():
+    """U = (A ⊗ S + λ I)⁻¹ vec(Ĝ) with λ = damping × mean eigenvalue, solved directly (column-major vec)."""
+    g = torch.Generator().manual_seed(0)
+    A, S = _spd(5, g), _spd(4, g)  # A over [x, 1]: 4 inputs + the bias column
+    factors = eigenbases({"layer": (A * 10, S * 10, 10)})
+    curvature = KroneckerCurvature(factors, "kfac", damping=0.1)
+    grad_w, grad_b = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(4, generator=g,
+                                                                                     dtype=torch.float64)
+    update = curvature.precondition({"layer.weight": grad_w, "layer.bias": grad_b})
+    full = torch.cat([grad_w, grad_b[:, None]], 1)
+    kron = torch.kron(A, S)
+    damping = 0.1 * torch.linalg.eigvalsh(kron).mean()
+    expected = torch.linalg.solve(kron + damping * torch.eye(20, dtype=torch.float64), full.T.reshape(-1))
+    expected = expected.reshape(5, 4).T
+    torch.testing.assert_close(update["layer.weight"], expected[:, :4])
+    torch.testing.assert_close(update["layer.bias"], expected[:, 4])
+
+
+def test_ekfac_with_the_kfac_eigenvalues_is_kfac():
+    g = torch.Generator().manual_seed(1)
+    factors = eigenbases({"layer": (_spd(3, g), _spd(2, g), 1)})
+    f = factors["layer"]
+    ek = {"layer": {**f, "lambda_matrix": torch.outer(f["gradient_eigenvalues"], f["activation_eigenvalues"])}}
+    grad = {"layer.weight": torch.randn(2, 2, generator=g, dtype=torch.float64)}
+    torch.testing.assert_close(KroneckerCurvature(ek, "ekfac").precondition(grad)["layer.weight"],
+                               KroneckerCurvature(factors, "kfac").precondition(grad)["layer.weight"])
+
+
+@pytest.fixture(scope="module")
+def rows(model, default_dataset):
+    from unlearn_fast.data import load_pixels
+
+    indices = list(range(300, 316))
+    x0 = model.encode_images(load_pixels(default_dataset, 32, indices))
+    cond = model.encode_text([default_dataset.captions(i)[0] for i in indices])
+    return x0, cond, torch.tensor(indices)
+
+
+def test_factors_match_per_example_autograd_on_a_kv_layer(model, rows):
+    """A, S and EK-FAC's Λ of one K/V layer against a per-example loop: each example's own forward and backward."""
+    x0, cond, ids = rows
+    path = linear_layers(model.unet, model.parameter_group("kv"))[0]
+    layer = model.unet.get_submodule(path)
+    settings = FisherSettings(batch_size=16, seed=3)
+    T = model.scheduler.config.num_train_timesteps
+    t = keyed_timesteps(settings.seed, ids, torch.zeros_like(ids), T)
+    noise = ops.gaussian_noise(settings.seed, ids, torch.zeros_like(ids), 0, x0.shape[1:])
+    inputs, grads, weight_grads = [], [], []
+    for n in range(len(ids)):
+        seen = {}
+        handle = layer.register_forward_hook(lambda m, i, o: seen.update(x=i[0].detach(), y=o))
+        loss = model.loss(x0[n:n + 1], cond[n:n + 1], t[n:n + 1], noise[n:n + 1]).sum()
+        handle.remove()
+        gy, gw, gb = torch.autograd.grad(loss, [seen["y"], layer.weight, layer.bias] if layer.bias is not None
+                                         else [seen["y"], layer.weight, layer.weight])
+        inputs.append(homogeneous(seen["x"][0].double()))
+        grads.append(gy[0].double())
+        weight_grads.append(torch.cat([gw.double(), (gb.double() if layer.bias is not None
+                                                     else torch.zeros(gw.shape[0], dtype=torch.float64))[:, None]], 1))
+    X, G = torch.cat(inputs), torch.cat(grads)
+    a, s, count = covariance_sums(model, [path], x0, cond, ids, settings)[path]
+    assert count == len(X)
+    torch.testing.assert_close(a, X.T @ X, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(s, G.T @ G, rtol=1e-4, atol=1e-12)
+    factors = eigenbases({path: (a, s, count)})
+    total, examples = lambda_sums(model, factors, x0, cond, ids, settings)[path]
+    q_s, q_a = factors[path]["gradient_eigenvectors"], factors[path]["activation_eigenvectors"]
+    direct = sum((q_s.T @ w @ q_a).square() for w in weight_grads)
+    assert examples == len(ids)
+    torch.testing.assert_close(total, direct, rtol=1e-4, atol=1e-14)
+
+
+def test_the_kronfluence_layout_round_trips_and_non_linear_groups_are_refused(model, rows):
+    x0, cond, ids = rows
+    curvature = estimate_curvature(model, model.parameter_group("kv"), x0, cond, ids, "ekfac",
+                                   FisherSettings(batch_size=16))
+    layout = to_kronfluence(curvature)
+    assert set(layout) >= {"activation_covariance", "gradient_covariance", "lambda_matrix"}
+    assert set(layout["lambda_matrix"]) == set(curvature.factors)
+    again = from_kronfluence(layout, "ekfac")
+    grad = {f"{p}.weight": torch.ones_like(curvature.factors[p]["gradient_covariance"][:, :1]).expand(
+        -1, curvature.factors[p]["activation_covariance"].shape[0] - 1).clone() for p in curvature.factors}
+    for name, value in curvature.precondition(grad).items():
+        torch.testing.assert_close(again.precondition(grad)[name], value)
+    norm = {n: p for n, p in model.unet.named_parameters() if "norm" in n}
+    with pytest.raises(SettingsError, match="Linear layers only"):
+        linear_layers(model.unet, norm)
+
+
+def test_abu_with_ekfac_curvature_scores_and_keeps_its_factors(model, tmp_path, default_dataset, red_apple_query):
+    from unlearn_fast.attributor import Attributor, PrepareSettings
+    from unlearn_fast.data import SubsetDataset
+    from unlearn_fast.methods import build_method, run_method
+    from unlearn_fast.scoring import LossGrid
+
+    data = SubsetDataset(default_dataset, range(360, 392))
+    settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64),
+                               fisher=FisherSettings(batch_size=32), chunk_rows=16)
+    attributor = Attributor(model, data, tmp_path, settings, progress=False)
+    method = build_method("abu-ekfac", alpha=0.1, draws=24, batch_size=24)
+    scores = run_method(method, attributor, [red_apple_query]).scores[0]
+    assert np.isfinite(scores).all() and np.abs(scores).max() > 0
+    assert (tmp_path / "curvature" / "ekfac" / "lambda_matrix.safetensors").exists()
+    diagonal = run_method(build_method("abu-rise", alpha=0.1, draws=24, batch_size=24), attributor,
+                          [red_apple_query]).scores[0]
+    assert not np.allclose(scores, diagonal)  # another preconditioner, another ranking

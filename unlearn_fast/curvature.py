@@ -1,0 +1,184 @@
+"""Kronecker-factored curvature (K-FAC, EK-FAC) of the unlearned Linear layers: what a diagonal Fisher leaves out.
+
+For a Linear layer y = W x + b seen by example n at tokens t, the per-example gradient of W̃ = [W b] is
+G_n = Σ_t g_nt x̃_ntᵀ with x̃ = [x, 1] and g = ∂L_n/∂y. K-FAC approximates the Fisher E[vec G_n vec G_nᵀ] by A ⊗ S:
+
+    A = mean over (n, t) of x̃ x̃ᵀ      (activation covariance)
+    S = mean over (n, t) of g gᵀ       (gradient covariance)
+
+With A = Q_A diag(a) Q_Aᵀ and S = Q_S diag(s) Q_Sᵀ, a gradient Ĝ is preconditioned in the Kronecker eigenbasis:
+
+    U = Q_S [(Q_Sᵀ Ĝ Q_A) / (Λ + λ)] Q_Aᵀ,   Λ = s aᵀ (K-FAC)   or   Λ = mean_n (Q_Sᵀ G_n Q_A)²  (EK-FAC)
+
+λ = damping × mean(Λ) per layer (kronfluence's heuristic, 0.1 there). The factors are what kronfluence stores, under
+its names (activation_covariance, gradient_covariance, *_eigenvectors, *_eigenvalues, lambda_matrix; one tensor per
+layer path), so they can be read into or compared with kronfluence's factor files. The sums are float64 and the
+(t, ε) of each row are the Fisher's own (fisher.keyed_timesteps, noise keyed by the example id), so the factors do
+not depend on the batch size beyond float64 rounding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from .batching import MIN_UNET_ROWS, pad_rows
+from .device import module_device, to_device
+from .errors import SettingsError
+from .fisher import FisherSettings, keyed_timesteps
+from .fisher_hooks import _capture_linear_io, _linear_rows, _only_these_require_grad, _split_linear
+
+CURVATURES = ("diagonal", "kfac", "ekfac")
+FACTOR_NAMES = ("activation_covariance", "gradient_covariance", "activation_eigenvectors", "activation_eigenvalues",
+                "gradient_eigenvectors", "gradient_eigenvalues", "lambda_matrix")
+
+
+def linear_layers(unet, params: dict) -> list[str]:
+    """The Linear layer paths of `params` (weights, and biases where present); any other parameter is refused."""
+    linear, other = _split_linear(unet, params)
+    if other:
+        raise SettingsError(f"K-FAC curvature covers Linear layers only; group has {len(other)} other parameters "
+                            f"(e.g. {next(iter(other))}): use the diagonal curvature or a group of Linear layers")
+    return sorted({name.rpartition(".")[0] for name in linear})
+
+
+def homogeneous(x: torch.Tensor) -> torch.Tensor:
+    """x̃ = [x, 1] on the last dimension (the bias's column)."""
+    return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+
+
+def _layer_rows(model, paths, x0, cond, timesteps, noise, rows):
+    """(path, x̃, g) per layer, float64 (rows, tokens, ·), from one forward and one backward of the batch."""
+    unet, batch = model.unet, x0.shape[0]
+    params = {f"{p}.weight": unet.get_submodule(p).weight for p in paths}
+    with _capture_linear_io(unet, paths, batch) as captured, _only_these_require_grad(unet, params), \
+            torch.enable_grad():
+        loss = model.loss(x0, cond, timesteps, noise).sum()
+    grads = torch.autograd.grad(loss, [output for _, output in captured.values()])
+    for path, xs, gs in _linear_rows(captured, grads, batch, rows):
+        yield path, homogeneous(xs.double()), gs.double()
+
+
+def _batches(model, x0, cond, example_ids, settings: FisherSettings):
+    """The Fisher's rows (example, sample) in blocks of whole MIN_UNET_ROWS: (x0, cond, t, noise, real rows)."""
+    device = module_device(model.unet)
+    ids = torch.as_tensor(example_ids, dtype=torch.int64)
+    row = torch.arange(len(x0)).repeat_interleave(settings.samples_per_example)
+    sample = torch.arange(settings.samples_per_example).repeat(len(x0))
+    T = model.scheduler.config.num_train_timesteps
+    step = max(1, settings.batch_size // MIN_UNET_ROWS) * MIN_UNET_ROWS
+    for start in range(0, len(row), step):
+        batch = torch.arange(start, min(start + step, len(row)))
+        count, batch = len(batch), pad_rows(batch)
+        r, s = row[batch], sample[batch]
+        t = keyed_timesteps(settings.seed, ids[r], s, T).to(device)
+        noise = ops.gaussian_noise(settings.seed, ids[r].to(device), s.to(device), 0, x0.shape[1:], device=device)
+        yield to_device(x0[r.to(x0.device)], device), to_device(cond[r.to(cond.device)], device), t, noise, count
+
+
+def covariance_sums(model, paths, x0, cond, example_ids, settings: FisherSettings = FisherSettings()) -> dict:
+    """{path: (Σ x̃x̃ᵀ, Σ ggᵀ, token rows)} over the Fisher's rows: sums of parts add up (resumable, shardable)."""
+    sums = {}
+    for x, c, t, noise, count in _batches(model, x0, cond, example_ids, settings):
+        for path, xs, gs in _layer_rows(model, paths, x, c, t, noise, count):
+            xf, gf = xs.reshape(-1, xs.shape[-1]), gs.reshape(-1, gs.shape[-1])
+            a, s, n = sums.get(path, (0.0, 0.0, 0))
+            sums[path] = (a + xf.T @ xf, s + gf.T @ gf, n + len(xf))
+    return sums
+
+
+def eigenbases(sums: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Factors per layer from covariance sums: the covariances (means) and their eigendecompositions."""
+    factors = {}
+    for path, (a, s, n) in sums.items():
+        A, S = a / n, s / n
+        a_values, a_vectors = torch.linalg.eigh(A)
+        s_values, s_vectors = torch.linalg.eigh(S)
+        factors[path] = {"activation_covariance": A, "gradient_covariance": S,
+                         "activation_eigenvectors": a_vectors, "activation_eigenvalues": a_values.clamp_min(0),
+                         "gradient_eigenvectors": s_vectors, "gradient_eigenvalues": s_values.clamp_min(0)}
+    return factors
+
+
+def lambda_sums(model, factors: dict, x0, cond, example_ids, settings: FisherSettings = FisherSettings()) -> dict:
+    """{path: (Σ_n (Q_Sᵀ G_n Q_A)², examples)}: EK-FAC's eigenvalue correction, a second pass over the same rows."""
+    paths = sorted(factors)
+    sums = {}
+    for x, c, t, noise, count in _batches(model, x0, cond, example_ids, settings):
+        for path, xs, gs in _layer_rows(model, paths, x, c, t, noise, count):
+            f = factors[path]
+            per_example = torch.einsum("nto,nti->noi", gs, xs)  # G_n (rows, out, in + 1)
+            rotated = f["gradient_eigenvectors"].T @ per_example @ f["activation_eigenvectors"]
+            total, n = sums.get(path, (0.0, 0))
+            sums[path] = (total + rotated.square().sum(0), n + count)
+    return sums
+
+
+@dataclass
+class KroneckerCurvature:
+    """factors: {layer path: {FACTOR_NAMES: tensor}}; kind "kfac" or "ekfac"; damping: λ as a share of mean(Λ)."""
+
+    factors: dict
+    kind: str = "ekfac"
+    damping: float = 0.1
+
+    def __post_init__(self):
+        if self.kind not in ("kfac", "ekfac"):
+            raise SettingsError(f"Kronecker curvature kind must be 'kfac' or 'ekfac', got {self.kind!r}")
+        if not self.damping > 0:
+            raise SettingsError(f"curvature damping must be > 0 (a share of the mean eigenvalue), got {self.damping}")
+
+    def eigenvalues(self, path: str) -> torch.Tensor:
+        f = self.factors[path]
+        if self.kind == "ekfac":
+            return f["lambda_matrix"]
+        return torch.outer(f["gradient_eigenvalues"], f["activation_eigenvalues"])
+
+    def precondition(self, gradient: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """U = (Λ + λ)⁻¹ Ĝ in each layer's eigenbasis, for gradients {path.weight, path.bias?} (float64)."""
+        out = {}
+        for path, f in self.factors.items():
+            weight = gradient[f"{path}.weight"]
+            bias = gradient.get(f"{path}.bias")
+            full = torch.cat([weight, (bias if bias is not None else torch.zeros_like(weight[:, 0]))[:, None]], 1)
+            q_a, q_s = f["activation_eigenvectors"].to(full), f["gradient_eigenvectors"].to(full)
+            values = self.eigenvalues(path).to(full)
+            rotated = (q_s.T @ full @ q_a) / (values + self.damping * values.mean())
+            update = q_s @ rotated @ q_a.T
+            out[f"{path}.weight"] = update[:, :-1]
+            if bias is not None:
+                out[f"{path}.bias"] = update[:, -1]
+        missing = sorted(set(gradient) - set(out))
+        if missing:
+            raise SettingsError(f"the curvature has no factors for {missing[0]} (and {len(missing) - 1} more): "
+                                "estimate it over the unlearned group")
+        return out
+
+
+def estimate_curvature(model, params: dict, x0, cond, example_ids, kind: str = "ekfac",
+                       settings: FisherSettings = FisherSettings(), damping: float = 0.1) -> KroneckerCurvature:
+    """K-FAC or EK-FAC factors of the Linear layers of `params` over the rows (x0, cond, example_ids)."""
+    paths = linear_layers(model.unet, params)
+    factors = eigenbases(covariance_sums(model, paths, x0, cond, example_ids, settings))
+    if kind == "ekfac":
+        for path, (total, n) in lambda_sums(model, factors, x0, cond, example_ids, settings).items():
+            factors[path]["lambda_matrix"] = total / n
+    return KroneckerCurvature(factors, kind, damping)
+
+
+def to_kronfluence(curvature: KroneckerCurvature) -> dict[str, dict[str, torch.Tensor]]:
+    """{factor name: {layer path: tensor}}: one safetensors file per factor name, as kronfluence lays them out."""
+    layout = {}
+    for path, f in curvature.factors.items():
+        for name, value in f.items():
+            layout.setdefault(name, {})[path] = value.contiguous()
+    return layout
+
+
+def from_kronfluence(layout: dict, kind: str = "ekfac", damping: float = 0.1) -> KroneckerCurvature:
+    factors = {}
+    for name, per_layer in layout.items():
+        for path, value in per_layer.items():
+            factors.setdefault(path, {})[name] = value.double()
+    return KroneckerCurvature(factors, kind, damping)
