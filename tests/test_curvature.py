@@ -3,11 +3,20 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_fast.curvature import (KroneckerCurvature, covariance_sums, eigenbases, estimate_curvature,
-                                    from_kronfluence, homogeneous, lambda_sums, linear_layers, to_kronfluence)
+from unlearn_fast import ops
+from unlearn_fast.curvature import (
+    KroneckerCurvature,
+    covariance_sums,
+    eigenbases,
+    estimate_curvature,
+    from_kronfluence,
+    homogeneous,
+    lambda_sums,
+    linear_layers,
+    to_kronfluence,
+)
 from unlearn_fast.errors import SettingsError
 from unlearn_fast.fisher import FisherSettings, keyed_timesteps
-from unlearn_fast import ops
 
 
 def _spd(n: int, generator) -> torch.Tensor:
