@@ -219,18 +219,24 @@ def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_
     return queries
 
 
-def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: str, log=print
-                  ) -> dict[str, np.ndarray]:
-    """{method: scores (Q, N)} for every method of the setup; each method's report under attributions/<name>/."""
+def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: str, log=print,
+                  seconds: dict | None = None) -> dict[str, np.ndarray]:
+    """{method: scores (Q, N)} for every method of the setup; each method's report under attributions/<name>/.
+    seconds: filled with each method's wall time per query (validation included; ~0 when read from its cache)."""
+    import time
+
     from ..methods import run_method
 
     attributors = Attributors(model, dataset, os.path.join(out_dir, "work"))
     scores = {}
     for name in setup.methods:
+        started = time.perf_counter()
         method, attributor, _ = configured_method(name, setup, attributors, [q.prompt for q in queries], out_dir, log)
         attribution = run_method(method, attributor, queries)
         attribution.save(os.path.join(out_dir, "attributions", name), top_k=12)
         scores[name] = attribution.scores
+        if seconds is not None:
+            seconds[name] = round((time.perf_counter() - started) / len(queries), 2)
         log(f"attributed with {name}: {attribution.timings}")
     return scores
 

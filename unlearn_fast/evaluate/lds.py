@@ -216,7 +216,8 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
     model = DiffusionModel.load(model_folder(runs, full), device=setup.device)
     queries = generate_queries(setup, model, prompts, out_dir) + heldout_queries(setup, heldout, model.resolution)
     kinds = np.array(["generated"] * len(prompts) + ["held-out"] * len(heldout))
-    scores = attribute_all(setup, model, dataset, queries, out_dir, log)
+    seconds = {}
+    scores = attribute_all(setup, model, dataset, queries, out_dir, log, seconds)
     run_jobs(runs, subsets + ceiling, workers=workers, threads=threads, log=log)
     if not all(is_done(runs, r) for r in subsets + ceiling):
         raise RuntimeError("some subset models are still being trained by another process: run again later")
@@ -240,6 +241,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
         "queries": [{"prompt": q.prompt, "kind": str(k), "source": q.source, "key": q.key}
                     for q, k in zip(queries, kinds)],
         "per_query": {name: values.tolist() for name, values in per_query.items()},
+        "seconds_per_query": seconds,  # this run's wall time per query and method (≈ 0: read from an earlier run)
         "ceiling_per_query": None if ceiling_per_query is None else ceiling_per_query.tolist(),
         "subset_losses": losses.tolist()})
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
