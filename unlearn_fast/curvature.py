@@ -27,7 +27,7 @@ from .batching import MIN_UNET_ROWS, pad_rows
 from .device import module_device, to_device
 from .errors import SettingsError
 from .fisher import FisherSettings, keyed_timesteps
-from .fisher_hooks import _capture_linear_io, _linear_rows, _only_these_require_grad, _split_linear
+from .fisher_hooks import capture_linear_io, linear_rows, only_these_require_grad, split_linear
 
 CURVATURES = ("diagonal", "kfac", "ekfac")
 FACTOR_NAMES = ("activation_covariance", "gradient_covariance", "activation_eigenvectors", "activation_eigenvalues",
@@ -36,7 +36,7 @@ FACTOR_NAMES = ("activation_covariance", "gradient_covariance", "activation_eige
 
 def linear_layers(unet, params: dict) -> list[str]:
     """The Linear layer paths of `params` (weights, and biases where present); any other parameter is refused."""
-    linear, other = _split_linear(unet, params)
+    linear, other = split_linear(unet, params)
     if other:
         raise SettingsError(f"K-FAC curvature covers Linear layers only; group has {len(other)} other parameters "
                             f"(e.g. {next(iter(other))}): use the diagonal curvature or a group of Linear layers")
@@ -52,11 +52,11 @@ def _layer_rows(model, paths, x0, cond, timesteps, noise, rows):
     """(path, x̃, g) per layer, float64 (rows, tokens, ·), from one forward and one backward of the batch."""
     unet, batch = model.unet, x0.shape[0]
     params = {f"{p}.weight": unet.get_submodule(p).weight for p in paths}
-    with _capture_linear_io(unet, paths, batch) as captured, _only_these_require_grad(unet, params), \
+    with capture_linear_io(unet, paths, batch) as captured, only_these_require_grad(unet, params), \
             torch.enable_grad():
         loss = model.loss(x0, cond, timesteps, noise).sum()
     grads = torch.autograd.grad(loss, [output for _, output in captured.values()])
-    for path, xs, gs in _linear_rows(captured, grads, batch, rows):
+    for path, xs, gs in linear_rows(captured, grads, batch, rows):
         yield path, homogeneous(xs.double()), gs.double()
 
 

@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 from .ops import linear_fisher_diag
 
 
-def _split_linear(unet, params: dict) -> tuple[dict, dict]:
+def split_linear(unet, params: dict) -> tuple[dict, dict]:
     """(nn.Linear weights and biases: the hooked path, every other parameter: the fallback)."""
     def is_linear(name):
         path, _, attr = name.rpartition(".")
@@ -34,7 +34,7 @@ def _split_linear(unet, params: dict) -> tuple[dict, dict]:
 
 
 @contextmanager
-def _only_these_require_grad(unet, params):
+def only_these_require_grad(unet, params):
     """Only `params` require grad inside (so the graph holds no other parameter's work); restored on exit."""
     flags, selected = [(p, p.requires_grad) for p in unet.parameters()], {id(p) for p in params.values()}
     try:
@@ -47,7 +47,7 @@ def _only_these_require_grad(unet, params):
 
 
 @contextmanager
-def _capture_linear_io(unet, paths, batch: int):
+def capture_linear_io(unet, paths, batch: int):
     """{path: (input x detached, output y)} of each Linear in `paths`, filled by one forward of `batch` rows."""
     captured = {}
 
@@ -68,7 +68,7 @@ def _capture_linear_io(unet, paths, batch: int):
             handle.remove()
 
 
-def _linear_rows(captured, grads, batch: int, rows: int):
+def linear_rows(captured, grads, batch: int, rows: int):
     """Per layer: (path, x, g) as (rows, tokens, features), the padding rows dropped, in a common dtype."""
     for (path, (x, _)), g in zip(captured.items(), grads):
         xs, gs = x.reshape(batch, -1, x.shape[-1])[:rows], g.reshape(batch, -1, g.shape[-1])[:rows]
@@ -86,7 +86,7 @@ def diagonal_fisher(model, params: dict[str, nn.Parameter], x0, cond, timesteps,
     whose batches are whole blocks gets the same bits for any batch size.
     """
     rows = len(x0) if rows is None else rows
-    linear, other = _split_linear(model.unet, params)
+    linear, other = split_linear(model.unet, params)
     fisher = _hooked_fisher(model, linear, x0, cond, timesteps, noise, backend, rows, block_rows) if linear else {}
     if other:
         fisher.update(_vmap_fisher(model, other, x0, cond, timesteps, noise, rows, block_rows))
@@ -107,13 +107,13 @@ def _block_sums(rows: int, block_rows: int | None, square_sum):
 def _hooked_fisher(model, params, x0, cond, timesteps, noise, backend, rows, block_rows=None):
     unet, batch = model.unet, x0.shape[0]
     paths = {name.rpartition(".")[0] for name in params}
-    with _capture_linear_io(unet, paths, batch) as captured, _only_these_require_grad(unet, params), \
+    with capture_linear_io(unet, paths, batch) as captured, only_these_require_grad(unet, params), \
             torch.enable_grad():  # callers may run under no_grad
         loss = model.loss(x0, cond, timesteps, noise).sum()
     # Differentiate w.r.t. the layer outputs, not the weights: the batch-summed weight gradients are never needed.
     grads = torch.autograd.grad(loss, [output for _, output in captured.values()])
     fisher = {}
-    for path, xs, gs in _linear_rows(captured, grads, batch, rows):
+    for path, xs, gs in linear_rows(captured, grads, batch, rows):
         with_bias = f"{path}.bias" in params
         fisher[f"{path}.weight"], fisher[f"{path}.bias"] = _block_sums(
             rows, block_rows, lambda b: linear_fisher_diag(xs[b], gs[b], bias=with_bias, backend=backend))
@@ -141,15 +141,15 @@ def summed_gradient(model, unet, params: dict[str, nn.Parameter], x0, cond, time
     float32 autograd gradient, cast.
     """
     batch = x0.shape[0]
-    linear, other = _split_linear(unet, params)
+    linear, other = split_linear(unet, params)
     paths = sorted({name.rpartition(".")[0] for name in linear})
-    with _capture_linear_io(unet, paths, batch) as captured, _only_these_require_grad(unet, params), \
+    with capture_linear_io(unet, paths, batch) as captured, only_these_require_grad(unet, params), \
             torch.enable_grad():
         loss = model.loss(x0, cond, timesteps, noise, unet=unet)[:rows].sum() * scale
     outputs = [output for _, output in captured.values()]
     grads = torch.autograd.grad(loss, outputs + list(other.values()))
     total = {name: g.double() for name, g in zip(other, grads[len(outputs):])}
-    for path, xs, gs in _linear_rows(captured, grads[:len(outputs)], batch, rows):
+    for path, xs, gs in linear_rows(captured, grads[:len(outputs)], batch, rows):
         gs64 = gs.double()
         total[f"{path}.weight"] = torch.einsum("ntj,nti->ji", gs64, xs.double())
         total[f"{path}.bias"] = gs64.sum((0, 1))
