@@ -196,3 +196,22 @@ def test_the_alpha_grid_extends_until_the_best_is_inside(monkeypatch):
     tried.clear()
     alpha = validation.choose_alpha(stand_in, (0.0003, 0.001, 0.01), 3, "abu", {}, [], None, log=lambda line: None)
     assert len(tried) == 1 and alpha == 0.001  # inside the grid: no extension
+
+
+def test_the_command_line_builds_the_variants_settings():
+    from unlearn_fast.cli.main import _unlearn_settings, build_parser
+
+    def parsed(*options):
+        args = build_parser().parse_args(["attribute", "--work-dir", "w", "--prompt", "x", *options])
+        return _unlearn_settings(args)
+
+    assert parsed() == UnlearnSettings()
+    assert parsed("--recipe", "paper") == UnlearnSettings()  # the paper's recipe is still the default
+    chosen = parsed("--step", "rise", "--score", "calibrated", "--references", "3", "--spread", "--curvature",
+                    "ekfac", "--alpha", "0.3")
+    assert (chosen.step, chosen.score, chosen.references, chosen.spread, chosen.curvature, chosen.alpha) == \
+        ("rise", "calibrated", 3, True, "ekfac", 0.3)
+    args = build_parser().parse_args(["prepare", "--work-dir", "w", "--noise", "shared"])
+    from unlearn_fast.cli import _prepare_settings
+
+    assert _prepare_settings(args).scoring.noise == "shared"
