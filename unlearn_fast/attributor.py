@@ -147,7 +147,6 @@ class Attributor:
         self.timings: dict[str, float] = {}
         self._cache: dict[str, torch.Tensor | np.ndarray] = {}
         self._prepared = False
-        self._step_record: dict = {}
         binding = self._binding(digest_cache if digest_cache is not None else DigestCache())
         deleted = self.store.bind(binding, overwrite=overwrite)
         if deleted:
@@ -404,24 +403,28 @@ class Attributor:
         with REFERENCE_SEED (each with its own seed), stored in the work directory so every query reuses them."""
         from .query import query_from_array, query_from_prompt
 
-        captions = sorted({c for i in range(len(self.dataset)) for c in self.dataset.captions(i)})
-        chosen = np.random.default_rng(REFERENCE_SEED).choice(len(captions), min(count, len(captions)),
-                                                              replace=False)
-        queries = []
-        for n, k in enumerate(chosen):
-            name = f"references/{n}-{hashlib.sha256(captions[k].encode()).hexdigest()[:8]}"
-            if not self.store.exists(name, ".npy"):
-                query = query_from_prompt(self.model, captions[k], seed=REFERENCE_SEED + n)
-                self.store.save_npy(name, query.image)
-            queries.append(query_from_array(self.store.load_npy(name), captions[k], self.model.resolution,
-                                            source=f"reference query {n} (seed {REFERENCE_SEED + n})"))
-        return queries
+        def make():
+            captions = sorted({c for i in range(len(self.dataset)) for c in self.dataset.captions(i)})
+            chosen = np.random.default_rng(REFERENCE_SEED).choice(len(captions), min(count, len(captions)),
+                                                                  replace=False)
+            queries = []
+            for n, k in enumerate(chosen):
+                name = f"references/{n}-{hashlib.sha256(captions[k].encode()).hexdigest()[:8]}"
+                if not self.store.exists(name, ".npy"):
+                    query = query_from_prompt(self.model, captions[k], seed=REFERENCE_SEED + n)
+                    self.store.save_npy(name, query.image)
+                queries.append(query_from_array(self.store.load_npy(name), captions[k], self.model.resolution,
+                                                source=f"reference query {n} (seed {REFERENCE_SEED + n})"))
+            return queries
+        return self._cached(f"references-{count}", make)
 
     def _reference_scores(self, settings: UnlearnSettings) -> np.ndarray:
-        """(R, N) raw scores of the reference queries under the same unlearning settings."""
+        """(R, N) raw scores of the reference queries under the same unlearning settings (once per Attributor)."""
         raw = dataclasses.replace(settings, score="raw")
-        return np.stack([self.store.load_npy(f"{self._attribute_one(q, raw)['folder']}/scores")
-                         for q in self.reference_queries(settings.references)])
+        key = json.dumps(_numeric(raw, _SCORE_ONLY), sort_keys=True) + f"-{settings.references}"
+        return self._cached(f"reference_scores-{key}", lambda: np.stack([
+            self.store.load_npy(f"{self._attribute_one(q, raw)['folder']}/scores")
+            for q in self.reference_queries(settings.references)]))
 
     def _attribute_one(self, query: Query, settings: UnlearnSettings) -> dict:
         folder = self._query_folder(query, settings)
@@ -434,29 +437,27 @@ class Attributor:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(query.png_bytes())
         self.store.save_json(f"{folder}/query", record)
-        weights = self._phase("unlearn", lambda: self._unlearned_weights(query, settings, folder))
+        weights = self._phase("unlearn", lambda: self._unlearned_weights(query, settings, folder, record))
         with swapped_weights(self.model.unet, weights):  # one UNet (and one compiled graph) before and after
             after = self._phase("score", lambda: self._losses(f"{folder}/losses_after"))
         scores = loss_change_scores(self.base_losses, after, self.caption_rows, len(self.dataset))
         self.store.save_npy(f"{folder}/scores", scores)
         record["timings_s"] = {k: self.timings[k] for k in ("unlearn", "score")}
-        if self._step_record:
-            record["steps"] = self._step_record.pop("steps", [])
         self.store.save_json(f"{folder}/query", record)
         return record
 
-    def _unlearned_weights(self, query: Query, settings: UnlearnSettings, folder: str) -> dict[str, torch.Tensor]:
-        """The unlearned values of the changed group; stored, so a resumed run does not unlearn again."""
+    def _unlearned_weights(self, query: Query, settings: UnlearnSettings, folder: str, record: dict
+                           ) -> dict[str, torch.Tensor]:
+        """The unlearned values of the changed group; stored, so a resumed run does not unlearn again. Each step's
+        scale (and the "rise" rule's achieved rise) goes into record["steps"]."""
         name = f"{folder}/unlearned"
         if self.store.exists(name, ".safetensors"):
             return self.store.load_tensors(name)[0]
         x0 = self.model.encode_images(query.image[None])
         cond = self.model.encode_text([query.prompt])
-        self._step_record = {}
         curvature = (self.fisher if settings.curvature == "diagonal" or not settings.precondition
                      else self.curvature(settings.curvature, settings.curvature_damping))
-        unet = unlearn(self.model, curvature, x0, cond, settings, num_train=len(self.dataset),
-                       record=self._step_record)
+        unet = unlearn(self.model, curvature, x0, cond, settings, num_train=len(self.dataset), record=record)
         changed = dict(unet.named_parameters())  # only the group differs from model.unet
         weights = {n: changed[n].detach() for n in self.model.parameter_group(settings.group)}
         self.store.save_tensors(name, weights)

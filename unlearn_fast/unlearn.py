@@ -22,9 +22,11 @@ import torch
 
 from . import ops
 from .batching import pad_rows
+from .curvature import CURVATURES, KroneckerCurvature
 from .errors import SettingsError
 from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient
+from .score_rules import SCORE_RULES
 
 
 STEP_RULES = ("alpha/N", "rise")
@@ -58,14 +60,13 @@ class UnlearnSettings:
     curvature_damping: float = 0.1
 
     def __post_init__(self):
-        from .score_rules import SCORE_RULES
-
         if self.step not in STEP_RULES:
             raise SettingsError(f"step must be one of {STEP_RULES}, got {self.step!r}")
-        from .curvature import CURVATURES
-
         if self.curvature not in CURVATURES:
             raise SettingsError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+        if not (isinstance(self.curvature_damping, (int, float)) and self.curvature_damping > 0):
+            raise SettingsError(f"curvature_damping must be > 0 (a share of the mean eigenvalue), got "
+                                f"{self.curvature_damping!r}")
         if self.score not in SCORE_RULES:
             raise SettingsError(f"score must be one of {SCORE_RULES}, got {self.score!r}")
         if self.score == "calibrated" and (not isinstance(self.references, int)
@@ -83,17 +84,23 @@ class UnlearnSettings:
             raise SettingsError(f"num_train must be >= 1 or None, got {self.num_train!r}")
 
 
-def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):
-    """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), whatever the batch size (fisher_hooks.summed_gradient)."""
+def _query_draws(model, x0_query, cond_query, settings: UnlearnSettings, step: int, first: int, stop: int):
+    """Batches of the query's draws d in [first, stop) of step `step`: (x0, cond, t, noise, real rows). Each batch is
+    padded to batching.pad_rows (the padding's rows are dropped), so results do not depend on the batch size."""
     T = model.scheduler.config.num_train_timesteps
-    total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
-    for start in range(0, settings.draws, settings.batch_size):
-        d = torch.arange(start, min(start + settings.batch_size, settings.draws), device=x0_query.device)
-        count, d = len(d), pad_rows(d)  # padding draws are dropped from the loss, so they add no gradient
+    for start in range(first, stop, settings.batch_size):
+        d = torch.arange(start, min(start + settings.batch_size, stop), device=x0_query.device)
+        count, d = len(d), pad_rows(d)
         t = keyed_timesteps(settings.seed, step, d, T).to(x0_query.device)
         noise = ops.gaussian_noise(settings.seed, step, d, 0, x0_query.shape[1:], device=x0_query.device)
-        grads = summed_gradient(model, unet, params, x0_query.expand(len(d), -1, -1, -1),
-                                cond_query.expand(len(d), -1, -1), t, noise, rows=count, scale=1.0 / settings.draws)
+        yield x0_query.expand(len(d), -1, -1, -1), cond_query.expand(len(d), -1, -1), t, noise, count
+
+
+def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):
+    """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), whatever the batch size (fisher_hooks.summed_gradient)."""
+    total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
+    for x0, cond, t, noise, count in _query_draws(model, x0_query, cond_query, settings, step, 0, settings.draws):
+        grads = summed_gradient(model, unet, params, x0, cond, t, noise, rows=count, scale=1.0 / settings.draws)
         for name, g in grads.items():
             total[name] += g
     return total
@@ -102,16 +109,10 @@ def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: Un
 @torch.no_grad()
 def query_loss(model, unet, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
     """L(ẑ) on the RISE_DRAWS draws after the gradient's own (fresh noise, the same at every evaluation), float64."""
-    T = model.scheduler.config.num_train_timesteps
     total = 0.0
-    for start in range(settings.draws, settings.draws + RISE_DRAWS, settings.batch_size):
-        d = torch.arange(start, min(start + settings.batch_size, settings.draws + RISE_DRAWS), device=x0_query.device)
-        count, d = len(d), pad_rows(d)  # padded like the gradient's batches, so the loss is batch-size invariant
-        t = keyed_timesteps(settings.seed, step, d, T).to(x0_query.device)
-        noise = ops.gaussian_noise(settings.seed, step, d, 0, x0_query.shape[1:], device=x0_query.device)
-        losses = model.loss(x0_query.expand(len(d), -1, -1, -1), cond_query.expand(len(d), -1, -1), t, noise,
-                            unet=unet)
-        total += float(losses[:count].double().sum())
+    for x0, cond, t, noise, count in _query_draws(model, x0_query, cond_query, settings, step, settings.draws,
+                                                  settings.draws + RISE_DRAWS):
+        total += float(model.loss(x0, cond, t, noise, unet=unet)[:count].double().sum())
     return total / RISE_DRAWS
 
 
@@ -154,7 +155,6 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
     """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query (1, L, D).
     fisher: the diagonal F + λ ({name: tensor}) or a curvature.KroneckerCurvature. record: filled with each step's
     scale (and, for the "rise" rule, the query's loss and its achieved rise)."""
-    from .curvature import KroneckerCurvature
 
     N = settings.num_train or num_train
     if settings.step == "alpha/N" and not N:
