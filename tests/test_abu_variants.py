@@ -131,6 +131,82 @@ def test_the_rise_steps_loss_does_not_depend_on_the_batch_size(model, query):
     assert len(set(losses.values())) == 1, losses
 
 
+# ------------------------------------------------------------------------------- MUCS's cap and retained rows
+def test_the_untrained_loss_is_the_mean_squared_target_on_the_rise_draws(model, query):
+    from unlearn_fast import ops
+    from unlearn_fast.fisher import keyed_timesteps
+    from unlearn_fast.unlearn import RISE_DRAWS, untrained_loss
+
+    x0 = model.encode_images(query.image[None])
+    cap = UnlearnSettings(draws=8, batch_size=8, cap=True)
+    d = torch.arange(8, 8 + RISE_DRAWS)
+    noise = ops.gaussian_noise(cap.seed, 0, d, 0, x0.shape[1:])
+    t = keyed_timesteps(cap.seed, 0, d, model.scheduler.config.num_train_timesteps)
+    by_hand = model.target(x0.expand(len(d), -1, -1, -1), noise, t).double().pow(2).mean().item()
+    assert untrained_loss(model, x0, model.encode_text([query.prompt]), cap, 0) == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_the_cap_stops_a_long_step_at_the_untrained_models_loss_and_leaves_a_short_one(model, query):
+    from unlearn_fast.unlearn import CAP_BISECTIONS, untrained_loss
+
+    params = model.parameter_group("kv")
+    fisher = {n: torch.full_like(p, 1e-3) for n, p in params.items()}
+    x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
+    long = UnlearnSettings(alpha=50.0, draws=16, batch_size=16)
+    cap = untrained_loss(model, x0, cond, long, 0)
+    assert query_loss(model, unlearn(model, fisher, x0, cond, long, num_train=1), x0, cond, long, 0) > cap
+    record = {}
+    capped = unlearn(model, fisher, x0, cond, UnlearnSettings(**{**long.__dict__, "cap": True}), num_train=1,
+                     record=record)
+    after = query_loss(model, capped, x0, cond, long, 0)
+    assert record["steps"][0]["capped"] and after <= cap
+    assert 0 < record["steps"][0]["scale"] < 50.0
+    # The bisection's last interval is 50 / 2^CAP_BISECTIONS wide: one more such step passes the cap.
+    beyond = UnlearnSettings(**{**long.__dict__, "alpha": record["steps"][0]["scale"] + 50.0 / 2 ** CAP_BISECTIONS})
+    assert query_loss(model, unlearn(model, fisher, x0, cond, beyond, num_train=1), x0, cond, long, 0) > cap
+    short = UnlearnSettings(alpha=1e-4, draws=16, batch_size=16)
+    plain = dict(unlearn(model, fisher, x0, cond, short, num_train=1).named_parameters())
+    kept = dict(unlearn(model, fisher, x0, cond, UnlearnSettings(**{**short.__dict__, "cap": True}),
+                        num_train=1).named_parameters())
+    for name in params:
+        torch.testing.assert_close(kept[name], plain[name], rtol=0, atol=0)  # below the cap: the same step
+
+
+def test_retained_rows_are_descended_on_by_hand(model, query, default_dataset):
+    """retain R: θ_after = θ0 + α/N · (ĝ_query − ĝ_retained)/F, ĝ_retained the mean gradient of R rows' own draws."""
+    from unlearn_fast import ops
+    from unlearn_fast.data import load_pixels
+    from unlearn_fast.fisher import keyed_timesteps
+    from unlearn_fast.unlearn import RETAIN_KEY, retained_gradient
+
+    params = model.parameter_group("kv")
+    fisher = {n: torch.rand_like(p) + 0.5 for n, p in params.items()}
+    x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
+    rows = [3, 7, 11]
+    x0_r = model.encode_images(load_pixels(default_dataset, model.resolution, rows))
+    cond_r = model.encode_text([default_dataset.captions(i)[0] for i in rows])
+    keep = UnlearnSettings(alpha=1e-3, draws=16, batch_size=2, retain=3)
+    fresh = copy.deepcopy(model.unet)
+    copies = dict(fresh.named_parameters())
+    group = {n: copies[n] for n in params}
+    kept = retained_gradient(model, fresh, group, x0_r, cond_r, keep, 0)
+    d = RETAIN_KEY + torch.arange(3)
+    t = keyed_timesteps(keep.seed, 0, d, model.scheduler.config.num_train_timesteps)
+    noise = ops.gaussian_noise(keep.seed, 0, d, 1, x0.shape[1:])
+    loss = model.loss(x0_r, cond_r, t, noise, unet=fresh).mean()
+    by_autograd = torch.autograd.grad(loss, list(group.values()))
+    for name, g in zip(group, by_autograd):
+        torch.testing.assert_close(kept[name].float(), g, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="retained rows"):
+        unlearn(model, fisher, x0, cond, keep, num_train=10)
+    unet = unlearn(model, fisher, x0, cond, keep, num_train=10, retained=lambda step: (x0_r, cond_r))
+    g = query_gradient(model, fresh, group, x0, cond, keep, 0)
+    after = dict(unet.named_parameters())
+    for name, p in params.items():
+        expected = (p.double() + (keep.alpha / 10) * ((g[name] - kept[name]) / fisher[name].double())).float()
+        torch.testing.assert_close(after[name], expected, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------------- noise keys
 @pytest.mark.parametrize("noise", ["example", "shared"])
 def test_identical_images_score_alike_only_with_shared_noise(model, twins, query, tmp_path, noise):
@@ -182,19 +258,19 @@ def test_the_alpha_grid_extends_until_the_best_is_inside(monkeypatch):
 
     tried = []
 
-    def fake_choose(attributor, make_method, candidates, validation_set, record_path):
+    def fake_choose(attributor, make_method, candidates, validation_set, record_path, identity):
         tried.append(sorted(candidates.values()))
         mrr = {name: -abs(np.log(value / 0.001)) for name, value in candidates.items()}  # best at α = 0.001
         best = max(mrr, key=mrr.get)
         return best, candidates[best], mrr
 
-    monkeypatch.setattr(validation, "validation_queries", lambda *a, **k: [])
     monkeypatch.setattr(validation, "choose_setting", fake_choose)
     stand_in = type("Attributor", (), {"model": None, "dataset": None})()
-    alpha = validation.choose_alpha(stand_in, (0.01, 0.03, 0.1), 3, "abu", {}, [], None, log=lambda line: None)
+    judged = validation.Validation("mrr", [], lambda scores: 0.0)
+    alpha = validation.choose_alpha(stand_in, (0.01, 0.03, 0.1), "abu", {}, judged, None, log=lambda line: None)
     assert tried[-1][0] == pytest.approx(0.01 / 9) and alpha == pytest.approx(0.01 / 9)  # two extensions down
     tried.clear()
-    alpha = validation.choose_alpha(stand_in, (0.0003, 0.001, 0.01), 3, "abu", {}, [], None, log=lambda line: None)
+    alpha = validation.choose_alpha(stand_in, (0.0003, 0.001, 0.01), "abu", {}, judged, None, log=lambda line: None)
     assert len(tried) == 1 and alpha == 0.001  # inside the grid: no extension
 
 
@@ -211,6 +287,8 @@ def test_the_command_line_builds_the_variants_settings():
                     "ekfac", "--alpha", "0.3")
     assert (chosen.step, chosen.score, chosen.references, chosen.spread, chosen.curvature, chosen.alpha) == \
         ("rise", "calibrated", 3, True, "ekfac", 0.3)
+    mucs = parsed("--cap", "--retain", "32")
+    assert (mucs.cap, mucs.retain) == (True, 32) and parsed().cap is False
     args = build_parser().parse_args(["prepare", "--work-dir", "w", "--noise", "shared"])
     from unlearn_fast.cli import _prepare_settings
 

@@ -96,3 +96,17 @@ def test_the_tiny_profile_trains_each_subset_once_for_every_method_and_never_sho
     np.testing.assert_allclose(second["per_query"]["pixel"], first["per_query"]["pixel"])
     with open(out / "results.json") as handle:
         assert json.load(handle)["training_runs"]["distinct"] == 10
+
+    # Validation queries for choosing α by LDS: split off after the evaluation queries, which stay as they were.
+    third = run_lds(LDSSetup(**{**values, "validation_queries": 2, "selection": "lds", "abu_alphas": (0.03, 0.1)}),
+                    str(out), log=lambda line: None)
+    assert not seen and [q["prompt"] for q in third["queries"]] == [q["prompt"] for q in first["queries"]]
+    validation = third["validation"]
+    assert validation["criterion"] == "lds" and len(validation["queries"]) == 2
+    assert not set(validation["queries"]) & {q["prompt"] for q in first["queries"]}
+    with open(out / "validation-lds.json") as handle:
+        record = json.load(handle)
+    assert record["criterion"] == "lds" and record["chosen"] == max(record["values"], key=record["values"].get)
+    assert validation["table"]["abu"]["options"]["alpha"] == float(record["chosen"].split("=")[1])
+    chosen = validation["table"]["abu"]["mean"]
+    assert chosen == pytest.approx(record["values"][record["chosen"]])  # the table reports the chosen setting

@@ -45,7 +45,9 @@ _SPEED_ONLY = ("batch_size", "backend", "compile", "channels_last")
 _SCORE_ONLY = ("score", "references", "spread")
 # Settings added after work directories existed, left out of keys at the value that reproduces the older numbers, so
 # those folders (and their query folders) stay valid.
-_IMPLICIT = {"noise": "example", "step": "alpha/N", "curvature": "diagonal", "curvature_damping": 0.1}
+_IMPLICIT = {"noise": "example", "step": "alpha/N", "curvature": "diagonal", "curvature_damping": 0.1, "cap": False,
+             "retain": 0}
+RETAIN_STREAM = 9173  # the stream of the retained rows' draw (UnlearnSettings.retain)
 REFERENCE_SEED = 4242  # the calibrated score's reference queries: generations from captions drawn with this seed
 
 # What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
@@ -457,11 +459,25 @@ class Attributor:
         cond = self.model.encode_text([query.prompt])
         curvature = (self.fisher if settings.curvature == "diagonal" or not settings.precondition
                      else self.curvature(settings.curvature, settings.curvature_damping))
-        unet = unlearn(self.model, curvature, x0, cond, settings, num_train=len(self.dataset), record=record)
+        unet = unlearn(self.model, curvature, x0, cond, settings, num_train=len(self.dataset), record=record,
+                       retained=self._retained_rows(settings) if settings.retain else None)
         changed = dict(unet.named_parameters())  # only the group differs from model.unet
         weights = {n: changed[n].detach() for n in self.model.parameter_group(settings.group)}
         self.store.save_tensors(name, weights)
         return weights
+
+    def _retained_rows(self, settings: UnlearnSettings):
+        """step -> (x0, cond) of the settings.retain caption rows MUCS's descent uses at that step (seeded by the
+        unlearning seed and the step, so the same for every query)."""
+        rows = self.caption_rows
+        count = min(settings.retain, len(rows))
+
+        def retained(step: int):
+            picks = np.sort(np.random.default_rng([settings.seed, RETAIN_STREAM, step]).choice(len(rows), count,
+                                                                                                replace=False))
+            return rows_of(self.latents, rows[picks]).to(self.model.device), \
+                rows_of(self.conditioning, picks).to(self.model.device)
+        return retained
 
 
 def rows_of(array: np.ndarray, index) -> torch.Tensor:

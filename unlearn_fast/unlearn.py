@@ -8,9 +8,18 @@ The step s follows a rule (STEP_RULES):
     "rise"     s such that the query's own loss rises by the factor α, L(ẑ; θ + s·u) = (1 + α) · L(ẑ; θ): a short line
                search on fresh draws of the query alone (u = ĝ / F), so the step means the same thing for any N
 
+Two options of MUCS (machine unlearning for copyright, which forgets by ascent on the forgotten data while it keeps
+the rest):
+    cap        after each step, if the query's loss passed the loss of an untrained model (one that predicts 0: the
+               mean of target² on the same draws), the step is shortened until it sits at that loss: the query is
+               forgotten as far as a model that never learnt anything, no further
+    retain R   each step ascends on the query while it descends on R training rows drawn per step (seeded by
+               (seed, step)): u = (ĝ_query − ĝ_retained) / F, so what every image shares is not unlearnt
+
 F is estimate_fisher's output, which already includes the damping λ. Draw d of step k is keyed by (seed, k, d):
 timestep keyed_timesteps(seed, k, d), noise ops.gaussian_noise(seed, k, d, flip 0), so ĝ does not depend on
-batch_size and a run is repeatable. The line search measures the loss on the draws d in [draws, draws + 128).
+batch_size and a run is repeatable. The line search measures the loss on the draws d in [draws, draws + 128). The
+retained rows r take draws keyed (seed, k, RETAIN_KEY + r) with flip 1, apart from every query draw.
 """
 from __future__ import annotations
 
@@ -33,6 +42,8 @@ STEP_RULES = ("alpha/N", "rise")
 RISE_DRAWS = 128  # query draws the "rise" line search measures its loss on
 RISE_TOLERANCE = 0.1  # accept a step whose rise is within 10 % of the target
 RISE_EVALUATIONS = 8
+CAP_BISECTIONS = 12  # halvings of the step's scale interval when the cap shortens a step
+RETAIN_KEY = 1 << 20  # retained row r uses draw key RETAIN_KEY + r
 
 
 @dataclass
@@ -42,7 +53,8 @@ class UnlearnSettings:
     training-set size. step: the step rule (STEP_RULES; α's meaning follows it). score: how losses become scores
     (score_rules.SCORE_RULES); references and spread: the reference queries of the "calibrated" rule. curvature:
     the preconditioner (curvature.CURVATURES: the diagonal Fisher, or K-FAC / EK-FAC factors of the group's Linear
-    layers, damped by curvature_damping × their mean eigenvalue)."""
+    layers, damped by curvature_damping × their mean eigenvalue). cap, retain: MUCS's cap at an untrained model's
+    loss and its descent on `retain` seeded training rows per step (module docstring)."""
 
     steps: int = 1
     alpha: float = 0.1  # chosen on validation prompts (benchmarks/results/tuning.md); the paper's MSCOCO value is 0.01
@@ -58,6 +70,8 @@ class UnlearnSettings:
     spread: bool = False
     curvature: str = "diagonal"
     curvature_damping: float = 0.1
+    cap: bool = False
+    retain: int = 0
 
     def __post_init__(self):
         if self.step not in STEP_RULES:
@@ -80,6 +94,8 @@ class UnlearnSettings:
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
             raise SettingsError(f"alpha must be a finite step size > 0, got {self.alpha!r} (0 changes no weight and "
                                 "scores every image 0; a negative step would make the query more likely, not less)")
+        if not isinstance(self.retain, int) or self.retain < 0:
+            raise SettingsError(f"retain must be an integer >= 0 (training rows per step), got {self.retain!r}")
         if self.num_train is not None and (not isinstance(self.num_train, int) or self.num_train < 1):
             raise SettingsError(f"num_train must be >= 1 or None, got {self.num_train!r}")
 
@@ -104,6 +120,32 @@ def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: Un
         for name, g in grads.items():
             total[name] += g
     return total
+
+
+def retained_gradient(model, unet, params: dict, x0, cond, settings: UnlearnSettings, step: int) -> dict:
+    """The mean over the retained rows (x0 (R, C, h, w), cond (R, L, D)) of ∇ L, one keyed draw per row, float64."""
+    T = model.scheduler.config.num_train_timesteps
+    total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
+    for start in range(0, len(x0), settings.batch_size):
+        r = torch.arange(start, min(start + settings.batch_size, len(x0)), device=x0.device)
+        count, r = len(r), pad_rows(r)
+        d = RETAIN_KEY + r
+        t = keyed_timesteps(settings.seed, step, d, T).to(x0.device)
+        noise = ops.gaussian_noise(settings.seed, step, d, 1, x0.shape[1:], device=x0.device)
+        grads = summed_gradient(model, unet, params, x0[r], cond[r], t, noise, rows=count, scale=1.0 / len(x0))
+        for name, g in grads.items():
+            total[name] += g
+    return total
+
+
+@torch.no_grad()
+def untrained_loss(model, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
+    """The loss an untrained model (predicting 0) has on query_loss's draws: the mean of target², float64."""
+    total = 0.0
+    for x0, _, t, noise, count in _query_draws(model, x0_query, cond_query, settings, step, settings.draws,
+                                               settings.draws + RISE_DRAWS):
+        total += float(model.target(x0, noise, t)[:count].double().pow(2).flatten(1).mean(1).sum())
+    return total / RISE_DRAWS
 
 
 @torch.no_grad()
@@ -149,12 +191,31 @@ def _rise_scale(model, unet, params, start, update, gradient, x0_query, cond_que
     return scale
 
 
+def _capped_scale(model, unet, params, start, update, scale, x0_query, cond_query, settings, step, record) -> float:
+    """`scale`, or the shorter scale at which the query's loss equals an untrained model's (bisection on the scale)."""
+    cap = untrained_loss(model, x0_query, cond_query, settings, step)
+    after = query_loss(model, unet, x0_query, cond_query, settings, step)
+    if after > cap:
+        low, high = 0.0, scale
+        for _ in range(CAP_BISECTIONS):
+            middle = (low + high) / 2
+            _set_step(params, start, update, middle, step, settings.alpha)
+            low, high = (middle, high) if query_loss(model, unet, x0_query, cond_query, settings, step) <= cap \
+                else (low, middle)
+        scale = low
+        _set_step(params, start, update, scale, step, settings.alpha)
+    if record is not None and record.get("steps"):
+        record["steps"][-1].update(cap=cap, capped=after > cap, scale=scale)
+    return scale
+
+
 def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
             settings: UnlearnSettings = UnlearnSettings(), num_train: int | None = None,
-            record: dict | None = None) -> torch.nn.Module:
+            record: dict | None = None, retained=None) -> torch.nn.Module:
     """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query (1, L, D).
     fisher: the diagonal F + λ ({name: tensor}) or a curvature.KroneckerCurvature. record: filled with each step's
-    scale (and, for the "rise" rule, the query's loss and its achieved rise)."""
+    scale (and, for the "rise" rule, the query's loss and its achieved rise; with the cap, where it cut the step).
+    retained: step -> (x0, cond) of that step's settings.retain training rows (needed when retain > 0)."""
 
     N = settings.num_train or num_train
     if settings.step == "alpha/N" and not N:
@@ -176,8 +237,14 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
         if missing:
             raise SettingsError(f"the Fisher lacks (or has another shape for) {len(missing)} parameters of group "
                              f"{settings.group!r}, e.g. {missing[0]}: estimate it over the same group")
+    if settings.retain and retained is None:
+        raise ValueError("unlearn with retain > 0 needs the retained rows (the retained argument)")
     for step in range(settings.steps):
         g = query_gradient(model, unet, params, x0_query, cond_query, settings, step)
+        ascent = g
+        if settings.retain:
+            kept = retained_gradient(model, unet, params, *retained(step), settings, step)
+            g = {name: g[name] - kept[name] for name in g}
         if settings.precondition and kronecker:
             update = fisher.precondition(g)
         else:
@@ -185,10 +252,13 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
                       for name, p in params.items()}
         start = {name: p.detach().double().clone() for name, p in params.items()}
         if settings.step == "rise":
-            scale = _rise_scale(model, unet, params, start, update, g, x0_query, cond_query, settings, step, record)
+            scale = _rise_scale(model, unet, params, start, update, ascent, x0_query, cond_query, settings, step,
+                                record)
         else:
             scale = settings.alpha / N
             _set_step(params, start, update, scale, step, settings.alpha)
             if record is not None:
                 record.setdefault("steps", []).append({"scale": scale})
+        if settings.cap:
+            _capped_scale(model, unet, params, start, update, scale, x0_query, cond_query, settings, step, record)
     return unet

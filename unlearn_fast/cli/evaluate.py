@@ -178,6 +178,10 @@ def add_evaluate_parser(sub) -> None:
     lds.add_argument("--ceiling-subsets", type=int, help="subsets trained again with a second seed (the ceiling)")
     lds.add_argument("--generated-queries", type=int, help="queries generated from held-out prompts")
     lds.add_argument("--heldout-queries", type=int, help="held-out real images with their captions")
+    lds.add_argument("--validation-queries", type=int,
+                     help="more held-out queries (half generated) kept for choosing settings, never evaluated on")
+    lds.add_argument("--selection", choices=("mrr", "lds"),
+                     help="what chooses AbU's α: MRR on training captions, or LDS on the validation queries")
 
     unlearning = verb("unlearning", "per α: how much unlearning changes the query's regeneration and loss against "
                       "unrelated prompts", cmd_unlearning, "unlearning_quality.md/.json")

@@ -157,7 +157,8 @@ def _unlearn_settings(args):
 
     given = {"steps": args.unlearn_steps, "alpha": args.alpha, "draws": args.draws, "group": args.group,
              "step": args.step, "score": args.score, "references": args.references, "spread": args.spread or None,
-             "curvature": args.curvature, "curvature_damping": args.curvature_damping}
+             "curvature": args.curvature, "curvature_damping": args.curvature_damping, "cap": args.cap or None,
+             "retain": args.retain}
     recipe = {k: v for k, v in RECIPES[args.recipe].items() if k != "noise"}
     return UnlearnSettings(**{**recipe, **{k: v for k, v in given.items() if v is not None}},
                            seed=args.unlearn_seed, precondition=not args.sgd, batch_size=args.unlearn_batch_size)
@@ -362,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "diagonal Fisher (default) or K-FAC / EK-FAC factors of the group's Linear layers")
         unlearning.add_argument("--curvature-damping", type=positive_float, help="K-FAC / EK-FAC damping as a share "
                                 "of the layer's mean eigenvalue (default 0.1)")
+        unlearning.add_argument("--cap", action="store_true", help="stop each step where the query's loss reaches an "
+                                "untrained model's (MUCS)")
+        unlearning.add_argument("--retain", type=int, help="descend on this many seeded training rows per step while "
+                                "ascending on the query (MUCS; default 0)")
         unlearning.add_argument("--unlearn-steps", type=positive_int, help=f"ascent steps S (default "
                                 f"{UNLEARN_DEFAULTS.steps})")
         unlearning.add_argument("--draws", type=positive_int, help=f"(t, ε) draws M per step (default "

@@ -196,18 +196,20 @@ def measure_model(folder: str, queries, which: list[int], query_losses: QueryLos
 
 
 # --------------------------------------------------------------------------------------------------- the run
-def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_dir: str):
-    """The original model's image for each held-out prompt (seed query_seed + q), saved once and read back."""
+def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_dir: str, folder: str = "queries",
+                     first_seed: int | None = None):
+    """The original model's image for each held-out prompt (seed first_seed + q, default query_seed + q), saved once
+    in out_dir/folder and read back."""
     from PIL import Image
 
     from ..query import Query, query_from_prompt
 
-    folder = os.path.join(out_dir, "queries")
+    folder = os.path.join(out_dir, folder)
     os.makedirs(folder, exist_ok=True)
     queries = []
     for q, prompt in enumerate(prompts):
         path = os.path.join(folder, f"q{q}.png")
-        seed = setup.query_seed + q
+        seed = (setup.query_seed if first_seed is None else first_seed) + q
         generation = {"seed": seed, "steps": setup.query_steps, "guidance": setup.guidance}
         if os.path.isfile(path):
             queries.append(Query(np.array(Image.open(path).convert("RGB")), prompt, f"generated (seed {seed})", seed,
@@ -220,9 +222,10 @@ def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_
 
 
 def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: str, log=print,
-                  seconds: dict | None = None) -> dict[str, np.ndarray]:
+                  seconds: dict | None = None, validation=None) -> dict[str, np.ndarray]:
     """{method: scores (Q, N)} for every method of the setup; each method's report under attributions/<name>/.
-    seconds: filled with each method's wall time per query (validation included; ~0 when read from its cache)."""
+    seconds: filled with each method's wall time per query (validation included; ~0 when read from its cache).
+    validation: what chooses AbU's α (evaluate.validation.Validation; None: MRR on training captions)."""
     import time
 
     from ..methods import run_method
@@ -231,7 +234,8 @@ def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: 
     scores = {}
     for name in setup.methods:
         started = time.perf_counter()
-        method, attributor, _ = configured_method(name, setup, attributors, [q.prompt for q in queries], out_dir, log)
+        method, attributor, _ = configured_method(name, setup, attributors, [q.prompt for q in queries], out_dir, log,
+                                                  validation)
         attribution = run_method(method, attributor, queries)
         attribution.save(os.path.join(out_dir, "attributions", name), top_k=12)
         scores[name] = attribution.scores

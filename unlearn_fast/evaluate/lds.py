@@ -32,6 +32,7 @@ from ..models.text_encoder import split_words
 from .counterfactual import QueryLosses, attribute_all, generate_queries, record_setup, training_request
 from .metrics import mean_and_se
 from .retrain import is_done, job_key, model_folder, run_jobs
+from .validation import Validation
 
 KINDS = ("generated", "held-out")
 
@@ -40,7 +41,9 @@ KINDS = ("generated", "held-out")
 class LDSSetup:
     """What is measured and how. subsets: M. subset_fraction: α, the share of the N rows each subset keeps.
     ceiling_subsets: how many of the subsets are trained with a second seed. generated_queries / heldout_queries:
-    queries of each kind. steps … warmup_steps, seed: the training recipe of the full model and every subset model."""
+    queries of each kind. validation_queries: more queries of both kinds (half generated), split off after the
+    evaluation ones and never evaluated on. selection: what chooses AbU's α ("mrr": training captions,
+    evaluate.validation; "lds": the LDS of the validation queries). steps … warmup_steps, seed: the training recipe of the full model and every subset model."""
 
     data: str = "default"
     base_model: str = "default"
@@ -50,6 +53,8 @@ class LDSSetup:
     ceiling_subsets: int = 8
     generated_queries: int = 25
     heldout_queries: int = 25
+    validation_queries: int = 0
+    selection: str = "mrr"
     methods: tuple[str, ...] = ("abu", "dtrak", "trak", "pixel", "random")
     steps: int = 200
     batch_size: int = 64
@@ -76,6 +81,10 @@ class LDSSetup:
             raise SettingsError(f"ceiling_subsets must be 0 or in [3, subsets], got {self.ceiling_subsets}")
         if self.generated_queries + self.heldout_queries < 1:
             raise SettingsError("LDS needs at least one query")
+        if self.selection not in ("mrr", "lds"):
+            raise SettingsError(f"selection must be 'mrr' or 'lds', got {self.selection!r}")
+        if self.selection == "lds" and self.validation_queries < 2:
+            raise SettingsError("selection 'lds' needs at least 2 validation_queries")
 
 
 # --------------------------------------------------------------------------------------------------- the metric
@@ -123,24 +132,68 @@ def subset_masks(setup: LDSSetup, num_train: int) -> np.ndarray:
     return masks
 
 
-def split_data(setup: LDSSetup, out_dir: str) -> tuple[str, list[str], list[dict]]:
-    """The training folder (a seeded subset, exported once), the held-out prompts of the generated queries, and the
-    held-out real images (their index in the full data and their caption) of the other queries. Every query caption
-    uses only words of the training captions and equals none of them."""
+@dataclass
+class Split:
+    """The training folder and the query captions of an LDS run: held-out prompts the full model generates from,
+    held-out real images ({index in the full data, prompt}), and the same two kinds again for validation."""
+
+    folder: str
+    generated: list[str]
+    heldout: list[dict]
+    validation_generated: list[str]
+    validation_heldout: list[dict]
+
+
+def split_data(setup: LDSSetup, out_dir: str) -> Split:
+    """The seeded training subset (exported once) and the held-out queries of every kind. Every query caption uses
+    only words of the training captions and equals none of them (nor another query's). The validation queries are
+    the next eligible ones after the evaluation queries, so asking for them later changes nothing already there."""
     folder, record_path = os.path.join(out_dir, "data"), os.path.join(out_dir, "split.json")
+    record = {}
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as handle:
             record = json.load(handle)
-        return folder, record["generated_prompts"], record["heldout_images"]
-    full = open_dataset(setup.data)
-    order = np.random.default_rng(setup.split_seed).permutation(len(full))
-    wanted = setup.generated_queries + setup.heldout_queries
-    n = len(full) - wanted if setup.train_images is None else min(setup.train_images, len(full) - wanted)
-    train = np.sort(order[:n])
+    evaluation = setup.generated_queries + setup.heldout_queries
+    if len(record.get("validation_prompts", [])) + len(record.get("validation_images", [])) \
+            < setup.validation_queries or not record:
+        full = open_dataset(setup.data)
+        order = np.random.default_rng(setup.split_seed).permutation(len(full))
+        if record:
+            train = np.array(record["train_indices"])
+        else:
+            spare = len(full) - evaluation - setup.validation_queries
+            train = np.sort(order[:spare if setup.train_images is None else min(setup.train_images, spare)])
+        eligible = _eligible_queries(full, train, order, evaluation + setup.validation_queries)
+        generated_validation = (setup.validation_queries + 1) // 2
+        record.update(data=setup.data, train_indices=train.tolist(),
+                      generated_prompts=record.get("generated_prompts",
+                                                   [p for _, p in eligible[:setup.generated_queries]]),
+                      heldout_images=record.get("heldout_images", [{"index": i, "prompt": p}
+                                                                   for i, p in eligible[setup.generated_queries:
+                                                                                        evaluation]]),
+                      validation_prompts=[p for _, p in eligible[evaluation:evaluation + generated_validation]],
+                      validation_images=[{"index": i, "prompt": p}
+                                         for i, p in eligible[evaluation + generated_validation:]])
+        if not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
+            export_imagefolder(SubsetDataset(full, train), folder)
+        with open(record_path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        os.replace(record_path + ".tmp", record_path)
+    generated_validation = (setup.validation_queries + 1) // 2
+    return Split(folder, record["generated_prompts"], record["heldout_images"],
+                 record.get("validation_prompts", [])[:generated_validation],
+                 record.get("validation_images", [])[:setup.validation_queries - generated_validation])
+
+
+def _eligible_queries(full, train: np.ndarray, order: np.ndarray, wanted: int) -> list[tuple[int, str]]:
+    """The first `wanted` images of `order` outside `train` whose caption is new but made of training words."""
     captions = {c for i in train for c in full.captions(int(i))}
     vocabulary = {w for c in captions for w in split_words(c)}
+    outside = set(range(len(full))) - {int(i) for i in train}
     eligible, seen = [], set()
-    for i in order[n:]:
+    for i in order:
+        if int(i) not in outside:
+            continue
         prompt = full.captions(int(i))[0]
         words = split_words(prompt)
         if prompt not in captions and prompt not in seen and words and set(words) <= vocabulary:
@@ -151,13 +204,7 @@ def split_data(setup: LDSSetup, out_dir: str) -> tuple[str, list[str], list[dict
     if len(eligible) < wanted:
         raise SettingsError(f"only {len(eligible)} held-out images have captions in the training vocabulary; ask for "
                             "fewer queries or more held-out images")
-    generated = [prompt for _, prompt in eligible[:setup.generated_queries]]
-    heldout = [{"index": i, "prompt": prompt} for i, prompt in eligible[setup.generated_queries:]]
-    export_imagefolder(SubsetDataset(full, train), folder)
-    with open(record_path, "w", encoding="utf-8") as handle:
-        json.dump({"data": setup.data, "train_indices": train.tolist(), "generated_prompts": generated,
-                   "heldout_images": heldout}, handle)
-    return folder, generated, heldout
+    return eligible
 
 
 def heldout_queries(setup: LDSSetup, heldout: list[dict], resolution: int) -> list:
@@ -207,32 +254,53 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
 
     os.makedirs(out_dir, exist_ok=True)
     # Methods (and their options: each method's scores are cached under its own key) may be added to a folder.
-    record_setup(setup, out_dir, free=("methods", "method_options", "encoder"))
-    data_folder, prompts, heldout = split_data(setup, out_dir)
-    dataset = open_dataset(data_folder)
+    record_setup(setup, out_dir, free=("methods", "method_options", "encoder", "validation_queries", "selection",
+                                       "abu_alphas"))
+    split = split_data(setup, out_dir)
+    dataset = open_dataset(split.folder)
     runs = os.path.join(out_dir, "retrains")
-    full, subsets, ceiling = plan_runs(setup, data_folder, len(dataset))
+    full, subsets, ceiling = plan_runs(setup, split.folder, len(dataset))
     run_jobs(runs, [full], workers=1, threads=max(1, workers * threads), log=log)
     model = DiffusionModel.load(model_folder(runs, full), device=setup.device)
-    queries = generate_queries(setup, model, prompts, out_dir) + heldout_queries(setup, heldout, model.resolution)
-    kinds = np.array(["generated"] * len(prompts) + ["held-out"] * len(heldout))
-    seconds = {}
-    scores = attribute_all(setup, model, dataset, queries, out_dir, log, seconds)
-    run_jobs(runs, subsets + ceiling, workers=workers, threads=threads, log=log)
-    if not all(is_done(runs, r) for r in subsets + ceiling):
-        raise RuntimeError("some subset models are still being trained by another process: run again later")
-
-    query_losses = QueryLosses(setup, queries)
-    losses = np.stack([query_losses_under(model_folder(runs, r), queries, query_losses, setup.device)
-                       for r in subsets])
+    queries = (generate_queries(setup, model, split.generated, out_dir)
+               + heldout_queries(setup, split.heldout, model.resolution))
+    kinds = np.array(["generated"] * len(split.generated) + ["held-out"] * len(split.heldout))
+    validation_queries = (generate_queries(setup, model, split.validation_generated, out_dir, "validation-queries",
+                                           setup.query_seed + VALIDATION_SEED_OFFSET)
+                          + heldout_queries(setup, split.validation_heldout, model.resolution))
     masks = subset_masks(setup, len(dataset))
+
+    def train_subsets():
+        run_jobs(runs, subsets + ceiling, workers=workers, threads=threads, log=log)
+        if not all(is_done(runs, r) for r in subsets + ceiling):
+            raise RuntimeError("some subset models are still being trained by another process: run again later")
+
+    def subset_losses(some_queries) -> np.ndarray:
+        query_losses = QueryLosses(setup, some_queries)
+        return np.stack([query_losses_under(model_folder(runs, r), some_queries, query_losses, setup.device)
+                         for r in subsets])
+
+    validation = None
+    if setup.selection == "lds":  # the subsets must exist before α can be chosen on them
+        train_subsets()
+        validation = lds_validation(validation_queries, masks, subset_losses(validation_queries))
+    seconds = {}
+    scores = attribute_all(setup, model, dataset, queries, out_dir, log, seconds, validation)
+    train_subsets()
+    losses = subset_losses(queries)
     per_query = {name: linear_datamodeling_scores(method_scores, masks, losses)
                  for name, method_scores in scores.items()}
     ceiling_per_query = None
     if ceiling:
+        query_losses = QueryLosses(setup, queries)
         again = np.stack([query_losses_under(model_folder(runs, r), queries, query_losses, setup.device)
                           for r in ceiling])
         ceiling_per_query = np.array([spearman(-losses[:len(ceiling), q], -again[:, q]) for q in range(len(queries))])
+    validation_table = None
+    if validation_queries:
+        if validation is None:
+            validation = lds_validation(validation_queries, masks, subset_losses(validation_queries))
+        validation_table = validation_lds(setup, model, dataset, validation, out_dir, log)
     summary = summarize(per_query, ceiling_per_query, kinds)
     summary.update({
         "setup": json.loads(json.dumps(asdict(setup))), "num_train": len(dataset),
@@ -243,10 +311,52 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
         "per_query": {name: values.tolist() for name, values in per_query.items()},
         "seconds_per_query": seconds,  # this run's wall time per query and method (≈ 0: read from an earlier run)
         "ceiling_per_query": None if ceiling_per_query is None else ceiling_per_query.tolist(),
+        "validation": validation_table,
         "subset_losses": losses.tolist()})
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)
     return summary
+
+
+VALIDATION_SEED_OFFSET = 10_000  # generated validation queries use seeds apart from the evaluation queries
+
+
+@dataclass
+class LDSValidation(Validation):
+    """Validation by the LDS of validation queries: masks (M, N) of the subsets, losses (M, Q) of the queries under
+    the subset models."""
+
+    masks: np.ndarray | None = None
+    losses: np.ndarray | None = None
+
+    def per_query(self, scores: np.ndarray) -> np.ndarray:
+        return linear_datamodeling_scores(scores, self.masks, self.losses)
+
+
+def lds_validation(queries, masks: np.ndarray, losses: np.ndarray) -> LDSValidation:
+    """A method's mean LDS over validation queries; NaN LDS (constant scores) count as 0, so a setting cannot win by
+    predicting nothing."""
+    validation = LDSValidation("lds", list(queries), None, masks, losses)
+    validation.judge = lambda scores: float(np.nan_to_num(validation.per_query(scores), nan=0.0).mean())
+    return validation
+
+
+def validation_lds(setup: LDSSetup, model, dataset, validation: LDSValidation, out_dir: str, log=print) -> dict:
+    """{method: LDS mean ± SE over the validation queries} at the settings each method evaluates with: the table the
+    default recipe is chosen from."""
+    from ..methods import run_method
+    from .method_setup import Attributors, configured_method
+
+    attributors = Attributors(model, dataset, os.path.join(out_dir, "work"))
+    table = {}
+    for name in setup.methods:
+        method, attributor, options = configured_method(name, setup, attributors, [], out_dir, log, validation)
+        scores = run_method(method, attributor, validation.queries).scores
+        values = validation.per_query(scores)
+        mean, se = mean_and_se(values[np.isfinite(values)])
+        table[name] = {"mean": mean, "se": se, "n": int(np.isfinite(values).sum()), "options": options,
+                       "per_query": values.tolist()}
+    return {"criterion": validation.criterion, "queries": [q.prompt for q in validation.queries], "table": table}
 
 
 def summarize(per_query: dict[str, np.ndarray], ceiling: np.ndarray | None, kinds: np.ndarray) -> dict:
@@ -273,4 +383,12 @@ def markdown_table(summary: dict) -> str:
     for row in summary["table"]:
         cells = [f"{format_mean_se(row[g]['mean'], row[g]['se'], 3)} ({row[g]['n']})" for g in groups]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    validation = summary.get("validation")
+    if validation:
+        lines += ["", f"Validation queries ({len(validation['queries'])}, split off before the evaluation queries and "
+                      f"never evaluated on; AbU's α chosen by {validation['criterion']}): LDS at the settings above",
+                  "", "| method | LDS validation (n) | α |", "|---|---:|---:|"]
+        for name, row in validation["table"].items():
+            alpha = row["options"].get("alpha", "")
+            lines.append(f"| {name} | {format_mean_se(row['mean'], row['se'], 3)} ({row['n']}) | {alpha} |")
     return "\n".join(lines)

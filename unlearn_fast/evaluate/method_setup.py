@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .validation import RISE_ALPHAS, choose_alpha
+from .validation import RISE_ALPHAS, Validation, caption_validation, choose_alpha
 
 
 def prepared_settings(settings, overrides: dict):
@@ -46,10 +46,11 @@ class Attributors:
         return self._made[path]
 
 
-def configured_method(name: str, setup, attributors: Attributors, held_out, folder: str, log=print):
+def configured_method(name: str, setup, attributors: Attributors, held_out, folder: str, log=print,
+                      validation: Validation | None = None):
     """(method, attributor, options) for method `name` of `setup` (its method_options, abu_alphas,
-    validation_prompts, query_steps, encoder): an AbU variant without a given α gets the one validation chooses on
-    training captions (recorded in folder/validation.json for "abu", validation-<name>.json for other variants)."""
+    validation_prompts, query_steps, encoder): an AbU variant without a given α gets the one `validation` judges best
+    (None: MRR on training captions, never the `held_out` prompts), recorded in folder/validation[-lds][-<name>].json."""
     from ..methods import AbU, build_method
 
     options = dict(setup.method_options.get(name, {}))
@@ -58,8 +59,11 @@ def configured_method(name: str, setup, attributors: Attributors, held_out, fold
     attributor = attributors(method.prepare_overrides())
     if isinstance(method, AbU) and "alpha" not in options and len(setup.abu_alphas) > 1:
         grid = RISE_ALPHAS if method.unlearn.step == "rise" else setup.abu_alphas
-        record = os.path.join(folder, "validation.json" if name == "abu" else f"validation-{name}.json")
-        options["alpha"] = choose_alpha(attributor, grid, setup.validation_prompts, name, options, held_out, record,
-                                        setup.query_steps, log)
+        if validation is None:
+            validation = caption_validation(attributor.model, attributor.dataset, setup.validation_prompts,
+                                            setup.query_steps, held_out)
+        stem = "validation" + ("" if validation.criterion == "mrr" else f"-{validation.criterion}")
+        record = os.path.join(folder, f"{stem}.json" if name == "abu" else f"{stem}-{name}.json")
+        options["alpha"] = choose_alpha(attributor, grid, name, options, validation, record, log)
         method = build_method(name, encoder=encoder, **options)
     return method, attributor, options

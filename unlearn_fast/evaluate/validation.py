@@ -2,14 +2,17 @@
 
 Validation queries are made from captions of TRAINING images (drawn with their own seed): the model generates an
 image from the caption, and the training image(s) with that caption are the answer by construction. A setting is
-judged by the mean reciprocal rank of that answer. The evaluation queries (held-out prompts, planted or customised
-concepts) never enter this choice.
+judged by the mean reciprocal rank of that answer (MRR). The LDS run offers a stricter judge: LDS on validation
+queries of its own, split off before the evaluation queries (evaluate.lds). The evaluation queries (held-out prompts,
+planted or customised concepts) never enter any choice.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -46,49 +49,75 @@ def mean_reciprocal_rank(scores: np.ndarray, answers: list[list[int]]) -> float:
     return float(np.mean(reciprocal))
 
 
-def choose_setting(attributor, make_method, candidates: dict, validation, record_path: str | None = None):
-    """The candidate (by name) with the highest validation MRR; `make_method(value)` builds the method.
-    Returns (name, value, {name: MRR}); the record is written to record_path (and read back there next time)."""
+@dataclass
+class Validation:
+    """Queries kept apart from every evaluation query, and the rule that judges a method's scores (Q, N) on them
+    (higher is better). criterion names the rule in records: "mrr" (training captions, this module) or "lds"
+    (the LDS run's validation queries, evaluate.lds)."""
+
+    criterion: str
+    queries: list
+    judge: Callable[[np.ndarray], float]
+
+
+def caption_validation(model, dataset, count: int, steps: int = 50, exclude_prompts=()) -> Validation:
+    """MRR of the training image(s) whose caption each generated validation query was made from.
+
+    Cheap and needs no retraining, but it rewards following the caption: an image that shares the query's caption is
+    the answer whether or not the query looks like it."""
+    validation = validation_queries(model, dataset, count, steps=steps, exclude_prompts=exclude_prompts)
+    answers = [answer for _, answer in validation]
+    return Validation("mrr", [query for query, _ in validation], lambda scores: mean_reciprocal_rank(scores, answers))
+
+
+def choose_setting(attributor, make_method, candidates: dict, validation: Validation, record_path: str | None = None,
+                   identity: dict | None = None):
+    """The candidate (by name) whose scores `validation` judges best; `make_method(value)` builds the method.
+    Returns (name, value, {name: criterion value}). The record is written to record_path and read back there next
+    time when it holds the same candidates, criterion and `identity` (what else defines the method)."""
     from ..methods import run_method
 
     if record_path and os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as handle:
             record = json.load(handle)
-        if sorted(record["mrr"]) == sorted(candidates):
-            return record["chosen"], candidates[record["chosen"]], record["mrr"]
-    queries, answers = [q for q, _ in validation], [a for _, a in validation]
-    mrr = {name: mean_reciprocal_rank(run_method(make_method(value), attributor, queries).scores, answers)
-           for name, value in candidates.items()}
-    chosen = max(mrr, key=lambda name: (mrr[name], -list(candidates).index(name)))  # ties: the earlier candidate
+        values = record.get("values", record.get("mrr"))
+        if (sorted(values) == sorted(candidates) and record.get("criterion", "mrr") == validation.criterion
+                and record.get("identity") == identity
+                and record.get("prompts") == [q.prompt for q in validation.queries]):
+            return record["chosen"], candidates[record["chosen"]], values
+    values = {name: validation.judge(run_method(make_method(value), attributor, validation.queries).scores)
+              for name, value in candidates.items()}
+    chosen = max(values, key=lambda name: (values[name], -list(candidates).index(name)))  # ties: the earlier one
     if record_path:
         with open(record_path, "w", encoding="utf-8") as handle:
-            json.dump({"chosen": chosen, "mrr": mrr, "prompts": [q.prompt for q in queries],
+            json.dump({"criterion": validation.criterion, "chosen": chosen, "values": values, "identity": identity,
+                       "prompts": [q.prompt for q in validation.queries],
                        "candidates": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                                       for k, v in candidates.items()}}, handle, indent=1)
-    return chosen, candidates[chosen], mrr
+    return chosen, candidates[chosen], values
 
 
 RISE_ALPHAS = (0.03, 0.1, 0.3, 1.0)  # relative rises of the query's loss (the "rise" step rule)
 
 
-def choose_alpha(attributor, alphas, prompts: int, method: str, options: dict, held_out, record_path: str,
-                 steps: int = 50, log=print, extensions: int = 2) -> float:
-    """α of the AbU variant `method` by validation MRR on `prompts` training captions (never the held-out evaluation
-    prompts); `options`: its other settings. While the best α is at an end of the grid, the grid grows by a factor 3
-    past that end (at most `extensions` times), so the choice is not an artefact of where the grid stops. Recorded in
-    record_path and read back from there."""
+def choose_alpha(attributor, alphas, method: str, options: dict, validation: Validation, record_path: str | None,
+                 log=print, extensions: int = 2) -> float:
+    """α of the AbU variant `method` (with its other settings `options`) judged by `validation`, never by the
+    evaluation queries. While the best α is at an end of the grid, the grid grows by a factor 3 past that end (at
+    most `extensions` times), so the choice is not an artefact of where the grid stops. Recorded in record_path and
+    read back from there."""
     from ..methods import build_method
 
-    validation = validation_queries(attributor.model, attributor.dataset, prompts, steps=steps,
-                                    exclude_prompts=held_out)
     others = {k: v for k, v in options.items() if k != "alpha"}
+    identity = {k: v for k, v in build_method(method, **others).settings().items() if k != "alpha"}
     grid = sorted(alphas)
     for extension in range(extensions + 1):
         candidates = {f"alpha={a:g}": a for a in grid}
-        name, alpha, mrr = choose_setting(attributor, lambda a: build_method(method, alpha=a, **others), candidates,
-                                          validation, record_path)
+        name, alpha, values = choose_setting(attributor, lambda a: build_method(method, alpha=a, **others), candidates,
+                                             validation, record_path, identity)
         if len(grid) < 2 or grid[0] < alpha < grid[-1] or extension == extensions:
             break
         grid = [grid[0] / 3] + grid if alpha == grid[0] else grid + [grid[-1] * 3]
-    log(f"{method}: α chosen on {len(validation)} validation prompts: {name} (MRR {mrr})")
+    log(f"{method}: α chosen on {len(validation.queries)} validation queries by {validation.criterion}: {name} "
+        f"({values})")
     return alpha

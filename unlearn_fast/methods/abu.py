@@ -31,6 +31,8 @@ VARIANTS = {
     "abu-3steps": {"steps": 3, "draws": 200},
     "abu-attention": {"group": "attention"},
     "abu-shared-noise": {"noise": "shared"},
+    "abu-cap": {"cap": True},
+    "abu-retain": {"retain": 64},
     # Kronecker curvature changes the step's scale: with the rise rule, α keeps its meaning across preconditioners.
     "abu-kfac": {"curvature": "kfac", "step": "rise"},
     "abu-ekfac": {"curvature": "ekfac", "step": "rise"},
