@@ -54,3 +54,15 @@ def test_train_finetune_and_generate(folder, tmp_path, capsys):
     main(["generate", "red apple", "--model", str(base), "--seed", "4", "--steps", "3", "--out", str(out)])
     main(["generate", "red apple", "--model", str(base), "--seed", "4", "--steps", "3", "--out", str(tmp_path / "b.png")])
     assert out.read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_evaluate_set_puts_method_options_over_the_profiles():
+    from unlearn_fast.cli.evaluate import _method_options
+    from unlearn_fast.errors import SettingsError
+
+    base = {"dtrak": {"dim": 2048}}
+    merged = _method_options(base, ["abu.alpha=0.01", "dtrak.dim=512", "abu.group=attention", "abu.cap=true"])
+    assert merged == {"dtrak": {"dim": 512}, "abu": {"alpha": 0.01, "group": "attention", "cap": True}}
+    assert base == {"dtrak": {"dim": 2048}}  # the profile itself is left alone
+    with pytest.raises(SettingsError, match="METHOD.KEY=VALUE"):
+        _method_options(base, ["alpha=0.01"])

@@ -457,16 +457,20 @@ class Attributor:
             return self.store.load_tensors(name)[0]
         x0 = self.model.encode_images(query.image[None])
         cond = self.model.encode_text([query.prompt])
-        curvature = (self.fisher if settings.curvature == "diagonal" or not settings.precondition
-                     else self.curvature(settings.curvature, settings.curvature_damping))
-        unet = unlearn(self.model, curvature, x0, cond, settings, num_train=len(self.dataset), record=record,
-                       retained=self._retained_rows(settings) if settings.retain else None)
+        unet = unlearn(self.model, self.preconditioner(settings), x0, cond, settings, num_train=len(self.dataset),
+                       record=record, retained=self.retained_rows(settings) if settings.retain else None)
         changed = dict(unet.named_parameters())  # only the group differs from model.unet
         weights = {n: changed[n].detach() for n in self.model.parameter_group(settings.group)}
         self.store.save_tensors(name, weights)
         return weights
 
-    def _retained_rows(self, settings: UnlearnSettings):
+    def preconditioner(self, settings: UnlearnSettings):
+        """What unlearning with `settings` divides by: the diagonal Fisher, or the K-FAC / EK-FAC curvature."""
+        if settings.curvature == "diagonal" or not settings.precondition:
+            return self.fisher
+        return self.curvature(settings.curvature, settings.curvature_damping)
+
+    def retained_rows(self, settings: UnlearnSettings):
         """step -> (x0, cond) of the settings.retain caption rows MUCS's descent uses at that step (seeded by the
         unlearning seed and the step, so the same for every query)."""
         rows = self.caption_rows

@@ -22,7 +22,27 @@ def _setup(args, setup_class, profile: dict):
         if given is not None:
             values[field.name] = tuple(given) if isinstance(given, list) else given
     values["device"] = str(resolve_device(args.device))
+    if getattr(args, "set", None):
+        values["method_options"] = _method_options(values.get("method_options", {}), args.set)
     return setup_class(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(setup_class)}})
+
+
+def _method_options(base: dict, assignments: list[str]) -> dict:
+    """base method options with each METHOD.KEY=VALUE of `assignments` on top (VALUE read as JSON, else text)."""
+    from ..errors import SettingsError
+
+    options = {name: dict(values) for name, values in base.items()}
+    for assignment in assignments:
+        target, equals, text = assignment.partition("=")
+        method, dot, key = target.partition(".")
+        if not (equals and dot and method and key):
+            raise SettingsError(f"--set {assignment!r}: expected METHOD.KEY=VALUE, e.g. abu.alpha=0.01")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options.setdefault(method, {})[key] = value
+    return options
 
 
 def _header(kind: str, args, seconds: float) -> str:
@@ -138,6 +158,8 @@ def add_evaluate_parser(sub) -> None:
         parser.add_argument("--data", help="training data (default: the embedded set)")
         device_argument(parser)
         parser.add_argument("--json", action="store_true")
+        parser.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE",
+                            help="a method's option, over the profile's (e.g. abu.alpha=0.01: no α validation)")
         parser.set_defaults(run=run)
         return parser
 
@@ -168,6 +190,10 @@ def add_evaluate_parser(sub) -> None:
     groundtruth.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
     groundtruth.add_argument("--prompts", type=int, help="customisation prompts with the new token (≥ 10)")
     groundtruth.add_argument("--planted-copies", type=int, nargs="*", help="repetition counts R (none: skip)")
+    groundtruth.add_argument("--domain-images", type=int, help="held-out images planted in same-domain cases")
+    groundtruth.add_argument("--domain-copies", type=int, nargs="*", help="repetition counts of the same-domain cases")
+    groundtruth.add_argument("--no-customisation", dest="customisation", action="store_false", default=None,
+                             help="skip the two customisation scenarios")
     groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
                              help="customise on base images + exemplars (prior preservation), not exemplars only")
 
@@ -188,5 +214,6 @@ def add_evaluate_parser(sub) -> None:
     unlearning.add_argument("--model", help="model folder (default: the embedded one)")
     unlearning.add_argument("--queries", type=int)
     unlearning.add_argument("--unrelated", type=int, help="unrelated prompts per query (≥ 10 in the cpu profile)")
-    unlearning.add_argument("--alphas", type=float, nargs="+")
+    unlearning.add_argument("--alphas", type=float, nargs="*", help="α of the paper's step rule (none: only variants)")
+    unlearning.add_argument("--variants", nargs="+", help="AbU variants too, at α from --set NAME.alpha=…")
     unlearning.add_argument("--group", help="weights to unlearn (default kv)")

@@ -59,6 +59,7 @@ class GroundTruthSetup:
     planted_copies: tuple[int, ...] = (1, 3, 10)
     domain_images: int = 3  # held-out images of the data planted in the same-domain cases (0: none)
     domain_copies: tuple[int, ...] = (1, 3, 5)
+    customisation: bool = True  # the customisation scenarios (the exemplars, and the same-domain family)
     domain_customisation: bool = True  # also customise on a visual family of the data itself
     planted_caption: str = "zorblat quadrille"
     planted_queries: int = 3
@@ -286,8 +287,9 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     model = DiffusionModel.load(setup.base_model, device=setup.device)
     full = open_dataset(setup.data)
-    scenarios = [customisation_scenario(setup, model.resolution, model.text.tokenizer.index)]
-    if setup.domain_customisation:
+    scenarios = [customisation_scenario(setup, model.resolution, model.text.tokenizer.index)] \
+        if setup.customisation else []
+    if setup.customisation and setup.domain_customisation:
         scenarios.append(domain_customisation_scenario(setup, full, model.resolution, model.text.tokenizer.index))
     scenarios += [planted_scenario(setup, model.resolution, r) for r in setup.planted_copies]
     scenarios += domain_scenarios(setup, full, model.resolution)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import SettingsError
 from ..scoring import LossGrid, per_example_losses
+from .method_setup import Attributors
 from .metrics import mean_and_se, pixel_mse
 from .validation import validation_prompts
 
@@ -31,6 +32,8 @@ class UnlearningQualitySetup:
     queries: int = 5
     unrelated: int = 10
     alphas: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)
+    variants: tuple[str, ...] = ()  # AbU variants (methods.abu.VARIANTS) measured too, each at its α in method_options
+    method_options: dict = field(default_factory=dict)
     draws: int = 500
     group: str = "kv"
     fisher_examples: int | None = 1024
@@ -41,8 +44,9 @@ class UnlearningQualitySetup:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.queries < 1 or self.unrelated < 1 or not self.alphas:
-            raise SettingsError("unlearning quality needs at least one query, one unrelated prompt and one alpha")
+        if self.queries < 1 or self.unrelated < 1 or not (self.alphas or self.variants):
+            raise SettingsError("unlearning quality needs at least one query, one unrelated prompt and one alpha or "
+                                "variant")
 
 
 def _losses(model, images: np.ndarray, prompts: list[str], grid: LossGrid) -> np.ndarray:
@@ -52,18 +56,18 @@ def _losses(model, images: np.ndarray, prompts: list[str], grid: LossGrid) -> np
 
 
 def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=print) -> dict:
-    from ..attributor import Attributor, PrepareSettings
+    from ..attributor import PrepareSettings
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
-    from ..unlearn import UnlearnSettings, unlearn
+    from ..unlearn import unlearn
     from ..weight_swap import swapped_weights
 
     os.makedirs(out_dir, exist_ok=True)
     model = DiffusionModel.load(setup.model, device=setup.device)
     dataset = open_dataset(setup.data)
-    attributor = Attributor(model, dataset, os.path.join(out_dir, "work"),
-                            PrepareSettings(fisher_examples=setup.fisher_examples), progress=False)
-    fisher = attributor.fisher
+    attributors = Attributors(model, dataset, os.path.join(out_dir, "work"),
+                              PrepareSettings(fisher_examples=setup.fisher_examples))
+    steps = _steps(setup)
     chosen = validation_prompts(dataset, setup.queries + setup.unrelated * setup.queries, seed=QUALITY_SEED)
     prompts = [prompt for prompt, _ in chosen]
     grid = LossGrid(seed=setup.seed, timesteps=setup.loss_timesteps, flips=False, batch_size=256)
@@ -77,33 +81,50 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=prin
         loss_before = _losses(model, before, batch, grid)
         x0 = model.encode_images(before[:1])
         cond = model.encode_text([target])
-        for alpha in setup.alphas:
-            settings = UnlearnSettings(alpha=alpha, draws=setup.draws, group=setup.group, seed=setup.seed)
-            unet = unlearn(model, fisher, x0, cond, settings, num_train=len(dataset))
+        for label, settings, overrides in steps:
+            attributor = attributors(overrides)
+            unet = unlearn(model, attributor.preconditioner(settings), x0, cond, settings, num_train=len(dataset),
+                           retained=attributor.retained_rows(settings) if settings.retain else None)
             changed = dict(unet.named_parameters())
-            weights = {name: changed[name].detach() for name in model.parameter_group(setup.group)}
+            weights = {name: changed[name].detach() for name in model.parameter_group(settings.group)}
             with swapped_weights(model.unet, weights):
                 after = model.generate(batch, seed=seeds, steps=setup.sample_steps, guidance=setup.guidance)
                 loss_after = _losses(model, before, batch, grid)
             mse, delta = pixel_mse(after, before), loss_after - loss_before
-            rows.append({"query": q, "prompt": target, "alpha": alpha, "target_mse": float(mse[0]),
+            rows.append({"query": q, "prompt": target, "step": label, "alpha": settings.alpha, "target_mse": float(mse[0]),
                          "target_delta_loss": float(delta[0]), "unrelated_mse": mse[1:].tolist(),
                          "unrelated_delta_loss": delta[1:].tolist()})
-            log(f"unlearning quality: query {q + 1}/{setup.queries} α={alpha:g}: target MSE {mse[0]:.4f}, "
+            log(f"unlearning quality: query {q + 1}/{setup.queries} {label}: target MSE {mse[0]:.4f}, "
                 f"unrelated MSE {mse[1:].mean():.4f}")
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "num_train": len(dataset),
-               "table": summarize(rows, setup.alphas), "rows": rows}
+               "table": summarize(rows, [label for label, _, _ in steps]), "rows": rows}
     with open(os.path.join(out_dir, "unlearning_quality.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)
     return summary
 
 
-def summarize(rows: list[dict], alphas) -> list[dict]:
-    """Per α: mean ± SE over queries of the target's MSE and ΔL, and of each query's mean over its unrelated prompts."""
+def _steps(setup: UnlearningQualitySetup) -> list[tuple[str, object, dict]]:
+    """(label, UnlearnSettings, preparation overrides) of every step measured: the paper's rule at each α, then each
+    named variant (a Fisher over a larger group is its own preparation)."""
+    from ..methods.abu import AbU
+    from ..unlearn import UnlearnSettings
+
+    steps = [(f"α={alpha:g}", UnlearnSettings(alpha=alpha, draws=setup.draws, group=setup.group, seed=setup.seed),
+              {} if setup.group == "kv" else {"fisher_group": setup.group}) for alpha in setup.alphas]
+    for name in setup.variants:
+        options = {"draws": setup.draws, "seed": setup.seed, **setup.method_options.get(name, {})}
+        variant = AbU.variant(name, **options)
+        overrides = {k: v for k, v in variant.prepare_overrides().items() if k != "noise"}  # no scoring here
+        steps.append((f"{name} (α={variant.unlearn.alpha:g})", variant.unlearn, overrides))
+    return steps
+
+
+def summarize(rows: list[dict], labels) -> list[dict]:
+    """Per step (label): mean ± SE over queries of the target's MSE and ΔL, and of each query's mean over its unrelated prompts."""
     table = []
-    for alpha in alphas:
-        chosen = [r for r in rows if r["alpha"] == alpha]
-        entry = {"alpha": alpha, "queries": len(chosen)}
+    for label in labels:
+        chosen = [r for r in rows if r["step"] == label]
+        entry = {"step": label, "alpha": chosen[0]["alpha"] if chosen else None, "queries": len(chosen)}
         for key, values in [("target_mse", [r["target_mse"] for r in chosen]),
                             ("target_delta_loss", [r["target_delta_loss"] for r in chosen]),
                             ("unrelated_mse", [float(np.mean(r["unrelated_mse"])) for r in chosen]),
@@ -119,10 +140,10 @@ def summarize(rows: list[dict], alphas) -> list[dict]:
 def markdown_table(table: list[dict]) -> str:
     from .metrics import format_mean_se
 
-    lines = ["| α | target pixel MSE | target ΔL | unrelated pixel MSE | unrelated ΔL | target / unrelated MSE |",
+    lines = ["| step | target pixel MSE | target ΔL | unrelated pixel MSE | unrelated ΔL | target / unrelated MSE |",
              "|---:|---:|---:|---:|---:|---:|"]
     for e in table:
         cells = [format_mean_se(e[k]["mean"], e[k]["se"], 4) for k in
                  ("target_mse", "target_delta_loss", "unrelated_mse", "unrelated_delta_loss")]
-        lines.append(f"| {e['alpha']:g} | " + " | ".join(cells) + f" | {format_mean_se(e['mse_ratio']['mean'], e['mse_ratio']['se'], 1)} |")
+        lines.append(f"| {e['step']} | " + " | ".join(cells) + f" | {format_mean_se(e['mse_ratio']['mean'], e['mse_ratio']['se'], 1)} |")
     return "\n".join(lines)
