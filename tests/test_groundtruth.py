@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from unlearn_fast.data import load_pixels
 from unlearn_fast.evaluate.exemplars import concept_exemplars
@@ -75,3 +76,22 @@ def test_the_memorisation_rule_marks_a_query_that_looks_like_a_base_image_void()
     checks = memorised([Query(near_plant, "x"), Query(near_base, "x")], plant, base)
     assert [c["memorised"] for c in checks] == [True, False]
     assert checks[1]["nearest_base"] == 2 and checks[1]["mse_to_nearest_base"] < checks[1]["mse_to_plant"]
+
+
+def test_the_headline_averages_cases_not_queries_and_leaves_void_cases_out():
+    from unlearn_fast.evaluate.groundtruth import headline
+
+    def case(name, void, share, recall=1.0):
+        cell = lambda v: {"mean": v, "se": 0.0}  # noqa: E731
+        return {"scenario": name, "memorisation": [], "void": void,
+                "methods": {"abu": {"top_r_share": cell(share), "recall": cell(recall), "ap": cell(share)}}}
+
+    summary = {"scenarios": [case("domain0-1", False, 1.0), case("domain0-3", False, 0.5, 0.5),
+                             case("domain1-1", True, 0.0, 0.0),
+                             {"scenario": "customisation-domain", "methods": {
+                                 "abu": {"recall": {"mean": 0.25, "se": 0.1}, "ap": {"mean": 0.2, "se": 0.05}}}}]}
+    table = headline(summary)["abu"]
+    assert table["cases"] == 2 and table["top_r_share"][0] == pytest.approx(0.75)
+    assert table["top_r_share"][1] == pytest.approx(0.25)  # SE over the two cases: std(1, 0.5) / √2
+    assert table["recall"][0] == pytest.approx(0.75)
+    assert table["customisation-domain recall"] == (0.25, 0.1)

@@ -300,8 +300,41 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
     return summary
 
 
+def headline(summary: dict) -> dict:
+    """{method: {metric: (mean, SE)}} of the headline numbers: the same-domain planted cases (each case's mean over
+    its memorised queries, then mean ± SE over the cases that are not void; "top_r_share", "recall", "ap") and the
+    customisation scenarios (mean ± SE over their queries; "<scenario> recall", "<scenario> ap")."""
+    table: dict[str, dict] = {}
+    planted = [r for r in summary["scenarios"] if "memorisation" in r and not r["void"]]
+    for name in dict.fromkeys(n for r in planted for n in r["methods"]):
+        cases = [r["methods"][name] for r in planted if name in r["methods"]]
+        table.setdefault(name, {"cases": len(cases)})
+        for metric in ("top_r_share", "recall", "ap"):
+            table[name][metric] = mean_and_se([case[metric]["mean"] for case in cases])
+    for result in summary["scenarios"]:
+        if result["scenario"].startswith("customisation"):
+            for name, values in result["methods"].items():
+                for metric in ("recall", "ap"):
+                    table.setdefault(name, {})[f"{result['scenario']} {metric}"] = (values[metric]["mean"],
+                                                                                   values[metric]["se"])
+    return table
+
+
 def markdown_table(summary: dict, k: int) -> str:
-    lines = [f"| scenario | N | method | Recall@{k} | mAP | share of the top R |", "|---|---:|---|---|---|---|"]
+    lines = []
+    heads = headline(summary)
+    if heads:
+        columns = [c for c in ("top_r_share", "recall", "ap", "customisation-domain recall", "customisation-domain ap",
+                               "customisation recall", "customisation ap") if any(c in h for h in heads.values())]
+        names = {"top_r_share": "planted: share of the top R", "recall": f"planted: Recall@{k}", "ap": "planted: mAP"}
+        lines += ["Headline (same-domain planted: mean ± SE over the cases that are not void; customisation: over "
+                  "its queries)", "", "| method | " + " | ".join(names.get(c, c) for c in columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for name, values in heads.items():
+            lines.append(f"| {name} | " + " | ".join(format_mean_se(*values[c], 3) if c in values else "–"
+                                                     for c in columns) + " |")
+        lines.append("")
+    lines += [f"| scenario | N | method | Recall@{k} | mAP | share of the top R |", "|---|---:|---|---|---|---|"]
     for result in summary["scenarios"]:
         checks = result.get("memorisation")
         queries = (f"{len(result['prompts'])} queries" if checks is None else
