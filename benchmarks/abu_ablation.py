@@ -9,9 +9,10 @@ Columns (each from its own run; a variant a run did not include shows "–"):
     custom. R@10 / mAP         customisation on a family of the data (same runs)
     paired ΔL − random         the counterfactual at K = 4 % (results/counterfactual_cpu_powered*)
     target / unrelated MSE     unlearning quality on the LDS run's full model (results/unlearning_quality_cpu_variants)
-    s / query                  AbU's wall time per query in the LDS run (N = 400), validation excluded
+    s / query                  AbU's unlearn + rescore seconds per query in the LDS run (N = 400; results/lds_cpu_selection/seconds.json)
 
-Result files made while "abu" was the paper's recipe name it "abu": ALIASES maps it to "abu-paper" here.
+Runs made before the LDS validation (issue 12) ran the paper's recipe as "abu" with α chosen by MRR on training
+captions; the counterfactual's "abu-paper" reused that α. Those are the row "abu-paper (α by MRR)" (MRR_ROWS).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from unlearn_fast.evaluate.groundtruth import headline  # noqa: E402
 from unlearn_fast.evaluate.metrics import format_mean_se  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-ALIASES = {"abu": "abu-paper"}
+MRR = "abu-paper (α by MRR)"
+MRR_ROWS = {"lds_cpu": {"abu": MRR}, "groundtruth_cpu_domain": {"abu": MRR},
+            "counterfactual_cpu_powered": {"abu": MRR}, "counterfactual_cpu_powered_variants": {"abu-paper": MRR}}
 BASELINES = ("dtrak", "trak", "pixel", "random")
 
 
@@ -38,16 +41,23 @@ def _load(*parts):
         return json.load(handle)
 
 
-def _named(name: str) -> str:
-    return ALIASES.get(name, name)
-
-
 def collect() -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
 
-    def put(name, column, text):
-        rows.setdefault(_named(name), {})[column] = text
+    def put(name, column, text, folder=""):
+        rows.setdefault(MRR_ROWS.get(folder, {}).get(name, name), {})[column] = text
 
+    earlier = _load("lds_cpu", "results.json")
+    for row in (earlier or {}).get("table", []):
+        if row["method"] == "abu":
+            put("abu", "LDS", format_mean_se(row["all"]["mean"], row["all"]["se"], 3), "lds_cpu")
+            put("abu", "α", "0.01 (counterfactual 0.03)", "lds_cpu")
+    variants = _load("lds_cpu_variants", "results.json")  # variants not validated again by LDS (cost)
+    for row in (variants or {}).get("table", []):
+        if row["method"] in ("abu-calibrated", "abu-ekfac"):
+            name = f"{row['method']} (α by MRR)"
+            put(name, "LDS", format_mean_se(row["all"]["mean"], row["all"]["se"], 3))
+            put(name, "α", {"abu-calibrated": "0.01", "abu-ekfac": "1 (rise)"}[row["method"]])  # its validation.json
     lds = _load("lds_cpu_selection", "results.json")
     if lds:
         for row in lds["table"]:
@@ -58,28 +68,41 @@ def collect() -> dict[str, dict[str, str]]:
             put(name, "LDS validation", format_mean_se(row["mean"], row["se"], 3))
             if alpha is not None:
                 put(name, "α", f"{alpha:g}")
-        for name, seconds in lds.get("seconds_per_query", {}).items():
-            if name.startswith("abu") and seconds > 0.5:  # ≈ 0: read from an earlier run's cache
-                put(name, "s / query", f"{seconds:.1f}")
+    timings = _load("lds_cpu_selection", "seconds.json")  # from the run's log: its results were read from caches
+    for name, seconds in (timings or {}).get("seconds_per_query", {}).items():
+        put(name, "s / query", f"{seconds:.1f}")
     for folder in ("groundtruth_cpu_domain", "groundtruth_cpu_domain_variants"):  # the later run wins
         summary = _load(folder, "groundtruth.json")
         for name, values in (headline(summary) if summary else {}).items():
             for column, key in (("planted top-R", "top_r_share"), ("planted R@10", "recall")):
                 if key in values:
-                    put(name, column, format_mean_se(*values[key], 2))
+                    put(name, column, format_mean_se(*values[key], 2), folder)
             if "customisation-domain recall" in values:
                 put(name, "custom. R@10 / mAP", format_mean_se(*values["customisation-domain recall"], 2) + " / "
-                    + format_mean_se(*values["customisation-domain ap"], 2))
+                    + format_mean_se(*values["customisation-domain ap"], 2), folder)
     for folder in ("counterfactual_cpu_powered", "counterfactual_cpu_powered_variants"):
         summary = _load(folder, "results.json")
         for row in (summary or {}).get("paired", []):
             cell = row["delta_loss"]
-            put(row["method"], "paired ΔL − random", format_mean_se(cell["mean"], cell["se"], 4))
+            put(row["method"], "paired ΔL − random", format_mean_se(cell["mean"], cell["se"], 4), folder)
     quality = _load("unlearning_quality_cpu_variants", "unlearning_quality.json")
     for entry in (quality or {}).get("table", []):
-        name = entry["step"].split(" (")[0] if not entry["step"].startswith("α=") else "abu-paper"
-        put(name, "target / unrelated MSE", format_mean_se(entry["mse_ratio"]["mean"], entry["mse_ratio"]["se"], 1))
+        ratio = format_mean_se(entry["mse_ratio"]["mean"], entry["mse_ratio"]["se"], 1)
+        if not entry["step"].startswith("α="):
+            put(entry["step"].split(" (")[0], "target / unrelated MSE", ratio)
+            continue
+        # The paper's step at this α is also the step of every variant that changes only the score or the noise.
+        for name, row in rows.items():
+            if _paper_step(name) and row.get("α") == f"{entry['alpha']:g}" and "target / unrelated MSE" not in row:
+                row["target / unrelated MSE"] = ratio
     return rows
+
+
+def _paper_step(name: str) -> bool:
+    from unlearn_fast.methods.abu import VARIANTS
+
+    settings = VARIANTS.get(name)
+    return settings is not None and not set(settings) - {"score", "references", "spread", "noise"}
 
 
 COLUMNS = ("α", "LDS validation", "LDS", "planted top-R", "planted R@10", "custom. R@10 / mAP", "paired ΔL − random",
@@ -87,7 +110,7 @@ COLUMNS = ("α", "LDS validation", "LDS", "planted top-R", "planted R@10", "cust
 
 
 def markdown(rows: dict[str, dict[str, str]]) -> str:
-    order = sorted((n for n in rows if n.startswith("abu")), key=lambda n: (n != "abu", n != "abu-paper", n))
+    order = sorted((n for n in rows if n.startswith("abu")), key=lambda n: (n != "abu-shared-noise", n))
     order += [n for n in BASELINES if n in rows]
     lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name in order:

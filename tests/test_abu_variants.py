@@ -281,8 +281,8 @@ def test_the_command_line_builds_the_variants_settings():
         args = build_parser().parse_args(["attribute", "--work-dir", "w", "--prompt", "x", *options])
         return _unlearn_settings(args)
 
-    assert parsed() == UnlearnSettings()
-    assert parsed("--recipe", "paper") == UnlearnSettings()  # the paper's recipe is still the default
+    assert parsed() == UnlearnSettings(alpha=0.003)  # the default recipe: the paper's step at its validated α …
+    assert parsed("--recipe", "paper") == UnlearnSettings()  # … and the paper's recipe, as it ran before
     chosen = parsed("--step", "rise", "--score", "calibrated", "--references", "3", "--spread", "--curvature",
                     "ekfac", "--alpha", "0.3")
     assert (chosen.step, chosen.score, chosen.references, chosen.spread, chosen.curvature, chosen.alpha) == \
@@ -293,3 +293,7 @@ def test_the_command_line_builds_the_variants_settings():
     from unlearn_fast.cli import _prepare_settings
 
     assert _prepare_settings(args).scoring.noise == "shared"
+    # … with noise shared by default (the default recipe's), keyed per example for the paper's recipe
+    assert _prepare_settings(build_parser().parse_args(["prepare", "--work-dir", "w"])).scoring.noise == "shared"
+    paper = build_parser().parse_args(["attribute", "--work-dir", "w", "--prompt", "x", "--recipe", "paper"])
+    assert _prepare_settings(paper).scoring.noise == "example"

@@ -8,11 +8,12 @@ import shlex
 import sys
 import time
 
+from ..methods.abu import DEFAULT as DEFAULT_RECIPE
 from ..unlearn import UnlearnSettings
 from .arguments import (Parser, count_or_zero, device_argument, non_negative_float, positive_float, positive_int,
                         speed_arguments)
 
-UNLEARN_DEFAULTS = UnlearnSettings()
+UNLEARN_DEFAULTS = UnlearnSettings(**{k: v for k, v in DEFAULT_RECIPE.items() if k != "noise"})
 
 
 def _read_indices(spec: str | None) -> list[int]:
@@ -100,8 +101,11 @@ def _prepare_settings(args):
     def given(**options):
         return {k: v for k, v in options.items() if v is not None}
 
+    from ..methods.abu import recipe_noise
+
+    # The noise key follows the recipe (a folder made for another one is refused, with what --overwrite deletes).
     scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype,
-                    noise=args.noise)
+                    noise=args.noise or recipe_noise(getattr(args, "recipe", None) or "default"))
     fisher = given(samples_per_example=args.fisher_samples, damping=args.damping, seed=args.score_seed)
     other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples, preprocess=args.preprocess)
     if other.get("fisher_examples") == 0:  # 0 = every row
@@ -217,9 +221,11 @@ def cmd_demo(args) -> None:
     _threads(args)
     unlearning = _unlearn_settings(args)
     model = _load_model(args)
+    from ..methods.abu import recipe_noise
+
     settings = demo_settings()
     settings = dataclasses.replace(settings, scoring=dataclasses.replace(
-        settings.scoring, compile=args.compile, channels_last=args.channels_last))
+        settings.scoring, compile=args.compile, channels_last=args.channels_last, noise=recipe_noise(args.recipe)))
     work_dir = os.path.join(args.out, "work")
     attributor = Attributor(model, open_dataset("default"), work_dir, settings, progress=not args.quiet)
     query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
@@ -325,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         numbers.add_argument("--dtype", choices=("fp32", "bf16"), help="UNet precision when scoring (default fp32)")
         numbers.add_argument("--noise", choices=("example", "shared"), help="scoring noise keyed per example (the "
                              "paper) or shared by every example at a timestep, so identical images score alike "
-                             "(default example)")
+                             "(default: the recipe's, shared for the default, example for --recipe paper)")
         numbers.add_argument("--fisher-samples", type=positive_int, help="(t, ε) draws per image for the Fisher (default 1)")
         numbers.add_argument("--fisher-examples", type=count_or_zero, help="caption rows the Fisher averages over, a seeded "
                              "subset (default all; 0 = all)")

@@ -290,7 +290,8 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
     return summary
 
 
-def record_setup(setup, out_dir: str, free=("methods", "noise_seeds", "random_draws", "encoder")) -> None:
+def record_setup(setup, out_dir: str,
+                 free=("methods", "noise_seeds", "random_draws", "encoder", "method_options")) -> None:
     """The setup an output folder was made with; another setup in the same folder is refused (it would mix runs),
     except for the `free` fields, which add work without changing what is there."""
     path = os.path.join(out_dir, "setup.json")
