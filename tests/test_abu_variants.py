@@ -211,7 +211,7 @@ def test_retained_rows_are_descended_on_by_hand(model, query, default_dataset):
 @pytest.mark.parametrize("noise", ["example", "shared"])
 def test_identical_images_score_alike_only_with_shared_noise(model, twins, query, tmp_path, noise):
     attributor = Attributor(model, open_dataset(twins), tmp_path, settings(noise), progress=False)
-    method = build_method("abu-shared-noise" if noise == "shared" else "abu", **UNLEARN)
+    method = build_method("abu-shared-noise" if noise == "shared" else "abu-paper", **UNLEARN)
     scores = run_method(method, attributor, [query]).scores[0]
     assert np.abs(scores).max() > 0
     gap = abs(scores[0] - scores[23]) / np.abs(scores).max()
@@ -238,12 +238,12 @@ def test_dtrak_with_shared_noise_gives_identical_images_identical_features(model
 # ------------------------------------------------------------------------------------------------ calibration
 def test_calibrated_scores_reuse_the_reference_queries_and_the_querys_unlearning(model, twins, query, tmp_path):
     attributor = Attributor(model, open_dataset(twins), tmp_path, settings(), progress=False)
-    raw = run_method(build_method("abu", **UNLEARN), attributor, [query]).scores[0]
+    raw = run_method(build_method("abu-paper", **UNLEARN), attributor, [query]).scores[0]
     folders = lambda: sorted(p.name for p in (tmp_path / "queries").iterdir())  # noqa: E731
     assert len(folders()) == 1
     calibrated = run_method(build_method("abu-calibrated", references=3, **UNLEARN), attributor, [query]).scores[0]
     assert len(folders()) == 4  # the query's folder (reused) and one per reference query
-    refs = np.stack([run_method(build_method("abu", **UNLEARN), attributor, [q]).scores[0]
+    refs = np.stack([run_method(build_method("abu-paper", **UNLEARN), attributor, [q]).scores[0]
                      for q in attributor.reference_queries(3)])
     np.testing.assert_allclose(calibrated, raw - refs.mean(axis=0), rtol=1e-5, atol=1e-9)
     run_method(build_method("abu-calibrated", references=3, spread=True, **UNLEARN), attributor, [query])
