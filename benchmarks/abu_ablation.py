@@ -112,7 +112,9 @@ COLUMNS = ("α", "LDS validation", "LDS", "planted top-R", "planted R@10", "cust
 def markdown(rows: dict[str, dict[str, str]]) -> str:
     order = sorted((n for n in rows if n.startswith("abu")), key=lambda n: (n != "abu-shared-noise", n))
     order += [n for n in BASELINES if n in rows]
-    lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    lines = ["AbU variants and baselines on every judge (cpu profile; `python3 benchmarks/abu_ablation.py`; columns and "
+             "sources in its docstring; discussed in benchmarks/README.md). –: not run (each costs 15–45 min here).",
+             "", "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name in order:
         lines.append(f"| {name} | " + " | ".join(rows[name].get(c, "–") for c in COLUMNS) + " |")
     return "\n".join(lines)
