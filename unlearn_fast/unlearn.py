@@ -139,23 +139,27 @@ def retained_gradient(model, unet, params: dict, x0, cond, settings: UnlearnSett
 
 
 @torch.no_grad()
-def untrained_loss(model, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
-    """The loss an untrained model (predicting 0) has on query_loss's draws: the mean of target², float64."""
-    total = 0.0
-    for x0, _, t, noise, count in _query_draws(model, x0_query, cond_query, settings, step, settings.draws,
-                                               settings.draws + RISE_DRAWS):
-        total += float(model.target(x0, noise, t)[:count].double().pow(2).flatten(1).mean(1).sum())
-    return total / RISE_DRAWS
-
-
-@torch.no_grad()
-def query_loss(model, unet, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
-    """L(ẑ) on the RISE_DRAWS draws after the gradient's own (fresh noise, the same at every evaluation), float64."""
+def _mean_over_measure_draws(model, x0_query, cond_query, settings: UnlearnSettings, step: int, per_row) -> float:
+    """The mean of per_row(x0, cond, t, noise) (one float per row) over the RISE_DRAWS draws after the gradient's own
+    (fresh noise, the same at every evaluation), float64."""
     total = 0.0
     for x0, cond, t, noise, count in _query_draws(model, x0_query, cond_query, settings, step, settings.draws,
                                                   settings.draws + RISE_DRAWS):
-        total += float(model.loss(x0, cond, t, noise, unet=unet)[:count].double().sum())
+        total += float(per_row(x0, cond, t, noise)[:count].double().sum())
     return total / RISE_DRAWS
+
+
+def query_loss(model, unet, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
+    """L(ẑ) on the measuring draws (those the rise line search and the cap use)."""
+    return _mean_over_measure_draws(model, x0_query, cond_query, settings, step,
+                                    lambda x0, cond, t, noise: model.loss(x0, cond, t, noise, unet=unet))
+
+
+def untrained_loss(model, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
+    """The loss an untrained model (predicting 0) has on the same draws: the mean of target²."""
+    return _mean_over_measure_draws(model, x0_query, cond_query, settings, step,
+                                    lambda x0, cond, t, noise: model.target(x0, noise, t).double().pow(2)
+                                    .flatten(1).mean(1))
 
 
 def _set_step(params: dict, start: dict, update: dict, scale: float, step: int, alpha: float) -> None:

@@ -154,6 +154,7 @@ def split_data(setup: LDSSetup, out_dir: str) -> Split:
         with open(record_path, encoding="utf-8") as handle:
             record = json.load(handle)
     evaluation = setup.generated_queries + setup.heldout_queries
+    generated_validation = (setup.validation_queries + 1) // 2
     if len(record.get("validation_prompts", [])) + len(record.get("validation_images", [])) \
             < setup.validation_queries or not record:
         full = open_dataset(setup.data)
@@ -164,7 +165,6 @@ def split_data(setup: LDSSetup, out_dir: str) -> Split:
             spare = len(full) - evaluation - setup.validation_queries
             train = np.sort(order[:spare if setup.train_images is None else min(setup.train_images, spare)])
         eligible = _eligible_queries(full, train, order, evaluation + setup.validation_queries)
-        generated_validation = (setup.validation_queries + 1) // 2
         record.update(data=setup.data, train_indices=train.tolist(),
                       generated_prompts=record.get("generated_prompts",
                                                    [p for _, p in eligible[:setup.generated_queries]]),
@@ -179,7 +179,6 @@ def split_data(setup: LDSSetup, out_dir: str) -> Split:
         with open(record_path + ".tmp", "w", encoding="utf-8") as handle:
             json.dump(record, handle)
         os.replace(record_path + ".tmp", record_path)
-    generated_validation = (setup.validation_queries + 1) // 2
     return Split(folder, record["generated_prompts"], record["heldout_images"],
                  record.get("validation_prompts", [])[:generated_validation],
                  record.get("validation_images", [])[:setup.validation_queries - generated_validation])
