@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unlearn_fast import attributor as attributor_module
+from unlearn_fast import workspace as workspace_module
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.fisher import FisherSettings
@@ -67,7 +67,7 @@ def test_killed_pass_resumes_to_the_same_scores(model, data_folder, query, refer
                                                 kill_at, resumed_calls):
     """Each pass has 3 chunks (16 + 16 + 8 rows): call 3 is the base pass's last chunk, call 5 the second chunk of
     the pass after unlearning. A resumed run computes only the missing chunks and ends with the same scores."""
-    real, calls, armed = attributor_module.per_example_losses, [], [True]
+    real, calls, armed = workspace_module.losses_under_weights, [], [True]
 
     def dies(*args, **kwargs):
         calls.append(len(args[1]))
@@ -75,7 +75,7 @@ def test_killed_pass_resumes_to_the_same_scores(model, data_folder, query, refer
             raise KeyboardInterrupt("injected kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attributor_module, "per_example_losses", dies)
+    monkeypatch.setattr(workspace_module, "losses_under_weights", dies)
     with pytest.raises(KeyboardInterrupt):
         Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute([query], UNLEARN)
     calls.clear()
@@ -88,7 +88,7 @@ def test_killed_pass_resumes_to_the_same_scores(model, data_folder, query, refer
 
 def test_killed_fisher_resumes_to_the_same_scores(model, data_folder, query, reference, tmp_path, monkeypatch):
     """The Fisher is summed in chunks of 16 rows (3 for 40 images), each stored: a resumed run computes the rest."""
-    real, calls, armed = attributor_module.fisher_sums, [], [True]
+    real, calls, armed = workspace_module.fisher_sums, [], [True]
 
     def dies(*args, **kwargs):
         calls.append(len(args[2]))
@@ -96,7 +96,7 @@ def test_killed_fisher_resumes_to_the_same_scores(model, data_folder, query, ref
             raise KeyboardInterrupt("injected kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attributor_module, "fisher_sums", dies)
+    monkeypatch.setattr(workspace_module, "fisher_sums", dies)
     with pytest.raises(KeyboardInterrupt):
         Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute([query], UNLEARN)
     assert len(list((tmp_path / "fisher_parts").iterdir())) == 1

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_fast.attributor import Attributor
+from unlearn_fast.methods.abu import attribute_by_unlearning
+from unlearn_fast.workspace import Workspace
 from unlearn_fast.data import load_pixels
 from unlearn_fast.data.dataset import SubsetDataset
 from unlearn_fast.errors import SettingsError
@@ -21,24 +22,24 @@ N = 24
 def setting(default_dataset, tmp_path_factory):
     model = DiffusionModel.load("default")
     dataset = SubsetDataset(default_dataset, range(100, 100 + N))
-    attributor = Attributor(model, dataset, tmp_path_factory.mktemp("methods"), progress=False)
+    workspace = Workspace(model, dataset, tmp_path_factory.mktemp("methods"), progress=False)
     pixels = load_pixels(dataset, model.resolution)
     queries = [query_from_array(pixels[5], dataset.captions(5)[0], model.resolution),
                query_from_array(pixels[17], dataset.captions(17)[0], model.resolution)]
-    return attributor, pixels, queries
+    return workspace, pixels, queries
 
 
 def test_random_is_seeded_per_query(setting):
-    attributor, _, queries = setting
-    both = RandomRanking(seed=3).score(attributor, queries)
+    workspace, _, queries = setting
+    both = RandomRanking(seed=3).score(workspace, queries)
     assert both.shape == (2, N) and not np.allclose(both[0], both[1])
-    np.testing.assert_array_equal(RandomRanking(seed=3).score(attributor, queries[1:])[0], both[1])
-    assert not np.allclose(RandomRanking(seed=4).score(attributor, queries)[0], both[0])
+    np.testing.assert_array_equal(RandomRanking(seed=3).score(workspace, queries[1:])[0], both[1])
+    assert not np.allclose(RandomRanking(seed=4).score(workspace, queries)[0], both[0])
 
 
 def test_pixel_cosine_matches_reference_and_finds_the_copy(setting):
-    attributor, pixels, queries = setting
-    scores = PixelCosine(chunk=5).score(attributor, queries)  # chunks of 5: a partial last chunk too
+    workspace, pixels, queries = setting
+    scores = PixelCosine(chunk=5).score(workspace, queries)  # chunks of 5: a partial last chunk too
     flat = pixels.reshape(N, -1).astype(np.float64) / 127.5 - 1
     for q, query in enumerate(queries):
         x = query.image.reshape(-1).astype(np.float64) / 127.5 - 1
@@ -75,13 +76,13 @@ def _reference_features(method, model, x0, cond, ids):
 
 @pytest.mark.parametrize("output", ["sqnorm", "loss"])
 def test_gradient_kernel_features_match_a_per_example_loop(setting, output):
-    attributor, _, _ = setting
-    model = attributor.model
+    workspace, _, _ = setting
+    model = workspace.model
     for p in model.unet.parameters():
         p.requires_grad_(True)
     method = GradientKernel(output=output, timesteps=3, dim=64, group="attention", block=2)
-    x0 = torch.from_numpy(np.array(attributor.latents[:3]))
-    cond = torch.from_numpy(np.array(attributor.conditioning[:3]))
+    x0 = torch.from_numpy(np.array(workspace.latents[:3]))
+    cond = torch.from_numpy(np.array(workspace.conditioning[:3]))
     ids = torch.tensor([0, 1, 2])
     fast = method.features(model, x0, cond, ids)
     reference = _reference_features(method, model, x0, cond, ids)
@@ -91,11 +92,11 @@ def test_gradient_kernel_features_match_a_per_example_loop(setting, output):
 
 
 def test_gradient_kernel_scores_are_the_kernel_regression_formula(setting):
-    attributor, _, queries = setting
+    workspace, _, queries = setting
     method = GradientKernel(timesteps=2, dim=32, group="kv", damping=0.05, block=7)
-    scores = method.score(attributor, queries)
-    phi = np.asarray(method.training_features(attributor), np.float64)
-    model = attributor.model
+    scores = method.score(workspace, queries)
+    phi = np.asarray(method.training_features(workspace), np.float64)
+    model = workspace.model
     x0 = model.encode_images(np.stack([q.image for q in queries]))
     cond = model.encode_text([q.prompt for q in queries])
     ids = torch.tensor([int(q.key[:8], 16) for q in queries])
@@ -106,27 +107,27 @@ def test_gradient_kernel_scores_are_the_kernel_regression_formula(setting):
     # the block size changes memory, never a score; and a second call reads the cached features back
     assert GradientKernel(timesteps=2, dim=32, group="kv", damping=0.05, block=3).key == method.key
     np.testing.assert_allclose(GradientKernel(timesteps=2, dim=32, group="kv", damping=0.05, block=3)
-                               .score(attributor, queries), scores, rtol=1e-6)
+                               .score(workspace, queries), scores, rtol=1e-6)
 
 
 def test_run_method_caches_and_reports_like_abu(setting, tmp_path):
-    attributor, _, queries = setting
-    first = run_method(PixelCosine(), attributor, queries)
+    workspace, _, queries = setting
+    first = run_method(PixelCosine(), workspace, queries)
     assert first.scores.shape == (2, N) and first.records[0]["method"] == "pixel"
     paths = first.save(str(tmp_path / "report"))
     assert np.load(paths["scores"]).shape == (2, N)
-    cached = run_method(PixelCosine(), attributor, queries[::-1])  # per query: order and subsets do not matter
+    cached = run_method(PixelCosine(), workspace, queries[::-1])  # per query: order and subsets do not matter
     np.testing.assert_array_equal(cached.scores, first.scores[::-1])
 
 
-def test_abu_through_run_method_is_the_attributors_own_result_stored_once(setting):
-    attributor, _, queries = setting
+def test_abu_through_run_method_is_attribution_by_unlearning_stored_once(setting):
+    workspace, _, queries = setting
     abu = AbU(unlearn=UnlearnSettings(alpha=1e-4, draws=16))
-    via_method = run_method(abu, attributor, queries[:1])
-    direct = attributor.attribute(queries[:1], abu.unlearn)
+    via_method = run_method(abu, workspace, queries[:1])
+    direct = attribute_by_unlearning(workspace, queries[:1], abu.unlearn)
     np.testing.assert_array_equal(via_method.scores, direct.scores)
     assert via_method.records[0]["folder"].startswith("queries/")  # the query folder with the unlearned weights
-    assert not (attributor.store.path / "methods" / abu.key).exists()  # no second copy of the scores
+    assert not (workspace.store.path / "methods" / abu.key).exists()  # no second copy of the scores
 
 
 def test_build_method_names_the_problem():

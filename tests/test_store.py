@@ -224,13 +224,15 @@ def _bound(path):
 def test_chunk_not_marked_done_when_data_write_fails(wd, monkeypatch):
     arr = wd.chunked("losses", (6,), 3)
 
-    def broken_flush():
+    def broken_fsync(fd):
         raise OSError("I/O error")
 
-    monkeypatch.setattr(arr, "_flush_data", broken_flush)
-    with pytest.raises(OSError, match="I/O error"):
-        arr.write_chunk(0, 3, np.ones(3))
+    with monkeypatch.context() as patched:  # the part file's write fails before it is renamed into place
+        patched.setattr("unlearn_fast.store.atomic.os.fsync", broken_fsync)
+        with pytest.raises(OSError, match="I/O error"):
+            arr.write_chunk(0, 3, np.ones(3))
     assert arr.pending_chunks() == [(0, 3), (3, 6)]
+    assert not list((arr.folder / "parts").iterdir())  # no half-written part is left behind
     assert wd.chunked("losses", (6,), 3).pending_chunks() == [(0, 3), (3, 6)]  # also on disk
 
     with pytest.raises(ValueError, match="shape"):
@@ -269,3 +271,26 @@ def test_chunked_accepts_torch_values_and_empty_arrays(wd):
     empty = wd.chunked("empty", (0, 3), 2)
     assert empty.is_complete and empty.read().shape == (0, 3)
     assert isinstance(empty, ChunkedArray)
+
+
+def test_two_writers_fill_one_array_and_a_crashed_consolidation_is_redone(wd):
+    """Two handles on one array (as two ranks hold) write disjoint chunks as parts; consolidating gives the array one
+    writer would have made, and consolidating again after a crash between its steps changes nothing."""
+    values = np.arange(30, dtype=np.float32).reshape(10, 3)
+    first, second = wd.chunked("losses", (10, 3), 3), wd.chunked("losses", (10, 3), 3)
+    for handle, chunks in ((first, [0, 2]), (second, [1, 3])):
+        for k in chunks:
+            start, stop = handle.chunk_bounds(k)
+            handle.write_chunk(start, stop, values[start:stop])
+    assert first.pending_chunks() == [] and second.is_complete
+    assert first.folder.joinpath("done.npy").exists() and not np.load(first.folder / "done.npy").any()
+    before_parts = sorted(p.name for p in (first.folder / "parts").iterdir())
+    first.consolidate()
+    np.testing.assert_array_equal(first.read(), values)
+    assert not list((first.folder / "parts").iterdir())
+    # a consolidation killed after marking the chunks done but before deleting the parts: the parts are copied again
+    for name in before_parts:
+        k = int(name[:-4])
+        start, stop = first.chunk_bounds(k)
+        np.save(first.folder / "parts" / name, values[start:stop])
+    np.testing.assert_array_equal(wd.chunked("losses", (10, 3), 3).read(), values)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 SCORE_RULES = ("raw", "normalised", "calibrated")
+_BLOCK_ROWS = 65536  # rows reduced at a time (memory only: the sums are the same, in the same order per example)
 
 
 def _per_row_change(before: np.ndarray, after: np.ndarray, rule: str) -> np.ndarray:
@@ -31,18 +32,21 @@ def loss_change_scores(before: np.ndarray, after: np.ndarray, row_example: np.nd
 
         score(z) = max over flips f of  mean over z's captions c of  rule(mean over t of L_after, L_before)
 
-    float64 arithmetic, float32 result (num_examples,). An example without rows scores NaN. `calibrated` is the raw
-    score here: calibrate() subtracts the reference queries' response afterwards.
+    float64 arithmetic, float32 result (num_examples,); before and after may be memmaps (read a block at a time). An
+    example without rows scores NaN. `calibrated` is the raw score here: calibrate() subtracts the reference queries'
+    response afterwards.
     """
     if rule not in SCORE_RULES:
         raise ValueError(f"score rule must be one of {SCORE_RULES}, got {rule!r}")
-    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
     if before.shape != after.shape or before.ndim != 3 or len(row_example) != len(before):
         raise ValueError(f"loss_change_scores needs before/after of one shape (R, T, F) and R row indices, got "
                          f"{before.shape}, {after.shape}, {len(row_example)} rows")
-    change = _per_row_change(before, after, rule)
-    total = np.zeros((num_examples, change.shape[1]))
-    np.add.at(total, row_example, change)
+    row_example = np.asarray(row_example)
+    total = np.zeros((num_examples, before.shape[2]))
+    for start in range(0, len(before), _BLOCK_ROWS):  # a block of rows at a time: memmapped losses stay on disk
+        rows = slice(start, start + _BLOCK_ROWS)
+        change = _per_row_change(np.asarray(before[rows], np.float64), np.asarray(after[rows], np.float64), rule)
+        np.add.at(total, row_example[rows], change)
     count = np.bincount(row_example, minlength=num_examples)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return (total / count).max(axis=1).astype(np.float32)

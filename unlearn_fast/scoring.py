@@ -92,16 +92,7 @@ class LossGrid:
         return steps
 
 
-def _fused_losses(model, unet, forward, x0, cond, ids, t, flips, settings):
-    a_t, s_t = model.noise_coefficients(t)
-    x_t = ops.noisy_input(x0, a_t, s_t, settings.seed, ids, t, flips)
-    with precision(settings.dtype, x0.device):
-        pred = forward(x_t, t, cond)
-    return ops.denoising_loss(pred, x0, a_t, s_t, settings.seed, ids, t, flips,
-                              prediction_type=model.prediction_type)
-
-
-def _reference_losses(model, unet, forward, x0, cond, ids, t, flips, settings):
+def _reference_losses(model, unet, x0, cond, ids, t, flips, settings):
     # The same noise bits on every ops backend, so the fastest one is used: this path differs only in storing it.
     # The oracle calls the UNet as it is (eager, its own memory format): the plan's speed-ups are not applied.
     noise = ops.gaussian_noise(settings.seed, ids, t, flips, x0.shape[1:], device=x0.device)
@@ -129,6 +120,18 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
     Column f = 1 scores x0 mirrored along its width. Losses are averaged over (C, h, w) only: the caller averages over
     timesteps, flips or captions as the method asks.
     """
+    return losses_under_weights(model, x0, cond, example_ids, settings, [{}], unet=unet, progress=progress)[0]
+
+
+@torch.no_grad()
+def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, example_ids,
+                         settings: LossGrid, weight_sets: list[dict[str, torch.Tensor]], *,
+                         unet: torch.nn.Module | None = None, progress: bool = False) -> torch.Tensor:
+    """per_example_losses under each of Q sets of weights (each swapped into the UNet in turn: weight_swap), in one
+    sweep: every batch of rows is moved and noised once, then run through each set. float32 (Q, N, T, F), each
+    [q] with the same bits as per_example_losses under weight_sets[q] ({} = the UNet's own weights)."""
+    from .weight_swap import swapped_weights
+
     unet = unet if unet is not None else model.unet
     device = module_device(unet)  # x0 and cond may stay on the CPU: one batch at a time goes to the UNet's device
     ids = torch.as_tensor(example_ids, dtype=torch.int64)
@@ -145,17 +148,28 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
     step = torch.arange(steps).repeat_interleave(views).repeat(n)
     flip = torch.arange(views).repeat(n * steps)
     fused = settings.backend == "auto"
-    losses_of = _fused_losses if fused else _reference_losses
     forward = unet_forward(unet, settings.forward_plan, device) if fused else None
     minimum = settings.batch_size if fused and settings.compile != "none" else 0  # a compiled UNet sees one shape
-    losses = torch.empty(len(example), dtype=torch.float32, device=device)
+    losses = torch.empty(len(weight_sets), len(example), dtype=torch.float32, device=device)
     for start in tqdm(range(0, len(example), settings.batch_size), desc="losses", unit="batch",
                       disable=not progress):
         rows = torch.arange(start, min(start + settings.batch_size, len(example)))
         count, rows = len(rows), pad_rows(rows, minimum)  # padding's losses are dropped
         e = example[rows]
-        batch = [to_device(v, device) for v in (x0[e.to(x0.device)], cond[e.to(cond.device)], ids[e],
-                                                timesteps[step[rows]], flip[rows])]
+        x, c, i, t, f = [to_device(v, device) for v in (x0[e.to(x0.device)], cond[e.to(cond.device)], ids[e],
+                                                        timesteps[step[rows]], flip[rows])]
         # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
-        losses[start:start + count] = losses_of(model, unet, forward, *batch, settings)[:count]
-    return losses.view(n, steps, views).to(x0.device)
+        if fused:
+            a_t, s_t = model.noise_coefficients(t)
+            x_t = ops.noisy_input(x, a_t, s_t, settings.seed, i, t, f)  # once for every set of weights
+        for q, weights in enumerate(weight_sets):
+            with swapped_weights(unet, weights):
+                if fused:
+                    with precision(settings.dtype, device):
+                        pred = forward(x_t, t, c)
+                    batch_losses = ops.denoising_loss(pred, x, a_t, s_t, settings.seed, i, t, f,
+                                                      prediction_type=model.prediction_type)
+                else:
+                    batch_losses = _reference_losses(model, unet, x, c, i, t, f, settings)
+            losses[q, start:start + count] = batch_losses[:count]
+    return losses.view(len(weight_sets), n, steps, views).to(x0.device)

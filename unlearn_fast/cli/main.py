@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 
-from ..methods.abu import DEFAULT as DEFAULT_RECIPE
+from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE
 from ..unlearn import UnlearnSettings
 from .arguments import (Parser, count_or_zero, device_argument, non_negative_float, positive_float, positive_int,
                         speed_arguments)
@@ -96,18 +96,19 @@ def _prepare_settings(args):
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
     import dataclasses
 
-    from ..attributor import PrepareSettings
+    from ..workspace import PrepareSettings
 
     def given(**options):
         return {k: v for k, v in options.items() if v is not None}
 
-    from ..methods.abu import recipe_noise
+    from ..methods.abu_recipes import recipe_noise
 
     # The noise key follows the recipe (a folder made for another one is refused, with what --overwrite deletes).
     scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype,
                     noise=args.noise or recipe_noise(getattr(args, "recipe", None) or "default"))
     fisher = given(samples_per_example=args.fisher_samples, damping=args.damping, seed=args.score_seed)
-    other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples, preprocess=args.preprocess)
+    other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples, preprocess=args.preprocess,
+                  chunk_rows=getattr(args, "chunk_rows", None))
     if other.get("fisher_examples") == 0:  # 0 = every row
         other["fisher_examples"] = None
     base = PrepareSettings.recorded_in(args.work_dir) or PrepareSettings()
@@ -135,10 +136,16 @@ def _attributor(args):
                       progress=not args.quiet)
 
 
+def _job(workspace) -> dict:
+    """What the summary says about the processes: the world size and the chunks each rank computed per pass."""
+    return {"world_size": workspace.ranks.world_size, "chunks_by_rank": workspace.chunks_by_rank}
+
+
 def cmd_prepare(args) -> None:
     attributor = _attributor(args).prepare()
-    print(json.dumps({"work_dir": os.path.abspath(args.work_dir), "num_train": len(attributor.dataset),
-                      "timings_s": attributor.timings}))
+    if attributor.ranks.is_main:  # one summary per job
+        print(json.dumps({"work_dir": os.path.abspath(args.work_dir), "num_train": len(attributor.dataset),
+                          "timings_s": attributor.timings, **_job(attributor.workspace)}))
 
 
 def _queries(args, model) -> list:
@@ -156,7 +163,7 @@ def _queries(args, model) -> list:
 
 
 def _unlearn_settings(args):
-    from ..methods.abu import RECIPES
+    from ..methods.abu_recipes import RECIPES
     from ..unlearn import UnlearnSettings
 
     given = {"steps": args.unlearn_steps, "alpha": args.alpha, "draws": args.draws, "group": args.group,
@@ -168,9 +175,10 @@ def _unlearn_settings(args):
                            seed=args.unlearn_seed, precondition=not args.sgd, batch_size=args.unlearn_batch_size)
 
 
-def _finish(attribution, paths: dict, top_k: int, as_json: bool, started: float, verb: str) -> None:
+def _finish(attribution, paths: dict, top_k: int, as_json: bool, started: float, verb: str, job: dict | None = None
+            ) -> None:
     summary = attribution.summary(top_k=min(top_k, 5))
-    summary.update(files=paths, seconds=round(time.perf_counter() - started, 1))
+    summary.update(files=paths, seconds=round(time.perf_counter() - started, 1), **(job or {}))
     if as_json:
         print(json.dumps(summary))
         return
@@ -189,10 +197,12 @@ def cmd_attribute(args) -> None:
     settings = _unlearn_settings(args)
     attributor = _attributor(args)
     attributor.check_unlearning(settings)
-    queries = _queries(args, attributor.model)
+    ranks = attributor.ranks  # rank 0 reads or generates the queries, so every rank attributes the same images
+    queries = ranks.broadcast(_queries(args, attributor.model) if ranks.is_main else None)
     attribution = attributor.attribute(queries, settings)
     paths = attributor.write_outputs(attribution, args.out, top_k=args.top_k)
-    _finish(attribution, paths, args.top_k, args.json, started, "attribute")
+    if ranks.is_main:
+        _finish(attribution, paths, args.top_k, args.json, started, "attribute", _job(attributor.workspace))
 
 
 def cmd_report(args) -> None:
@@ -221,7 +231,7 @@ def cmd_demo(args) -> None:
     _threads(args)
     unlearning = _unlearn_settings(args)
     model = _load_model(args)
-    from ..methods.abu import recipe_noise
+    from ..methods.abu_recipes import recipe_noise
 
     settings = demo_settings()
     settings = dataclasses.replace(settings, scoring=dataclasses.replace(
@@ -238,7 +248,7 @@ def demo_settings():
     """The demo's prepare settings: 3 timesteps, no flips, a 1,024-row Fisher (the full defaults: 10 timesteps, both
     flips, every row) so that the whole run fits in a minute on 2 CPU cores: on the validation prompts these settings
     still put the prompt's own training image in the top 10 every time (benchmarks/results/tuning.md)."""
-    from ..attributor import PrepareSettings
+    from ..workspace import PrepareSettings
     from ..scoring import LossGrid
 
     return PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
@@ -341,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "at the model's resolution: resize the shorter side and centre-crop as diffusers' training "
                              "scripts do, or refuse them (default resize-crop; either way, stated in the log)")
         p.add_argument("--batch-size", type=positive_int, default=512, help="UNet rows per call (speed only)")
+        p.add_argument("--chunk-rows", type=positive_int, help="caption rows per resumable chunk, the unit a pass "
+                       "splits over torchrun's ranks (default 1024; an array keeps the chunking it was made with)")
         p.add_argument("--threads", type=count_or_zero, default=0, help="torch CPU threads (0: torch's default)")
         device_argument(p)
         speed_arguments(p)

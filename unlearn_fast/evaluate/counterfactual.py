@@ -30,7 +30,7 @@ from ..scoring import LossGrid, per_example_losses
 from ..training_run import TrainRequest
 from .metrics import mean_and_se, pixel_mse, ranking
 from .retrain import is_done, job_key, model_folder, run_jobs
-from .method_setup import Attributors, configured_method
+from .method_setup import Workspaces, configured_method
 
 
 @dataclass
@@ -230,13 +230,13 @@ def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: 
 
     from ..methods import run_method
 
-    attributors = Attributors(model, dataset, os.path.join(out_dir, "work"))
+    workspaces = Workspaces(model, dataset, os.path.join(out_dir, "work"))
     scores = {}
     for name in setup.methods:
         started = time.perf_counter()
-        method, attributor, _ = configured_method(name, setup, attributors, [q.prompt for q in queries], out_dir, log,
+        method, workspace, _ = configured_method(name, setup, workspaces, [q.prompt for q in queries], out_dir, log,
                                                   validation)
-        attribution = run_method(method, attributor, queries)
+        attribution = run_method(method, workspace, queries)
         attribution.save(os.path.join(out_dir, "attributions", name), top_k=12)
         scores[name] = attribution.scores
         if seconds is not None:

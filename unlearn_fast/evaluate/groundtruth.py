@@ -31,7 +31,7 @@ from ..errors import SettingsError
 from .exemplars import concept_exemplars
 from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, rank_positions, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
-from .method_setup import Attributors, configured_method
+from .method_setup import Workspaces, configured_method
 
 PROMPT_TEMPLATES = ("{t}", "{t} face", "red {t}", "blue {t}", "green {t}", "yellow {t}", "{t} button", "{t} sign",
                     "{t} symbol", "black {t}", "white {t}", "purple {t}", "orange {t}", "{t} with star", "{t} heart",
@@ -198,7 +198,7 @@ def _ranks(row: np.ndarray, relevant: list[int]) -> list[int]:
 
 def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_dir: str, log=print) -> dict:
     """base_model: the loaded setup.base_model (its vocabulary says which words the fine-tune adds)."""
-    from ..attributor import PrepareSettings
+    from ..workspace import PrepareSettings
     from ..data import open_dataset
     from ..data.dataset import SubsetDataset
     from ..data.export import export_imagefolder
@@ -236,7 +236,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
     queries = [query_from_prompt(model, p, seed=s, steps=setup.query_steps)
                for p, s in zip(scenario.prompts, scenario.seeds)]
     settings = PrepareSettings(scoring=LossGrid(timesteps=setup.scoring_timesteps, flips=True, batch_size=256))
-    attributors = Attributors(model, dataset, os.path.join(folder, "work"), settings)
+    workspaces = Workspaces(model, dataset, os.path.join(folder, "work"), settings)
     result = {"scenario": scenario.name, "num_train": len(dataset), "relevant": relevant,
               "prompts": scenario.prompts, "seeds": scenario.seeds, "methods": {}}
     counted = list(range(len(queries)))
@@ -259,8 +259,8 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
         log(f"{scenario.name}: {len(counted)} of {len(queries)} queries memorised"
             + (" (void case)" if not counted else ""))
     for name in setup.methods:
-        method, attributor, options = configured_method(name, setup, attributors, scenario.prompts, folder, log)
-        attribution = run_method(method, attributor, queries + [query for _, query in controls])
+        method, workspace, options = configured_method(name, setup, workspaces, scenario.prompts, folder, log)
+        attribution = run_method(method, workspace, queries + [query for _, query in controls])
         attribution.save(os.path.join(folder, "attributions", name), top_k=12)
         per_query = [{"recall": recall_at_k(row, relevant, setup.recall_k), "ap": average_precision(row, relevant),
                       "top_r_share": top_r_share(row, relevant), "ranks": _ranks(row, relevant),

@@ -344,13 +344,13 @@ def validation_lds(setup: LDSSetup, model, dataset, validation: LDSValidation, o
     """{method: LDS mean ± SE over the validation queries} at the settings each method evaluates with: the table the
     default recipe is chosen from."""
     from ..methods import run_method
-    from .method_setup import Attributors, configured_method
+    from .method_setup import Workspaces, configured_method
 
-    attributors = Attributors(model, dataset, os.path.join(out_dir, "work"))
+    workspaces = Workspaces(model, dataset, os.path.join(out_dir, "work"))
     table = {}
     for name in setup.methods:
-        method, attributor, options = configured_method(name, setup, attributors, [], out_dir, log, validation)
-        scores = run_method(method, attributor, validation.queries).scores
+        method, workspace, options = configured_method(name, setup, workspaces, [], out_dir, log, validation)
+        scores = run_method(method, workspace, validation.queries).scores
         values = validation.per_query(scores)
         mean, se = mean_and_se(values[np.isfinite(values)])
         table[name] = {"mean": mean, "se": se, "n": int(np.isfinite(values).sum()), "options": options,

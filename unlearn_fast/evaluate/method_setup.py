@@ -25,8 +25,8 @@ def work_dir_for(folder: str, overrides: dict) -> str:
     return folder if not overrides else folder + "".join(f"-{k}-{v}" for k, v in sorted(overrides.items()))
 
 
-class Attributors:
-    """One Attributor per preparation the methods ask for, over one model and data set, made on first use."""
+class Workspaces:
+    """One Workspace per preparation the methods ask for, over one model and data set, made on first use."""
 
     def __init__(self, model, dataset, folder: str, settings=None):
         """settings: the default preparation (None: what `folder` records, or the defaults)."""
@@ -34,7 +34,7 @@ class Attributors:
         self._made = {}
 
     def __call__(self, overrides: dict | None = None):
-        from ..attributor import Attributor, PrepareSettings
+        from ..workspace import PrepareSettings, Workspace
 
         path = work_dir_for(self.folder, overrides or {})
         if path not in self._made:
@@ -42,13 +42,13 @@ class Attributors:
             if overrides:
                 base = settings or PrepareSettings.recorded_in(self.folder) or PrepareSettings()
                 settings = prepared_settings(base, overrides)
-            self._made[path] = Attributor(self.model, self.dataset, path, settings, progress=False)
+            self._made[path] = Workspace(self.model, self.dataset, path, settings, progress=False)
         return self._made[path]
 
 
-def configured_method(name: str, setup, attributors: Attributors, held_out, folder: str, log=print,
+def configured_method(name: str, setup, workspaces: Workspaces, held_out, folder: str, log=print,
                       validation: Validation | None = None):
-    """(method, attributor, options) for method `name` of `setup` (its method_options, abu_alphas,
+    """(method, workspace, options) for method `name` of `setup` (its method_options, abu_alphas,
     validation_prompts, query_steps, encoder): an AbU variant without a given α gets the one `validation` judges best
     (None: MRR on training captions, never the `held_out` prompts), recorded in folder/validation[-lds][-<name>].json."""
     from ..methods import AbU, build_method
@@ -56,14 +56,14 @@ def configured_method(name: str, setup, attributors: Attributors, held_out, fold
     options = dict(setup.method_options.get(name, {}))
     encoder = getattr(setup, "encoder", None)
     method = build_method(name, encoder=encoder, **options)
-    attributor = attributors(method.prepare_overrides())
+    workspace = workspaces(method.prepare_overrides())
     if isinstance(method, AbU) and "alpha" not in options and len(setup.abu_alphas) > 1:
         grid = RISE_ALPHAS if method.unlearn.step == "rise" else setup.abu_alphas
         if validation is None:
-            validation = caption_validation(attributor.model, attributor.dataset, setup.validation_prompts,
+            validation = caption_validation(workspace.model, workspace.dataset, setup.validation_prompts,
                                             setup.query_steps, held_out)
         stem = "validation" + ("" if validation.criterion == "mrr" else f"-{validation.criterion}")
         record = os.path.join(folder, f"{stem}.json" if name == "abu" else f"{stem}-{name}.json")
-        options["alpha"] = choose_alpha(attributor, grid, name, options, validation, record, log)
+        options["alpha"] = choose_alpha(workspace, grid, name, options, validation, record, log)
         method = build_method(name, encoder=encoder, **options)
-    return method, attributor, options
+    return method, workspace, options

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import SettingsError
 from ..scoring import LossGrid, per_example_losses
-from .method_setup import Attributors
+from .method_setup import Workspaces
 from .metrics import mean_and_se, pixel_mse
 from .validation import validation_prompts
 
@@ -56,7 +56,8 @@ def _losses(model, images: np.ndarray, prompts: list[str], grid: LossGrid) -> np
 
 
 def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=print) -> dict:
-    from ..attributor import PrepareSettings
+    from ..methods.abu import preconditioner, retained_rows
+    from ..workspace import PrepareSettings
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
     from ..unlearn import unlearn
@@ -65,7 +66,7 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=prin
     os.makedirs(out_dir, exist_ok=True)
     model = DiffusionModel.load(setup.model, device=setup.device)
     dataset = open_dataset(setup.data)
-    attributors = Attributors(model, dataset, os.path.join(out_dir, "work"),
+    workspaces = Workspaces(model, dataset, os.path.join(out_dir, "work"),
                               PrepareSettings(fisher_examples=setup.fisher_examples))
     steps = _steps(setup)
     chosen = validation_prompts(dataset, setup.queries + setup.unrelated * setup.queries, seed=QUALITY_SEED)
@@ -82,9 +83,9 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=prin
         x0 = model.encode_images(before[:1])
         cond = model.encode_text([target])
         for label, settings, overrides in steps:
-            attributor = attributors(overrides)
-            unet = unlearn(model, attributor.preconditioner(settings), x0, cond, settings, num_train=len(dataset),
-                           retained=attributor.retained_rows(settings) if settings.retain else None)
+            workspace = workspaces(overrides)
+            unet = unlearn(model, preconditioner(workspace, settings), x0, cond, settings, num_train=len(dataset),
+                           retained=retained_rows(workspace, settings) if settings.retain else None)
             changed = dict(unet.named_parameters())
             weights = {name: changed[name].detach() for name in model.parameter_group(settings.group)}
             with swapped_weights(model.unet, weights):

@@ -70,7 +70,7 @@ def caption_validation(model, dataset, count: int, steps: int = 50, exclude_prom
     return Validation("mrr", [query for query, _ in validation], lambda scores: mean_reciprocal_rank(scores, answers))
 
 
-def choose_setting(attributor, make_method, candidates: dict, validation: Validation, record_path: str | None = None,
+def choose_setting(workspace, make_method, candidates: dict, validation: Validation, record_path: str | None = None,
                    identity: dict | None = None):
     """The candidate (by name) whose scores `validation` judges best; `make_method(value)` builds the method.
     Returns (name, value, {name: criterion value}). The record is written to record_path and read back there next
@@ -85,7 +85,7 @@ def choose_setting(attributor, make_method, candidates: dict, validation: Valida
                 and record.get("identity") == identity
                 and record.get("prompts") == [q.prompt for q in validation.queries]):
             return record["chosen"], candidates[record["chosen"]], values
-    values = {name: validation.judge(run_method(make_method(value), attributor, validation.queries).scores)
+    values = {name: validation.judge(run_method(make_method(value), workspace, validation.queries).scores)
               for name, value in candidates.items()}
     chosen = max(values, key=lambda name: (values[name], -list(candidates).index(name)))  # ties: the earlier one
     if record_path:
@@ -100,7 +100,7 @@ def choose_setting(attributor, make_method, candidates: dict, validation: Valida
 RISE_ALPHAS = (0.03, 0.1, 0.3, 1.0)  # relative rises of the query's loss (the "rise" step rule)
 
 
-def choose_alpha(attributor, alphas, method: str, options: dict, validation: Validation, record_path: str | None,
+def choose_alpha(workspace, alphas, method: str, options: dict, validation: Validation, record_path: str | None,
                  log=print, extensions: int = 2) -> float:
     """α of the AbU variant `method` (with its other settings `options`) judged by `validation`, never by the
     evaluation queries. While the best α is at an end of the grid, the grid grows by a factor 3 past that end (at
@@ -113,7 +113,7 @@ def choose_alpha(attributor, alphas, method: str, options: dict, validation: Val
     grid = sorted(alphas)
     for extension in range(extensions + 1):
         candidates = {f"alpha={a:g}": a for a in grid}
-        name, alpha, values = choose_setting(attributor, lambda a: build_method(method, alpha=a, **others), candidates,
+        name, alpha, values = choose_setting(workspace, lambda a: build_method(method, alpha=a, **others), candidates,
                                              validation, record_path, identity)
         if len(grid) < 2 or grid[0] < alpha < grid[-1] or extension == extensions:
             break

@@ -1,54 +1,37 @@
-"""Attribution by unlearning (the method of this package) behind the common method interface, and its named variants.
+"""Attribution by unlearning (the method of this package), standing on the Workspace like every other method.
 
-A variant is a named set of settings (VARIANTS), so every harness and table can ask for it by name: "abu" is the
-package's default (DEFAULT), "abu-paper" the recipe of Wang et al. (NeurIPS 2024) as this package ran it before issue 13 (raw
-score, step α/N, one step, cross-attention K/V, noise keyed per example), the others change one thing each.
+    query ─ unlearn (Fisher-preconditioned ascent, unlearn.py) ─ losses after (a Workspace pass) ─ τ = after − before
+
+Each query keeps its own folder in the work directory (queries/<query key>-<settings hash>/: the query image, its
+unlearned weights, its losses after and its scores), so a resumed run neither unlearns nor rescores twice, and every
+score rule of one unlearning shares the folder. Under torchrun rank 0 unlearns and writes; the losses after are split
+over the ranks like every pass.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..attribution import Attribution
 from ..errors import SettingsError
+from ..query import Query
+from ..score_rules import calibrate, loss_change_scores
 from ..scoring import NOISE_KEYS
-from ..unlearn import UnlearnSettings
+from ..unlearn import UnlearnSettings, unlearn
+from ..workspace import Workspace, numeric_settings, rows_of
+from .abu_recipes import VARIANTS
 from .base import AttributionMethod
 
-# The paper's recipe: UnlearnSettings' defaults with noise keyed per example.
-PAPER = {}
-# The package's default, chosen by LDS on the LDS run's validation queries among the measured variants, each at its
-# own validated α (benchmarks/README.md, "Choosing AbU's default"): the paper's step with scoring noise shared by
-# every image at a timestep, α = 0.003. Chosen at N = 400; whether α = 0.003 holds at other N is not yet shown (the
-# same-domain planted test finds an easy plant at N = 200 and loses hard ones at N ≈ 1,000).
-DEFAULT = {"noise": "shared", "alpha": 0.003}
-
-# name -> settings that differ from the paper's recipe ("noise" is the work directory's scoring noise key).
-VARIANTS = {
-    "abu": DEFAULT,
-    "abu-paper": PAPER,
-    "abu-normalised": {"score": "normalised"},
-    "abu-calibrated": {"score": "calibrated"},
-    "abu-calibrated-spread": {"score": "calibrated", "spread": True},
-    "abu-rise": {"step": "rise"},
-    "abu-3steps": {"steps": 3, "draws": 200},
-    "abu-attention": {"group": "attention"},
-    "abu-shared-noise": {"noise": "shared"},
-    "abu-cap": {"cap": True},
-    "abu-retain": {"retain": 64},
-    # Kronecker curvature changes the step's scale: with the rise rule, α keeps its meaning across preconditioners.
-    "abu-kfac": {"curvature": "kfac", "step": "rise"},
-    "abu-ekfac": {"curvature": "ekfac", "step": "rise"},
-}
-
-RECIPES = {"paper": PAPER, "default": DEFAULT}
-
-
-def recipe_noise(recipe: str = "default") -> str:
-    """The scoring noise key a work directory needs for `recipe` (RECIPES)."""
-    return RECIPES[recipe].get("noise", "example")
+# Unlearning settings that change how scores are read from the losses, not the unlearned weights or the losses after:
+# every score rule of one unlearning shares its query folder.
+SCORE_ONLY = ("score", "references", "spread")
+RETAIN_STREAM = 9173  # the stream of the retained rows' draw (UnlearnSettings.retain)
+REFERENCE_SEED = 4242  # the calibrated score's reference queries: generations from captions drawn with this seed
 
 
 @dataclass
@@ -65,7 +48,7 @@ class AbU(AttributionMethod):
 
     @classmethod
     def variant(cls, name: str, **options) -> "AbU":
-        """The variant `name` (VARIANTS), with `options` (UnlearnSettings fields or noise) on top."""
+        """The variant `name` (abu_recipes.VARIANTS), with `options` (UnlearnSettings fields or noise) on top."""
         if name not in VARIANTS:
             raise SettingsError(f"unknown AbU variant {name!r}; choose from {', '.join(VARIANTS)}")
         values = {**VARIANTS[name], **options}
@@ -87,14 +70,190 @@ class AbU(AttributionMethod):
             overrides["fisher_group"] = self.unlearn.group
         return overrides
 
-    def score(self, attributor, queries) -> np.ndarray:
-        return self.attribute(attributor, queries).scores
+    def score(self, workspace: Workspace, queries) -> np.ndarray:
+        return self.attribute(workspace, queries).scores
 
-    def attribute(self, attributor, queries) -> Attribution:
-        prepared = attributor.settings.scoring.noise
+    def attribute(self, workspace: Workspace, queries) -> Attribution:
+        prepared = workspace.settings.scoring.noise
         if prepared != self.noise:
             raise SettingsError(f"{self.name} scores with noise {self.noise!r}, the work directory "
-                                f"{attributor.store.path} was prepared with {prepared!r} (prepare --noise "
+                                f"{workspace.store.path} was prepared with {prepared!r} (prepare --noise "
                                 f"{self.noise} in another folder)")
-        # The Attributor caches each query itself (unlearned weights, losses after, scores): records point there.
-        return attributor.attribute(list(queries), self.unlearn)
+        # Each query is cached in its own folder (unlearned weights, losses after, scores): records point there.
+        return attribute_by_unlearning(workspace, list(queries), self.unlearn)
+
+
+# ---------------------------------------------------------------------------------------------- the per-query work
+def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
+                            settings: UnlearnSettings | None = None) -> Attribution:
+    """Scores (queries, N) for each query under `settings`; every query's unlearned weights and losses are resumable
+    artefacts of the work directory."""
+    queries = [queries] if isinstance(queries, Query) else list(queries)
+    settings = settings or UnlearnSettings()
+    check_unlearning(workspace, settings)
+    for query in queries:
+        if workspace.model.truncated_prompts([query.prompt]):
+            workspace.log(f"warning: the query prompt {query.prompt[:80]!r} is longer than the text encoder's "
+                          f"{workspace.model.text.max_tokens} tokens: it is cut to them, as the model read it when "
+                          "generating")
+    with workspace.locked():
+        workspace.prepare()
+        records = _attribute_all(workspace, queries, settings)
+        scores = [_scores(workspace, query, settings, record["folder"]) for query, record in zip(queries, records)]
+        records = [{**record, "unlearn": dataclasses.asdict(settings)} for record in records]
+    return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=workspace.dataset,
+                       work_dir=str(workspace.store.path), timings=dict(workspace.timings))
+
+
+def check_unlearning(workspace: Workspace, settings: UnlearnSettings) -> None:
+    """The unlearning settings checked against the model and the Fisher's group before any work (SettingsError)."""
+    changed = workspace.model.parameter_group(settings.group)
+    if settings.precondition:
+        covered = workspace.model.parameter_group(workspace.settings.fisher_group)
+        outside = [name for name in changed if name not in covered]
+        if outside:
+            raise SettingsError(f"the Fisher lacks {len(outside)} parameters of group {settings.group!r} (e.g. "
+                                f"{outside[0]}): it covers group {workspace.settings.fisher_group!r}; unlearn a "
+                                "subset of it, or prepare another work directory with --fisher-group")
+
+
+def query_folder(query: Query, settings: UnlearnSettings) -> str:
+    """queries/<query key>-<hash of the settings that change the unlearned weights>."""
+    numbers = json.dumps(numeric_settings(settings, SCORE_ONLY), sort_keys=True).encode()
+    return f"queries/{query.key}-{hashlib.sha256(numbers).hexdigest()[:8]}"
+
+
+def _attribute_all(workspace: Workspace, queries: list[Query], settings: UnlearnSettings) -> list[dict]:
+    """Each query's record (its folder holds its raw scores): the queries not yet scored are unlearned one by one,
+    then all their losses after are computed in ONE sweep over the training rows (Workspace.losses_under)."""
+    store = workspace.store
+    folders = [query_folder(query, settings) for query in queries]
+    todo = [q for q, folder in enumerate(folders) if not store.exists(f"{folder}/scores", ".npy")]  # same on every rank
+    for q in sorted(set(range(len(queries))) - set(todo)):
+        workspace.log(f"query {queries[q].key}: scores already in {folders[q]}, reused")
+    records = {q: {"folder": folders[q], "prompt": queries[q].prompt, "source": queries[q].source,
+                   "generation": queries[q].generation, "unlearn": numeric_settings(settings, SCORE_ONLY)}
+               for q in todo}
+
+    def start():
+        for q in todo:
+            path = store.artefact_path(f"{folders[q]}/query", ".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(queries[q].png_bytes())
+            store.save_json(f"{folders[q]}/query", records[q])
+    workspace.on_main(start)
+    weights = workspace.phase("unlearn", lambda: [
+        _unlearned_weights(workspace, queries[q], settings, folders[q], records[q]) for q in todo])
+    after = workspace.phase("score", lambda: workspace.losses_under(
+        [f"{folders[q]}/losses_after" for q in todo], weights)) if todo else []
+    base, rows = workspace.base_losses, workspace.caption_rows  # read on every rank: collective when not yet cached
+
+    def finish():
+        for q, losses in zip(todo, after):
+            store.save_npy(f"{folders[q]}/scores", loss_change_scores(base, losses, rows, len(workspace.dataset)))
+            # one sweep scored every query: its time (and the unlearning's) is theirs together
+            records[q]["timings_s"] = {"unlearn": workspace.timings["unlearn"], "score": workspace.timings["score"],
+                                       "queries_in_sweep": len(todo)}
+            store.save_json(f"{folders[q]}/query", records[q])
+    workspace.on_main(finish)
+    return [store.load_json(f"{folder}/query") for folder in folders]
+
+
+def _unlearned_weights(workspace: Workspace, query: Query, settings: UnlearnSettings, folder: str, record: dict
+                       ) -> dict[str, torch.Tensor]:
+    """The unlearned values of the changed group, computed by rank 0 and stored, so a resumed run does not unlearn
+    again. Each step's scale (and the "rise" rule's achieved rise) goes into record["steps"]."""
+    name = f"{folder}/unlearned"
+    model, store = workspace.model, workspace.store
+    if not store.exists(name, ".safetensors"):  # the same answer on every rank (after a barrier)
+        divide_by = preconditioner(workspace, settings)  # on every rank: the curvature is a shared artefact
+        retained = retained_rows(workspace, settings) if settings.retain else None
+
+        def write():
+            x0 = model.encode_images(query.image[None])
+            cond = model.encode_text([query.prompt])
+            unet = unlearn(model, divide_by, x0, cond, settings, num_train=len(workspace.dataset), record=record,
+                           retained=retained)
+            changed = dict(unet.named_parameters())  # only the group differs from model.unet
+            store.save_tensors(name, {n: changed[n].detach() for n in model.parameter_group(settings.group)})
+        workspace.on_main(write)
+    return {n: v.to(model.device) for n, v in store.load_tensors(name)[0].items()}
+
+
+def _scores(workspace: Workspace, query: Query, settings: UnlearnSettings, folder: str) -> np.ndarray:
+    """The query's scores under settings.score (score_rules.py), from its raw scores or its stored losses."""
+    store = workspace.store
+    if settings.score == "raw":
+        return store.load_npy(f"{folder}/scores")
+    name = f"{folder}/scores-{settings.score}" + ("-spread" if settings.spread else "")
+    if settings.score == "calibrated":
+        name += f"-{settings.references}"
+    if not store.exists(name, ".npy"):  # the same answer on every rank (after a barrier)
+        # read by every rank: both are collective passes under torchrun (complete here, so they only read)
+        if settings.score == "normalised":
+            after = workspace.losses(f"{folder}/losses_after")
+            base, rows = workspace.base_losses, workspace.caption_rows
+        else:
+            references = _reference_scores(workspace, settings)
+
+        def write():
+            if settings.score == "normalised":
+                scores = loss_change_scores(base, after, rows, len(workspace.dataset), "normalised")
+            else:
+                scores = calibrate(store.load_npy(f"{folder}/scores"), references, settings.spread)
+            store.save_npy(name, scores)
+        workspace.on_main(write)
+    return store.load_npy(name)
+
+
+def reference_queries(workspace: Workspace, count: int) -> list[Query]:
+    """The calibrated score's reference queries: images the model generates from `count` training captions drawn
+    with REFERENCE_SEED (each with its own seed), stored in the work directory so every query reuses them."""
+    from ..query import query_from_array, query_from_prompt
+
+    dataset, store = workspace.dataset, workspace.store
+    captions = sorted({c for i in range(len(dataset)) for c in dataset.captions(i)})
+    chosen = np.random.default_rng(REFERENCE_SEED).choice(len(captions), min(count, len(captions)), replace=False)
+    names = [f"references/{n}-{hashlib.sha256(captions[k].encode()).hexdigest()[:8]}" for n, k in enumerate(chosen)]
+
+    def write():
+        for n, (k, name) in enumerate(zip(chosen, names)):
+            if not store.exists(name, ".npy"):
+                store.save_npy(name, query_from_prompt(workspace.model, captions[k], seed=REFERENCE_SEED + n).image)
+
+    def make():
+        workspace.on_main(write)
+        return [query_from_array(store.load_npy(name), captions[k], workspace.model.resolution,
+                                 source=f"reference query {n} (seed {REFERENCE_SEED + n})")
+                for n, (k, name) in enumerate(zip(chosen, names))]
+    return workspace.cached(f"references-{count}", make)
+
+
+def _reference_scores(workspace: Workspace, settings: UnlearnSettings) -> np.ndarray:
+    """(R, N) raw scores of the reference queries under the same unlearning settings (once per Workspace)."""
+    raw = dataclasses.replace(settings, score="raw")
+    key = json.dumps(numeric_settings(raw, SCORE_ONLY), sort_keys=True) + f"-{settings.references}"
+    return workspace.cached(f"reference_scores-{key}", lambda: np.stack([
+        workspace.store.load_npy(f"{record['folder']}/scores")
+        for record in _attribute_all(workspace, reference_queries(workspace, settings.references), raw)]))
+
+
+def preconditioner(workspace: Workspace, settings: UnlearnSettings):
+    """What unlearning with `settings` divides by: the diagonal Fisher, or the K-FAC / EK-FAC curvature."""
+    if settings.curvature == "diagonal" or not settings.precondition:
+        return workspace.fisher
+    return workspace.curvature(settings.curvature, settings.curvature_damping)
+
+
+def retained_rows(workspace: Workspace, settings: UnlearnSettings):
+    """step -> (x0, cond) of the settings.retain caption rows MUCS's descent uses at that step (seeded by the
+    unlearning seed and the step, so the same for every query)."""
+    rows = workspace.caption_rows
+    count = min(settings.retain, len(rows))
+    device = workspace.model.device
+
+    def retained(step: int):
+        picks = np.sort(np.random.default_rng([settings.seed, RETAIN_STREAM, step]).choice(len(rows), count,
+                                                                                            replace=False))
+        return rows_of(workspace.latents, rows[picks]).to(device), rows_of(workspace.conditioning, picks).to(device)
+    return retained

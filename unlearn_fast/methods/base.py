@@ -1,9 +1,10 @@
 """One interface for every attribution method, so AbU and its baselines are judged by the same harness and report.
 
 A method turns queries into scores of shape (queries, N) over the training set: higher = more responsible. It reads the
-training set through an Attributor (its model, data set and work directory, where latents and text embeddings are
+training set through a Workspace (its model, data set and work directory, where latents and text embeddings are
 computed once and shared by every method), and its scores are cached there under ``methods/<name>-<settings hash>/``,
-so a second call (or a resumed evaluation) reads them back.
+so a second call (or a resumed evaluation) reads them back. Under torchrun every rank calls score() (its long passes
+are split over the ranks); rank 0 writes the cache.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..attribution import Attribution
 from ..query import Query
+from ..workspace import Workspace
 
 
 class AttributionMethod(ABC):
@@ -37,35 +39,40 @@ class AttributionMethod(ABC):
         return {}
 
     @abstractmethod
-    def score(self, attributor, queries: list[Query]) -> np.ndarray:
+    def score(self, workspace: Workspace, queries: list[Query]) -> np.ndarray:
         """(len(queries), N) float32 scores."""
 
-    def attribute(self, attributor, queries: list[Query]) -> Attribution:
+    def attribute(self, workspace: Workspace, queries: list[Query]) -> Attribution:
         """The scores as an Attribution, cached per query under methods/<key>/. A method that keeps its own per-query
-        artefacts (AbU: the Attributor's query folders) overrides this, so nothing is stored twice."""
-        return _cached_attribution(self, attributor, queries)
+        artefacts (AbU: its query folders) overrides this, so nothing is stored twice."""
+        return _cached_attribution(self, workspace, queries)
 
 
-def run_method(method: AttributionMethod, attributor, queries: list[Query] | Query) -> Attribution:
-    """Scores of `method` for `queries` as an Attribution (the same outputs and report as AbU's); cached per query."""
-    return method.attribute(attributor, [queries] if isinstance(queries, Query) else list(queries))
+def run_method(method: AttributionMethod, workspace: Workspace, queries: list[Query] | Query) -> Attribution:
+    """Scores of `method` for `queries` as an Attribution (the same outputs and report as AbU's); cached per query.
+    workspace: a Workspace, or anything that has one (the Attributor facade)."""
+    workspace = getattr(workspace, "workspace", workspace)
+    return method.attribute(workspace, [queries] if isinstance(queries, Query) else list(queries))
 
 
-def _cached_attribution(method: AttributionMethod, attributor, queries: list[Query]) -> Attribution:
-    store, n = attributor.store, len(attributor.dataset)
+def _cached_attribution(method: AttributionMethod, workspace: Workspace, queries: list[Query]) -> Attribution:
+    store, n = workspace.store, len(workspace.dataset)
     folder = f"methods/{method.key}"
     missing = [q for q in queries if not store.exists(f"{folder}/{q.key}", ".npy")]
     started = time.perf_counter()
     if missing:
-        fresh = np.asarray(method.score(attributor, missing), dtype=np.float32)
+        fresh = np.asarray(method.score(workspace, missing), dtype=np.float32)
         if fresh.shape != (len(missing), n):
             raise ValueError(f"method {method.name} returned scores of shape {fresh.shape}, expected "
                              f"({len(missing)}, {n})")
-        for query, row in zip(missing, fresh):
-            store.save_npy(f"{folder}/{query.key}", row)
-        store.save_json(f"{folder}/method", {"name": method.name, "settings": method.settings()})
+
+        def write():
+            for query, row in zip(missing, fresh):
+                store.save_npy(f"{folder}/{query.key}", row)
+            store.save_json(f"{folder}/method", {"name": method.name, "settings": method.settings()})
+        workspace.on_main(write)
     scores = np.stack([store.load_npy(f"{folder}/{q.key}") for q in queries])
     records = [{"folder": folder, "prompt": q.prompt, "source": q.source, "generation": q.generation,
                 "method": method.name, "settings": method.settings()} for q in queries]
-    return Attribution(scores=scores, queries=queries, records=records, dataset=attributor.dataset,
+    return Attribution(scores=scores, queries=queries, records=records, dataset=workspace.dataset,
                        work_dir=str(store.path), timings={method.name: round(time.perf_counter() - started, 3)})

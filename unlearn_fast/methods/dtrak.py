@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, vmap
 from .. import ops
 from ..errors import SettingsError
 from ..scoring import NOISE_KEYS, timestep_grid
-from ..store import run_chunked
+from ..workspace import Workspace, rows_of
 from .base import AttributionMethod
 
 OUTPUTS = ("sqnorm", "loss")
@@ -112,32 +112,29 @@ class GradientKernel(AttributionMethod):
             self._projection_cache, self._projection_key = self._projection(params), key
         return self._projection_cache
 
-    def training_features(self, attributor) -> np.ndarray:
-        """Φ (N, dim): caption rows' features averaged per image; a chunked array in the work directory."""
-        from ..attributor import rows_of
-
-        rows = attributor.caption_rows
-        array = attributor.store.chunked(f"methods/{self.key}/row_features", (len(rows), self.dim),
-                                         attributor.settings.chunk_rows)
-        model = attributor.model
+    def training_features(self, workspace: Workspace) -> np.ndarray:
+        """Φ (N, dim): caption rows' features averaged per image; a chunked array in the work directory (a pass
+        split over the ranks under torchrun)."""
+        rows, model = workspace.caption_rows, workspace.model
+        latents, conditioning = workspace.latents, workspace.conditioning
 
         def compute(start, stop):
             ids = torch.as_tensor(rows[start:stop])
-            return self.features(model, rows_of(attributor.latents, ids.numpy()).to(model.device),
-                                 rows_of(attributor.conditioning, slice(start, stop)).to(model.device),
+            return self.features(model, rows_of(latents, ids.numpy()).to(model.device),
+                                 rows_of(conditioning, slice(start, stop)).to(model.device),
                                  ids.to(model.device)).float()
-        per_row = run_chunked(array, compute, attributor.progress)
-        counts = np.bincount(rows, minlength=len(attributor.dataset))
+        per_row = workspace.chunked_pass(f"methods/{self.key}/row_features", (len(rows), self.dim), compute)
+        counts = np.bincount(rows, minlength=len(workspace.dataset))
         if (counts == 1).all():  # one caption per image: the rows are the images (no copy; read a chunk at a time)
             return per_row
-        per_image = np.zeros((len(attributor.dataset), self.dim), dtype=np.float64)
+        per_image = np.zeros((len(workspace.dataset), self.dim), dtype=np.float64)
         np.add.at(per_image, rows, np.asarray(per_row, np.float64))
         return (per_image / counts[:, None]).astype(np.float32)
 
     # ------------------------------------------------------------------------------------------------ scores
-    def score(self, attributor, queries) -> np.ndarray:
-        model = attributor.model
-        phi_train = self.training_features(attributor)
+    def score(self, workspace: Workspace, queries) -> np.ndarray:
+        model = workspace.model
+        phi_train = self.training_features(workspace)
         chunks = [slice(start, start + 65536) for start in range(0, len(phi_train), 65536)]
         gram = np.zeros((self.dim, self.dim))
         for rows in chunks:

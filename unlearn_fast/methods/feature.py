@@ -56,7 +56,7 @@ class FeatureSimilarity(AttributionMethod):
                                 f"(one written by save_pretrained)")
         return path
 
-    def _load(self, attributor):
+    def _load(self, workspace):
         if self._loaded is None or self._loaded[:2] != (self.encoder, self.modality):
             from transformers import AutoImageProcessor, AutoModel, AutoTokenizer  # slow import: only when used
 
@@ -67,7 +67,7 @@ class FeatureSimilarity(AttributionMethod):
                 raise SettingsError(f"feature encoder {self.encoder} ({type(model).__name__}) has no text encoder: "
                                     f"use modality='image' or a CLIP-style model")
             processor = self._from_folder(AutoTokenizer if text else AutoImageProcessor)
-            device = getattr(getattr(attributor, "model", None), "device", None)
+            device = getattr(getattr(workspace, "model", None), "device", None)
             device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
             self._loaded = (self.encoder, self.modality, model.to(device), processor, device)
         return self._loaded[2:]
@@ -80,9 +80,9 @@ class FeatureSimilarity(AttributionMethod):
                                 f"({auto.__name__}): {type(error).__name__}: {error}") from error
 
     @torch.inference_mode()
-    def _embed(self, attributor, inputs: list) -> np.ndarray:
+    def _embed(self, workspace, inputs: list) -> np.ndarray:
         """Unit-norm embeddings (len(inputs), D) float32 of PIL images or strings, batch_size at a time."""
-        model, processor, device = self._load(attributor)
+        model, processor, device = self._load(workspace)
         rows = []
         for start in range(0, len(inputs), self.batch_size):
             batch = inputs[start:start + self.batch_size]
@@ -107,22 +107,22 @@ class FeatureSimilarity(AttributionMethod):
         first, second = self._embed(None, [Image.fromarray(a), Image.fromarray(b)])
         return float(first @ second)
 
-    def score(self, attributor, queries) -> np.ndarray:
-        dataset, n = attributor.dataset, len(attributor.dataset)
+    def score(self, workspace, queries) -> np.ndarray:
+        dataset, n = workspace.dataset, len(workspace.dataset)
         scores = np.empty((len(queries), n), dtype=np.float32)
         if self.modality == "text":
-            query = self._embed(attributor, [q.prompt for q in queries])
+            query = self._embed(workspace, [q.prompt for q in queries])
             for start in range(0, n, self.batch_size):
                 captions = [dataset.captions(i) for i in range(start, min(start + self.batch_size, n))]
-                flat = self._embed(attributor, [c for group in captions for c in group])
+                flat = self._embed(workspace, [c for group in captions for c in group])
                 counts = np.array([len(group) for group in captions])  # every image has at least one caption
                 mean = np.add.reduceat(flat, np.cumsum(counts) - counts, axis=0) / counts[:, None].astype(np.float32)
                 scores[:, start:start + len(captions)] = query @ mean.T
             return scores
-        resolution = attributor.model.resolution
-        query = self._embed(attributor, [Image.fromarray(q.image) for q in queries])
+        resolution = workspace.model.resolution
+        query = self._embed(workspace, [Image.fromarray(q.image) for q in queries])
         for start in range(0, n, self.batch_size):
             pixels = load_pixels(dataset, resolution, range(start, min(start + self.batch_size, n)))
-            train = self._embed(attributor, [Image.fromarray(p) for p in pixels])
+            train = self._embed(workspace, [Image.fromarray(p) for p in pixels])
             scores[:, start:start + len(pixels)] = query @ train.T
         return scores

@@ -26,8 +26,8 @@ class PixelCosine(AttributionMethod):
     def settings(self) -> dict:
         return {}  # the chunk size never changes a score
 
-    def score(self, attributor, queries) -> np.ndarray:
-        dataset, resolution = attributor.dataset, attributor.model.resolution
+    def score(self, workspace, queries) -> np.ndarray:
+        dataset, resolution = workspace.dataset, workspace.model.resolution
         query = _unit_rows(np.stack([q.image for q in queries]))
         scores = np.empty((len(queries), len(dataset)), dtype=np.float32)
         for start in range(0, len(dataset), self.chunk):

@@ -13,8 +13,8 @@ class RandomRanking(AttributionMethod):
     seed: int = 0
     name = "random"
 
-    def score(self, attributor, queries) -> np.ndarray:
-        n = len(attributor.dataset)
+    def score(self, workspace, queries) -> np.ndarray:
+        n = len(workspace.dataset)
         # Seeded by the query's key, so a query's scores do not depend on which other queries are in the call.
         return np.stack([np.random.default_rng([self.seed, int(q.key, 16)]).random(n) for q in queries]
                         ).astype(np.float32)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..errors import SettingsError
-from .abu import VARIANTS, AbU
+from .abu import AbU
+from .abu_recipes import VARIANTS
 from .base import AttributionMethod
 from .dtrak import GradientKernel
 from .pixel import PixelCosine

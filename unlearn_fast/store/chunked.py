@@ -1,5 +1,9 @@
 """Chunked float32 arrays with a done-mask (TRAK's is-done mask): long passes write them chunk by chunk of rows, so a
-killed run resumes with only the missing chunks and ends with the same numbers."""
+killed run resumes with only the missing chunks and ends with the same numbers.
+
+Each chunk is first written as a file of its own (``parts/<k>.npy``, atomically: its existence is the chunk's done
+mark), so several processes (the ranks of a torchrun job) can fill one array at once without ever writing the same
+file. One process then consolidates the parts into the array's memmap (``consolidate``), which is what readers map."""
 from __future__ import annotations
 
 import json
@@ -17,8 +21,9 @@ from .errors import HINT, StoreMismatchError
 class ChunkedArray:
     """A float32 array of fixed shape, written chunk by chunk of rows, with a done-mask that survives a crash.
 
-    Files in its folder: ``data.npy`` (memmap), ``done.npy`` (uint8 per chunk, rewritten atomically) and
-    ``meta.json`` (shape, chunk_rows; written last, so it marks a fully created array).
+    Files in its folder: ``data.npy`` (memmap), ``done.npy`` (uint8 per consolidated chunk, rewritten atomically),
+    ``parts/`` (chunks written but not yet consolidated) and ``meta.json`` (shape, chunk_rows; written last, so it
+    marks a fully created array).
     """
 
     def __init__(self, folder: Path, shape: tuple[int, ...], chunk_rows: int):
@@ -58,16 +63,29 @@ class ChunkedArray:
         start = k * self.chunk_rows
         return start, min(start + self.chunk_rows, self.shape[0])
 
+    def _part(self, k: int) -> Path:
+        return self.folder / "parts" / f"{k:08d}.npy"
+
+    def _parts(self) -> list[int]:
+        """Chunks written as parts and not yet consolidated (a part is complete once its name exists)."""
+        folder = self.folder / "parts"
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name[:-4]) for p in folder.iterdir() if p.name.endswith(".npy") and p.name[:-4].isdigit())
+
     def pending_chunks(self) -> list[tuple[int, int]]:
-        """(start, stop) row ranges of the chunks not yet written, in order."""
-        return [self.chunk_bounds(k) for k in range(self.num_chunks) if not self._done[k]]
+        """(start, stop) row ranges of the chunks not yet written, in order (as the files say now: another process
+        may have written or consolidated chunks since this one opened the array)."""
+        self._done = np.load(self.folder / "done.npy")
+        written = set(self._parts())
+        return [self.chunk_bounds(k) for k in range(self.num_chunks) if not self._done[k] and k not in written]
 
     @property
     def is_complete(self) -> bool:
-        return bool(self._done.all())
+        return not self.pending_chunks()
 
     def write_chunk(self, start: int, stop: int, values) -> None:
-        """Write rows [start, stop) of one whole chunk, flush them to disk, and only then mark the chunk done."""
+        """Write rows [start, stop) of one whole chunk as its part file (complete or absent, never half-written)."""
         k, rem = divmod(start, self.chunk_rows)
         if rem or not 0 <= k < self.num_chunks or (start, stop) != self.chunk_bounds(k):
             raise ValueError(f"{self.name}: rows [{start}, {stop}) are not one chunk (chunk_rows {self.chunk_rows}, "
@@ -78,16 +96,29 @@ class ChunkedArray:
         expected = (stop - start, *self.shape[1:])
         if values.shape != expected:
             raise ValueError(f"{self.name}: chunk [{start}, {stop}) needs shape {expected}, got {values.shape}")
-        self._data[start:stop] = values
-        self._flush_data()
-        self._done[k] = 1
-        write_npy(self.folder / "done.npy", self._done)
+        self._write_part(k, values)
 
-    def _flush_data(self) -> None:
+    def _write_part(self, k: int, values: np.ndarray) -> None:
+        write_npy(self._part(k), values)
+
+    def consolidate(self) -> None:
+        """Copy every part into the memmap, flush it, mark those chunks done, then delete the parts. Run by one process
+        at a time (a single run, or rank 0 after a barrier); a crash at any point leaves parts to copy again."""
+        parts = self._parts()
+        if not parts:
+            return
+        for k in parts:
+            start, stop = self.chunk_bounds(k)
+            self._data[start:stop] = np.load(self._part(k))
         self._data.flush()
+        self._done[parts] = 1
+        write_npy(self.folder / "done.npy", self._done)
+        for k in parts:
+            self._part(k).unlink()
 
     def read(self) -> np.ndarray:
-        """The whole array (read-only memmap); refuses while chunks are missing."""
+        """The whole array (read-only memmap), after consolidating its parts; refuses while chunks are missing."""
+        self.consolidate()
         missing = self.pending_chunks()
         if missing:
             shown = ", ".join(f"[{a}, {b})" for a, b in missing[:10]) + (" ..." if len(missing) > 10 else "")

@@ -1,0 +1,430 @@
+"""The Workspace: what every attribution method stands on, once per (model, training set, settings).
+
+    model + data ─ binding (content of weights, images, captions; settings) ─ work directory
+                 ─ caption rows ─ latents x0 ─ text conditioning ─ Fisher (+ Kronecker curvature) ─ base losses
+
+Every artefact lives in the work directory (store.WorkDir), bound to the CONTENT of its inputs and the settings that
+change numbers; batch sizes and backends are left out of that binding because they never change a result. Every
+setting is checked before anything is recorded or computed. Long passes are chunked with a done mark per chunk, so a
+killed run resumes; the work directory's lock lets several commands share a folder, taking turns.
+
+Under torchrun the ranks share one Workspace: each long pass splits its pending chunks over them (distributed.Ranks),
+each rank writes the chunks it computed, and rank 0 alone binds the folder, holds its lock, logs, and writes what is
+shared. Methods (methods/) read the Workspace and never the Attributor, the thin facade over it (attributor.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .batching import MIN_UNET_ROWS
+from .data.content import DigestCache, fingerprint_of
+from .data.dataset import CaptionedImages, DataError, load_pixels
+from .data.preprocess import POLICIES, PreprocessPlan
+from .distributed import Ranks, ranks_from_environment
+from .errors import SettingsError
+from .fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
+from .models.adapter import DiffusionModel
+from .scoring import LossGrid, losses_under_weights
+from .store import Binding, WorkDir, read_manifest
+
+# Settings fields that change speed only: left out of the work directory's binding and of query keys.
+SPEED_ONLY = ("batch_size", "backend", "compile", "channels_last")
+# Settings added after work directories existed, left out of keys at the value that reproduces the older numbers, so
+# those folders (and their query folders) stay valid.
+IMPLICIT = {"noise": "example", "step": "alpha/N", "curvature": "diagonal", "curvature_damping": 0.1, "cap": False,
+            "retain": 0}
+
+# What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
+# Artefacts not listed (queries/, attributions/) depend on everything.
+_FISHER_INPUTS = ("model", "data", "settings.fisher", "settings.fisher_group", "settings.fisher_examples",
+                  "settings.preprocess")
+DEPENDS = {
+    "caption_rows": ("data.captions",),
+    "text": ("data.captions", "model.text_encoder"),
+    "text_truncated": ("data.captions", "model.text_encoder"),
+    "latents": ("data.images", "model.vae", "settings.preprocess"),
+    "fisher": _FISHER_INPUTS,
+    "fisher_parts": _FISHER_INPUTS,
+    "losses_base": ("model", "data", "settings.scoring", "settings.preprocess"),
+    "curvature": _FISHER_INPUTS,
+}
+
+
+def numeric_settings(settings, leave_out=()) -> dict:
+    """The fields of a settings dataclass that change numbers (what keys and manifests record)."""
+    return {k: v for k, v in dataclasses.asdict(settings).items()
+            if k not in SPEED_ONLY and k not in leave_out and not (k in IMPLICIT and v == IMPLICIT[k])}
+
+
+def rows_of(array: np.ndarray, index) -> torch.Tensor:
+    """Some rows of a (memmapped) array as a tensor: only those rows are read."""
+    return torch.from_numpy(np.array(array[index]))  # a writable copy of just these rows
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What prepare computes. scoring: the loss grid used before AND after unlearning (so it is fixed per work
+    directory). fisher_group: the parameters the Fisher covers (unlearning may use this group or a subset).
+    fisher_examples: how many caption rows (a seeded random subset) the Fisher averages over; None = all.
+    chunk_rows: caption rows per resumable chunk (speed and resume granularity only). preprocess: how training images
+    that are not RGB at the model's resolution are treated (data/preprocess.py: "resize-crop" or "refuse")."""
+
+    scoring: LossGrid = field(default_factory=LossGrid)
+    fisher: FisherSettings = field(default_factory=FisherSettings)
+    fisher_group: str = "kv"
+    fisher_examples: int | None = None
+    chunk_rows: int = 1024
+    preprocess: str = "resize-crop"
+
+    def manifest(self) -> dict:
+        return {"scoring": numeric_settings(self.scoring), "fisher": numeric_settings(self.fisher),
+                "fisher_group": self.fisher_group, "fisher_examples": self.fisher_examples,
+                "preprocess": self.preprocess}
+
+    def validate(self, model: DiffusionModel) -> None:
+        """Every setting checked against the model before anything is computed or recorded (SettingsError)."""
+        self.scoring.timestep_values(model.scheduler.config.num_train_timesteps)
+        if self.fisher_examples is not None and (not isinstance(self.fisher_examples, int) or self.fisher_examples < 1):
+            raise SettingsError(f"fisher_examples must be a number of rows >= 1, or None for every row (0 on the "
+                                f"command line); got {self.fisher_examples!r}")
+        if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
+            raise SettingsError(f"chunk_rows must be >= 1, got {self.chunk_rows!r}")
+        if self.preprocess not in POLICIES:
+            raise SettingsError(f"preprocess must be one of {POLICIES}, got {self.preprocess!r}")
+        model.parameter_group(self.fisher_group)
+
+    @classmethod
+    def recorded_in(cls, work_dir) -> "PrepareSettings | None":
+        """The settings work_dir's manifest records (default batch sizes), or None for a new folder."""
+        manifest = read_manifest(work_dir)
+        return cls.from_manifest(manifest["settings"]) if manifest else None
+
+    @classmethod
+    def from_manifest(cls, numbers: dict, scoring_batch: int = 512, fisher_batch: int = 64) -> "PrepareSettings":
+        """The settings a work directory was prepared with (its manifest), with the given batch sizes."""
+        scoring = dict(numbers["scoring"])  # a missing "noise" is the implicit "example" (IMPLICIT)
+        if isinstance(scoring.get("timesteps"), list):
+            scoring["timesteps"] = tuple(scoring["timesteps"])
+        return cls(scoring=LossGrid(**scoring, batch_size=scoring_batch),
+                   fisher=FisherSettings(**numbers["fisher"], batch_size=fisher_batch),
+                   fisher_group=numbers["fisher_group"], fisher_examples=numbers["fisher_examples"],
+                   preprocess=numbers.get("preprocess", "resize-crop"))
+
+
+class Workspace:
+    """One model and one training set in one work directory: the shared artefacts every method reads.
+
+    >>> workspace = Workspace(DiffusionModel.load("default"), open_dataset("default"), "work").prepare()
+    >>> workspace.latents.shape, workspace.conditioning.shape, len(workspace.caption_rows)
+    """
+
+    def __init__(self, model: DiffusionModel, dataset: CaptionedImages, work_dir, settings: PrepareSettings = None,
+                 *, overwrite: bool = False, progress: bool = True, digest_cache: DigestCache | None = None,
+                 lock_timeout: float | None = None, ranks: Ranks | None = None):
+        """settings=None: those recorded in work_dir's manifest, or the defaults for a new folder. Settings are
+        validated first (SettingsError); a folder prepared from other content (a changed image, caption or weight) or
+        settings raises store.StoreMismatchError naming what differs and what overwrite=True would delete: exactly
+        the artefacts those differences invalidate. digest_cache: where image digests are cached (data/content.py).
+        lock_timeout: seconds to wait for another command working in the folder (None: as long as it takes).
+        ranks: the job's processes (default: those torchrun set up, or this process alone)."""
+        self.model = model.eval()
+        self.dataset = dataset
+        self.ranks = ranks if ranks is not None else ranks_from_environment()
+        self.progress = progress and self.ranks.is_main
+        if settings is None:  # reuse what the folder was prepared with
+            settings = PrepareSettings.recorded_in(work_dir)
+        self.settings = settings or PrepareSettings()
+        self.settings.validate(model)  # before anything is read, computed or recorded
+        self.model_fingerprints = model.fingerprints()
+        self.store = WorkDir(work_dir, on_wait=self._waiting, lock_timeout=lock_timeout)
+        self.timings: dict[str, float] = {}
+        self.chunks_by_rank: dict[str, list[list[int]]] = {}  # pass -> the chunk indices each rank computed
+        self._cache: dict[str, object] = {}
+        self._prepared = False
+        if self.ranks.is_main:  # one process binds the folder; the others wait for it, then use what it recorded
+            binding = self._binding(digest_cache if digest_cache is not None else DigestCache())
+            deleted = self.store.bind(binding, overwrite=overwrite)
+            if deleted:
+                self.log(f"--overwrite: deleted {', '.join(deleted)} (invalidated by the new inputs); the rest is kept")
+            self.log(self._preprocess_plan.summary(dataset.where))
+            if self.ranks.active:
+                self.log(f"{self.ranks.world_size} ranks (torch.distributed)")
+        self.ranks.barrier()
+        self.store.manifest = read_manifest(self.store.path)
+
+    def _binding(self, cache: DigestCache) -> Binding:
+        """The work directory's binding: a fingerprint per model part, the images' bytes and the captions (rows kept to
+        name the first differing file), and the settings. Images the preprocessing would change are known here."""
+        started = time.perf_counter()
+        content = self.dataset.content_index(cache)
+        cache.close()
+        self.timings["content_binding"] = round(time.perf_counter() - started, 3)
+        self._preprocess_plan = plan = PreprocessPlan.of(content, self.model.resolution)
+        if self.settings.preprocess == "refuse" and len(plan.changed):
+            first = int(plan.changed[0])
+            raise DataError(f"{self.dataset.where(first)}: {content['width'][first]}×{content['height'][first]} "
+                            f"{content['mode'][first].decode()}, the model takes RGB "
+                            f"{self.model.resolution}×{self.model.resolution} (preprocess 'refuse'; {len(plan.changed)} "
+                            f"of {len(content)} images would change)")
+        rows = {"data.images": content["digest"], "data.captions": self.dataset.caption_digests()}
+        inputs = {f"model.{part}": value for part, value in self.model_fingerprints.items()}
+        inputs.update({name: fingerprint_of(digests) for name, digests in rows.items()})
+        return Binding(inputs=inputs, settings=self.settings.manifest(), rows=rows,
+                       describe_row=lambda name, row: self.dataset.where(row), depends=DEPENDS)
+
+    def _waiting(self, owner) -> None:
+        print(f"[unlearn-fast] {self.store.path} is in use by {owner.describe()}: waiting for it to finish",
+              file=sys.stderr)
+
+    # ---------------------------------------------------------------------------------------- shared plumbing
+    @contextlib.contextmanager
+    def locked(self):
+        """The work directory's lock for the whole job: rank 0 holds it (the other ranks are its helpers)."""
+        with self.store.locked() if self.ranks.is_main else contextlib.nullcontext():
+            self.ranks.barrier()  # no rank starts before rank 0 holds the lock
+            yield self
+
+    def on_main(self, write) -> None:
+        """Run write() on rank 0 only, then wait until it is done: for every file the ranks share."""
+        if self.ranks.is_main:
+            write()
+        self.ranks.barrier()
+
+    def log(self, line: str) -> None:
+        if not self.ranks.is_main:
+            return
+        with open(self.store.path / "log.txt", "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if self.progress:
+            print(f"[unlearn-fast] {line}", file=sys.stderr)
+
+    def phase(self, name: str, fn):
+        started = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - started, 3)
+        self.log(f"{name}: {self.timings[name]:.1f} s")
+        return result
+
+    def cached(self, name: str, make):
+        """make() once per Workspace (artefacts read back from the work directory are kept in memory)."""
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    def chunked_pass(self, name: str, shape: tuple[int, ...], compute) -> np.ndarray:
+        """The (read-only memmap) array `name` of `shape`, its missing chunks of rows filled with compute(start, stop)
+        and split over the ranks; a killed run (of any world size) resumes with only the missing chunks."""
+        return self.chunked_passes([name], shape, lambda start, stop, which: compute(start, stop)[None])[0]
+
+    def chunked_passes(self, names: list[str], shape: tuple[int, ...], compute) -> list[np.ndarray]:
+        """chunked_pass for several arrays of one shape filled in one sweep over the rows: compute(start, stop, which)
+        returns the chunk of the arrays names[q] for q in `which` (those still missing it), stacked."""
+        shape = tuple(int(s) for s in shape)
+        if self.ranks.is_main:  # created by one process, then opened by the others
+            arrays = [self.store.chunked(name, shape, self.settings.chunk_rows) for name in names]
+        self.ranks.barrier()
+        if not self.ranks.is_main:
+            arrays = [self.store.chunked(name, shape, self.settings.chunk_rows) for name in names]
+        pending = self.ranks.broadcast([array.pending_chunks() for array in arrays] if self.ranks.is_main else None)
+        pending = [set(missing) for missing in pending]
+        sweep = sorted(set().union(*pending))
+        mine = self.ranks.share(sweep)
+        with tqdm(total=len(sweep), desc=names[0] if len(names) == 1 else f"{len(names)} arrays", unit="chunk",
+                  disable=not self.progress) as bar:
+            for start, stop in mine:
+                which = [q for q, missing in enumerate(pending) if (start, stop) in missing]
+                values = compute(start, stop, which)
+                for q, value in zip(which, values):
+                    arrays[q].write_chunk(start, stop, value)
+                bar.update(self.ranks.world_size)
+        for name, array, missing in zip(names, arrays, pending):
+            self._record_chunks(name, [start // array.chunk_rows for start, stop in mine if (start, stop) in missing])
+
+        def consolidate():
+            for array in arrays:
+                array.consolidate()
+        self.on_main(consolidate)
+        return [array.read() for array in arrays]
+
+    def _record_chunks(self, name: str, mine: list[int]) -> None:
+        by_rank = self.ranks.gather(mine)
+        if any(by_rank):
+            self.chunks_by_rank[name] = by_rank
+            if self.ranks.active:
+                self.log(f"{name}: chunks by rank " + "; ".join(f"{r}: {c}" for r, c in enumerate(by_rank)))
+
+    # ----------------------------------------------------------------------------------------------- prepare
+    def prepare(self) -> "Workspace":
+        """Compute (or resume) every per-model artefact; those already complete are skipped."""
+        if not self._prepared:  # once per Workspace: later calls would only log 0 s phases over the real timings
+            with self.locked():  # shared artefacts: one command at a time writes (or resumes) them
+                self.phase("latents", lambda: self.latents)
+                self.phase("text", lambda: self.conditioning)
+                self.phase("fisher", lambda: self.fisher)
+                self.phase("base_losses", lambda: self.base_losses)
+            self._prepared = True
+        return self
+
+    @property
+    def caption_rows(self) -> np.ndarray:
+        """Example index of each caption row: an image with k captions has k rows (scored separately, averaged)."""
+        def make():
+            def write():
+                if not self.store.exists("caption_rows", ".npy"):
+                    n = len(self.dataset)
+                    counts = np.fromiter((len(self.dataset.captions(i)) for i in range(n)), np.int64, n)
+                    self.store.save_npy("caption_rows", np.repeat(np.arange(n), counts))
+            self.on_main(write)
+            return self.store.load_npy("caption_rows")
+        return self.cached("caption_rows", make)
+
+    def row_captions(self, start: int, stop: int) -> list[str]:
+        """The captions of caption rows [start, stop) (read from the data set, never all at once)."""
+        rows = self.caption_rows
+        images = rows[start:stop]
+        firsts = np.searchsorted(rows, images)  # the first row of each image: rows are sorted by image
+        return [self.dataset.captions(int(i))[r - int(f)] for r, i, f in zip(range(start, stop), images, firsts)]
+
+    @property
+    def latents(self) -> np.ndarray:
+        """x0 (N, C, h, w) of every training image (VAE posterior mean × scaling factor, or pixels): a read-only
+        memmap, so a training set larger than memory is read a chunk at a time (rows_of)."""
+        def encode(start, stop):
+            return self.model.encode_images(load_pixels(self.dataset, self.model.resolution, range(start, stop)))
+        return self.cached("latents", lambda: self.chunked_pass(
+            "latents", (len(self.dataset), *self.model.latent_shape), encode))
+
+    @property
+    def conditioning(self) -> np.ndarray:
+        """Text conditioning (R, L, D), one row per caption row (a read-only memmap)."""
+        def make():
+            rows = self.caption_rows
+            shape = tuple(self.model.encode_text(self.row_captions(0, 1)).shape[1:])
+            block = max(self.settings.chunk_rows, 4096)
+
+            def write():
+                if not self.store.exists("text_truncated", ".json"):
+                    cut = [start + k for start in range(0, len(rows), block)
+                           for k in self.model.truncated_prompts(self.row_captions(start, start + block))]
+                    self.store.save_json("text_truncated", {"rows": cut, "max_tokens": self.model.text.max_tokens})
+            self.on_main(write)
+            cut = self.store.load_json("text_truncated")["rows"]
+            if cut:
+                first = int(rows[cut[0]])
+                self.log(f"warning: {len(cut)} of {len(rows)} captions are longer than the text encoder's "
+                         f"{self.model.text.max_tokens} tokens and are cut to it (first: {self.dataset.where(first)}: "
+                         f"{self.row_captions(cut[0], cut[0] + 1)[0][:80]!r})")
+            return self.chunked_pass("text", (len(rows), *shape),
+                                     lambda a, b: self.model.encode_text(self.row_captions(a, b)))
+        return self.cached("text", make)
+
+    @property
+    def fisher(self) -> dict[str, torch.Tensor]:
+        """F + λ over the Fisher group: float64 sums per chunk of rows (resumable, split over the ranks), added in
+        chunk order, so F has the same bits for any world size; then the mean."""
+        def make():
+            if not self.store.exists("fisher", ".safetensors"):
+                self._compute_fisher()
+            return self.store.load_tensors("fisher")[0]
+        return self.cached("fisher", make)
+
+    def _compute_fisher(self) -> None:
+        rows = self.fisher_rows()
+        params = self.model.parameter_group(self.settings.fisher_group)
+        # Chunks are whole blocks of MIN_UNET_ROWS rows, so F has the same bits for any chunking (batching.py).
+        size = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
+        chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
+        pending = self.ranks.broadcast([k for k, chunk in enumerate(chunks) if not self.store.exists(
+            self._fisher_part_name(chunk), ".safetensors")] if self.ranks.is_main else None)
+        mine = self.ranks.share(pending)
+        for k in tqdm(mine, desc="fisher", unit="chunk", disable=not self.progress):
+            ids = self.caption_rows[chunks[k]]
+            sums = fisher_sums(self.model, params, rows_of(self.latents, ids), rows_of(self.conditioning, chunks[k]),
+                               ids, self.settings.fisher)
+            self.store.save_tensors(self._fisher_part_name(chunks[k]), {n: v.cpu() for n, v in sums.items()})
+        self._record_chunks("fisher", mine)
+
+        def write():
+            total = None
+            for chunk in chunks:  # a fixed order: every part is read back from its file, whoever computed it
+                part = self.store.load_tensors(self._fisher_part_name(chunk))[0]
+                total = part if total is None else {n: total[n] + part[n] for n in part}
+            fisher = finish_fisher(total, len(rows) * self.settings.fisher.samples_per_example,
+                                   self.settings.fisher.damping)
+            meta = {"group": self.settings.fisher_group, "rows": len(rows),
+                    "model_fingerprint": self.model.fingerprint(self.model_fingerprints)}
+            self.store.save_tensors("fisher", fisher, fisher_metadata(self.settings.fisher, meta))  # load_fisher reads it
+            shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
+        self.on_main(write)
+
+    @staticmethod
+    def _fisher_part_name(rows: np.ndarray) -> str:
+        return f"fisher_parts/{rows[0]}-{rows[-1]}-{len(rows)}"
+
+    def fisher_rows(self) -> np.ndarray:
+        """The caption rows the Fisher (and the Kronecker curvature) average over: all, or a seeded subset."""
+        rows = np.arange(len(self.caption_rows))
+        chosen = self.settings.fisher_examples
+        if chosen is not None and chosen < len(rows):  # a seeded subset: F is an expectation, not a sum
+            rows = np.sort(np.random.default_rng(self.settings.fisher.seed).choice(rows, chosen, replace=False))
+        return rows
+
+    def curvature(self, kind: str, damping: float = 0.1):
+        """K-FAC or EK-FAC factors (curvature.py) of the Fisher group's Linear layers over the Fisher's rows, stored
+        in kronfluence's layout under curvature/<kind>/ (one safetensors file per factor name). Estimated by rank 0."""
+        from .curvature import FACTOR_NAMES, estimate_curvature, from_kronfluence, to_kronfluence
+
+        folder = f"curvature/{kind}"
+
+        def write():
+            if self.store.exists(f"{folder}/activation_eigenvectors", ".safetensors"):
+                return
+            rows = self.fisher_rows()
+            ids = self.caption_rows[rows]
+            params = self.model.parameter_group(self.settings.fisher_group)
+            estimated = estimate_curvature(self.model, params, rows_of(self.latents, ids),
+                                           rows_of(self.conditioning, rows), ids, kind, self.settings.fisher)
+            layout = to_kronfluence(estimated)
+            for name in FACTOR_NAMES:  # the eigenvectors last: their file marks the artefact complete
+                if name in layout and name != "activation_eigenvectors":
+                    self.store.save_tensors(f"{folder}/{name}", layout[name])
+            self.store.save_tensors(f"{folder}/activation_eigenvectors", layout["activation_eigenvectors"])
+
+        def make():
+            self.on_main(write)
+            layout = {name: self.store.load_tensors(f"{folder}/{name}")[0] for name in FACTOR_NAMES
+                      if self.store.exists(f"{folder}/{name}", ".safetensors")}
+            return from_kronfluence(layout, kind)
+        return dataclasses.replace(self.cached(f"curvature-{kind}", make), damping=damping)
+
+    def losses(self, name: str) -> np.ndarray:
+        """(R, T, F) losses of every caption row under model.unet's current weights, chunked, resumable and split
+        over the ranks."""
+        return self.losses_under([name], [{}])[0]
+
+    def losses_under(self, names: list[str], weight_sets: list[dict[str, torch.Tensor]]) -> list[np.ndarray]:
+        """The losses of every caption row under each set of weights (swapped into model.unet; {} = its own), into
+        the arrays `names`, in ONE sweep over the rows: each chunk is read, moved and noised once for all of them."""
+        grid = self.settings.scoring
+        steps = len(grid.timestep_values(self.model.scheduler.config.num_train_timesteps))
+        rows, x0, cond = self.caption_rows, self.latents, self.conditioning
+
+        def compute(start, stop, which):
+            ids = rows[start:stop]
+            return losses_under_weights(self.model, rows_of(x0, ids), rows_of(cond, slice(start, stop)), ids, grid,
+                                        [weight_sets[q] for q in which])
+        return self.chunked_passes(names, (len(rows), steps, 2 if grid.flips else 1), compute)
+
+    @property
+    def base_losses(self) -> np.ndarray:
+        """L(z, θ0): computed once per work directory and reused by every query (a read-only memmap)."""
+        return self.cached("base_losses", lambda: self.losses("losses_base"))
