@@ -11,8 +11,8 @@ from __future__ import annotations
 PAPER = {}
 # The package's default, chosen by LDS on the LDS run's validation queries among the measured variants, each at its
 # own validated α (benchmarks/README.md, "Choosing AbU's default"): the paper's step with scoring noise shared by
-# every image at a timestep, α = 0.003. Chosen at N = 400; whether α = 0.003 holds at other N is not yet shown (the
-# same-domain planted test finds an easy plant at N = 200 and loses hard ones at N ≈ 1,000).
+# every image at a timestep, α = 0.003. Chosen at N = 400, it does not carry to other N: the step α/N shrinks with N,
+# and on same-domain planted copies it finds an easy plant at N = 200 but loses them at N ≈ 1,000 and N = 3,943.
 DEFAULT = {"noise": "shared", "alpha": 0.003}
 
 # name -> settings that differ from the paper's recipe ("noise" is the work directory's scoring noise key).
