@@ -64,7 +64,7 @@ def build(model_name: str):
 
 
 def run(path: str, model, params, inputs):
-    from unlearn_fast.fisher_hooks import _vmap_fisher, diagonal_fisher
+    from unlearn_fast.engine.fisher_hooks import _vmap_fisher, diagonal_fisher
 
     if path == "vmap":
         return _vmap_fisher(model, params, *inputs)

@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from unlearn_fast.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.scoring import LossGrid, per_example_losses
 
 IMAGES, TIMESTEPS, BATCH = 256, 10, 512
 

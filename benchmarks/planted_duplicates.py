@@ -16,8 +16,8 @@ import torch
 from unlearn_fast.attributor import PrepareSettings
 from unlearn_fast.data import open_dataset
 from unlearn_fast.evaluate.planted import PlantedSetup, run_planted
-from unlearn_fast.scoring import LossGrid
-from unlearn_fast.unlearn import UnlearnSettings
+from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.unlearn import UnlearnSettings
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ import numpy as np
 
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, open_dataset
-from unlearn_fast.fisher import FisherSettings
+from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.query import query_from_prompt
-from unlearn_fast.scoring import LossGrid
+from unlearn_fast.engine.scoring import LossGrid
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

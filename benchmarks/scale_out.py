@@ -100,8 +100,8 @@ def sweep(images: int, queries: int) -> None:
     from unlearn_fast.methods.abu_recipes import DEFAULT
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.query import query_from_array
-    from unlearn_fast.scoring import LossGrid
-    from unlearn_fast.unlearn import UnlearnSettings
+    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.unlearn import UnlearnSettings
     from unlearn_fast.workspace import PrepareSettings
 
     torch.set_num_threads(2)
@@ -156,7 +156,7 @@ def _unet_rows_per_s() -> float:
     import torch
 
     from unlearn_fast.models.adapter import DiffusionModel
-    from unlearn_fast.scoring import LossGrid, per_example_losses
+    from unlearn_fast.engine.scoring import LossGrid, per_example_losses
 
     torch.set_num_threads(2)
     model = DiffusionModel.load("default")
@@ -205,7 +205,7 @@ def memory_one(n: int, timesteps: int) -> None:
     from unlearn_fast.data.dataset import CaptionedImages
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.score_rules import loss_change_scores
-    from unlearn_fast.scoring import LossGrid
+    from unlearn_fast.engine.scoring import LossGrid
     from unlearn_fast.workspace import PrepareSettings, Workspace
 
     torch.set_num_threads(2)

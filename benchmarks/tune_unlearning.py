@@ -21,9 +21,9 @@ from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import open_dataset
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.query import query_from_prompt
-from unlearn_fast.scoring import LossGrid
+from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.evaluate.validation import VALIDATION_SEED, validation_prompts
-from unlearn_fast.unlearn import UnlearnSettings
+from unlearn_fast.engine.unlearn import UnlearnSettings
 
 # Prompts scored elsewhere (demo, tests, benchmarks, README samples): never validation prompts.
 RESERVED = {"red apple", "grinning face", "cat face", "flag: Japan", "thumbs up"}

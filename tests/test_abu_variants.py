@@ -8,12 +8,12 @@ import torch
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.errors import SettingsError
-from unlearn_fast.fisher import FisherSettings
+from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.methods import build_method, run_method
 from unlearn_fast.methods.abu import query_folder
 from unlearn_fast.score_rules import calibrate, loss_change_scores
-from unlearn_fast.scoring import LossGrid
-from unlearn_fast.unlearn import RISE_TOLERANCE, UnlearnSettings, query_gradient, query_loss, unlearn
+from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.unlearn import RISE_TOLERANCE, UnlearnSettings, query_gradient, query_loss, unlearn
 
 UNLEARN = dict(alpha=1e-4, draws=24, batch_size=24)
 
@@ -134,8 +134,8 @@ def test_the_rise_steps_loss_does_not_depend_on_the_batch_size(model, query):
 # ------------------------------------------------------------------------------- MUCS's cap and retained rows
 def test_the_untrained_loss_is_the_mean_squared_target_on_the_rise_draws(model, query):
     from unlearn_fast import ops
-    from unlearn_fast.fisher import keyed_timesteps
-    from unlearn_fast.unlearn import RISE_DRAWS, untrained_loss
+    from unlearn_fast.engine.fisher import keyed_timesteps
+    from unlearn_fast.engine.unlearn import RISE_DRAWS, untrained_loss
 
     x0 = model.encode_images(query.image[None])
     cap = UnlearnSettings(draws=8, batch_size=8, cap=True)
@@ -147,7 +147,7 @@ def test_the_untrained_loss_is_the_mean_squared_target_on_the_rise_draws(model, 
 
 
 def test_the_cap_stops_a_long_step_at_the_untrained_models_loss_and_leaves_a_short_one(model, query):
-    from unlearn_fast.unlearn import CAP_BISECTIONS, untrained_loss
+    from unlearn_fast.engine.unlearn import CAP_BISECTIONS, untrained_loss
 
     params = model.parameter_group("kv")
     fisher = {n: torch.full_like(p, 1e-3) for n, p in params.items()}
@@ -176,8 +176,8 @@ def test_retained_rows_are_descended_on_by_hand(model, query, default_dataset):
     """retain R: θ_after = θ0 + α/N · (ĝ_query − ĝ_retained)/F, ĝ_retained the mean gradient of R rows' own draws."""
     from unlearn_fast import ops
     from unlearn_fast.data import load_pixels
-    from unlearn_fast.fisher import keyed_timesteps
-    from unlearn_fast.unlearn import RETAIN_KEY, retained_gradient
+    from unlearn_fast.engine.fisher import keyed_timesteps
+    from unlearn_fast.engine.unlearn import RETAIN_KEY, retained_gradient
 
     params = model.parameter_group("kv")
     fisher = {n: torch.rand_like(p) + 0.5 for n, p in params.items()}

@@ -11,12 +11,12 @@ from PIL import Image
 from unlearn_fast import workspace as workspace_module
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
-from unlearn_fast.fisher import FisherSettings
+from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.query import QueryError, query_from_array, query_from_file
 from unlearn_fast.score_rules import loss_change_scores
-from unlearn_fast.scoring import LossGrid
+from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.store import StoreMismatchError
-from unlearn_fast.unlearn import UnlearnSettings
+from unlearn_fast.engine.unlearn import UnlearnSettings
 
 UNLEARN = UnlearnSettings(steps=2, alpha=1e-4, draws=24, batch_size=24)
 
@@ -210,7 +210,7 @@ def test_an_image_with_two_captions_is_scored_by_their_average(model, default_da
 
 
 def test_the_work_dirs_fisher_reads_back_with_load_fisher(model, reference):
-    from unlearn_fast.fisher import load_fisher
+    from unlearn_fast.engine.fisher import load_fisher
 
     fisher, fisher_settings, meta = load_fisher(f"{reference.work_dir}/fisher.safetensors")
     assert fisher_settings.seed == 5 and meta["group"] == "kv" and meta["rows"] == 40

@@ -16,7 +16,7 @@ from unlearn_fast.curvature import (
     to_kronfluence,
 )
 from unlearn_fast.errors import SettingsError
-from unlearn_fast.fisher import FisherSettings, keyed_timesteps
+from unlearn_fast.engine.fisher import FisherSettings, keyed_timesteps
 
 
 def _spd(n: int, generator) -> torch.Tensor:
@@ -117,7 +117,7 @@ def test_abu_with_ekfac_curvature_scores_and_keeps_its_factors(model, tmp_path, 
     from unlearn_fast.attributor import Attributor, PrepareSettings
     from unlearn_fast.data import SubsetDataset
     from unlearn_fast.methods import build_method, run_method
-    from unlearn_fast.scoring import LossGrid
+    from unlearn_fast.engine.scoring import LossGrid
 
     data = SubsetDataset(default_dataset, range(360, 392))
     settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64),

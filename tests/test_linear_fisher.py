@@ -8,8 +8,9 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from ops_cases import CPU_BACKENDS, CUDA_BACKENDS, HAS_EXT, needs_ext
-from unlearn_fast import fisher_hooks, ops
-from unlearn_fast.fisher_hooks import diagonal_fisher
+from unlearn_fast import ops
+from unlearn_fast.engine import fisher_hooks
+from unlearn_fast.engine.fisher_hooks import diagonal_fisher
 from unlearn_fast.ops import _backend, linear_fisher_reference
 from triton_interpreter import run_under_triton_interpreter
 

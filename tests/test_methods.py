@@ -12,8 +12,8 @@ from unlearn_fast.methods import AbU, GradientKernel, PixelCosine, RandomRanking
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.ops import gaussian_noise
 from unlearn_fast.query import query_from_array
-from unlearn_fast.scoring import timestep_grid
-from unlearn_fast.unlearn import UnlearnSettings
+from unlearn_fast.engine.scoring import timestep_grid
+from unlearn_fast.engine.unlearn import UnlearnSettings
 
 N = 24
 

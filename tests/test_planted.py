@@ -7,8 +7,8 @@ import pytest
 
 from unlearn_fast.attributor import PrepareSettings
 from unlearn_fast.evaluate.planted import PlantedSetup, distinctive_image, run_planted, top_r_share
-from unlearn_fast.scoring import LossGrid
-from unlearn_fast.unlearn import UnlearnSettings
+from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.unlearn import UnlearnSettings
 
 
 def test_top_r_share():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from unlearn_fast import ops
-from unlearn_fast.scoring import LossGrid, per_example_losses, timestep_grid
+from unlearn_fast.engine.scoring import LossGrid, per_example_losses, timestep_grid
 
 N = 40
 GRID = LossGrid(seed=3, timesteps=5, flips=True, batch_size=512)

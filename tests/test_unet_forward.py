@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
-from unlearn_fast.device import resolve_device
+from unlearn_fast.engine.device import resolve_device
 from unlearn_fast.errors import SettingsError
-from unlearn_fast.scoring import LossGrid, per_example_losses
-from unlearn_fast.unet_forward import ForwardPlan, precision, unet_forward
-from unlearn_fast.weight_swap import swapped_weights
+from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.unet_forward import ForwardPlan, precision, unet_forward
+from unlearn_fast.engine.weight_swap import swapped_weights
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from unlearn_fast import ops
-from unlearn_fast.fisher import FisherSettings, estimate_fisher, keyed_timesteps, load_fisher, save_fisher
-from unlearn_fast.scoring import LossGrid, per_example_losses
-from unlearn_fast.unlearn import UnlearnSettings, unlearn
+from unlearn_fast.engine.fisher import FisherSettings, estimate_fisher, keyed_timesteps, load_fisher, save_fisher
+from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.unlearn import UnlearnSettings, unlearn
 
 
 @pytest.fixture(scope="module")

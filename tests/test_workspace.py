@@ -10,11 +10,11 @@ import torch
 import unlearn_fast
 from unlearn_fast.attributor import Attributor
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
-from unlearn_fast.fisher import FisherSettings
+from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.query import query_from_array
-from unlearn_fast.scoring import LossGrid, losses_under_weights, per_example_losses
-from unlearn_fast.unlearn import UnlearnSettings
-from unlearn_fast.weight_swap import swapped_weights
+from unlearn_fast.engine.scoring import LossGrid, losses_under_weights, per_example_losses
+from unlearn_fast.engine.unlearn import UnlearnSettings
+from unlearn_fast.engine.weight_swap import swapped_weights
 from unlearn_fast.workspace import PrepareSettings, Workspace
 
 UNLEARN = UnlearnSettings(alpha=3e-3, draws=16, batch_size=16)

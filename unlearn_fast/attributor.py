@@ -15,11 +15,11 @@ import torch
 from .attribution import Attribution
 from .data.content import DigestCache
 from .data.dataset import CaptionedImages
-from .distributed import Ranks
+from .engine.distributed import Ranks
 from .methods import abu
 from .models.adapter import DiffusionModel
 from .query import Query
-from .unlearn import UnlearnSettings
+from .engine.unlearn import UnlearnSettings
 from .workspace import PrepareSettings, Workspace
 
 __all__ = ["Attributor", "PrepareSettings"]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .data import load_pixels, open_dataset
-from .device import resolve_device
+from .engine.device import resolve_device
 from .models.adapter import DiffusionModel
 from .models.tiny import IMAGE_SIZE, new_tiny_model
 from .train import DiffusionTrainConfig, TrainingSet, VAETrainConfig, calibrate_latent_scale, train_diffusion, train_vae

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import MIN_UNET_ROWS
+from .engine.batching import MIN_UNET_ROWS
 from .data.content import DigestCache, fingerprint_of
 from .data.dataset import CaptionedImages, DataError, load_pixels
 from .data.preprocess import POLICIES, PreprocessPlan
-from .distributed import Ranks, ranks_from_environment
+from .engine.distributed import Ranks, ranks_from_environment
 from .errors import SettingsError
-from .fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
+from .engine.fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
 from .models.adapter import DiffusionModel
-from .scoring import LossGrid, losses_under_weights
+from .engine.scoring import LossGrid, losses_under_weights
 from .store import Binding, WorkDir, read_manifest
 
 # Settings fields that change speed only: left out of the work directory's binding and of query keys.
@@ -340,7 +340,7 @@ class Workspace:
     def _compute_fisher(self) -> None:
         rows = self.fisher_rows()
         params = self.model.parameter_group(self.settings.fisher_group)
-        # Chunks are whole blocks of MIN_UNET_ROWS rows, so F has the same bits for any chunking (batching.py).
+        # Chunks are whole blocks of MIN_UNET_ROWS rows: F has the same bits for any chunking (engine/batching.py).
         size = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
         chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
         pending = self.ranks.broadcast([k for k, chunk in enumerate(chunks) if not self.store.exists(

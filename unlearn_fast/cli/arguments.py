@@ -47,7 +47,7 @@ def device_argument(parser: argparse.ArgumentParser) -> None:
 
 def speed_arguments(parser: argparse.ArgumentParser) -> None:
     """How the scoring pass runs the UNet (unet_forward.ForwardPlan): speed only, never the scores' meaning."""
-    from ..unet_forward import COMPILE_MODES
+    from ..engine.unet_forward import COMPILE_MODES
 
     parser.add_argument("--compile", choices=COMPILE_MODES, default="none", help="torch.compile the UNet for the "
                         "scoring passes (reduce-overhead: CUDA graphs); pays a one-off compile per process")

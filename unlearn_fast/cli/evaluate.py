@@ -14,7 +14,7 @@ from .arguments import device_argument
 def _setup(args, setup_class, profile: dict):
     import dataclasses
 
-    from ..device import resolve_device
+    from ..engine.device import resolve_device
 
     values = dict(profile)
     for field in dataclasses.fields(setup_class):

@@ -9,7 +9,7 @@ import sys
 import time
 
 from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE
-from ..unlearn import UnlearnSettings
+from ..engine.unlearn import UnlearnSettings
 from .arguments import (Parser, count_or_zero, device_argument, non_negative_float, positive_float, positive_int,
                         speed_arguments)
 
@@ -39,7 +39,7 @@ def _read_indices(spec: str | None) -> list[int]:
 def cmd_train(args) -> None:
     import torch
 
-    from ..device import resolve_device
+    from ..engine.device import resolve_device
     from ..training_run import TrainRequest, run_training
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -119,7 +119,7 @@ def _prepare_settings(args):
 
 def _load_model(args):
     """The model folder of --model on the device of --device (auto: a CUDA GPU when torch sees one)."""
-    from ..device import resolve_device
+    from ..engine.device import resolve_device
     from ..models.adapter import DiffusionModel
 
     return DiffusionModel.load(args.model, device=resolve_device(args.device))
@@ -164,7 +164,7 @@ def _queries(args, model) -> list:
 
 def _unlearn_settings(args):
     from ..methods.abu_recipes import RECIPES
-    from ..unlearn import UnlearnSettings
+    from ..engine.unlearn import UnlearnSettings
 
     given = {"steps": args.unlearn_steps, "alpha": args.alpha, "draws": args.draws, "group": args.group,
              "step": args.step, "score": args.score, "references": args.references, "spread": args.spread or None,
@@ -249,7 +249,7 @@ def demo_settings():
     flips, every row) so that the whole run fits in a minute on 2 CPU cores: on the validation prompts these settings
     still put the prompt's own training image in the top 10 every time (benchmarks/results/tuning.md)."""
     from ..workspace import PrepareSettings
-    from ..scoring import LossGrid
+    from ..engine.scoring import LossGrid
 
     return PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
 

@@ -26,7 +26,7 @@ from ..data.dataset import SubsetDataset
 from ..data.export import export_imagefolder
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
-from ..scoring import LossGrid, per_example_losses
+from ..engine.scoring import LossGrid, per_example_losses
 from ..training_run import TrainRequest
 from .metrics import mean_and_se, pixel_mse, ranking
 from .retrain import is_done, job_key, model_folder, run_jobs

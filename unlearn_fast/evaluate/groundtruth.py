@@ -205,7 +205,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
     from ..methods import run_method
     from ..models.adapter import DiffusionModel
     from ..query import query_from_prompt
-    from ..scoring import LossGrid
+    from ..engine.scoring import LossGrid
     from ..training_run import TrainRequest, run_training
 
     folder = os.path.join(out_dir, scenario.name)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import SettingsError
-from ..scoring import LossGrid, per_example_losses
+from ..engine.scoring import LossGrid, per_example_losses
 from .method_setup import Workspaces
 from .metrics import mean_and_se, pixel_mse
 from .validation import validation_prompts
@@ -60,8 +60,8 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=prin
     from ..workspace import PrepareSettings
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
-    from ..unlearn import unlearn
-    from ..weight_swap import swapped_weights
+    from ..engine.unlearn import unlearn
+    from ..engine.weight_swap import swapped_weights
 
     os.makedirs(out_dir, exist_ok=True)
     model = DiffusionModel.load(setup.model, device=setup.device)
@@ -108,7 +108,7 @@ def _steps(setup: UnlearningQualitySetup) -> list[tuple[str, object, dict]]:
     """(label, UnlearnSettings, preparation overrides) of every step measured: the paper's rule at each α, then each
     named variant (a Fisher over a larger group is its own preparation)."""
     from ..methods.abu import AbU
-    from ..unlearn import UnlearnSettings
+    from ..engine.unlearn import UnlearnSettings
 
     steps = [(f"α={alpha:g}", UnlearnSettings(alpha=alpha, draws=setup.draws, group=setup.group, seed=setup.seed),
               {} if setup.group == "kv" else {"fisher_group": setup.group}) for alpha in setup.alphas]

@@ -1,6 +1,7 @@
 """Attribution by unlearning (the method of this package), standing on the Workspace like every other method.
 
-    query ─ unlearn (Fisher-preconditioned ascent, unlearn.py) ─ losses after (a Workspace pass) ─ τ = after − before
+    query ─ unlearn (Fisher-preconditioned ascent: engine/unlearn.py) ─ losses after (a Workspace pass)
+          ─ τ = after − before
 
 Each query keeps its own folder in the work directory (queries/<query key>-<settings hash>/: the query image, its
 unlearned weights, its losses after and its scores), so a resumed run neither unlearns nor rescores twice, and every
@@ -21,8 +22,8 @@ from ..attribution import Attribution
 from ..errors import SettingsError
 from ..query import Query
 from ..score_rules import calibrate, loss_change_scores
-from ..scoring import NOISE_KEYS
-from ..unlearn import UnlearnSettings, unlearn
+from ..engine.scoring import NOISE_KEYS
+from ..engine.unlearn import UnlearnSettings, unlearn
 from ..workspace import Workspace, numeric_settings, rows_of
 from .abu_recipes import VARIANTS
 from .base import AttributionMethod

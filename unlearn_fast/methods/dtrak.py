@@ -21,7 +21,7 @@ from torch.func import functional_call, grad, vmap
 
 from .. import ops
 from ..errors import SettingsError
-from ..scoring import NOISE_KEYS, timestep_grid
+from ..engine.scoring import NOISE_KEYS, timestep_grid
 from ..workspace import Workspace, rows_of
 from .base import AttributionMethod
 

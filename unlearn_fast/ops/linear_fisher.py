@@ -3,7 +3,7 @@ holding the (N, d_out, d_in) per-example gradients.
 
 Spec in linear_fisher_reference.py (the oracle); fast paths in csrc/ (C++/OpenMP, CUDA) and triton_kernels/, each
 computing one output tile at a time: per example, the gradient tile g_n^T x_n in registers, squared and accumulated.
-unlearn_fast.fisher_hooks.diagonal_fisher feeds it from hooks on a model's Linear layers.
+unlearn_fast.engine.fisher_hooks.diagonal_fisher feeds it from hooks on a model's Linear layers.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 

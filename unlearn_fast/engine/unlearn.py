@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
+from .. import ops
 from .batching import pad_rows
-from .curvature import CURVATURES, KroneckerCurvature
-from .errors import SettingsError
+from ..curvature import CURVATURES, KroneckerCurvature
+from ..errors import SettingsError
 from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient
-from .score_rules import SCORE_RULES
+from ..score_rules import SCORE_RULES
 
 
 STEP_RULES = ("alpha/N", "rise")

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import ops
+from .. import ops
 from .batching import pad_rows
 from .device import module_device, to_device
-from .errors import SettingsError
-from .models.adapter import DiffusionModel
-from .ops.noisy_input_reference import mirrored
+from ..errors import SettingsError
+from ..models.adapter import DiffusionModel
+from ..ops.noisy_input_reference import mirrored
 from .unet_forward import ForwardPlan, precision, unet_forward
 
 DTYPES = ("fp32", "bf16")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:

@@ -15,10 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import ops
+from .. import ops
 from .batching import MIN_UNET_ROWS, pad_rows
 from .device import module_device, to_device
-from .errors import SettingsError
+from ..errors import SettingsError
 from .fisher_hooks import diagonal_fisher
 
 

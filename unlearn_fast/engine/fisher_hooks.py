@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .ops import linear_fisher_diag
+from ..ops import linear_fisher_diag
 
 
 def split_linear(unet, params: dict) -> tuple[dict, dict]:
