@@ -21,6 +21,22 @@ def default_dataset():
 
 
 @pytest.fixture(scope="session")
+def default_image_folder(tmp_path_factory, default_dataset):
+    """folder(indices) -> an image folder (metadata.jsonl) of those default images, written once per range."""
+    from unlearn_fast.data import SubsetDataset, export_imagefolder
+
+    made = {}
+
+    def folder(indices: range) -> str:
+        if indices not in made:
+            root = tmp_path_factory.mktemp(f"images{indices.start}-{indices.stop}")
+            export_imagefolder(SubsetDataset(default_dataset, indices), str(root))
+            made[indices] = str(root)
+        return made[indices]
+    return folder
+
+
+@pytest.fixture(scope="session")
 def small_pixels(default_dataset):
     """The first 96 default images as uint8 (96, 32, 32, 3), and their captions."""
     from unlearn_fast.data import load_pixels

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unlearn_fast.data import SubsetDataset, export_imagefolder
 from unlearn_fast.store.digests import work_dir_digests
 
 WORKER = str(Path(__file__).with_name("distributed_worker.py"))
@@ -22,9 +21,9 @@ UNLEARN = ["--draws", "16", "--alpha", "0.003"]
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, default_dataset):
+def inputs(tmp_path_factory, default_dataset, default_image_folder):
     root = tmp_path_factory.mktemp("distributed")
-    export_imagefolder(SubsetDataset(default_dataset, range(360, 384)), str(root / "images"))
+    (root / "images").symlink_to(default_image_folder(range(360, 384)))
     default_dataset.image(369).convert("RGB").resize((32, 32)).save(root / "query.png")  # 'red apple'
     return root
 

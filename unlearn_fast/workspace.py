@@ -159,7 +159,8 @@ class Workspace:
             if self.ranks.active:
                 self.log(f"{self.ranks.world_size} ranks (torch.distributed)")
         self.ranks.barrier()
-        self.store.manifest = read_manifest(self.store.path)
+        if not self.ranks.is_main:  # what rank 0 bound, so locked() can tell a rebinding
+            self.store.manifest = read_manifest(self.store.path)
 
     def _binding(self, cache: DigestCache) -> Binding:
         """The work directory's binding: a fingerprint per model part, the images' bytes and the captions (rows kept to

@@ -21,6 +21,7 @@ from ..errors import SettingsError
 from ..models.adapter import DiffusionModel
 from ..ops.noisy_input_reference import mirrored
 from .unet_forward import ForwardPlan, precision, unet_forward
+from .weight_swap import swapped_weights
 
 DTYPES = ("fp32", "bf16")
 
@@ -130,8 +131,6 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
     """per_example_losses under each of Q sets of weights (each swapped into the UNet in turn: weight_swap), in one
     sweep: every batch of rows is moved and noised once, then run through each set. float32 (Q, N, T, F), each
     [q] with the same bits as per_example_losses under weight_sets[q] ({} = the UNet's own weights)."""
-    from .weight_swap import swapped_weights
-
     unet = unet if unet is not None else model.unet
     device = module_device(unet)  # x0 and cond may stay on the CPU: one batch at a time goes to the UNet's device
     ids = torch.as_tensor(example_ids, dtype=torch.int64)
@@ -151,25 +150,34 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
     forward = unet_forward(unet, settings.forward_plan, device) if fused else None
     minimum = settings.batch_size if fused and settings.compile != "none" else 0  # a compiled UNet sees one shape
     losses = torch.empty(len(weight_sets), len(example), dtype=torch.float32, device=device)
-    for start in tqdm(range(0, len(example), settings.batch_size), desc="losses", unit="batch",
-                      disable=not progress):
-        rows = torch.arange(start, min(start + settings.batch_size, len(example)))
+    # One set is swapped in once for the whole pass; several are swapped in turn for every batch.
+    whole_pass, per_batch = (weight_sets[0], [{}]) if len(weight_sets) == 1 else ({}, weight_sets)
+    with swapped_weights(unet, whole_pass):
+        for start, count, batch in _batches(x0, cond, ids, timesteps, example, step, flip, settings.batch_size,
+                                            minimum, device, progress):
+            x, c, i, t, f = batch
+            # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
+            if fused:
+                a_t, s_t = model.noise_coefficients(t)
+                x_t = ops.noisy_input(x, a_t, s_t, settings.seed, i, t, f)  # once for every set of weights
+            for q, weights in enumerate(per_batch):
+                with swapped_weights(unet, weights):
+                    if fused:
+                        with precision(settings.dtype, device):
+                            pred = forward(x_t, t, c)
+                        batch_losses = ops.denoising_loss(pred, x, a_t, s_t, settings.seed, i, t, f,
+                                                          prediction_type=model.prediction_type)
+                    else:
+                        batch_losses = _reference_losses(model, unet, x, c, i, t, f, settings)
+                losses[q, start:start + count] = batch_losses[:count]
+    return losses.view(len(weight_sets), n, steps, views).to(x0.device)
+
+
+def _batches(x0, cond, ids, timesteps, example, step, flip, batch_size, minimum, device, progress):
+    """(start, count, (x0, cond, ids, t, flip) on `device`) per batch of UNet rows; padded to `minimum` rows."""
+    for start in tqdm(range(0, len(example), batch_size), desc="losses", unit="batch", disable=not progress):
+        rows = torch.arange(start, min(start + batch_size, len(example)))
         count, rows = len(rows), pad_rows(rows, minimum)  # padding's losses are dropped
         e = example[rows]
-        x, c, i, t, f = [to_device(v, device) for v in (x0[e.to(x0.device)], cond[e.to(cond.device)], ids[e],
-                                                        timesteps[step[rows]], flip[rows])]
-        # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
-        if fused:
-            a_t, s_t = model.noise_coefficients(t)
-            x_t = ops.noisy_input(x, a_t, s_t, settings.seed, i, t, f)  # once for every set of weights
-        for q, weights in enumerate(weight_sets):
-            with swapped_weights(unet, weights):
-                if fused:
-                    with precision(settings.dtype, device):
-                        pred = forward(x_t, t, c)
-                    batch_losses = ops.denoising_loss(pred, x, a_t, s_t, settings.seed, i, t, f,
-                                                      prediction_type=model.prediction_type)
-                else:
-                    batch_losses = _reference_losses(model, unet, x, c, i, t, f, settings)
-            losses[q, start:start + count] = batch_losses[:count]
-    return losses.view(len(weight_sets), n, steps, views).to(x0.device)
+        yield start, count, [to_device(v, device) for v in (x0[e.to(x0.device)], cond[e.to(cond.device)], ids[e],
+                                                           timesteps[step[rows]], flip[rows])]

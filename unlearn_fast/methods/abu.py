@@ -143,10 +143,12 @@ def _attribute_all(workspace: Workspace, queries: list[Query], settings: Unlearn
             path.write_bytes(queries[q].png_bytes())
             store.save_json(f"{folders[q]}/query", records[q])
     workspace.on_main(start)
+    if not todo:
+        return [store.load_json(f"{folder}/query") for folder in folders]
     weights = workspace.phase("unlearn", lambda: [
         _unlearned_weights(workspace, queries[q], settings, folders[q], records[q]) for q in todo])
     after = workspace.phase("score", lambda: workspace.losses_under(
-        [f"{folders[q]}/losses_after" for q in todo], weights)) if todo else []
+        [f"{folders[q]}/losses_after" for q in todo], weights))
     base, rows = workspace.base_losses, workspace.caption_rows  # read on every rank: collective when not yet cached
 
     def finish():
