@@ -8,6 +8,7 @@ files: rank 0's view of what is pending is broadcast, so no rank acts on a file 
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,4 +76,12 @@ def ranks_from_environment() -> Ranks:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
         dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timeout)
+        atexit.register(_leave_process_group)
     return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group while the interpreter is still whole: left to interpreter shutdown, gloo's worker
+    threads may release tensors after Python is gone and abort the process (SIGABRT) after a job that succeeded."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
