@@ -53,7 +53,7 @@ def _fused(stage, backend, x0, pred, a_t, s_t, ids, steps, flips):
     if stage != "loss":
         out.append(ops.noisy_input(x0, a_t, s_t, *keys, backend=backend))
     if stage != "x_t":
-        out.append(ops.denoising_loss(pred, x0, a_t, s_t, *keys, backend=backend))
+        out.append(ops.denoising_loss(pred, x0, torch.ones_like(a_t), torch.zeros_like(s_t), *keys, backend=backend))
     return out
 
 

@@ -179,11 +179,22 @@ at::Tensor noisy_input(const at::Tensor& x0, const at::Tensor& a_t, const at::Te
   return out;
 }
 
-at::Tensor denoising_loss(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& a_t, const at::Tensor& s_t,
+at::Tensor denoising_loss(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& c_eps, const at::Tensor& c_x,
                           uint64_t seed, const at::Tensor& ids, const at::Tensor& timestep_idx,
-                          const at::Tensor& flips, bool v_prediction) {
+                          const at::Tensor& flips) {
   constexpr const char* op = "denoising_loss";
-  const RowInputs in = check_fused_inputs(op, x0, a_t, s_t, ids, timestep_idx, flips);
+  TORCH_CHECK(x0.dim() == 4, op, ": x0 must have shape (B, C, H, W), got ", x0.sizes());
+  const auto check_coefficient = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == x0.size(0), op, ": ", name, " must have shape (", x0.size(0),
+                ",) like x0's batch, got ", t.sizes());
+    TORCH_CHECK(t.device() == x0.device(), op, ": ", name, " is on ", t.device(), " but x0 is on ", x0.device());
+    TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
+  };
+  check_coefficient("c_eps", c_eps);
+  check_coefficient("c_x", c_x);
+  // The coefficients take the places of noisy_input's a_t and s_t (already checked above, under their own names).
+  const RowInputs in = check_fused_inputs(op, x0, c_eps, c_x, ids, timestep_idx, flips);
+  const unlearn_fast::TargetCoefficients target{in.a_t.data_ptr<float>(), in.s_t.data_ptr<float>()};
   TORCH_CHECK(pred.sizes() == x0.sizes(), op, ": pred must have x0's shape ", x0.sizes(), ", got ", pred.sizes());
   TORCH_CHECK(pred.device() == x0.device(), op, ": pred is on ", pred.device(), " but x0 is on ", x0.device());
   TORCH_CHECK(x0.size(1) * x0.size(2) * x0.size(3) > 0, op,
@@ -198,12 +209,12 @@ at::Tensor denoising_loss(const at::Tensor& pred, const at::Tensor& x0, const at
       on_device(
           op, x0,
           [&] {
-            unlearn_fast::denoising_loss_cpu(p, strides4(pred), x, strides4(x0), in.rows(seed), v_prediction,
-                                             x0.size(0), chw(x0), out.data_ptr<float>());
+            unlearn_fast::denoising_loss_cpu(p, strides4(pred), x, strides4(x0), in.rows(seed), target, x0.size(0),
+                                             chw(x0), out.data_ptr<float>());
           },
           [&](auto stream) {
 #ifdef UNLEARN_FAST_WITH_CUDA
-            return unlearn_fast::denoising_loss_cuda(p, strides4(pred), x, strides4(x0), in.rows(seed), v_prediction,
+            return unlearn_fast::denoising_loss_cuda(p, strides4(pred), x, strides4(x0), in.rows(seed), target,
                                                      x0.size(0), chw(x0), out.data_ptr<float>(), stream);
 #endif
           });
@@ -276,12 +287,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "x_t = a_t * x0' + s_t * eps, (B, C, H, W) contiguous of out_dtype, eps regenerated in-kernel and x0' = x0 "
         "mirrored along W on flipped rows (csrc/noisy_input.h). x0: float32/bfloat16/float16, any strides; a_t, s_t: "
         "float32 (B,); ids, timestep_idx, flips: int64 (B,); values validated by unlearn_fast.ops.noisy_input.");
-  m.def("denoising_loss", &denoising_loss, py::arg("pred"), py::arg("x0"), py::arg("a_t"), py::arg("s_t"),
-        py::arg("seed"), py::arg("ids"), py::arg("timestep_idx"), py::arg("flips"), py::arg("v_prediction"),
+  m.def("denoising_loss", &denoising_loss, py::arg("pred"), py::arg("x0"), py::arg("c_eps"), py::arg("c_x"),
+        py::arg("seed"), py::arg("ids"), py::arg("timestep_idx"), py::arg("flips"),
         py::call_guard<py::gil_scoped_release>(),
-        "Per-row float32 mean((pred - target)^2), target = eps or a_t * eps - s_t * x0', eps regenerated in-kernel "
-        "(csrc/denoising_loss.h). pred, x0: float32/bfloat16/float16, any strides; values validated by "
-        "unlearn_fast.ops.denoising_loss.");
+        "Per-row float32 mean((pred - target)^2), target = c_eps * eps + c_x * x0', eps regenerated in-kernel "
+        "(csrc/denoising_loss.h). pred, x0: float32/bfloat16/float16, any strides; c_eps, c_x: float32 (B,); ids, "
+        "timestep_idx, flips: int64 (B,); values validated by unlearn_fast.ops.denoising_loss.");
   m.def("linear_fisher_diag", &linear_fisher_diag, py::arg("x"), py::arg("g"), py::arg("bias"),
         py::call_guard<py::gil_scoped_release>(),
         "(sum_n (g_n^T x_n)^2 (d_out, d_in), sum_n (sum_t g_n)^2 (d_out,) or None), float32, without per-example "

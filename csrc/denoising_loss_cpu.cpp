@@ -11,7 +11,7 @@ namespace unlearn_fast {
 
 template <typename pred_t, typename x0_t>
 void denoising_loss_cpu(const pred_t* pred, Strides4 pred_strides, const x0_t* x0, Strides4 x0_strides,
-                        NoisyRows rows, bool v_prediction, int64_t batch, Chw shape, float* out) {
+                        NoisyRows keys, TargetCoefficients target, int64_t batch, Chw shape, float* out) {
   const int64_t numel = shape.c * shape.h * shape.w;
   const int64_t tiles = (numel + kCpuTile - 1) / kCpuTile;
   std::vector<double> partial(static_cast<size_t>(batch * tiles));
@@ -20,17 +20,17 @@ void denoising_loss_cpu(const pred_t* pred, Strides4 pred_strides, const x0_t* x
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t start = t * kCpuTile, count = std::min(kCpuTile, numel - start);
       float eps[kCpuTile];
-      noise_tile(rows, b, start, count, eps);
-      const float a = rows.a[b], s = rows.s[b];
-      const bool flip = rows.flips[b] != 0;
+      noise_tile(keys, b, start, count, eps);
+      const float c_eps = target.c_eps[b], c_x = target.c_x[b];
+      const bool flip = keys.flips[b] != 0;
       double sum = 0.0;
       for_each_image_row(shape, start, count, [&](int64_t i, int64_t c, int64_t h, int64_t w, int64_t n) {
         const x0_t* x = x0 + mirrored_offset(x0_strides, b, c, h, w, shape.w, flip);
         const int64_t x_step = flip ? -x0_strides.w : x0_strides.w;
         const pred_t* p = pred + mirrored_offset(pred_strides, b, c, h, w, shape.w, false);  // pred is never mirrored
         for (int64_t k = 0; k < n; ++k) {
-          const float target = v_prediction ? a * eps[i + k] - s * to_float(x[k * x_step]) : eps[i + k];
-          const float diff = to_float(p[k * pred_strides.w]) - target;
+          const float diff =
+              to_float(p[k * pred_strides.w]) - loss_target(c_eps, eps[i + k], c_x, to_float(x[k * x_step]));
           sum += static_cast<double>(diff * diff);
         }
       });
@@ -44,9 +44,9 @@ void denoising_loss_cpu(const pred_t* pred, Strides4 pred_strides, const x0_t* x
   }
 }
 
-#define UF_INSTANTIATE(pred_t, x0_t)                                                                           \
-  template void denoising_loss_cpu<pred_t, x0_t>(const pred_t*, Strides4, const x0_t*, Strides4, NoisyRows, bool, \
-                                                 int64_t, Chw, float*);
+#define UF_INSTANTIATE(pred_t, x0_t)                                                                        \
+  template void denoising_loss_cpu<pred_t, x0_t>(const pred_t*, Strides4, const x0_t*, Strides4, NoisyRows, \
+                                                 TargetCoefficients, int64_t, Chw, float*);
 #define UF_INSTANTIATE_ALL_X0(pred_t) \
   UF_INSTANTIATE(pred_t, float) UF_INSTANTIATE(pred_t, bfloat16_t) UF_INSTANTIATE(pred_t, float16_t)
 UF_INSTANTIATE_ALL_X0(float)
