@@ -55,7 +55,7 @@ def test_parameter_groups(tiny_model):
     assert set(kv) < set(tiny_model.parameter_group("cross-attention")) < set(tiny_model.parameter_group("attention"))
     assert len(tiny_model.parameter_group("all")) == len(list(tiny_model.unet.parameters()))
     assert set(tiny_model.parameter_group(r"\.attn2\.to_q\.weight$")).isdisjoint(kv)
-    with pytest.raises(ValueError, match="matches no UNet parameter"):
+    with pytest.raises(ValueError, match="matches no unet denoiser parameter"):
         tiny_model.parameter_group("no_such_layer")
     with pytest.raises(ValueError, match="neither one of"):
         tiny_model.parameter_group("attn2[")

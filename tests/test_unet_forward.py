@@ -87,7 +87,7 @@ def test_reference_path_ignores_the_plan():
 
 def test_a_deep_copy_of_a_prepared_unet_carries_no_prepared_forward():
     model = small_model()
-    unet_forward(model.unet, ForwardPlan(), torch.device("cpu"))
+    unet_forward(model, model.unet, ForwardPlan(), torch.device("cpu"))
     assert len(model.unet._unlearn_fast_forwards) == 1
     assert len(copy.deepcopy(model.unet)._unlearn_fast_forwards) == 0  # unlearn's working copy starts clean
 

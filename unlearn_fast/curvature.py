@@ -66,7 +66,7 @@ def _batches(model, x0, cond, example_ids, settings: FisherSettings):
     ids = torch.as_tensor(example_ids, dtype=torch.int64)
     row = torch.arange(len(x0)).repeat_interleave(settings.samples_per_example)
     sample = torch.arange(settings.samples_per_example).repeat(len(x0))
-    T = model.scheduler.config.num_train_timesteps
+    T = model.num_timesteps
     step = max(1, settings.batch_size // MIN_UNET_ROWS) * MIN_UNET_ROWS
     for start in range(0, len(row), step):
         batch = torch.arange(start, min(start + step, len(row)))

@@ -164,7 +164,7 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
         optimizer, lambda s: _warmup_cosine(s, config.warmup_steps, config.steps))
     ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=3 / 4) if config.ema_decay else None
     stream = data.index_stream(config.batch_size, generator)
-    num_timesteps = model.scheduler.config.num_train_timesteps
+    num_timesteps = model.num_timesteps
     model.unet.train()
     model.text.encoder.train(config.train_text_encoder)
     history = TrainingHistory()
@@ -181,8 +181,7 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
             if not bool(kept.any()):
                 schedule.step()  # a batch of excluded rows only: no update, the schedule keeps time with the full run
                 continue
-            with torch.set_grad_enabled(config.train_text_encoder):
-                cond = model.text.encode(captions)
+            cond = model.encode_text(captions, grad=config.train_text_encoder)
             loss = model.loss(x0.to(model.device), cond, timesteps.to(model.device), noise.to(model.device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

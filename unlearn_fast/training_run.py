@@ -36,6 +36,7 @@ class TrainRequest:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     unet_parameters: str = "all"
+    architecture: str = "unet"  # a new model's denoiser: "unet" (DDPM) or "dit" (flow matching); models/tiny.py
     train_text_encoder: bool = True
     caption_column: str = "text"
     command: str = ""
@@ -59,9 +60,10 @@ def build_model(request: TrainRequest, captions, pixels, quiet: bool = False) ->
     torch.manual_seed(request.seed)  # initial weights are part of the recipe (drawn on the CPU, then moved)
     if request.vae_from:
         vae = DiffusionModel.load(request.vae_from).vae
-        model = new_tiny_model(vocabulary + list(request.add_tokens), vae=vae).to(device)
+        model = new_tiny_model(vocabulary + list(request.add_tokens), vae=vae,
+                               architecture=request.architecture).to(device)
         return model, {"vae_from": request.vae_from}
-    model = new_tiny_model(vocabulary + list(request.add_tokens)).to(device)
+    model = new_tiny_model(vocabulary + list(request.add_tokens), architecture=request.architecture).to(device)
     vae_losses = train_vae(model.vae, pixels, VAETrainConfig(steps=request.vae_steps, seed=request.seed),
                            exclude=request.exclude, quiet=quiet)
     scale, shift = calibrate_latent_scale(model, pixels)

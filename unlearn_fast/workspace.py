@@ -92,7 +92,7 @@ class PrepareSettings:
 
     def validate(self, model: DiffusionModel) -> None:
         """Every setting checked against the model before anything is computed or recorded (SettingsError)."""
-        self.scoring.timestep_values(model.scheduler.config.num_train_timesteps)
+        self.scoring.timestep_values(model.num_timesteps)
         if self.fisher_examples is not None and (not isinstance(self.fisher_examples, int) or self.fisher_examples < 1):
             raise SettingsError(f"fisher_examples must be a number of rows >= 1, or None for every row (0 on the "
                                 f"command line); got {self.fisher_examples!r}")
@@ -416,7 +416,7 @@ class Workspace:
         """The losses of every caption row under each set of weights (swapped into model.unet; {} = its own), into
         the arrays `names`, in ONE sweep over the rows: each chunk is read, moved and noised once for all of them."""
         grid = self.settings.scoring
-        steps = len(grid.timestep_values(self.model.scheduler.config.num_train_timesteps))
+        steps = len(grid.timestep_values(self.model.num_timesteps))
         rows, x0, cond = self.caption_rows, self.latents, self.conditioning
 
         def compute(start, stop, which):

@@ -49,6 +49,7 @@ def cmd_train(args) -> None:
         lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, ema_decay=args.ema_decay,
         caption_dropout=args.caption_dropout,
         unet_parameters=args.unet_parameters, train_text_encoder=not args.freeze_text_encoder,
+        architecture=args.architecture,
         caption_column=args.caption_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
         device=str(resolve_device(args.device)),
     )
@@ -122,7 +123,12 @@ def _load_model(args):
     from ..engine.device import resolve_device
     from ..models.adapter import DiffusionModel
 
-    return DiffusionModel.load(args.model, device=resolve_device(args.device))
+    model = DiffusionModel.load(args.model, device=resolve_device(args.device))
+    if getattr(args, "lora", None):
+        from ..models.lora import load_lora
+
+        load_lora(model, args.lora)
+    return model
 
 
 def _attributor(args):
@@ -304,8 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-steps", type=int, default=200, help="learning-rate warm-up steps")
     train.add_argument("--ema-decay", type=float, default=0.999)
     train.add_argument("--caption-dropout", type=float, default=0.1)
-    train.add_argument("--unet-parameters", default="all", help="UNet parameter group to train: all, kv, "
+    train.add_argument("--unet-parameters", default="all", help="denoiser parameter group to train: all, kv, "
                        "cross-attention, attention or a regex")
+    train.add_argument("--architecture", choices=("unet", "dit"), default="unet", help="a new model's denoiser: the "
+                       "default UNet (DDPM) or the tiny PixArt-style DiT trained with flow matching (ignored with "
+                       "--init-from)")
     train.add_argument("--freeze-text-encoder", action="store_true")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=count_or_zero, default=0, help="torch CPU threads (0: torch's default)")
@@ -326,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=cmd_grid)
 
     def work_arguments(p):
-        p.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
+        p.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model), a "
+                       "diffusers pipeline folder of any supported family (README: Model families)")
+        p.add_argument("--lora", help="a LoRA adapter (diffusers' pytorch_lora_weights.safetensors or its folder) on "
+                       "the model; --group lora / --fisher-group lora unlearn its A/B matrices")
         p.add_argument("--data", default="default", help="training set: 'default', an image folder with "
                        "metadata.jsonl, a .parquet file or webdataset shards")
         p.add_argument("--caption-column", default="text")

@@ -84,7 +84,7 @@ def fisher_sums(model, params: dict, x0: torch.Tensor, cond: torch.Tensor, examp
     # Rows (example, sample) in C order; a batch is any slice of them.
     row = torch.arange(len(x0)).repeat_interleave(settings.samples_per_example)
     sample = torch.arange(settings.samples_per_example).repeat(len(x0))
-    T = model.scheduler.config.num_train_timesteps
+    T = model.num_timesteps
     total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
     # Batches are whole blocks of MIN_UNET_ROWS rows and each block's float32 sum is added in float64, so F has the
     # same bits for any batch size (the per-example gradients already do: batching.py).

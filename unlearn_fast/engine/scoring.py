@@ -139,7 +139,7 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
     if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
         raise ValueError(f"per_example_losses needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
                          f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")
-    timesteps = settings.timestep_values(model.scheduler.config.num_train_timesteps)
+    timesteps = settings.timestep_values(model.num_timesteps)
     n, steps, views = len(x0), len(timesteps), 2 if settings.flips else 1
 
     # Row r is (example, timestep, flip) in C order, so losses.view(n, steps, views) needs no reshuffle.
@@ -147,7 +147,7 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
     step = torch.arange(steps).repeat_interleave(views).repeat(n)
     flip = torch.arange(views).repeat(n * steps)
     fused = settings.backend == "auto"
-    forward = unet_forward(unet, settings.forward_plan, device) if fused else None
+    forward = unet_forward(model, unet, settings.forward_plan, device) if fused else None
     minimum = settings.batch_size if fused and settings.compile != "none" else 0  # a compiled UNet sees one shape
     losses = torch.empty(len(weight_sets), len(example), dtype=torch.float32, device=device)
     # One set is swapped in once for the whole pass; several are swapped in turn for every batch.
@@ -158,15 +158,16 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
             x, c, i, t, f = batch
             # The noise key's timestep word is the timestep itself, so a timestep keeps its noise in any grid.
             if fused:
-                a_t, s_t = model.noise_coefficients(t)
-                x_t = ops.noisy_input(x, a_t, s_t, settings.seed, i, t, f)  # once for every set of weights
+                k, row_weight = model.coefficients(t), model.objective.weight(t)  # SD3: σ²
+                x_t = ops.noisy_input(x, k.a, k.s, settings.seed, i, t, f)  # once for every set of weights
             for q, weights in enumerate(per_batch):
                 with swapped_weights(unet, weights):
                     if fused:
                         with precision(settings.dtype, device):
                             pred = forward(x_t, t, c)
-                        batch_losses = ops.denoising_loss(pred, x, a_t, s_t, settings.seed, i, t, f,
-                                                          prediction_type=model.prediction_type)
+                        batch_losses = ops.denoising_loss(pred, x, k.c_eps, k.c_x, settings.seed, i, t, f)
+                        if row_weight is not None:
+                            batch_losses = batch_losses * row_weight
                     else:
                         batch_losses = _reference_losses(model, unet, x, c, i, t, f, settings)
                 losses[q, start:start + count] = batch_losses[:count]

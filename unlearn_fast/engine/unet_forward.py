@@ -66,10 +66,11 @@ def precision(dtype: str, device: torch.device):
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
-def unet_forward(unet: torch.nn.Module, plan: ForwardPlan, device: torch.device
+def unet_forward(model, unet: torch.nn.Module, plan: ForwardPlan, device: torch.device
                  ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(x_t, t, cond) → the UNet's prediction, as `plan` says. Converting to channels_last changes `unet` in place
-    (its weights' strides, not their values); the compiled module is cached on `unet`."""
+    """(x_t, t, cond) → the denoiser's prediction (model.predict through `unet`), as `plan` says. Converting to
+    channels_last changes `unet` in place (its weights' strides, not their values); the compiled module is cached on
+    `unet`."""
     channels_last = plan.uses_channels_last(device)
     cache = unet.__dict__.setdefault("_unlearn_fast_forwards", _ForwardCache())
     key = (plan.compile, channels_last)
@@ -88,5 +89,5 @@ def unet_forward(unet: torch.nn.Module, plan: ForwardPlan, device: torch.device
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         if graphs:  # each call is a new step: the previous output (already reduced to losses) may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        return module(x_t, t, encoder_hidden_states=cond).sample
+        return model.predict(x_t, t, cond, unet=module)
     return forward

@@ -103,7 +103,7 @@ class UnlearnSettings:
 def _query_draws(model, x0_query, cond_query, settings: UnlearnSettings, step: int, first: int, stop: int):
     """Batches of the query's draws d in [first, stop) of step `step`: (x0, cond, t, noise, real rows). Each batch is
     padded to batching.pad_rows (the padding's rows are dropped), so results do not depend on the batch size."""
-    T = model.scheduler.config.num_train_timesteps
+    T = model.num_timesteps
     for start in range(first, stop, settings.batch_size):
         d = torch.arange(start, min(start + settings.batch_size, stop), device=x0_query.device)
         count, d = len(d), pad_rows(d)
@@ -124,7 +124,7 @@ def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: Un
 
 def retained_gradient(model, unet, params: dict, x0, cond, settings: UnlearnSettings, step: int) -> dict:
     """The mean over the retained rows (x0 (R, C, h, w), cond (R, L, D)) of ∇ L, one keyed draw per row, float64."""
-    T = model.scheduler.config.num_train_timesteps
+    T = model.num_timesteps
     total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
     for start in range(0, len(x0), settings.batch_size):
         r = torch.arange(start, min(start + settings.batch_size, len(x0)), device=x0.device)

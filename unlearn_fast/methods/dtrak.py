@@ -79,13 +79,15 @@ class GradientKernel(AttributionMethod):
             noise_ids = torch.zeros_like(noise_ids)
         projection = self._cached_projection(params)
         device = x0.device
-        t = timestep_grid(model.scheduler.config.num_train_timesteps, self.timesteps).to(device)
+        t = timestep_grid(model.num_timesteps, self.timesteps).to(device)
         steps = torch.arange(self.timesteps, device=device)
 
         def f(selected, x, c, e):  # one example: the mean over the grid of timesteps
-            xs, cs = x.expand(len(t), -1, -1, -1), c.expand(len(t), -1, -1)
-            x_t = model.scheduler.add_noise(xs, e, t)
-            pred = functional_call(model.unet, selected, (x_t, t), {"encoder_hidden_states": cs}).sample.float()
+            xs, cs = x.expand(len(t), *x.shape), c.expand(len(t), *c.shape)
+
+            def denoiser(*args, **kwargs):
+                return functional_call(model.unet, selected, args, kwargs)
+            pred = model.predict(model.noisy(xs, e, t), t, cs, unet=denoiser).float()
             if self.output == "loss":
                 pred = pred - model.target(xs, e, t).float()
             return pred.pow(2).flatten(1).sum(1).mean()

@@ -1,8 +1,10 @@
 """One object for every model unlearn_fast attributes: the diffusers parts plus the few operations the method needs.
 
-``DiffusionModel`` hides where a model came from (the tiny default, a trained checkpoint, a Stable Diffusion pipeline
-folder). Everything downstream — training, Fisher, unlearning, scoring, generation — talks to it only through
-``encode_images``, ``encode_text``, ``loss``, ``parameter_group`` and ``generate``.
+``DiffusionModel`` hides where a model came from (the tiny default, a trained checkpoint, a pipeline folder of any
+family in models/families/) and which family it is. Everything downstream — training, Fisher, unlearning, scoring,
+D-TRAK features, generation — talks to it only through ``encode_images``, ``encode_text``, ``loss``, ``predict``,
+``coefficients``, ``num_timesteps``, ``parameter_group`` and ``generate``; nothing outside models/ knows the family.
+The denoiser (a UNet or a transformer) is ``model.unet``, the name every pass swaps weights into.
 """
 from __future__ import annotations
 
@@ -15,15 +17,13 @@ import torch
 from torch import nn
 
 from ..errors import SettingsError
+from .conditioning import ConditioningLayout
+from .family import COMMON_GROUPS, UNET_GROUPS, Family
+from .objective import Coefficients
 from .text_side import TextSide  # noqa: F401  (re-exported: the model's text side)
 
-# Named subsets of weights that unlearning may change (METHOD.md §3). Keys are diffusers parameter names.
-PARAMETER_GROUPS: dict[str, str] = {
-    "kv": r"\.attn2\.to_[kv]\.weight$",  # cross-attention keys and values: the paper's (and our) default
-    "cross-attention": r"\.attn2\.",
-    "attention": r"\.attn[12]\.",
-    "all": r".",
-}
+# The default family's named subsets of weights (METHOD.md §3); a model's own are model.family.parameter_groups().
+PARAMETER_GROUPS: dict[str, str] = {**UNET_GROUPS, "all": COMMON_GROUPS["all"]}
 
 
 def _config_repr(config) -> str:
@@ -33,19 +33,36 @@ def _config_repr(config) -> str:
 
 
 class DiffusionModel:
-    """A text-conditioned latent (or pixel) diffusion model: UNet2DConditionModel + scheduler [+ VAE] + text side."""
+    """A text-conditioned latent (or pixel) diffusion model: a denoiser (UNet or transformer) + scheduler [+ VAE] +
+    text side, and the family that says how they fit together (models/family.py; default: a plain UNet)."""
 
-    def __init__(self, unet, scheduler, text: TextSide, vae=None, resolution: int | None = None):
+    def __init__(self, unet, scheduler, text: TextSide, vae=None, resolution: int | None = None,
+                 family: Family | None = None):
         self.unet = unet
         self.scheduler = scheduler
         self.text = text
         self.vae = vae
-        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-        self.resolution = resolution or unet.config.sample_size * vae_factor
-        self.prediction_type = scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"scheduler prediction_type {self.prediction_type!r}: only 'epsilon' and 'v_prediction' "
-                             "are supported")
+        self.family = family or Family()
+        self.objective = self.family.objective(scheduler)
+        self.resolution = resolution or self._latent_size() * self.vae_scale_factor
+        self._layout: ConditioningLayout | None = None
+
+    @property
+    def prediction_type(self) -> str:
+        """"epsilon", "v_prediction" or "flow_matching"."""
+        return self.objective.kind
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        if hasattr(self.vae.config, "block_out_channels"):
+            return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.vae.spatial_compression_ratio)  # AutoencoderDC (Sana)
+
+    def _latent_size(self) -> int:
+        size = self.unet.config.sample_size
+        return size if isinstance(size, int) else size[0]
 
     # ----------------------------------------------------------------------------------------------------- encoding
     @property
@@ -54,9 +71,10 @@ class DiffusionModel:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.unet.config.sample_size
-        size = size if isinstance(size, int) else size[0]
-        return (self.unet.config.in_channels, size, size)
+        size = self.resolution // self.vae_scale_factor
+        # The VAE's channels: Flux's transformer takes them packed 2×2 (in_channels = 4 × latent channels).
+        channels = getattr(self.vae.config, "latent_channels", None) if self.vae is not None else None
+        return (channels or self.unet.config.in_channels, size, size)
 
     def _latent_scale_shift(self) -> tuple[float, float]:
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
@@ -80,7 +98,10 @@ class DiffusionModel:
             x = chunk.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
             if self.vae is not None:
                 scale, shift = self._latent_scale_shift()
-                x = (self.vae.encode(x).latent_dist.mean - shift) * scale
+                encoded = self.vae.encode(x)
+                # The posterior mean of a KL autoencoder; a deterministic one (Sana's DC-AE) gives its latent.
+                z = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latent
+                x = (z - shift) * scale
             out.append(x.float())
         return torch.cat(out)
 
@@ -92,9 +113,26 @@ class DiffusionModel:
             x0 = self.vae.decode(x0 / scale + shift).sample
         return ((x0.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return self.text.encode(list(prompts)).float()
+    def encode_text(self, prompts: list[str], grad: bool = False) -> torch.Tensor:
+        """Each prompt's conditioning record as one row: (B, L, D) text tokens, or (B, F) packed when the family
+        also conditions on pooled embeddings or a mask (models/conditioning.py). grad: keep the text encoder's graph
+        (training it)."""
+        with torch.set_grad_enabled(grad):
+            encoded = self.text.encode(list(prompts))
+        record = encoded if isinstance(encoded, dict) else {"tokens": encoded}
+        if self._layout is None:
+            self._layout = ConditioningLayout(tuple((name, tuple(v.shape[1:])) for name, v in record.items()))
+        return self._layout.pack(record).float()
+
+    @property
+    def conditioning_layout(self) -> ConditioningLayout:
+        """The fields of a conditioning row (known after the first encode_text; tokens alone for a model without a
+        text side, whose callers pass token states themselves)."""
+        if self._layout is None:
+            if self.text is None:
+                return ConditioningLayout((("tokens", ()),))
+            self.encode_text([""])
+        return self._layout
 
     def truncated_prompts(self, prompts: list[str]) -> list[int]:
         """Indices of the prompts longer than the text encoder reads: encode_text cuts them to max_tokens."""
@@ -104,37 +142,57 @@ class DiffusionModel:
         return [i for i, count in enumerate(counts) if count > self.text.max_tokens]
 
     # ---------------------------------------------------------------------------------------------- the loss (§1)
+    @property
+    def num_timesteps(self) -> int:
+        """Size of the training schedule: timesteps are integer indices into it (models/objective.py)."""
+        return self.objective.num_timesteps
+
+    def coefficients(self, timesteps: torch.Tensor) -> Coefficients:
+        """x_t = a·x0 + s·ε and target = c_eps·ε + c_x·x0 for each row's timestep index, float32 (the fused path)."""
+        return self.objective.coefficients(timesteps)
+
     def noise_coefficients(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a_t, s_t) with x_t = a_t·x0 + s_t·ε: sqrt(ᾱ_t) and sqrt(1 − ᾱ_t), float32, one per row."""
-        alphas_cumprod = self.scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)
-        abar = alphas_cumprod[timesteps.long()]
-        return abar.sqrt().float(), (1.0 - abar).sqrt().float()
+        """(a_t, s_t) with x_t = a_t·x0 + s_t·ε, float32, one per row."""
+        coefficients = self.coefficients(timesteps)
+        return coefficients.a, coefficients.s
+
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.objective.noisy(x0, noise, timesteps)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        if self.prediction_type == "epsilon":
-            return noise
-        return self.scheduler.get_velocity(x0, noise, timesteps)
+        return self.objective.target(x0, noise, timesteps)
+
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, unet=None) -> torch.Tensor:
+        """The denoiser's prediction (x_t's shape) at timestep indices `timesteps` for conditioning rows `cond`;
+        `unet`: another module or callable standing in for the denoiser (an unlearned copy, a functional_call)."""
+        record = self.conditioning_layout.unpack(cond)
+        denoiser = self.unet if unet is None else unet  # `unet or …` would ask a compiled module for its len()
+        return self.family.call(denoiser, x_t, self.objective.model_time(timesteps), record)
 
     def loss(self, x0: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
              unet: nn.Module | None = None) -> torch.Tensor:
-        """Per-example denoising loss mean((model(x_t, t, c) − target)²) over all but the batch dimension, float32."""
-        unet = unet or self.unet
-        x_t = self.scheduler.add_noise(x0, noise, timesteps)
-        pred = unet(x_t, timesteps, encoder_hidden_states=cond).sample
-        return (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).flatten(1).mean(1)
+        """Per-example denoising loss mean((model(x_t, t, c) − target)²) over all but the batch dimension, float32:
+        the family's training objective, with diffusers' own arithmetic for x_t and the target."""
+        x_t = self.noisy(x0, noise, timesteps)
+        pred = self.predict(x_t, timesteps, cond, unet)
+        losses = (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).flatten(1).mean(1)
+        weight = self.objective.weight(timesteps)
+        return losses if weight is None else losses * weight
 
     # -------------------------------------------------------------------------------------- parameter groups (§3)
     def parameter_group(self, group: str = "kv") -> dict[str, nn.Parameter]:
-        """UNet parameters of a named group ('kv', 'cross-attention', 'attention', 'all') or matching a regex."""
-        pattern = PARAMETER_GROUPS.get(group, group)
+        """Denoiser parameters of a named group of the family ('kv', 'cross-attention', 'attention', 'all', 'lora':
+        models/family.py) or matching a regex."""
+        groups = self.family.parameter_groups()
+        pattern = groups.get(group, group)
         try:
             regex = re.compile(pattern)
         except re.error as error:
-            raise SettingsError(f"parameter group {group!r} is neither one of {sorted(PARAMETER_GROUPS)} nor a valid "
+            raise SettingsError(f"parameter group {group!r} is neither one of {sorted(groups)} nor a valid "
                              f"regex ({error})") from None
         selected = {name: p for name, p in self.unet.named_parameters() if regex.search(name)}
         if not selected:
-            raise SettingsError(f"parameter group {group!r} matches no UNet parameter (e.g. "
+            raise SettingsError(f"parameter group {group!r} matches no {self.family.name} denoiser parameter (e.g. "
                              f"{next(iter(dict(self.unet.named_parameters())))!r})")
         return selected
 
@@ -154,10 +212,11 @@ class DiffusionModel:
             return digest.hexdigest()[:16]
 
         vocabulary = getattr(self.text.tokenizer, "vocab", None) if self.text is not None else None
+        family = json.dumps(self.family.describe(), sort_keys=True) if self.family.name != "unet" else ""
         return {"unet": part(self.unet), "vae": part(self.vae, f"resolution {self.resolution}"),
                 "text_encoder": part(self.text.encoder if self.text is not None else None,
                                      json.dumps(vocabulary) if isinstance(vocabulary, list) else ""),
-                "scheduler": hashlib.sha256(_config_repr(self.scheduler.config).encode()).hexdigest()[:16]}
+                "scheduler": hashlib.sha256((_config_repr(self.scheduler.config) + family).encode()).hexdigest()[:16]}
 
     def fingerprint(self, parts: dict[str, str] | None = None) -> str:
         """One hash of every weight and config of the model: of its parts' fingerprints (pass them if already known)."""
@@ -167,35 +226,17 @@ class DiffusionModel:
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, seed: int | list[int] = 0, steps: int = 50, guidance: float = 3.0
                  ) -> np.ndarray:
-        """Deterministic DDIM sampling (eta 0) with classifier-free guidance → uint8 images (B, H, W, 3).
+        """Deterministic sampling with classifier-free guidance → uint8 images (B, H, W, 3), as the family samples
+        (DDIM, eta 0, for a UNet; the pipeline's own sampler otherwise).
 
         ``seed`` is one per prompt, or one for all: each row's starting noise comes from its own generator, so a
         (prompt, seed) pair gives the same image alone or in a batch, and the same bits every time.
         """
-        from diffusers import DDIMScheduler
-
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
-        sampler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False)
-        sampler.set_timesteps(steps)
-        x = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        x = x.to(self.device) * sampler.init_noise_sigma
-        cond = self.encode_text(prompts)
-        uncond = self.encode_text([""] * len(prompts))
-        for t in sampler.timesteps:
-            timestep = torch.full((len(prompts),), int(t), device=self.device, dtype=torch.long)
-            if guidance == 1.0:
-                pred = self.unet(x, timestep, encoder_hidden_states=cond).sample
-            else:
-                both = self.unet(torch.cat([x, x]), torch.cat([timestep, timestep]),
-                                 encoder_hidden_states=torch.cat([uncond, cond])).sample
-                pred_uncond, pred_cond = both.chunk(2)
-                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
-            x = sampler.step(pred, t, x).prev_sample
-        images = self.decode(x)
-        return (images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        return self.family.generate(self, prompts, seeds, steps, guidance)
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, folder: str, training_record: dict | None = None) -> None:
@@ -205,9 +246,10 @@ class DiffusionModel:
 
     @classmethod
     def load(cls, folder: str = "default", device: str | torch.device = "cpu") -> "DiffusionModel":
-        """A model folder (``"default"`` = the shipped tiny emoji model) in eval mode; bad folders raise
-        models.folder.ModelFolderError naming the part."""
-        from .folder import load_parts, loading
+        """A model folder of any family (``"default"`` = the shipped tiny emoji model) in eval mode; bad folders
+        raise models.folder.ModelFolderError naming the part."""
+        from .families import load_parts
+        from .folder import loading
 
         parts, where = load_parts(folder, device)
         with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported

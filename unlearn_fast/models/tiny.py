@@ -15,9 +15,11 @@ with attention at every level at 14.3 s per step against 0.8 s with attention at
 """
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel,
+                       UNet2DConditionModel)
 
 from .adapter import DiffusionModel
+from .families.tiny_dit import TinyDiTFamily
 from .text_encoder import WordTextEncoder, WordTokenizer
 from .text_side import TextSide, word_text_side
 
@@ -66,6 +68,29 @@ def tiny_text_side(captions) -> TextSide:
     return word_text_side(tokenizer, encoder)
 
 
-def new_tiny_model(captions, vae: AutoencoderKL | None = None) -> DiffusionModel:
-    """A freshly initialised default-architecture model whose vocabulary covers ``captions``."""
+def tiny_dit() -> PixArtTransformer2DModel:
+    """A PixArt-style DiT on the same 8×8×4 latents: 2×2 patches (16 tokens), 4 blocks of 64-d self-attention,
+    cross-attention to the 64-d text and an MLP, adaLN-single time conditioning (0.32 M parameters; a forward of 128
+    rows took 0.05 s on the 2-core CPU)."""
+    return PixArtTransformer2DModel(sample_size=IMAGE_SIZE // 4, patch_size=2, in_channels=4, out_channels=4,
+                                    num_layers=4, attention_head_dim=16, num_attention_heads=4,
+                                    cross_attention_dim=TEXT_DIM, caption_channels=TEXT_DIM, norm_num_groups=1,
+                                    norm_type="ada_norm_single", use_additional_conditions=False)
+
+
+def tiny_flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+ARCHITECTURES = ("unet", "dit")
+
+
+def new_tiny_model(captions, vae: AutoencoderKL | None = None, architecture: str = "unet") -> DiffusionModel:
+    """A freshly initialised default-size model whose vocabulary covers ``captions``: the UNet with the DDPM
+    objective (the default), or the tiny DiT with flow matching ("dit")."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if architecture == "dit":
+        return DiffusionModel(tiny_dit(), tiny_flow_scheduler(), tiny_text_side(captions), vae=vae or tiny_vae(),
+                              resolution=IMAGE_SIZE, family=TinyDiTFamily())
     return DiffusionModel(tiny_unet(), tiny_scheduler(), tiny_text_side(captions), vae=vae or tiny_vae())

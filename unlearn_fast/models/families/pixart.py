@@ -1,0 +1,37 @@
+"""PixArt-Σ: a DiT (PixArtTransformer2DModel) reading T5 tokens through cross-attention with their attention mask,
+trained with the DDPM objective. Its transformer predicts ε and a learned variance side by side (2 × channels); the
+loss, like the pipeline's sampler, uses the ε half (the variance half has no target in the simple loss)."""
+from __future__ import annotations
+
+from ..family import PipelineFamily
+from .pipelines import load_pipeline, pipeline_resolution, pipeline_text_side
+
+MAX_TOKENS = 300  # PixArtSigmaPipeline's default max_sequence_length
+
+
+class PixArtFamily(PipelineFamily):
+    name = "pixart-sigma"
+
+    def call(self, denoiser, x_t, time, record):
+        out = denoiser(x_t, encoder_hidden_states=record["tokens"], encoder_attention_mask=record["mask"],
+                       timestep=time, added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                       return_dict=False)[0]
+        return out[:, :x_t.shape[1]] if out.shape[1] == 2 * x_t.shape[1] else out
+
+
+def load(folder: str, index: dict, device) -> dict:
+    from diffusers import PixArtSigmaPipeline
+
+    pipe = load_pipeline(PixArtSigmaPipeline, folder, index, device,
+                         ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"))
+    max_tokens = min(MAX_TOKENS, pipe.tokenizer.model_max_length)
+
+    def encode(prompts):
+        tokens, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=pipe.device,
+                                                clean_caption=False, max_sequence_length=max_tokens)
+        return {"tokens": tokens, "mask": mask.float()}
+
+    return {"unet": pipe.transformer, "scheduler": pipe.scheduler, "vae": pipe.vae,
+            "resolution": pipeline_resolution(pipe, folder),
+            "text": pipeline_text_side(pipe, ("text_encoder",), ("tokenizer",), encode, max_tokens),
+            "family": PixArtFamily(pipe)}

@@ -1,0 +1,104 @@
+"""What differs between text-to-image families: how the denoiser is called, what it is conditioned on, which weights
+read the text, and how it samples. One subclass per family (models/families/); DiffusionModel holds one.
+
+Parameter groups (METHOD.md §3) are regexes over the denoiser's parameter names. "kv" means the weights that read
+the text, per family:
+
+    family              denoiser                       "kv": the text's keys and values
+    SD 1.x/2.x, SDXL    UNet2DConditionModel           attn2.to_k / attn2.to_v (cross-attention)
+    PixArt-Σ, Sana      PixArt/SanaTransformer2DModel  attn2.to_k / attn2.to_v (cross-attention)
+    SD3, Flux           SD3/FluxTransformer2DModel     attn.add_k_proj / attn.add_v_proj (joint attention's text stream)
+
+"lora" means a loaded LoRA adapter's A and B matrices (models/lora.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+UNET_GROUPS = {
+    "kv": r"\.attn2\.to_[kv]\.weight$",
+    "cross-attention": r"\.attn2\.",
+    "attention": r"\.attn[12]\.",
+}
+JOINT_ATTENTION_GROUPS = {
+    "kv": r"\.attn\.add_[kv]_proj\.weight$",
+    "cross-attention": r"\.attn\.(add_[qkv]_proj|to_add_out|norm_added_[qk])\.",
+    "attention": r"\.attn\.",
+}
+COMMON_GROUPS = {"all": r".", "lora": r"\.lora_[AB]\."}
+
+
+class Family:
+    """The default: a UNet2DConditionModel read through `encoder_hidden_states` alone, sampled with DDIM (SD 1.x/2.x
+    and the shipped tiny model); subclasses override what their family does differently."""
+
+    name = "unet"
+    groups = UNET_GROUPS
+    saved_as = "UnlearnFastPipeline"  # model_index.json's _class_name when saved with our word-level text encoder
+
+    def objective(self, scheduler):
+        """The training objective of a model with this scheduler (models/objective.py)."""
+        from .objective import objective_for
+
+        return objective_for(scheduler)
+
+    def parameter_groups(self) -> dict[str, str]:
+        return {**self.groups, **COMMON_GROUPS}
+
+    def call(self, denoiser, x_t: torch.Tensor, time: torch.Tensor, record: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The denoiser's prediction for x_t (B, C, h, w) at the model time `time` (B,), x_t's shape."""
+        return denoiser(x_t, time, encoder_hidden_states=record["tokens"]).sample
+
+    def describe(self) -> dict:
+        return {"family": self.name}
+
+    # ------------------------------------------------------------------------------------------------- sampling
+    def generate(self, model, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
+        """uint8 (B, H, W, 3): DDIM (eta 0) with classifier-free guidance, each row from its own seed's noise (so a
+        (prompt, seed) pair gives the same image alone or in a batch)."""
+        from diffusers import DDIMScheduler
+
+        sampler = DDIMScheduler.from_config(model.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+        sampler.set_timesteps(steps)
+        x = starting_noise(model, seeds) * sampler.init_noise_sigma
+        cond = model.encode_text(prompts)
+        uncond = model.encode_text([""] * len(prompts))
+        for t in sampler.timesteps:
+            timestep = torch.full((len(prompts),), int(t), device=model.device, dtype=torch.long)
+            if guidance == 1.0:
+                pred = model.predict(x, timestep, cond)
+            else:
+                both = model.predict(torch.cat([x, x]), torch.cat([timestep, timestep]), torch.cat([uncond, cond]))
+                pred_uncond, pred_cond = both.chunk(2)
+                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+            x = sampler.step(pred, t, x).prev_sample
+        images = model.decode(x)
+        return (images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+
+
+class PipelineFamily(Family):
+    """A family that samples through its diffusers pipeline (built over the model's own modules, so weights swapped
+    into the denoiser are the ones it samples with)."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def generate(self, model, prompts, seeds, steps, guidance):
+        images = self.pipeline(**self.pipeline_prompts(model, prompts, guidance),
+                               latents=self.pipeline_latents(starting_noise(model, seeds)), num_inference_steps=steps,
+                               guidance_scale=guidance, height=model.resolution, width=model.resolution,
+                               output_type="np").images
+        return (np.asarray(images) * 255.0).round().astype(np.uint8)
+
+    def pipeline_prompts(self, model, prompts: list[str], guidance: float) -> dict:
+        return {"prompt": list(prompts)}
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+def starting_noise(model, seeds: list[int]) -> torch.Tensor:
+    """(B, *latent_shape) standard normal, row b from a generator seeded with seeds[b]."""
+    return torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(s))
+                        for s in seeds]).to(model.device)
