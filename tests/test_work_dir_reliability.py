@@ -144,7 +144,7 @@ def test_a_rewritten_report_leaves_no_stale_files(images, prepared, tmp_path, ca
     (["--fisher-examples", "-5"], "argument --fisher-examples: expected an integer >= 0, got '-5'"),
     (["--threads", "-2"], "argument --threads: expected an integer >= 0, got '-2'"),
     (["--damping", "nan"], "argument --damping: expected a finite number >= 0, got 'nan'"),
-    (["--fisher-group", "no_such_layer"], "parameter group 'no_such_layer' matches no UNet parameter"),
+    (["--fisher-group", "no_such_layer"], "parameter group 'no_such_layer' matches no unet denoiser parameter"),
 ])
 def test_a_bad_setting_records_nothing_and_the_corrected_command_runs(images, tmp_path, capsys, bad, culprit):
     work = tmp_path / "work"

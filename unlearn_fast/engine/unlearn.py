@@ -109,7 +109,7 @@ def _query_draws(model, x0_query, cond_query, settings: UnlearnSettings, step: i
         count, d = len(d), pad_rows(d)
         t = keyed_timesteps(settings.seed, step, d, T).to(x0_query.device)
         noise = ops.gaussian_noise(settings.seed, step, d, 0, x0_query.shape[1:], device=x0_query.device)
-        yield x0_query.expand(len(d), -1, -1, -1), cond_query.expand(len(d), -1, -1), t, noise, count
+        yield x0_query.expand(len(d), -1, -1, -1), cond_query.expand(len(d), *cond_query.shape[1:]), t, noise, count
 
 
 def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):
@@ -123,7 +123,7 @@ def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: Un
 
 
 def retained_gradient(model, unet, params: dict, x0, cond, settings: UnlearnSettings, step: int) -> dict:
-    """The mean over the retained rows (x0 (R, C, h, w), cond (R, L, D)) of ∇ L, one keyed draw per row, float64."""
+    """The mean over the retained rows (x0 (R, C, h, w), cond (R, ...) conditioning rows) of ∇ L, one keyed draw per row, float64."""
     T = model.num_timesteps
     total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
     for start in range(0, len(x0), settings.batch_size):
@@ -216,7 +216,8 @@ def _capped_scale(model, unet, params, start, update, scale, x0_query, cond_quer
 def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
             settings: UnlearnSettings = UnlearnSettings(), num_train: int | None = None,
             record: dict | None = None, retained=None) -> torch.nn.Module:
-    """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query (1, L, D).
+    """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query its one
+    conditioning row, (1, L, D) or packed (1, F) (models.conditioning).
     fisher: the diagonal F + λ ({name: tensor}) or a curvature.KroneckerCurvature. record: filled with each step's
     scale (and, for the "rise" rule, the query's loss and its achieved rise; with the cap, where it cut the step).
     retained: step -> (x0, cond) of that step's settings.retain training rows (needed when retain > 0)."""
@@ -224,9 +225,9 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
     N = settings.num_train or num_train
     if settings.step == "alpha/N" and not N:
         raise ValueError("unlearn needs the training-set size N (num_train argument or settings.num_train)")
-    if x0_query.ndim != 4 or len(x0_query) != 1 or cond_query.ndim != 3 or len(cond_query) != 1:
-        raise ValueError(f"unlearn takes one query: x0 (1, C, h, w) and cond (1, L, D), got {tuple(x0_query.shape)} "
-                         f"and {tuple(cond_query.shape)}")
+    if x0_query.ndim != 4 or len(x0_query) != 1 or cond_query.ndim < 2 or len(cond_query) != 1:
+        raise ValueError(f"unlearn takes one query: x0 (1, C, h, w) and one conditioning row (1, ...), got "
+                         f"{tuple(x0_query.shape)} and {tuple(cond_query.shape)}")
     unet = copy.deepcopy(model.unet)
     copies = dict(unet.named_parameters())
     params = {name: copies[name] for name in model.parameter_group(settings.group)}
