@@ -288,3 +288,21 @@ def official_training_loss(family: str, pipe, latents: torch.Tensor, prompts: li
     model_pred = FluxPipeline._unpack_latents(model_pred, height=height * scale, width=width * scale,
                                               vae_scale_factor=scale)
     return _per_example(model_pred, target, torch.ones_like(sigmas))
+
+
+def tiny_dit_training_loss(transformer, scheduler_config_source, latents: torch.Tensor, text_states: torch.Tensor,
+                           noise: torch.Tensor, schedule_indices: torch.Tensor) -> torch.Tensor:
+    """unlearn_fast's tiny DiT (a PixArtTransformer2DModel trained with flow matching, no diffusers pipeline of its
+    own) under the flow-matching scripts' loss, exactly the Sana branch above: a fresh FlowMatchEulerDiscreteScheduler
+    from the model's scheduler config, timesteps = scheduler.timesteps[indices], get_sigmas, noisy = (1 - σ) x0 + σ ε,
+    target = ε - x0, weighting "none"; the transformer called as PixArt's script calls it (no resolution / aspect
+    conditioning). text_states: the text encoder's per-token states (B, L, D)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config_source.config))
+    timesteps = scheduler.timesteps[schedule_indices.long().cpu()].to(latents.device)
+    sigmas = _get_sigmas(scheduler, timesteps, latents.ndim, latents.dtype, latents.device)
+    noisy = (1.0 - sigmas) * latents + sigmas * noise
+    model_pred = transformer(noisy, encoder_hidden_states=text_states, timestep=timesteps,
+                             added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+    return _per_example(model_pred, noise - latents, torch.ones_like(sigmas))

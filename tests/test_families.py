@@ -17,11 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from family_objectives import official_training_loss
+from family_objectives import official_training_loss, tiny_dit_training_loss
 from tiny_pipelines import build_pipeline_folder
 from unlearn_fast.engine.fisher_hooks import _vmap_fisher, diagonal_fisher
 from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.models.adapter import DiffusionModel
+from unlearn_fast.models.tiny import new_tiny_model
 
 WORDS = ["red", "apple", "cat", "face", "blue", "star", "green", "tree", "a", "photo", "of", "zebra", "stripes"]
 # family → (model.family.name, objective)
@@ -32,7 +34,13 @@ FAMILIES = {
     "sana": ("sana", "flow_matching"),
     "sd3": ("sd3", "flow_matching"),
     "flux": ("flux", "flow_matching"),
+    "tiny-dit": ("tiny-dit", "flow_matching"),  # ours: models/tiny.py, the DiT the ground-truth benchmarks train
 }
+# The planted test's attribution, one setting for every family: the scale-free "rise" step and the calibrated score
+# (the response to reference queries subtracted). With raw scores the tiny SDXL and Flux models move every image's
+# loss alike under the step (the raw score's hub effect, METHOD.md) and the copies fall to ranks 11-13 and 8-10 of 24
+# after 200 fine-tune steps; benchmarks/family_planted.py measures both rules (benchmarks/README.md, "Model families").
+PLANTED = UnlearnSettings(step="rise", alpha=0.5, draws=16, score="calibrated", references=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,11 +52,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def load_family_model(name: str, folder) -> DiffusionModel:
+    """The family's tiny random pipeline folder written at `folder` (seeded), loaded back through models/."""
+    torch.manual_seed(0)
+    if name == "tiny-dit":
+        new_tiny_model(WORDS, architecture="dit").save(str(folder))
+    else:
+        build_pipeline_folder(name, folder, WORDS, seed=0)
+    torch.manual_seed(0)
+    return DiffusionModel.load(str(folder)).eval()
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, tmp_path_factory):
-    folder = build_pipeline_folder(request.param, tmp_path_factory.mktemp(request.param), WORDS, seed=0)
-    torch.manual_seed(0)
-    return request.param, folder, DiffusionModel.load(str(folder)).eval()
+    folder = tmp_path_factory.mktemp(request.param)
+    return request.param, folder, load_family_model(request.param, folder)
 
 
 def draws(model, rows: int = 4, seed: int = 0):
@@ -76,9 +94,14 @@ def test_folder_loads_as_its_family(family):
 def test_loss_is_diffusers_own_training_objective(family):
     name, folder, model = family
     x0, noise, t, prompts = draws(model)
-    ours = model.loss(x0, model.encode_text(prompts), t, noise)
-    pipe = model.family.pipeline if name != "sd" else _sd_pipeline(folder)
-    theirs = official_training_loss(name, pipe, x0, prompts, noise, t, max_sequence_length=model.text.max_tokens)
+    cond = model.encode_text(prompts)
+    ours = model.loss(x0, cond, t, noise)
+    if name == "tiny-dit":  # no diffusers pipeline: the flow-matching scripts' arithmetic on our text states
+        theirs = tiny_dit_training_loss(model.unet, model.scheduler, x0, model.conditioning_layout.unpack(cond)["tokens"],
+                                        noise, t)
+    else:
+        pipe = model.family.pipeline if name != "sd" else _sd_pipeline(folder)
+        theirs = official_training_loss(name, pipe, x0, prompts, noise, t, max_sequence_length=model.text.max_tokens)
     torch.testing.assert_close(ours.detach(), theirs.detach().float(), rtol=1e-5, atol=1e-6)
 
 
@@ -113,7 +136,20 @@ def test_hooked_fisher_equals_the_per_example_one(family):
         torch.testing.assert_close(hooked[key].float(), vmapped[key].float(), rtol=1e-4, atol=1e-10)
 
 
-def _planted_set(root, model, default_dataset, copies: int = 3, others: int = 21):
+def test_generation_samples_through_the_family(family):
+    """model.generate (queries from prompts, the calibrated score's references, the demo) at the model's resolution:
+    the same bits for the same call, the same image alone or in a batch (to one grey level: SDXL's batched kernels
+    round one value in 3,000 differently)."""
+    name, folder, model = family
+    images = model.generate(["red apple", "cat face"], seed=[0, 1], steps=2)
+    assert images.shape == (2, model.resolution, model.resolution, 3) and images.dtype == np.uint8
+    alone = model.generate(["red apple"], seed=0, steps=2)
+    assert np.array_equal(alone, model.generate(["red apple"], seed=0, steps=2))
+    assert np.abs(images[:1].astype(int) - alone).max() <= 1
+    assert not np.array_equal(images[0], images[1])
+
+
+def planted_set(root, model, default_dataset, steps: int = 200, copies: int = 3, others: int = 21):
     """An image folder: `others` default images under their captions and `copies` copies of a distinctive pattern
     under "zebra stripes"; the model fine-tuned on it (denoiser only, briefly), so the copies are training data."""
     from unlearn_fast.data import SubsetDataset, load_pixels
@@ -130,7 +166,7 @@ def _planted_set(root, model, default_dataset, copies: int = 3, others: int = 21
         Image.fromarray(image).save(root / f"{i:03d}.png")
         rows.append({"file_name": f"{i:03d}.png", "text": caption})
     (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = DiffusionTrainConfig(steps=60, batch_size=12, lr=1e-3, warmup_steps=5, ema_decay=0.0,
+    config = DiffusionTrainConfig(steps=steps, batch_size=12, lr=1e-3, warmup_steps=5, ema_decay=0.0,
                                   train_text_encoder=False, caption_dropout=0.0)
     train_diffusion(model, TrainingSet(model.encode_images(np.stack(pixels)), [(c,) for c in captions]), config,
                     quiet=True)
@@ -141,18 +177,17 @@ def _planted_set(root, model, default_dataset, copies: int = 3, others: int = 21
 def test_unlearning_the_query_ranks_its_copies_first(family, tmp_path, default_dataset):
     from unlearn_fast.attributor import Attributor
     from unlearn_fast.data import open_dataset
-    from unlearn_fast.engine.unlearn import UnlearnSettings
     from unlearn_fast.query import query_from_array
     from unlearn_fast.workspace import PrepareSettings
 
     name, folder, _ = family
     model = DiffusionModel.load(str(folder)).eval()  # a copy of its own: fine-tuning changes it
-    images, planted, copies = _planted_set(tmp_path / "images", model, default_dataset)
+    images, planted, copies = planted_set(tmp_path / "images", model, default_dataset)
     settings = PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, seed=1, noise="shared"), chunk_rows=8)
     attributor = Attributor(model, open_dataset(str(images)), tmp_path / "work", settings, progress=False)
     attributor.prepare()
     query = query_from_array(planted, "zebra stripes", model.resolution)
-    attribution = attributor.attribute([query], UnlearnSettings(step="rise", alpha=0.5, draws=16))
+    attribution = attributor.attribute([query], PLANTED)
     scores = attribution.scores[0]
     assert np.isfinite(scores).all() and scores.shape == (len(copies) + 21,)
     assert set(np.argsort(-scores)[:len(copies)].tolist()) == set(copies), (name, scores)

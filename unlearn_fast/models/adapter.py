@@ -230,7 +230,8 @@ class DiffusionModel:
         (DDIM, eta 0, for a UNet; the pipeline's own sampler otherwise).
 
         ``seed`` is one per prompt, or one for all: each row's starting noise comes from its own generator, so a
-        (prompt, seed) pair gives the same image alone or in a batch, and the same bits every time.
+        (prompt, seed) pair gives the same image alone or in a batch (to one grey level where a pipeline's batched
+        kernels round differently: SDXL's), and the same bits every time.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)

@@ -81,6 +81,8 @@ class PipelineFamily(Family):
     """A family that samples through its diffusers pipeline (built over the model's own modules, so weights swapped
     into the denoiser are the ones it samples with)."""
 
+    call_options: dict = {}  # extra keyword arguments of the pipeline call, per family
+
     def __init__(self, pipeline):
         self.pipeline = pipeline
 
@@ -88,7 +90,7 @@ class PipelineFamily(Family):
         images = self.pipeline(**self.pipeline_prompts(model, prompts, guidance),
                                latents=self.pipeline_latents(starting_noise(model, seeds)), num_inference_steps=steps,
                                guidance_scale=guidance, height=model.resolution, width=model.resolution,
-                               output_type="np").images
+                               output_type="np", **self.call_options).images
         return (np.asarray(images) * 255.0).round().astype(np.uint8)
 
     def pipeline_prompts(self, model, prompts: list[str], guidance: float) -> dict:

@@ -11,6 +11,8 @@ MAX_TOKENS = 300  # PixArtSigmaPipeline's default max_sequence_length
 
 class PixArtFamily(PipelineFamily):
     name = "pixart-sigma"
+    # sample at the model's own resolution: binning maps it onto the checkpoints' table of 256-2048 px sizes
+    call_options = {"use_resolution_binning": False}
 
     def call(self, denoiser, x_t, time, record):
         out = denoiser(x_t, encoder_hidden_states=record["tokens"], encoder_attention_mask=record["mask"],

@@ -15,6 +15,7 @@ class SanaFamily(PipelineFamily):
     builds it."""
 
     name = "sana"
+    call_options = {"use_resolution_binning": False}  # as PixArt: the model's own resolution
 
     def objective(self, scheduler):
         from ..objective import FlowMatchingObjective
