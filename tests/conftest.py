@@ -13,6 +13,16 @@ def _digest_cache(tmp_path_factory):
     os.environ["UNLEARN_FAST_CACHE"] = str(tmp_path_factory.mktemp("digest_cache"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module of tiny ops and models (a few thousand FLOPs per op): on the 2-core machine a
+    second thread only waits. Modules opt in with pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def default_dataset():
     from unlearn_fast.data import open_dataset

@@ -42,14 +42,7 @@ FAMILIES = {
 # after 200 fine-tune steps; benchmarks/family_planted.py measures both rules (benchmarks/README.md, "Model families").
 PLANTED = UnlearnSettings(step="rise", alpha=0.5, draws=16, score="calibrated", references=4)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and keeps timings steady on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny sizes: a second thread only waits
 
 
 def load_family_model(name: str, folder) -> DiffusionModel:

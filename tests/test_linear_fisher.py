@@ -20,14 +20,7 @@ SHAPES = [(3, 5, 7, 9), (4, 16, 64, 64), (2, 70, 130, 33)]
 LAYOUTS = ("contiguous", "transposed", "sliced", "expanded")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These sizes are far too small to split: on a loaded 2-core machine a second thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny sizes: a second thread only waits
 
 
 def strided(x: torch.Tensor, layout: str) -> torch.Tensor:

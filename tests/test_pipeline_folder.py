@@ -7,18 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-
-def _byte_alphabet() -> list[str]:
-    """GPT-2/CLIP's reversible byte → printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            chars.append(chr(byte))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
+from tiny_pipelines import byte_alphabet  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +15,7 @@ def sd_folder(tmp_path_factory):
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     root = tmp_path_factory.mktemp("pipeline")
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     vocab = {c: i for i, c in enumerate(alphabet)}
     vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
     for token in ("ap", "apple</w>", "<|startoftext|>", "<|endoftext|>"):

@@ -19,13 +19,7 @@ PROMPTS = ["a red apple", "a squirrel", "a painting of a burger", "red", "", "ap
 B = len(PROMPTS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are a few thousand FLOPs per op: a second thread only adds contention on the 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny sizes: a second thread only waits
 
 
 @pytest.fixture(scope="module")

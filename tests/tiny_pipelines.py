@@ -57,7 +57,7 @@ MAX_SEQUENCE_LENGTH = 16
 
 
 # ----------------------------------------------------------------------------------------------------- tokenizers
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2/CLIP's reversible byte -> printable character table, in byte order."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -109,7 +109,7 @@ def make_clip_tokenizer(words, directory, model_max_length: int):
 
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     base = {c: i for i, c in enumerate(alphabet)}
     base.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
     probe = transformers.CLIPTokenizer(vocab=dict(base, **{"<|startoftext|>": len(base),

@@ -37,6 +37,21 @@ def pipeline_text_side(pipe, encoders, tokenizers, encode, max_tokens: int | Non
                     max_tokens=max_tokens or first.model_max_length)
 
 
+def masked_text_parts(pipe, folder: str, family, max_tokens: int, **encode_options) -> dict:
+    """The parts of a DiT family that reads one text encoder's per-token states with their attention mask
+    (PixArt-Σ, Sana), encoded by the pipeline's encode_prompt with encode_options."""
+    max_tokens = min(max_tokens, pipe.tokenizer.model_max_length)
+
+    def encode(prompts):
+        tokens, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=pipe.device,
+                                                clean_caption=False, max_sequence_length=max_tokens, **encode_options)
+        return {"tokens": tokens, "mask": mask.float()}
+
+    return {"unet": pipe.transformer, "scheduler": pipe.scheduler, "vae": pipe.vae,
+            "resolution": pipeline_resolution(pipe, folder),
+            "text": pipeline_text_side(pipe, ("text_encoder",), ("tokenizer",), encode, max_tokens), "family": family}
+
+
 def pipeline_resolution(pipe, folder: str) -> int:
     """The image size the model was trained at: training.json's (ours), else the denoiser's sample size, else the
     pipeline's default (× the VAE's factor)."""

@@ -4,7 +4,7 @@ scheduler's timestep times its config's timestep_scale (as SanaPipeline calls it
 from __future__ import annotations
 
 from ..family import PipelineFamily
-from .pipelines import load_pipeline, pipeline_resolution, pipeline_text_side
+from .pipelines import load_pipeline, masked_text_parts
 
 MAX_TOKENS = 300  # SanaPipeline's default max_sequence_length
 
@@ -36,15 +36,4 @@ def load(folder: str, index: dict, device) -> dict:
 
     pipe = load_pipeline(SanaPipeline, folder, index, device,
                          ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"))
-    max_tokens = min(MAX_TOKENS, pipe.tokenizer.model_max_length)
-
-    def encode(prompts):
-        tokens, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=pipe.device,
-                                                clean_caption=False, max_sequence_length=max_tokens,
-                                                complex_human_instruction=None)
-        return {"tokens": tokens, "mask": mask.float()}
-
-    return {"unet": pipe.transformer, "scheduler": pipe.scheduler, "vae": pipe.vae,
-            "resolution": pipeline_resolution(pipe, folder),
-            "text": pipeline_text_side(pipe, ("text_encoder",), ("tokenizer",), encode, max_tokens),
-            "family": SanaFamily(pipe)}
+    return masked_text_parts(pipe, folder, SanaFamily(pipe), MAX_TOKENS, complex_human_instruction=None)
