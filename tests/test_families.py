@@ -167,20 +167,25 @@ def planted_set(root, model, default_dataset, steps: int = 200, copies: int = 3,
     return root, planted, list(range(others, others + copies))
 
 
-def test_unlearning_the_query_ranks_its_copies_first(family, tmp_path, default_dataset):
+def planted_scores(model, root, default_dataset, unlearn: list[UnlearnSettings], steps: int = 200):
+    """([scores of the 24 training images per settings in `unlearn`], the copies' indices): the model fine-tuned on
+    planted_set once, one work directory over its images, the planted pattern attributed with each settings."""
     from unlearn_fast.attributor import Attributor
     from unlearn_fast.data import open_dataset
     from unlearn_fast.query import query_from_array
     from unlearn_fast.workspace import PrepareSettings
 
-    name, folder, _ = family
-    model = DiffusionModel.load(str(folder)).eval()  # a copy of its own: fine-tuning changes it
-    images, planted, copies = planted_set(tmp_path / "images", model, default_dataset)
+    images, planted, copies = planted_set(root / "images", model, default_dataset, steps=steps)
     settings = PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, seed=1, noise="shared"), chunk_rows=8)
-    attributor = Attributor(model, open_dataset(str(images)), tmp_path / "work", settings, progress=False)
+    attributor = Attributor(model, open_dataset(str(images)), root / "work", settings, progress=False)
     attributor.prepare()
     query = query_from_array(planted, "zebra stripes", model.resolution)
-    attribution = attributor.attribute([query], PLANTED)
-    scores = attribution.scores[0]
+    return [attributor.attribute([query], settings).scores[0] for settings in unlearn], copies
+
+
+def test_unlearning_the_query_ranks_its_copies_first(family, tmp_path, default_dataset):
+    name, folder, _ = family
+    model = DiffusionModel.load(str(folder)).eval()  # a copy of its own: fine-tuning changes it
+    (scores,), copies = planted_scores(model, tmp_path, default_dataset, [PLANTED])
     assert np.isfinite(scores).all() and scores.shape == (len(copies) + 21,)
     assert set(np.argsort(-scores)[:len(copies)].tolist()) == set(copies), (name, scores)

@@ -42,17 +42,22 @@ def lora_set(tmp_path_factory, default_dataset):
     x0 = model.encode_images(np.stack(pixels))
     config = DiffusionTrainConfig(steps=150, batch_size=16, lr=3e-3, warmup_steps=10, ema_decay=0.0,
                                   unet_parameters="lora", train_text_encoder=False, caption_dropout=0.0)
-    history = train_diffusion(model, TrainingSet(x0, [(c,) for c in captions]), config, quiet=True)
-    return images, save_lora(model, str(root / "lora")), history
+    train_diffusion(model, TrainingSet(x0, [(c,) for c in captions]), config, quiet=True)
+    trained = {n: p.detach().clone() for n, p in model.unet.named_parameters() if "lora_" in n}
+    return images, save_lora(model, str(root / "lora")), trained
 
 
 def test_lora_round_trips_and_only_the_adapter_is_new(lora_set):
-    images, path, history = lora_set
+    images, path, trained = lora_set
     base = DiffusionModel.load("default")
     model = DiffusionModel.load("default")
     load_lora(model, path)
     group = model.parameter_group("lora")
     assert group and all(".lora_A." in n or ".lora_B." in n for n in group)
+    loaded = dict(model.unet.named_parameters())
+    assert set(group) == set(trained)  # the saved file holds every trained A/B matrix, and they load back exactly
+    for name, value in trained.items():
+        torch.testing.assert_close(loaded[name], value, rtol=0, atol=0)
     base_weights = dict(base.unet.named_parameters())
     for name, p in model.unet.named_parameters():  # peft wraps a layer: its base weight keeps its value
         if "lora_" not in name:
@@ -66,7 +71,7 @@ def test_attribution_over_the_lora_training_images_ranks_the_copies_first(lora_s
     from unlearn_fast.query import query_from_array
     from unlearn_fast.workspace import PrepareSettings
 
-    images, path, history = lora_set
+    images, path, _ = lora_set
     model = DiffusionModel.load("default")
     load_lora(model, path)
     settings = PrepareSettings(scoring=LossGrid(timesteps=4, flips=False, noise="shared"), fisher_group="lora")
