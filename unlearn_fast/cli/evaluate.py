@@ -196,6 +196,11 @@ def add_evaluate_parser(sub) -> None:
                              help="skip the two customisation scenarios")
     groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
                              help="customise on base images + exemplars (prior preservation), not exemplars only")
+    groundtruth.add_argument("--plant-split", choices=("evaluation", "validation"),
+                             help="same-domain plants to use: the evaluation ones, or validation plants disjoint "
+                                  "from them (to choose settings on)")
+    groundtruth.add_argument("--no-controls", dest="controls", action="store_false", default=None,
+                             help="skip the caption-only and image-only controls of the same-domain cases")
 
     lds = verb("lds", "linear datamodeling score over models trained on random half subsets", cmd_lds,
                "lds.md and results.json")

@@ -5,6 +5,7 @@
 The step s follows a rule (STEP_RULES):
     "alpha/N"  s = α / N (the paper): its effect shrinks as the training set grows, so α chosen at one N does not
                transfer to another
+    "fixed"    s = α: the same step for any N (α is then a learning rate, of the size α/N had where it was chosen)
     "rise"     s such that the query's own loss rises by the factor α, L(ẑ; θ + s·u) = (1 + α) · L(ẑ; θ): a short line
                search on fresh draws of the query alone (u = ĝ / F), so the step means the same thing for any N
 
@@ -38,7 +39,7 @@ from .fisher_hooks import summed_gradient
 from ..score_rules import SCORE_RULES
 
 
-STEP_RULES = ("alpha/N", "rise")
+STEP_RULES = ("alpha/N", "fixed", "rise")
 RISE_DRAWS = 128  # query draws the "rise" line search measures its loss on
 RISE_TOLERANCE = 0.1  # accept a step whose rise is within 10 % of the target
 RISE_EVALUATIONS = 8
@@ -260,7 +261,7 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
             scale = _rise_scale(model, unet, params, start, update, ascent, x0_query, cond_query, settings, step,
                                 record)
         else:
-            scale = settings.alpha / N
+            scale = settings.alpha / N if settings.step == "alpha/N" else settings.alpha
             _set_step(params, start, update, scale, step, settings.alpha)
             if record is not None:
                 record.setdefault("steps", []).append({"scale": scale})

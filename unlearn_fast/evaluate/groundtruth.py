@@ -36,6 +36,9 @@ from .method_setup import Workspaces, configured_method
 PROMPT_TEMPLATES = ("{t}", "{t} face", "red {t}", "blue {t}", "green {t}", "yellow {t}", "{t} button", "{t} sign",
                     "{t} symbol", "black {t}", "white {t}", "purple {t}", "orange {t}", "{t} with star", "{t} heart",
                     "{t} flag")
+PLANT_SPLITS = ("evaluation", "validation")
+# Validation plants avoid the evaluation plants of every count of planted images the harnesses use (1–3 per run).
+EVALUATION_PLANT_COUNTS = range(1, 4)
 
 
 @dataclass
@@ -59,6 +62,9 @@ class GroundTruthSetup:
     planted_copies: tuple[int, ...] = (1, 3, 10)
     domain_images: int = 3  # held-out images of the data planted in the same-domain cases (0: none)
     domain_copies: tuple[int, ...] = (1, 3, 5)
+    # "validation": plants disjoint from every evaluation plant (and its unrelated control image), to choose settings on
+    plant_split: str = "evaluation"
+    controls: bool = True  # score the caption-only and image-only controls of the same-domain cases
     customisation: bool = True  # the customisation scenarios (the exemplars, and the same-domain family)
     domain_customisation: bool = True  # also customise on a visual family of the data itself
     planted_caption: str = "zorblat quadrille"
@@ -76,6 +82,8 @@ class GroundTruthSetup:
     device: str = "cpu"  # where the fine-tunes train and the attributions run
 
     def __post_init__(self):
+        if self.plant_split not in PLANT_SPLITS:
+            raise SettingsError(f"plant_split must be one of {PLANT_SPLITS}, got {self.plant_split!r}")
         if not 3 <= self.exemplars <= 8 or self.prompts < 1:
             raise SettingsError(f"customisation needs 3–8 exemplars and at least one prompt, got {self.exemplars}, "
                                 f"{self.prompts}")
@@ -160,10 +168,22 @@ def domain_scenarios(setup: GroundTruthSetup, full, resolution: int) -> list[Sce
     if len(eligible) < setup.domain_images + 1:
         raise SettingsError(f"only {len(eligible)} held-out images for {setup.domain_images} same-domain cases; "
                             "ask for fewer or use a smaller base subset")
-    rng = np.random.default_rng([setup.seed, 31337])
-    chosen = rng.choice(eligible, setup.domain_images + 1, replace=False)
-    planted, unrelated = chosen[:-1], int(chosen[-1])
-    ordinary = full.captions(int(rng.choice(sorted(base))))[0]
+    members = sorted(base)
+    planted, unrelated, ordinary = _plants(eligible, setup.domain_images, members, setup.seed)
+    prefix = "domain"
+    if setup.plant_split == "validation":
+        used = set()
+        for count in EVALUATION_PLANT_COUNTS:
+            if count + 1 <= len(eligible):
+                chosen, control, _ = _plants(eligible, count, members, setup.seed)
+                used.update(chosen + [control])
+        eligible = [i for i in eligible if i not in used]
+        if len(eligible) < setup.domain_images + 1:
+            raise SettingsError(f"only {len(eligible)} held-out images left for {setup.domain_images} validation "
+                                "plants once the evaluation plants are kept out; ask for fewer")
+        planted, unrelated, ordinary = _plants(eligible, setup.domain_images, members, setup.seed, stream=1)
+        prefix = "validation"
+    ordinary = full.captions(ordinary)[0]
     unrelated_image = load_pixels(full, resolution, [unrelated])[0]
     finetune = {"steps": setup.planted_steps, "lr": setup.planted_lr, "unet_parameters": "all",
                 "batch_size": setup.planted_batch_size}
@@ -172,10 +192,19 @@ def domain_scenarios(setup: GroundTruthSetup, full, resolution: int) -> list[Sce
         image, caption = load_pixels(full, resolution, [int(index)])[0], full.captions(int(index))[0]
         for copies in setup.domain_copies:
             scenarios.append(Scenario(
-                f"domain{j}-{copies}", [image] * copies, [caption] * copies, [caption] * setup.planted_queries,
+                f"{prefix}{j}-{copies}", [image] * copies, [caption] * copies, [caption] * setup.planted_queries,
                 list(range(setup.planted_queries)), False, finetune, plant=image,
-                controls={"caption only": (unrelated_image, caption), "image only": (None, ordinary)}))
+                controls={"caption only": (unrelated_image, caption), "image only": (None, ordinary)}
+                if setup.controls else {}))
     return scenarios
+
+
+def _plants(eligible: list[int], count: int, base: list[int], seed: int, stream: int = 0) -> tuple:
+    """(planted indices, the unrelated image of the caption-only control, the base image whose caption is the
+    image-only control's), drawn from the seeded stream `stream` (0: the evaluation plants)."""
+    rng = np.random.default_rng([seed, 31337] + ([stream] if stream else []))
+    chosen = rng.choice(eligible, count + 1, replace=False)
+    return [int(i) for i in chosen[:-1]], int(chosen[-1]), int(rng.choice(base))
 
 
 def memorised(queries, plant: np.ndarray, base_pixels: np.ndarray) -> list[dict]:

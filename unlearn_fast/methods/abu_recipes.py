@@ -23,6 +23,7 @@ VARIANTS = {
     "abu-calibrated": {"score": "calibrated"},
     "abu-calibrated-spread": {"score": "calibrated", "spread": True},
     "abu-rise": {"step": "rise"},
+    "abu-fixed": {"noise": "shared", "step": "fixed"},
     "abu-3steps": {"steps": 3, "draws": 200},
     "abu-attention": {"group": "attention"},
     "abu-shared-noise": {"noise": "shared"},

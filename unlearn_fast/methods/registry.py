@@ -15,8 +15,10 @@ SHARED_NOISE = {"dtrak-shared-noise": "sqnorm", "trak-shared-noise": "loss"}
 
 
 def build_method(name: str, encoder: str | None = None, **options) -> AttributionMethod:
-    """name: one of METHODS or an AbU variant (abu.VARIANTS); encoder: the local encoder folder "feature" needs;
-    options: the method's settings."""
+    """name: one of METHODS or an AbU variant (abu.VARIANTS), optionally with "@LABEL" (the same method under
+    another name, so one evaluation can hold it at several settings: abu@small, abu@large); encoder: the local
+    encoder folder "feature" needs; options: the method's settings."""
+    name = name.partition("@")[0]
     if name in VARIANTS:
         return AbU.variant(name, **options)
     try:
