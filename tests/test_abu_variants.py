@@ -103,6 +103,32 @@ def test_the_paper_recipes_query_folder_keeps_its_pre_variant_key(model, twins, 
     assert "noise" not in settings().manifest()["scoring"]  # the manifest of older folders still matches
 
 
+# --------------------------------------------------------------------------------------------- the fixed step
+def test_the_fixed_step_is_alpha_whatever_n_and_alpha_over_n_where_they_meet(model, query):
+    """step "fixed": θ_after = θ0 + α · ĝ/F for any N; at α_fixed = α/N it is the paper's step to the bit."""
+    params = model.parameter_group("kv")
+    fisher = {n: torch.rand_like(p) + 0.5 for n, p in params.items()}
+    x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
+    fixed = UnlearnSettings(step="fixed", alpha=1e-4 / 40, draws=24, batch_size=24)
+    records = [{}, {}]
+    small, large = (unlearn(model, fisher, x0, cond, fixed, num_train=n, record=r) for n, r in zip((40, 4000), records))
+    paper = unlearn(model, fisher, x0, cond, UnlearnSettings(**UNLEARN), num_train=40)
+    assert records[0]["steps"][0]["scale"] == records[1]["steps"][0]["scale"] == 1e-4 / 40
+    weights = [dict(unet.named_parameters()) for unet in (small, large, paper)]
+    for name in params:
+        assert torch.equal(weights[0][name], weights[1][name]) and torch.equal(weights[0][name], weights[2][name])
+    moved = [name for name, p in params.items() if not torch.equal(weights[0][name], p)]
+    assert moved, "the step changed no weight"
+
+
+def test_a_label_names_the_same_method_at_other_settings():
+    small, large = build_method("abu-fixed@small", alpha=1e-6), build_method("abu-fixed@large", alpha=1e-5)
+    assert (small.unlearn.step, small.unlearn.alpha, small.noise) == ("fixed", 1e-6, "shared")
+    assert large.unlearn.alpha == 1e-5 and large.settings() == {**small.settings(), "alpha": 1e-5}
+    with pytest.raises(SettingsError, match="unknown method 'abux'"):
+        build_method("abux@small")
+
+
 # ---------------------------------------------------------------------------------------------- the rise rule
 def test_the_rise_step_raises_the_querys_loss_by_alpha_whatever_n(model, query):
     params = model.parameter_group("kv")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from unlearn_fast.data import load_pixels
+from unlearn_fast.errors import SettingsError
 from unlearn_fast.evaluate.exemplars import concept_exemplars
 from unlearn_fast.evaluate.groundtruth import GroundTruthSetup, customisation_scenario
 from unlearn_fast.models.adapter import DiffusionModel
@@ -95,3 +96,26 @@ def test_the_headline_averages_cases_not_queries_and_leaves_void_cases_out():
     assert table["top_r_share"][1] == pytest.approx(0.25)  # SE over the two cases: std(1, 0.5) / √2
     assert table["recall"][0] == pytest.approx(0.75)
     assert table["customisation-domain recall"] == (0.25, 0.1)
+
+
+def test_validation_plants_are_disjoint_from_every_evaluation_plant(default_dataset):
+    """Settings chosen on validation plants never saw an evaluation plant (or its control image), at any size."""
+    from unlearn_fast.evaluate.groundtruth import EVALUATION_PLANT_COUNTS, GroundTruthSetup, domain_scenarios
+
+    def planted(split, count, base_images, controls=True):
+        setup = GroundTruthSetup(base_images=base_images, domain_images=count, domain_copies=(3,), plant_split=split,
+                                 controls=controls)
+        scenarios = domain_scenarios(setup, default_dataset, 16)
+        images = [s.plant for s in scenarios] + [s.controls["caption only"][0] for s in scenarios if s.controls]
+        return scenarios, {image.tobytes() for image in images}
+
+    for base_images in (200, 3940):
+        evaluation = set()
+        for count in EVALUATION_PLANT_COUNTS:
+            evaluation |= planted("evaluation", count, base_images)[1]
+        scenarios, validation = planted("validation", 2, base_images, controls=False)
+        assert len(validation) == 2 and not validation & evaluation, base_images
+        assert [s.name for s in scenarios] == ["validation0-3", "validation1-3"]
+        assert all(not s.controls for s in scenarios)
+    with pytest.raises(SettingsError, match="plant_split"):
+        GroundTruthSetup(plant_split="test")

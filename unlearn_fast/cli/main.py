@@ -381,8 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(README, 'AbU variants')")
         unlearning.add_argument("--alpha", type=positive_float, help=f"step size α (default {UNLEARN_DEFAULTS.alpha}; "
                                 "with --step rise, the relative rise of the query's loss)")
-        unlearning.add_argument("--step", choices=("alpha/N", "rise"), help="step rule: α/N (the paper) or the step "
-                                "that raises the query's loss by the factor α, whatever N")
+        unlearning.add_argument("--step", choices=("alpha/N", "fixed", "rise"), help="step rule: α/N (the paper), "
+                                "α itself whatever N, or the step that raises the query's loss by the factor α")
         unlearning.add_argument("--score", choices=("raw", "normalised", "calibrated"), help="raw loss change (the "
                                 "paper), relative change, or change minus that of reference queries")
         unlearning.add_argument("--references", type=positive_int, help="reference queries of --score calibrated "
