@@ -133,3 +133,36 @@ def test_a_missing_field_is_one_line_naming_the_field_file_and_row(folder_with_a
     with pytest.raises(DataError, match="no metadata fields"):
         from unlearn_fast.evaluate.planted import AugmentedDataset
         AugmentedDataset(open_dataset(str(tmp_path)), [], [], "x").metadata_field("artist")
+
+
+def test_cli_group_by_and_mask_write_groups_csv_and_the_json(folder_with_artists, tmp_path, capsys,
+                                                             default_dataset):
+    from PIL import Image
+
+    from unlearn_fast.cli import main
+
+    work, fast = str(tmp_path / "work"), ["--timesteps", "2", "--no-flips", "--quiet", "--draws", "16"]
+    default_dataset.image(369).convert("RGB").resize((32, 32)).save(tmp_path / "query.png")  # 'red apple'
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    with pytest.raises(SystemExit, match=r"no row has the metadata field 'painter'"):  # before any work
+        main(["attribute", "--data", folder_with_artists, "--work-dir", work, "--image", str(tmp_path / "query.png"),
+              "--prompt", "red apple", "--group-by", "painter", *fast])
+    assert not (tmp_path / "work").exists()
+    Image.fromarray(mask[:16], "L").save(tmp_path / "small.png")
+    with pytest.raises(SystemExit, match=r"small.png is 32×16; the query image is 32×32"):
+        main(["attribute", "--data", folder_with_artists, "--work-dir", work, "--image", str(tmp_path / "query.png"),
+              "--prompt", "red apple", "--mask", str(tmp_path / "small.png"), *fast])
+    main(["attribute", "--data", folder_with_artists, "--work-dir", work, "--image", str(tmp_path / "query.png"),
+          "--prompt", "red apple", "--group-by", "artist", "--mask", str(tmp_path / "mask.png"), *fast, "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    groups = summary["queries"][0]["groups"]
+    assert summary["group_by"] == "artist" and sorted(g["group"] for g in groups) == ["ann", "bo", "cy"]
+    assert sum(g["positive_share"] for g in groups) == pytest.approx(1.0)
+    with open(summary["files"]["groups_csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["group"] for r in rows] == [g["group"] for g in groups] and rows[0]["size"] == "4"
+    assert rows[0]["top_files"].split(" | ")[0] == groups[0]["top_files"][0]
+    record = json.load(open(summary["files"]["report"].replace("report.html", "attribution.json")))
+    assert record["queries"][0]["mask"].endswith("mask.png") and record["group_by"] == "artist"
