@@ -101,7 +101,9 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
         workspace.prepare()
         records = _attribute_all(workspace, queries, settings)
         scores = [_scores(workspace, query, settings, record["folder"]) for query, record in zip(queries, records)]
-        records = [{**record, "unlearn": dataclasses.asdict(settings)} for record in records]
+        model_folder = getattr(workspace.model, "folder", None)  # set by DiffusionModel.load
+        records = [{**record, "unlearn": dataclasses.asdict(settings),
+                    **({"model": str(model_folder)} if model_folder else {})} for record in records]
     return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=workspace.dataset,
                        work_dir=str(workspace.store.path), timings=dict(workspace.timings))
 

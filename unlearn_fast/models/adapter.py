@@ -256,7 +256,9 @@ class DiffusionModel:
 
         parts, where = load_parts(folder, device)
         with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported
-            return cls(**parts).eval()
+            model = cls(**parts).eval()
+        model.folder = folder  # what the report names it by
+        return model
 
     def modules(self) -> list[nn.Module]:
         text_encoder = self.text.encoder if self.text is not None else None  # a UNet-only model (benchmarks)
