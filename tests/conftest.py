@@ -84,3 +84,12 @@ def tiny_model(small_pixels):
 
 def random_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def two_plants(tmp_path_factory, default_dataset):
+    """Two planted images fine-tuned into the shipped model (tests/two_plants.py): one fine-tune for the region and
+    group tests."""
+    from two_plants import build_two_plants
+
+    return build_two_plants(default_dataset, str(tmp_path_factory.mktemp("two_plants")))

@@ -28,11 +28,11 @@ window.addEventListener("load", () => {
 </script></body></html>"""
 
 
-def open_in_browser(report_dir: str) -> tuple[dict, list[str]]:
-    """(what the page showed, console lines); the checker page is removed afterwards."""
+def open_in_browser(report_dir: str, page: str | None = None) -> tuple[dict, list[str]]:
+    """(what the checker page (default CHECKER) found, console lines); the checker page is removed afterwards."""
     checker = os.path.join(report_dir, "_browser_check.html")
     with open(checker, "w") as handle:
-        handle.write(CHECKER)
+        handle.write(page or CHECKER)
     try:
         run = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
                               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
@@ -82,3 +82,75 @@ def test_the_browser_check_sees_a_missing_image(report_dir):
     os.remove(os.path.join(report_dir, "images", victim))
     result, _ = open_in_browser(report_dir)
     assert result["broken"] == [f"images/{victim}"]
+
+
+# Every link of the report fetched (XHR from file://, allowed by the same flag), the group table and the mask found.
+LINK_CHECKER = """<!DOCTYPE html><html><body><iframe id="report" src="report.html"></iframe><script>
+function get(url) { return new Promise(done => { const x = new XMLHttpRequest(); x.open("GET", url);
+  x.onload = () => done(x.responseText.length > 0); x.onerror = () => done(false); x.send(); }); }
+window.addEventListener("load", async () => {
+  const doc = document.getElementById("report").contentDocument;
+  const hrefs = [...new Set([...doc.querySelectorAll("a[href]")].map(a => a.getAttribute("href")))];
+  const ok = await Promise.all(hrefs.map(h => get(h)));
+  const images = [...doc.images];
+  document.body.setAttribute("data-result", JSON.stringify({
+    links: hrefs, dead: hrefs.filter((h, i) => !ok[i]),
+    broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src")),
+    groups: [...doc.querySelectorAll("table.groups tr")].slice(1).map(r => r.cells[1].textContent),
+    masks: [...doc.querySelectorAll("img.mask")].map(i => i.naturalWidth),
+    files: [...doc.querySelectorAll("a.file")].map(a => a.textContent),
+    text: doc.body.innerText}));
+});
+</script></body></html>"""
+
+
+@pytest.fixture()
+def grouped_report(default_dataset, tmp_path):
+    """A report of a region query over an image folder with an 'artist' field, grouped by it, with a two-stage
+    method's stage and candidate count in its record, its work directory's manifest present."""
+    from unlearn_fast.data import export_imagefolder, open_dataset
+    from unlearn_fast.data import load_pixels
+
+    folder = tmp_path / "data"
+    export_imagefolder(SubsetDataset(default_dataset, range(100, 112)), str(folder))
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({**r, "artist": f"artist {i % 3}"}) + "\n"
+                                                   for i, r in enumerate(rows)))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "manifest.json").write_text(json.dumps({"format": 2, "inputs": {"model.unet": "u1", "model.vae": "v1"},
+                                                    "settings": {"scoring": {"timesteps": 4, "flips": True,
+                                                                             "dtype": "fp32", "seed": 0},
+                                                                 "fisher": {"damping": 1e-8, "samples_per_example": 1,
+                                                                            "seed": 0},
+                                                                 "fisher_group": "kv", "fisher_examples": 1024}}))
+    mask = np.zeros((32, 32))
+    mask[:, :16] = 1
+    query = Query(image=load_pixels(default_dataset, 32, [105])[0], prompt="left half", source="test")
+    query = query.with_mask(mask, "left.png")
+    records = [{"folder": "queries/x", "unlearn": {"alpha": 0.1}, "mask": "left.png", "stage": "exact re-rank",
+                "candidates": 8, "model": "default"}]
+    scores = np.random.default_rng(1).standard_normal((1, 12)).astype(np.float32)
+    Attribution(scores=scores, queries=[query], records=records, dataset=open_dataset(str(folder)),
+                work_dir=str(work), group_by="artist").save(str(tmp_path / "report"), top_k=4)
+    return str(tmp_path / "report")
+
+
+def test_report_links_resolve_and_show_groups_mask_and_settings(grouped_report):
+    result, console = open_in_browser(grouped_report, LINK_CHECKER)
+    assert result["dead"] == [] and result["broken"] == [] and console == []
+    assert "ranking.csv" in result["links"] and "groups.csv" in result["links"]
+    assert sum(link.startswith("images/full/") for link in result["links"]) == 4  # each top image at full size
+    assert sorted(result["groups"]) == ["artist 0", "artist 1", "artist 2"] and result["masks"] == [32]
+    assert len(result["files"]) == 4 and all(name.endswith(".png") for name in result["files"])
+    text = result["text"]
+    for shown in ("timesteps 4", "flips on", "Fisher rows 1024", "model id", "default", "exact re-rank",
+                  "candidates", "Groups by artist"):
+        assert shown in text, shown
+
+
+def test_the_link_check_sees_a_dead_link(grouped_report):
+    """The check above can fail: remove ranking.csv and its link is reported dead."""
+    os.remove(os.path.join(grouped_report, "ranking.csv"))
+    result, _ = open_in_browser(grouped_report, LINK_CHECKER)
+    assert result["dead"] == ["ranking.csv"]

@@ -2,6 +2,7 @@
 
     out/scores.npy           float32 (queries, N): τ, higher = more responsible (DESIGN.md's layout)
     out/ranking.parquet/.csv query, prompt, rank, index, file, caption, score (every training image, best first)
+    out/groups.csv           with group_by: query, rank, group, score, positive share, size, top files (groups.py)
     out/report.html          offline gallery (query image, prompt, top-K thumbnails with captions and scores)
     out/contact_sheet.png    the same as one picture
     out/attribution.json     queries, settings, timings, where the data came from: `unlearn-fast report` reads it
@@ -45,6 +46,7 @@ class Attribution:
     dataset: CaptionedImages
     work_dir: str = ""
     timings: dict = field(default_factory=dict)
+    group_by: str | None = None  # a metadata field: groups.csv, the report's group table (groups.py)
 
     def __post_init__(self):
         self.scores = np.asarray(self.scores, dtype=np.float32)
@@ -62,10 +64,29 @@ class Attribution:
                  "caption": " | ".join(self.dataset.captions(int(i))), "score": float(self.scores[q, i])}
                 for rank, i in enumerate(self.order(q)[:k])]
 
+    def groups(self, q: int = 0, field: str | None = None, rule: str | None = None) -> list[dict]:
+        """Query q's group table over the metadata field (default group_by): groups.group_table's rows, best first,
+        each group's top members as training indices and files."""
+        from .groups import RULE, group_table
+
+        field = field or self.group_by
+        if not field:
+            raise ValueError("groups: give the metadata field to group by (or set group_by)")
+        if getattr(self, "_labels", (None,))[0] != field:
+            self._labels = (field, self.dataset.metadata_field(field))
+        rows = group_table(self.scores[q], self._labels[1], rule or RULE)
+        return [{**row, "top_files": [self.dataset.key(i) for i in row["top"]]} for row in rows]
+
     def summary(self, top_k: int = 5) -> dict:
+        def query_summary(q, query, record):
+            out = {"prompt": query.prompt, "source": query.source, "folder": record["folder"],
+                   "top": self.top(q, top_k)}
+            if self.group_by:
+                out["groups"] = self.groups(q)[:top_k]
+            return out
         return {"work_dir": self.work_dir, "num_train": len(self.dataset), "timings_s": self.timings,
-                "queries": [{"prompt": query.prompt, "source": query.source, "folder": record["folder"],
-                             "top": self.top(q, top_k)}
+                **({"group_by": self.group_by} if self.group_by else {}),
+                "queries": [query_summary(q, query, record)
                             for q, (query, record) in enumerate(zip(self.queries, self.records))]}
 
     def save(self, out_dir: str, top_k: int = 16) -> dict:
@@ -76,7 +97,7 @@ class Attribution:
         """
         from .report.contact_sheet import contact_sheet
         from .report.html import html_report
-        from .report.tables import write_ranking
+        from .report.tables import write_groups, write_ranking
 
         check_top_k(top_k)
         check_output_folder(out_dir)
@@ -88,11 +109,13 @@ class Attribution:
             np.save(os.path.join(work, "scores.npy"), self.scores)
             names = {"scores": "scores.npy"}
             names.update({k: os.path.basename(v) for k, v in write_ranking(self, work).items()})
+            if self.group_by:
+                names["groups_csv"] = os.path.basename(write_groups(self, work))
             names["report"] = os.path.basename(html_report(self, work, top_k=top_k))
             names["contact_sheet"] = os.path.basename(contact_sheet(self, os.path.join(work, "contact_sheet.png"),
                                                                     top_k=top_k))
             record = {"data": getattr(self.dataset, "reopen_args", None), "work_dir": self.work_dir,
-                      "timings_s": self.timings, "queries": self.records, "files": names}
+                      "timings_s": self.timings, "queries": self.records, "files": names, "group_by": self.group_by}
             with open(os.path.join(work, RECORD), "w", encoding="utf-8") as handle:
                 json.dump(record, handle, indent=2)
             _swap_into_place(work, final)
@@ -122,9 +145,14 @@ class Attribution:
             dataset = open_dataset(**record["data"])
         queries = [Query(image=np.array(Image.open(os.path.join(out_dir, "images", f"query_{q}.png")).convert("RGB")),
                          prompt=rec["prompt"], source=rec["source"]) for q, rec in enumerate(record["queries"])]
+        for q, rec in enumerate(record["queries"]):  # a region query: its mask was saved beside it
+            mask = os.path.join(out_dir, "images", f"mask_{q}.png")
+            if "mask" in rec and os.path.isfile(mask):
+                queries[q] = queries[q].with_mask(np.asarray(Image.open(mask).convert("L"), np.float32) / 255.0,
+                                                  rec["mask"])
         scores = np.load(os.path.join(out_dir, "scores.npy"))
         return cls(scores=scores, queries=queries, records=record["queries"], dataset=dataset,
-                   work_dir=record["work_dir"], timings=record.get("timings_s", {}))
+                   work_dir=record["work_dir"], timings=record.get("timings_s", {}), group_by=record.get("group_by"))
 
 
 def _swap_into_place(new: str, final: str) -> None:

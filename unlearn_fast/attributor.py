@@ -74,9 +74,19 @@ class Attributor:
         self.workspace.prepare()
         return self
 
-    def attribute(self, queries: list[Query] | Query, settings: UnlearnSettings = None) -> Attribution:
-        """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts."""
-        return abu.attribute_by_unlearning(self.workspace, queries, settings)
+    def attribute(self, queries: list[Query] | Query, settings: UnlearnSettings = None, group_by: str | None = None
+                  ) -> Attribution:
+        """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts.
+        group_by: a metadata field (groups.py), checked on every training image before any work."""
+        self.check_group_by(group_by)
+        attribution = abu.attribute_by_unlearning(self.workspace, queries, settings)
+        attribution.group_by = group_by
+        return attribution
+
+    def check_group_by(self, group_by: str | None) -> None:
+        """A DataError naming the field and the first training row without it, before any unlearning."""
+        if group_by:
+            self.dataset.metadata_field(group_by)
 
     def check_unlearning(self, settings: UnlearnSettings) -> None:
         """The unlearning settings checked against the model and the Fisher's group before any work (SettingsError)."""

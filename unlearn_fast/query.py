@@ -2,6 +2,10 @@
 
 Either a user's image file with its prompt, or a prompt + seed that the model generates the image from. The image is
 checked against the model before any work starts: a wrong size or colour mode is an error that names the file.
+
+A query may hold a region mask (``with_mask``; the CLI's --mask FILE): a weight in [0, 1] per pixel of the query image.
+Unlearning then raises the query's loss inside the region only (engine/unlearn.py); the mask is part of the query's key,
+so two masks of one image never share a work-directory folder.
 """
 from __future__ import annotations
 
@@ -29,18 +33,78 @@ class Query:
     source: str = ""
     seed: int | None = None
     generation: dict = field(default_factory=dict)
+    mask: np.ndarray | None = None  # float32 (H, W) in [0, 1], the image's size; None: the whole image
+    mask_source: str = ""
 
     @property
     def key(self) -> str:
-        """A short hash of (image pixels, prompt): the query's name in the work directory."""
+        """A short hash of (image pixels, prompt[, mask]): the query's name in the work directory."""
         digest = hashlib.sha256(np.ascontiguousarray(self.image).tobytes())
         digest.update(b"\0" + self.prompt.encode("utf-8"))
+        if self.mask is not None:  # an unmasked query keeps the key it always had
+            digest.update(b"\0mask" + np.ascontiguousarray(self.mask, dtype=np.float32).tobytes())
         return digest.hexdigest()[:16]
 
     def png_bytes(self) -> bytes:
         buffer = io.BytesIO()
         Image.fromarray(self.image).save(buffer, format="PNG")
         return buffer.getvalue()
+
+    def mask_png_bytes(self) -> bytes:
+        """The mask as an 8-bit greyscale PNG (white = inside the region)."""
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(self.mask * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def with_mask(self, mask: np.ndarray, source: str = "array") -> "Query":
+        """This query restricted to a region: mask (H, W) of weights in [0, 1], the image's size."""
+        mask = np.asarray(mask, dtype=np.float32)
+        if mask.shape != self.image.shape[:2]:
+            raise QueryError(f"mask {source} is {mask.shape[1]}×{mask.shape[0]}; the query image is "
+                             f"{self.image.shape[1]}×{self.image.shape[0]} (a mask covers the query image pixel for "
+                             "pixel)")
+        if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise QueryError(f"mask {source}: weights must lie in [0, 1]")
+        if not mask.any():
+            raise QueryError(f"mask {source} selects no pixel (all black): the region would have no loss to raise")
+        return Query(image=self.image, prompt=self.prompt, source=self.source, seed=self.seed,
+                     generation=self.generation, mask=mask, mask_source=source)
+
+    def latent_weight(self, size: tuple[int, int]) -> np.ndarray | None:
+        """The mask at the latent resolution (h, w): the area average of each latent cell's pixels, divided by its
+        mean so that a masked loss keeps the whole image's scale (α keeps its meaning); None without a mask."""
+        if self.mask is None:
+            return None
+        return latent_weight(self.mask, size)
+
+
+def latent_weight(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area average of mask (H, W) over an (h, w) grid of equal cells (H, W multiples of h, w), over its mean."""
+    (H, W), (h, w) = mask.shape, size
+    if H % h or W % w:
+        raise QueryError(f"a {W}×{H} mask does not divide into the model's {w}×{h} latent cells")
+    cells = mask.astype(np.float64).reshape(h, H // h, w, W // w).mean(axis=(1, 3))
+    return (cells / cells.mean()).astype(np.float32)
+
+
+def read_mask(path: str, image_size: tuple[int, int]) -> np.ndarray:
+    """A mask PNG as float32 (H, W) in [0, 1]: mode L or 1 as it is, RGB read as luminance (PIL's L), at exactly the
+    query image's size (width, height) — a mask is never resized: which pixels it covers would change."""
+    if not os.path.isfile(path):
+        raise QueryError(f"mask {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, size = image.mode, image.size
+            grey = image.convert("L") if mode in ("L", "1", "RGB") else None
+    except (OSError, SyntaxError) as error:
+        raise QueryError(f"mask {path} cannot be read as an image: {error}") from error
+    if grey is None:
+        raise QueryError(f"mask {path} has colour mode {mode}; give a greyscale (L), 1-bit or RGB PNG (white = the "
+                         "region)")
+    if size != tuple(image_size):
+        raise QueryError(f"mask {path} is {size[0]}×{size[1]}; the query image is {image_size[0]}×{image_size[1]}")
+    return np.asarray(grey, dtype=np.float32) / 255.0
 
 
 def _check_prompt(prompt: str, where: str) -> str:

@@ -138,6 +138,8 @@ def _attributor(args):
     _threads(args)
     model = _load_model(args)
     dataset = open_dataset(args.data, caption_column=args.caption_column)
+    if getattr(args, "group_by", None):  # a missing field fails here, before the work directory is touched
+        dataset.metadata_field(args.group_by)
     return Attributor(model, dataset, args.work_dir, _prepare_settings(args), overwrite=args.overwrite,
                       progress=not args.quiet)
 
@@ -155,17 +157,25 @@ def cmd_prepare(args) -> None:
 
 
 def _queries(args, model) -> list:
-    from ..query import query_from_file, query_from_prompt
+    from ..query import query_from_file, query_from_prompt, read_mask
 
     prompts, images = args.prompt or [], args.image or []
     if not prompts:
         raise SystemExit("attribute: give --prompt (with --image FILE, or alone to generate the query with --seed)")
     if images and len(images) != len(prompts):
         raise SystemExit(f"attribute: {len(images)} --image for {len(prompts)} --prompt; give one prompt per image")
-    if images:  # a QueryError (size, mode, file) reaches main(), which prints it as one line
-        return [query_from_file(path, prompt, model.resolution) for path, prompt in zip(images, prompts)]
-    return [query_from_prompt(model, prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
-            for prompt in prompts]
+    masks = getattr(args, "mask", None) or []
+    if masks and len(masks) != len(prompts):
+        raise SystemExit(f"attribute: {len(masks)} --mask for {len(prompts)} --prompt; give one mask per query")
+    # A QueryError (size, mode, file) reaches main(), which prints it as one line; masks are read before any generation.
+    regions = [read_mask(path, (model.resolution, model.resolution)) for path in masks]
+    if images:
+        queries = [query_from_file(path, prompt, model.resolution) for path, prompt in zip(images, prompts)]
+    else:
+        queries = [query_from_prompt(model, prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
+                   for prompt in prompts]
+    return [query.with_mask(region, os.path.abspath(path))
+            for query, region, path in zip(queries, regions, masks)] or queries
 
 
 def _unlearn_settings(args):
@@ -205,7 +215,7 @@ def cmd_attribute(args) -> None:
     attributor.check_unlearning(settings)
     ranks = attributor.ranks  # rank 0 reads or generates the queries, so every rank attributes the same images
     queries = ranks.broadcast(_queries(args, attributor.model) if ranks.is_main else None)
-    attribution = attributor.attribute(queries, settings)
+    attribution = attributor.attribute(queries, settings, group_by=args.group_by)
     paths = attributor.write_outputs(attribution, args.out, top_k=args.top_k)
     if ranks.is_main:
         _finish(attribution, paths, args.top_k, args.json, started, "attribute", _job(attributor.workspace))
@@ -216,6 +226,9 @@ def cmd_report(args) -> None:
 
     started = time.perf_counter()
     attribution = Attribution.load(args.attribution)
+    if args.group_by:
+        attribution.dataset.metadata_field(args.group_by)  # the one-line error before anything is written
+        attribution.group_by = args.group_by
     out = args.out or args.attribution
     check_output_folder(out)
     _finish(attribution, attribution.save(out, top_k=args.top_k), args.top_k, args.json, started, "report")
@@ -419,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "query is generated from the prompt and --seed")
     attribute.add_argument("--out", help="output folder (default WORK_DIR/attributions/<query id>/, listed in "
                            "WORK_DIR/attributions/index.json; WORK_DIR/attributions/latest is the newest)")
+    attribute.add_argument("--mask", action="append", help="a PNG the query image's size (white = the region; L, "
+                           "1-bit or RGB read as luminance), one per --prompt: unlearn the query's loss in that region "
+                           "only (which training images made this object)")
+    attribute.add_argument("--group-by", help="a metadata field (a metadata.jsonl key, a parquet column, a key of the "
+                           "shards' .json): also rank the groups it forms (groups.csv, the report's group table)")
     query_arguments(attribute)
     attribute.set_defaults(run=cmd_attribute)
 
@@ -426,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("attribution", help="folder written by attribute")
     report.add_argument("--out", help="where to write (default: the same folder)")
     report.add_argument("--top-k", type=positive_int, default=16)
+    report.add_argument("--group-by", help="a metadata field to rank groups by (default: the attribution's own)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=cmd_report)
 

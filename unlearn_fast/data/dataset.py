@@ -11,7 +11,8 @@ Formats (``open_dataset`` picks by what the path is):
 Every dataset answers the same questions — how many images, the key (file name) and captions of image i, image i
 decoded as RGB, where image i comes from (``where``: file, line) and what its bytes are (``content_index``) — and
 every failure names the file and line at fault. Lines and rows are counted from 1, as editors do; "training index"
-is the 0-based index of the score arrays.
+is the 0-based index of the score arrays. ``metadata_field(name)`` reads one metadata field of every image (a key of
+the metadata.jsonl rows, a parquet column, a key of a webdataset sample's ``.json``) for attribution by group.
 """
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ def _as_captions(value, where: str) -> tuple[str, ...]:
     return captions
 
 
+def field_value(value, name: str, where: str) -> str | None:
+    """A metadata value as a group label: strings as they are, numbers and booleans as text, null as missing. A list
+    or an object would put one image in several groups (or none): refused, naming the row."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        raise DataError(f"{where}: field {name!r} holds {type(value).__name__} {str(value)[:60]!r}; grouping needs one "
+                        "string per image")
+    return str(value)
+
+
 def decode_image(data: bytes, where: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
@@ -86,6 +98,25 @@ class CaptionedImages(ABC):
     def where(self, index: int) -> str:
         """Where image `index` comes from, for a person: its file and line (counted from 1)."""
         return f"{self.key(index)} (training index {index} of {self.source})"
+
+    def field_values(self, name: str) -> list[str | None]:
+        """The metadata field `name` of every image (None where a row lacks it); formats with metadata override it."""
+        raise DataError(f"{self.source}: this training set has no metadata fields (field {name!r} asked for)")
+
+    def metadata_field(self, name: str) -> list[str]:
+        """The field `name` of every image as a string; a row lacking it is an error naming the field and that row
+        (the first one), raised before any work that needs it."""
+        values = self.field_values(name)
+        missing = [i for i, value in enumerate(values) if value is None]
+        if missing and len(missing) == len(values):
+            raise DataError(f"{self.source}: no row has the metadata field {name!r}{self._fields_hint()}")
+        if missing:
+            raise DataError(f"{self.where(missing[0])}: no metadata field {name!r} ({len(missing)} of {len(values)} "
+                            "rows lack it; every image needs a value to be grouped)")
+        return values
+
+    def _fields_hint(self) -> str:
+        return ""
 
     def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
         """content.INFO per image (digest of its encoded bytes, size, mode). This generic version digests the decoded
@@ -156,6 +187,18 @@ class ImageFolderDataset(CaptionedImages):
     def where(self, index: int) -> str:
         return f"{self.example(index).key} ({self.source} line {self._lines[index]})"
 
+    def _rows(self):
+        with open(self.source, encoding="utf-8-sig") as handle:
+            lines = handle.readlines()
+        return [(line_number, json.loads(lines[line_number - 1])) for line_number in self._lines]
+
+    def field_values(self, name: str) -> list[str | None]:
+        # Re-read on demand: keeping every row's other fields for a million images would cost memory for nothing.
+        return [field_value(row.get(name), name, f"{self.source} line {line}") for line, row in self._rows()]
+
+    def _fields_hint(self) -> str:
+        return f" (fields of line {self._lines[0]}: {sorted(self._rows()[0][1])})"
+
     def _path(self, index: int) -> str:
         path = os.path.join(self.root, self.example(index).key)
         if not os.path.isfile(path):
@@ -209,6 +252,13 @@ class SubsetDataset(CaptionedImages):
     def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
         return self.base.content_index(cache)[self.indices]
 
+    def field_values(self, name: str) -> list[str | None]:
+        values = self.base.field_values(name)
+        return [values[i] for i in self.indices]
+
+    def _fields_hint(self) -> str:
+        return self.base._fields_hint()
+
 
 class ParquetDataset(CaptionedImages):
     """A parquet file with encoded image bytes and captions (the embedded default set uses this format)."""
@@ -233,6 +283,7 @@ class ParquetDataset(CaptionedImages):
         ]
         if not self._examples:
             raise DataError(f"{path}: no rows")
+        self._columns = table.column_names
 
     def __len__(self) -> int:
         return len(self._examples)
@@ -242,6 +293,17 @@ class ParquetDataset(CaptionedImages):
 
     def where(self, index: int) -> str:
         return f"{self.example(index).key} ({self.source} row {index + 1})"
+
+    def field_values(self, name: str) -> list[str | None]:
+        import pyarrow.parquet as pq
+
+        if name not in self._columns:
+            return [None] * len(self)
+        column = pq.read_table(self.source, columns=[name]).column(name).to_pylist()
+        return [field_value(value, name, f"{self.source} row {i + 1}") for i, value in enumerate(column)]
+
+    def _fields_hint(self) -> str:
+        return f" (columns: {self._columns})"
 
     def _bytes(self, index: int) -> bytes:
         data = self._images[self._check_index(index)]

@@ -20,7 +20,7 @@ from PIL import Image
 import numpy as np
 
 from .content import DigestCache, cached_file_rows, empty_index, probe_bytes, rows_of
-from .dataset import CaptionedImages, DataError, Example, _as_captions, decode_image
+from .dataset import CaptionedImages, DataError, Example, _as_captions, decode_image, field_value
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a sample has several
 
@@ -83,6 +83,7 @@ class WebDatasetShards(CaptionedImages):
         self.shards = expand_shards(spec)
         self._examples: list[Example] = []
         self._images: list[_ImageMember] = []
+        self._metadata: list[dict | None] = []  # each sample's .json object (None without one): metadata_field
         for shard_index, shard in enumerate(self.shards):
             for key, members in self._read_samples(shard):
                 where = f"{shard} sample {key!r}"
@@ -93,6 +94,7 @@ class WebDatasetShards(CaptionedImages):
                 image = members[image_extension]
                 self._examples.append(Example(len(self._examples), f"{key}.{image_extension}", captions))
                 self._images.append(_ImageMember(shard_index, image["offset"], image["size"]))
+                self._metadata.append(_sample_metadata(members, where))
         if not self._examples:
             raise DataError(f"{spec}: the shards hold no samples")
 
@@ -127,6 +129,10 @@ class WebDatasetShards(CaptionedImages):
         member = self._images[self._check_index(index)]
         return f"{self.shards[member.shard]} member {self._examples[index].key!r}"
 
+    def field_values(self, name: str) -> list[str | None]:
+        return [field_value(meta.get(name), name, self.where(i)) if meta else None
+                for i, meta in enumerate(self._metadata)]
+
     def _bytes(self, index: int) -> bytes:
         member = self._images[self._check_index(index)]
         # A fresh handle per read keeps the dataset safe to share with forked data-loader workers.
@@ -148,6 +154,17 @@ class WebDatasetShards(CaptionedImages):
                 [empty_index(0)] + [probe_bytes(self._bytes(int(i)), self.where(int(i)), DataError) for i in rows])))
         cache.flush()
         return rows_of(b"".join(parts))
+
+
+def _sample_metadata(members: dict[str, dict], where: str) -> dict | None:
+    """The sample's .json object (its other keys are metadata fields), None when it has none."""
+    if "json" not in members:
+        return None
+    try:
+        meta = json.loads(members["json"]["data"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{where}: {members['json']['name']} is not valid JSON ({error})") from None
+    return meta if isinstance(meta, dict) else None
 
 
 def _sample_captions(members: dict[str, dict], caption_column: str, where: str) -> tuple[str, ...]:

@@ -134,8 +134,9 @@ def _vmap_fisher(model, params, x0, cond, timesteps, noise, rows=None, block_row
 
 
 def summed_gradient(model, unet, params: dict[str, nn.Parameter], x0, cond, timesteps, noise, *, rows: int,
-                    scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """{name: float64 ∂(scale · Σ_{n < rows} L_n)/∂θ} for `params` of `unet` (a UNet with model's architecture).
+                    scale: float = 1.0, weight=None) -> dict[str, torch.Tensor]:
+    """{name: float64 ∂(scale · Σ_{n < rows} L_n)/∂θ} for `params` of `unet` (a UNet with model's architecture);
+    weight: model.loss's per-element weight (a query's region).
 
     Linear weights and biases: reduced in float64 from the hooked rows (batch-split invariant). Other parameters: the
     float32 autograd gradient, cast.
@@ -145,7 +146,7 @@ def summed_gradient(model, unet, params: dict[str, nn.Parameter], x0, cond, time
     paths = sorted({name.rpartition(".")[0] for name in linear})
     with capture_linear_io(unet, paths, batch) as captured, only_these_require_grad(unet, params), \
             torch.enable_grad():
-        loss = model.loss(x0, cond, timesteps, noise, unet=unet)[:rows].sum() * scale
+        loss = model.loss(x0, cond, timesteps, noise, unet=unet, weight=weight)[:rows].sum() * scale
     outputs = [output for _, output in captured.values()]
     grads = torch.autograd.grad(loss, outputs + list(other.values()))
     total = {name: g.double() for name, g in zip(other, grads[len(outputs):])}

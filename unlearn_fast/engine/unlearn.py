@@ -21,6 +21,10 @@ F is estimate_fisher's output, which already includes the damping λ. Draw d of 
 timestep keyed_timesteps(seed, k, d), noise ops.gaussian_noise(seed, k, d, flip 0), so ĝ does not depend on
 batch_size and a run is repeatable. The line search measures the loss on the draws d in [draws, draws + 128). The
 retained rows r take draws keyed (seed, k, RETAIN_KEY + r) with flip 1, apart from every query draw.
+
+A region (the query's mask at the latent resolution, of mean 1: Query.latent_weight) weights the query's per-element
+loss in ĝ and in the losses the rise line search and the cap measure (the untrained model's loss is weighted alike);
+the retained rows' loss and the training rows' scoring are unchanged.
 """
 from __future__ import annotations
 
@@ -113,11 +117,14 @@ def _query_draws(model, x0_query, cond_query, settings: UnlearnSettings, step: i
         yield x0_query.expand(len(d), -1, -1, -1), cond_query.expand(len(d), *cond_query.shape[1:]), t, noise, count
 
 
-def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int):
-    """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), whatever the batch size (fisher_hooks.summed_gradient)."""
+def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int,
+                   weight=None):
+    """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), whatever the batch size (fisher_hooks.summed_gradient);
+    weight: the region's per-element weight (None: the whole image)."""
     total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
     for x0, cond, t, noise, count in _query_draws(model, x0_query, cond_query, settings, step, 0, settings.draws):
-        grads = summed_gradient(model, unet, params, x0, cond, t, noise, rows=count, scale=1.0 / settings.draws)
+        grads = summed_gradient(model, unet, params, x0, cond, t, noise, rows=count, scale=1.0 / settings.draws,
+                                weight=weight)
         for name, g in grads.items():
             total[name] += g
     return total
@@ -150,17 +157,19 @@ def _mean_over_measure_draws(model, x0_query, cond_query, settings: UnlearnSetti
     return total / RISE_DRAWS
 
 
-def query_loss(model, unet, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
-    """L(ẑ) on the measuring draws (those the rise line search and the cap use)."""
+def query_loss(model, unet, x0_query, cond_query, settings: UnlearnSettings, step: int, weight=None) -> float:
+    """L(ẑ) (in the region, when weighted) on the measuring draws (those the rise line search and the cap use)."""
     return _mean_over_measure_draws(model, x0_query, cond_query, settings, step,
-                                    lambda x0, cond, t, noise: model.loss(x0, cond, t, noise, unet=unet))
+                                    lambda x0, cond, t, noise: model.loss(x0, cond, t, noise, unet=unet,
+                                                                          weight=weight))
 
 
-def untrained_loss(model, x0_query, cond_query, settings: UnlearnSettings, step: int) -> float:
-    """The loss an untrained model (predicting 0) has on the same draws: the mean of target²."""
-    return _mean_over_measure_draws(model, x0_query, cond_query, settings, step,
-                                    lambda x0, cond, t, noise: model.target(x0, noise, t).double().pow(2)
-                                    .flatten(1).mean(1))
+def untrained_loss(model, x0_query, cond_query, settings: UnlearnSettings, step: int, weight=None) -> float:
+    """The loss an untrained model (predicting 0) has on the same draws: the mean of target² (weighted alike)."""
+    def per_row(x0, cond, t, noise):
+        squared = model.target(x0, noise, t).double().pow(2)
+        return (squared if weight is None else squared * weight.double()).flatten(1).mean(1)
+    return _mean_over_measure_draws(model, x0_query, cond_query, settings, step, per_row)
 
 
 def _set_step(params: dict, start: dict, update: dict, scale: float, step: int, alpha: float) -> None:
@@ -173,10 +182,11 @@ def _set_step(params: dict, start: dict, update: dict, scale: float, step: int, 
             p.copy_(new)
 
 
-def _rise_scale(model, unet, params, start, update, gradient, x0_query, cond_query, settings, step, record) -> float:
+def _rise_scale(model, unet, params, start, update, gradient, x0_query, cond_query, settings, step, record,
+                weight=None) -> float:
     """The step s along `update` that raises the query's loss by the factor α (within RISE_TOLERANCE): start from the
     first-order guess s = α·L / (ĝ·u), then rescale by the ratio of target to achieved rise (a secant step in log s)."""
-    before = query_loss(model, unet, x0_query, cond_query, settings, step)
+    before = query_loss(model, unet, x0_query, cond_query, settings, step, weight)
     slope = sum(float((gradient[n] * update[n]).sum()) for n in params)
     if not slope > 0:
         raise FloatingPointError(f"step {step}: the query's gradient gives no ascent direction (ĝ·u = {slope:g})")
@@ -184,28 +194,29 @@ def _rise_scale(model, unet, params, start, update, gradient, x0_query, cond_que
     scale, rise = target / slope, 0.0
     for _ in range(RISE_EVALUATIONS):
         _set_step(params, start, update, scale, step, settings.alpha)
-        rise = query_loss(model, unet, x0_query, cond_query, settings, step) - before
+        rise = query_loss(model, unet, x0_query, cond_query, settings, step, weight) - before
         if abs(rise - target) <= RISE_TOLERANCE * target:
             break
         scale *= min(4.0, max(0.25, target / rise)) if rise > 0 else 4.0
     else:
         _set_step(params, start, update, scale, step, settings.alpha)
-        rise = query_loss(model, unet, x0_query, cond_query, settings, step) - before
+        rise = query_loss(model, unet, x0_query, cond_query, settings, step, weight) - before
     if record is not None:
         record.setdefault("steps", []).append({"scale": scale, "loss_before": before, "rise": rise / before})
     return scale
 
 
-def _capped_scale(model, unet, params, start, update, scale, x0_query, cond_query, settings, step, record) -> float:
+def _capped_scale(model, unet, params, start, update, scale, x0_query, cond_query, settings, step, record,
+                  weight=None) -> float:
     """`scale`, or the shorter scale at which the query's loss equals an untrained model's (bisection on the scale)."""
-    cap = untrained_loss(model, x0_query, cond_query, settings, step)
-    after = query_loss(model, unet, x0_query, cond_query, settings, step)
+    cap = untrained_loss(model, x0_query, cond_query, settings, step, weight)
+    after = query_loss(model, unet, x0_query, cond_query, settings, step, weight)
     if after > cap:
         low, high = 0.0, scale
         for _ in range(CAP_BISECTIONS):
             middle = (low + high) / 2
             _set_step(params, start, update, middle, step, settings.alpha)
-            low, high = (middle, high) if query_loss(model, unet, x0_query, cond_query, settings, step) <= cap \
+            low, high = (middle, high) if query_loss(model, unet, x0_query, cond_query, settings, step, weight) <= cap \
                 else (low, middle)
         scale = low
         _set_step(params, start, update, scale, step, settings.alpha)
@@ -216,12 +227,13 @@ def _capped_scale(model, unet, params, start, update, scale, x0_query, cond_quer
 
 def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
             settings: UnlearnSettings = UnlearnSettings(), num_train: int | None = None,
-            record: dict | None = None, retained=None) -> torch.nn.Module:
+            record: dict | None = None, retained=None, weight: torch.Tensor | None = None) -> torch.nn.Module:
     """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query its one
     conditioning row, (1, L, D) or packed (1, F) (models.conditioning).
     fisher: the diagonal F + λ ({name: tensor}) or a curvature.KroneckerCurvature. record: filled with each step's
     scale (and, for the "rise" rule, the query's loss and its achieved rise; with the cap, where it cut the step).
-    retained: step -> (x0, cond) of that step's settings.retain training rows (needed when retain > 0)."""
+    retained: step -> (x0, cond) of that step's settings.retain training rows (needed when retain > 0).
+    weight: the query's region, a per-element weight of mean 1 broadcast over x0_query's shape (e.g. (1, 1, h, w))."""
 
     N = settings.num_train or num_train
     if settings.step == "alpha/N" and not N:
@@ -246,7 +258,7 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
     if settings.retain and retained is None:
         raise ValueError("unlearn with retain > 0 needs the retained rows (the retained argument)")
     for step in range(settings.steps):
-        g = query_gradient(model, unet, params, x0_query, cond_query, settings, step)
+        g = query_gradient(model, unet, params, x0_query, cond_query, settings, step, weight)
         ascent = g
         if settings.retain:
             kept = retained_gradient(model, unet, params, *retained(step), settings, step)
@@ -259,12 +271,13 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
         start = {name: p.detach().double().clone() for name, p in params.items()}
         if settings.step == "rise":
             scale = _rise_scale(model, unet, params, start, update, ascent, x0_query, cond_query, settings, step,
-                                record)
+                                record, weight)
         else:
             scale = settings.alpha / N if settings.step == "alpha/N" else settings.alpha
             _set_step(params, start, update, scale, step, settings.alpha)
             if record is not None:
                 record.setdefault("steps", []).append({"scale": scale})
         if settings.cap:
-            _capped_scale(model, unet, params, start, update, scale, x0_query, cond_query, settings, step, record)
+            _capped_scale(model, unet, params, start, update, scale, x0_query, cond_query, settings, step, record,
+                          weight)
     return unet

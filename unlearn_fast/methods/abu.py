@@ -101,7 +101,9 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
         workspace.prepare()
         records = _attribute_all(workspace, queries, settings)
         scores = [_scores(workspace, query, settings, record["folder"]) for query, record in zip(queries, records)]
-        records = [{**record, "unlearn": dataclasses.asdict(settings)} for record in records]
+        model_folder = getattr(workspace.model, "folder", None)  # set by DiffusionModel.load
+        records = [{**record, "unlearn": dataclasses.asdict(settings),
+                    **({"model": str(model_folder)} if model_folder else {})} for record in records]
     return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=workspace.dataset,
                        work_dir=str(workspace.store.path), timings=dict(workspace.timings))
 
@@ -133,7 +135,8 @@ def _attribute_all(workspace: Workspace, queries: list[Query], settings: Unlearn
     for q in sorted(set(range(len(queries))) - set(todo)):
         workspace.log(f"query {queries[q].key}: scores already in {folders[q]}, reused")
     records = {q: {"folder": folders[q], "prompt": queries[q].prompt, "source": queries[q].source,
-                   "generation": queries[q].generation, "unlearn": numeric_settings(settings, SCORE_ONLY)}
+                   "generation": queries[q].generation, "unlearn": numeric_settings(settings, SCORE_ONLY),
+                   **({"mask": queries[q].mask_source} if queries[q].mask is not None else {})}
                for q in todo}
 
     def start():
@@ -141,6 +144,8 @@ def _attribute_all(workspace: Workspace, queries: list[Query], settings: Unlearn
             path = store.artefact_path(f"{folders[q]}/query", ".png")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(queries[q].png_bytes())
+            if queries[q].mask is not None:  # the region the query was unlearnt in, beside it
+                store.artefact_path(f"{folders[q]}/mask", ".png").write_bytes(queries[q].mask_png_bytes())
             store.save_json(f"{folders[q]}/query", records[q])
     workspace.on_main(start)
     if not todo:
@@ -175,8 +180,10 @@ def _unlearned_weights(workspace: Workspace, query: Query, settings: UnlearnSett
         def write():
             x0 = model.encode_images(query.image[None])
             cond = model.encode_text([query.prompt])
+            region = query.latent_weight(model.latent_shape[1:])  # None without a mask
+            weight = None if region is None else torch.from_numpy(region)[None, None].to(x0.device)
             unet = unlearn(model, divide_by, x0, cond, settings, num_train=len(workspace.dataset), record=record,
-                           retained=retained)
+                           retained=retained, weight=weight)
             changed = dict(unet.named_parameters())  # only the group differs from model.unet
             store.save_tensors(name, {n: changed[n].detach() for n in model.parameter_group(settings.group)})
         workspace.on_main(write)

@@ -170,12 +170,14 @@ class DiffusionModel:
         return self.family.call(denoiser, x_t, self.objective.model_time(timesteps), record)
 
     def loss(self, x0: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
-             unet: nn.Module | None = None) -> torch.Tensor:
+             unet: nn.Module | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Per-example denoising loss mean((model(x_t, t, c) − target)²) over all but the batch dimension, float32:
-        the family's training objective, with diffusers' own arithmetic for x_t and the target."""
+        the family's training objective, with diffusers' own arithmetic for x_t and the target. weight: a per-element
+        weight broadcast over x0's shape (a query's region mask at the latent resolution, of mean 1)."""
         x_t = self.noisy(x0, noise, timesteps)
         pred = self.predict(x_t, timesteps, cond, unet)
-        losses = (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).flatten(1).mean(1)
+        squared = (pred.float() - self.target(x0, noise, timesteps).float()).pow(2)
+        losses = (squared if weight is None else squared * weight).flatten(1).mean(1)
         weight = self.objective.weight(timesteps)
         return losses if weight is None else losses * weight
 
@@ -254,7 +256,9 @@ class DiffusionModel:
 
         parts, where = load_parts(folder, device)
         with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported
-            return cls(**parts).eval()
+            model = cls(**parts).eval()
+        model.folder = folder  # what the report names it by
+        return model
 
     def modules(self) -> list[nn.Module]:
         text_encoder = self.text.encoder if self.text is not None else None  # a UNet-only model (benchmarks)

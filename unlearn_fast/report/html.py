@@ -1,11 +1,16 @@
 """An offline HTML report: per query, its image and prompt, then the top-K training images with captions and scores.
 
-Everything it shows is a file in the report's own folder (images/), linked by relative paths, so the folder can be
-copied, zipped or opened from disk with no server and no network.
+Everything it shows is a file in the report's own folder (images/, images/full/, ranking.csv, groups.csv), linked by
+relative paths, so the folder can be copied, zipped or opened from disk with no server and no network. Beside the
+thumbnails: each training image's file name and a link to it at full size, the work directory's prepare settings and
+model fingerprint (its manifest), the model folder, the group table (group_by), the query's region mask, and a
+two-stage method's stage and candidate count when its records hold them.
 """
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import os
 
 from PIL import Image
@@ -23,6 +28,8 @@ figure { margin: 0; width: 7.5rem; font-size: .75rem; }
 img { image-rendering: pixelated; border: 1px solid #ccc; }
 .score { color: #555; font-variant-numeric: tabular-nums; }
 table { border-collapse: collapse; font-size: .8rem; } td, th { padding: .1rem .5rem; text-align: left; }
+.groups td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figcaption a { word-break: break-all; }
 """
 
 
@@ -33,25 +40,38 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
         # The query at its own size (Attribution.load reads it back); the page scales it with crisp pixels.
         src = save_png(Image.fromarray(query.image), out_dir, f"images/query_{q}.png")
         settings = record.get("unlearn", {})
+        mask = ""
+        if query.mask is not None:  # the region beside the query (Attribution.load reads it back)
+            mask_src = save_png(Image.fromarray((query.mask * 255).round().astype("uint8"), mode="L"), out_dir,
+                                f"images/mask_{q}.png")
+            mask = (f'<img class="mask" src="{mask_src}" width="{2 * THUMB}" height="{2 * THUMB}" '
+                    f'alt="region mask of query {q + 1}" title="region: white = unlearnt">')
+        rows = [("prompt", query.prompt), ("image", query.source), ("unlearning", _settings_text(settings))]
+        rows += [(name, str(record[key])) for name, key in (("region mask", "mask"), ("stage", "stage"),
+                                                             ("candidates", "candidates")) if key in record]
+        table = "".join(f"<tr><th>{name}</th><td>{html.escape(value)}</td></tr>" for name, value in rows)
         parts.append(f'<section><h2>Query {q + 1}</h2><div class="query">'
-                     f'<img src="{src}" width="{2 * THUMB}" height="{2 * THUMB}" alt="query {q + 1}">'
-                     f'<table><tr><th>prompt</th><td>{html.escape(query.prompt)}</td></tr>'
-                     f'<tr><th>image</th><td>{html.escape(query.source)}</td></tr>'
-                     f'<tr><th>unlearning</th><td>{html.escape(_settings_text(settings))}</td></tr></table></div>'
-                     f'<h3>Top {min(top_k, len(dataset))} training images (score τ = loss after − before unlearning)'
+                     f'<img src="{src}" width="{2 * THUMB}" height="{2 * THUMB}" alt="query {q + 1}">{mask}'
+                     f'<table>{table}</table></div>')
+        if attribution.group_by:
+            parts.append(_group_table(attribution, q, top_k))
+        parts.append(f'<h3>Top {min(top_k, len(dataset))} training images (score τ = loss after − before unlearning)'
                      f'</h3><div class="grid">')
         for row in attribution.top(q, top_k):
             thumb = enlarged(training_image(dataset, row["index"], THUMB), THUMB)
             src = save_png(thumb, out_dir, f"images/train_{row['index']}.png")
-            caption = html.escape(row["caption"])
-            parts.append(f'<figure><img src="{src}" width="{THUMB}" height="{THUMB}" alt="{caption}">'
-                         f'<figcaption>#{row["rank"]} · {caption}<br><span class="score">τ = {row["score"]:.3e}'
-                         f'</span><br>index {row["index"]}</figcaption></figure>')
+            full = _full_size(dataset, row["index"], out_dir)
+            caption, name = html.escape(row["caption"]), html.escape(row["file"])
+            parts.append(f'<figure><a href="{full}"><img src="{src}" width="{THUMB}" height="{THUMB}" '
+                         f'alt="{caption}"></a><figcaption>#{row["rank"]} · {caption}<br><span class="score">τ = '
+                         f'{row["score"]:.3e}</span><br><a class="file" href="{full}">{name}</a> · index '
+                         f'{row["index"]}</figcaption></figure>')
         parts.append("</div></section>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>unlearn-fast attribution</title>"
             f"<style>{_STYLE}</style></head><body><h1>Attribution by unlearning</h1>"
             f"<p>{len(dataset)} training images from {html.escape(str(getattr(dataset, 'source', '')))}; "
-            f"work directory {html.escape(attribution.work_dir)}.</p>{''.join(parts)}</body></html>\n")
+            f"work directory {html.escape(attribution.work_dir)}.</p>{_run_table(attribution)}"
+            f"{''.join(parts)}</body></html>\n")
     path = os.path.join(out_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(page)
@@ -61,3 +81,53 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
 def _settings_text(settings: dict) -> str:
     keys = ("group", "steps", "alpha", "draws", "seed", "precondition")
     return ", ".join(f"{k} {settings[k]}" for k in keys if k in settings)
+
+
+def _full_size(dataset, index: int, out_dir: str) -> str:
+    """The training image as stored (decoded to RGB, written as PNG) in images/full/: a link that works from disk."""
+    from ..data.preprocess import to_rgb
+
+    return save_png(to_rgb(dataset.image(index)), out_dir, f"images/full/train_{index}.png")
+
+
+def _run_table(attribution) -> str:
+    """What produced the scores: the prepare settings and the model's fingerprint from the work directory's
+    manifest, the model folder, and the table files (linked)."""
+    from ..store.workdir import read_manifest
+
+    manifest = read_manifest(attribution.work_dir) if attribution.work_dir else None
+    rows = []
+    folders = sorted({record["model"] for record in attribution.records if "model" in record})
+    if folders:
+        rows.append(("model", ", ".join(folders)))
+    if manifest:
+        parts = {k.split(".", 1)[1]: v for k, v in manifest.get("inputs", {}).items() if k.startswith("model.")}
+        if parts:  # the same hash as DiffusionModel.fingerprint(parts)
+            rows.append(("model id", hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16] + " ("
+                         + ", ".join(f"{k} {v}" for k, v in sorted(parts.items())) + ")"))
+        settings = manifest.get("settings", {})
+        scoring, fisher = settings.get("scoring", {}), settings.get("fisher", {})
+        examples = settings.get("fisher_examples")
+        rows.append(("prepare", f"timesteps {scoring.get('timesteps')}, flips {'on' if scoring.get('flips') else 'off'}"
+                     f", noise {scoring.get('noise', 'example')}, dtype {scoring.get('dtype')}; Fisher rows "
+                     f"{'all' if examples is None else examples} (group {settings.get('fisher_group')}, "
+                     f"{fisher.get('samples_per_example')} draw(s) per row, damping {fisher.get('damping')})"))
+    cells = "".join(f"<tr><th>{name}</th><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
+    links = ['<a href="ranking.csv">ranking.csv</a>'] + (['<a href="groups.csv">groups.csv</a>']
+                                                          if attribution.group_by else [])
+    return f'<table class="run">{cells}<tr><th>tables</th><td>{" · ".join(links)}</td></tr></table>'
+
+
+def _group_table(attribution, q: int, top_k: int) -> str:
+    from ..groups import RULE, TOP_MEAN_K
+
+    rule = f"mean of its top {TOP_MEAN_K} scores" if RULE == "top-mean" else RULE
+    rows = []
+    for row in attribution.groups(q)[:top_k]:
+        files = ", ".join(html.escape(f) for f in row["top_files"])
+        rows.append(f'<tr><td class="num">{row["rank"]}</td><td>{html.escape(row["group"])}</td>'
+                    f'<td class="num">{row["score"]:.3e}</td><td class="num">{100 * row["positive_share"]:.1f} %</td>'
+                    f'<td class="num">{row["size"]}</td><td>{files}</td></tr>')
+    return (f'<h3>Groups by {html.escape(attribution.group_by)} (score: the {rule}; share of the positive τ mass)'
+            f'</h3><table class="groups"><tr><th>rank</th><th>group</th><th>score</th><th>positive share</th>'
+            f'<th>size</th><th>top images</th></tr>{"".join(rows)}</table>')

@@ -1,4 +1,4 @@
-"""The ranking table: one row per (query, training image), best first, as parquet and CSV."""
+"""The ranking table: one row per (query, training image), best first, as parquet and CSV; the group table as CSV."""
 from __future__ import annotations
 
 import csv
@@ -32,3 +32,19 @@ def write_ranking(attribution, out_dir: str) -> dict[str, str]:
         writer.writerow(COLUMNS)
         writer.writerows(rows)
     return paths
+
+
+GROUP_COLUMNS = ("query", "rank", "group", "score", "positive_share", "size", "top_files")
+
+
+def write_groups(attribution, out_dir: str) -> str:
+    """groups.csv: per query, its groups best first (groups.py: the rule, the positive share); top_files joined by |."""
+    path = os.path.join(out_dir, "groups.csv")
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(GROUP_COLUMNS)
+        for q in range(len(attribution.queries)):
+            for row in attribution.groups(q):
+                writer.writerow((q, row["rank"], row["group"], row["score"], row["positive_share"], row["size"],
+                                 " | ".join(row["top_files"])))
+    return path
