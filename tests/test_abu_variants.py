@@ -308,7 +308,7 @@ def test_the_command_line_builds_the_variants_settings():
         args = build_parser().parse_args(["attribute", "--work-dir", "w", "--prompt", "x", *options])
         return _unlearn_settings(args)
 
-    assert parsed() == UnlearnSettings(alpha=0.003)  # the default recipe: the paper's step at its validated α …
+    assert parsed() == UnlearnSettings(step="fixed", alpha=7.5e-6)  # the default recipe: a fixed, validated step …
     assert parsed("--recipe", "paper") == UnlearnSettings()  # … and the paper's recipe, as it ran before
     chosen = parsed("--step", "rise", "--score", "calibrated", "--references", "3", "--spread", "--curvature",
                     "ekfac", "--alpha", "0.3")
