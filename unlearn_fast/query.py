@@ -87,18 +87,23 @@ def latent_weight(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (cells / cells.mean()).astype(np.float32)
 
 
-def read_mask(path: str, image_size: tuple[int, int]) -> np.ndarray:
-    """A mask PNG as float32 (H, W) in [0, 1]: mode L or 1 as it is, RGB read as luminance (PIL's L), at exactly the
-    query image's size (width, height) — a mask is never resized: which pixels it covers would change."""
+def _read_image(path: str, what: str, convert: str, accepted: tuple[str, ...]):
+    """(mode, size, the image converted to `convert`, or None when its mode is not in `accepted`); QueryError naming
+    `what` and the file when it is missing or unreadable."""
     if not os.path.isfile(path):
-        raise QueryError(f"mask {path} does not exist")
+        raise QueryError(f"{what} {path} does not exist")
     try:
         with Image.open(path) as image:
             image.load()
-            mode, size = image.mode, image.size
-            grey = image.convert("L") if mode in ("L", "1", "RGB") else None
+            return image.mode, image.size, image.convert(convert) if image.mode in accepted else None
     except (OSError, SyntaxError) as error:
-        raise QueryError(f"mask {path} cannot be read as an image: {error}") from error
+        raise QueryError(f"{what} {path} cannot be read as an image: {error}") from error
+
+
+def read_mask(path: str, image_size: tuple[int, int]) -> np.ndarray:
+    """A mask PNG as float32 (H, W) in [0, 1]: mode L or 1 as it is, RGB read as luminance (PIL's L), at exactly the
+    query image's size (width, height) — a mask is never resized: which pixels it covers would change."""
+    mode, size, grey = _read_image(path, "mask", "L", ("L", "1", "RGB"))
     if grey is None:
         raise QueryError(f"mask {path} has colour mode {mode}; give a greyscale (L), 1-bit or RGB PNG (white = the "
                          "region)")
@@ -116,15 +121,8 @@ def _check_prompt(prompt: str, where: str) -> str:
 def query_from_file(path: str, prompt: str, resolution: int) -> Query:
     """Read an RGB image of exactly resolution × resolution pixels (no silent resizing: it would change the loss)."""
     _check_prompt(prompt, path)
-    if not os.path.isfile(path):
-        raise QueryError(f"query image {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode, size = image.mode, image.size
-            pixels = np.array(image.convert("RGB")) if mode == "RGB" else None
-    except (OSError, SyntaxError) as error:
-        raise QueryError(f"query image {path} cannot be read as an image: {error}") from error
+    mode, size, pixels = _read_image(path, "query image", "RGB", ("RGB",))
+    pixels = None if pixels is None else np.array(pixels)
     if mode != "RGB":
         raise QueryError(f"query image {path} has colour mode {mode}; the model takes RGB images "
                          f"(convert it, e.g. PIL's Image.convert('RGB'), after checking how transparency should look)")
