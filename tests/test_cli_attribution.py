@@ -10,7 +10,7 @@ from unlearn_fast.cli import main
 from unlearn_fast.data import SubsetDataset, export_imagefolder
 
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--quiet"]
-UNLEARN = ["--draws", "16", "--alpha", "0.001"]
+UNLEARN = ["--draws", "16", "--step", "alpha/N", "--alpha", "0.001"]  # α in α/N units, as written
 
 
 @pytest.fixture(scope="module")

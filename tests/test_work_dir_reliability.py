@@ -17,7 +17,7 @@ from unlearn_fast.cli import main
 from unlearn_fast.data import SubsetDataset, export_imagefolder
 
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--quiet"]
-UNLEARN = ["--draws", "8", "--alpha", "0.001", "--sample-steps", "2"]
+UNLEARN = ["--draws", "8", "--step", "alpha/N", "--alpha", "0.001", "--sample-steps", "2"]  # α in α/N units
 
 
 @pytest.fixture(scope="module")

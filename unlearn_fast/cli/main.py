@@ -392,8 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
         unlearning.add_argument("--recipe", choices=("default", "paper"), default="default",
                                 help="AbU's settings before the options below: the package's default or the paper's "
                                 "(README, 'AbU variants')")
-        unlearning.add_argument("--alpha", type=positive_float, help=f"step size α (default {UNLEARN_DEFAULTS.alpha}; "
-                                "with --step rise, the relative rise of the query's loss)")
+        unlearning.add_argument("--alpha", type=positive_float, help="step size α, read by the step rule: the step "
+                                "itself with --step fixed (the default recipe: 7.5e-6), the step times N with "
+                                f"--step alpha/N (--recipe paper: {UNLEARN_DEFAULTS.alpha}), the relative rise of the "
+                                "query's loss with --step rise")
         unlearning.add_argument("--step", choices=("alpha/N", "fixed", "rise"), help="step rule: α/N (the paper), "
                                 "α itself whatever N, or the step that raises the query's loss by the factor α")
         unlearning.add_argument("--score", choices=("raw", "normalised", "calibrated"), help="raw loss change (the "
