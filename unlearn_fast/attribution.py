@@ -72,9 +72,7 @@ class Attribution:
         field = field or self.group_by
         if not field:
             raise ValueError("groups: give the metadata field to group by (or set group_by)")
-        if getattr(self, "_labels", (None,))[0] != field:
-            self._labels = (field, self.dataset.metadata_field(field))
-        rows = group_table(self.scores[q], self._labels[1], rule or RULE)
+        rows = group_table(self.scores[q], self.dataset.metadata_field(field), rule or RULE)
         return [{**row, "top_files": [self.dataset.key(i) for i in row["top"]]} for row in rows]
 
     def summary(self, top_k: int = 5) -> dict:

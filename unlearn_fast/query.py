@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -50,10 +50,13 @@ class Query:
         Image.fromarray(self.image).save(buffer, format="PNG")
         return buffer.getvalue()
 
+    def mask_image(self) -> Image.Image:
+        """The mask as an 8-bit greyscale image (white = inside the region)."""
+        return Image.fromarray(np.round(self.mask * 255).astype(np.uint8), mode="L")
+
     def mask_png_bytes(self) -> bytes:
-        """The mask as an 8-bit greyscale PNG (white = inside the region)."""
         buffer = io.BytesIO()
-        Image.fromarray(np.round(self.mask * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+        self.mask_image().save(buffer, format="PNG")
         return buffer.getvalue()
 
     def with_mask(self, mask: np.ndarray, source: str = "array") -> "Query":
@@ -67,8 +70,7 @@ class Query:
             raise QueryError(f"mask {source}: weights must lie in [0, 1]")
         if not mask.any():
             raise QueryError(f"mask {source} selects no pixel (all black): the region would have no loss to raise")
-        return Query(image=self.image, prompt=self.prompt, source=self.source, seed=self.seed,
-                     generation=self.generation, mask=mask, mask_source=source)
+        return replace(self, mask=mask, mask_source=source)
 
     def latent_weight(self, size: tuple[int, int]) -> np.ndarray | None:
         """The mask at the latent resolution (h, w): the area average of each latent cell's pixels, divided by its

@@ -105,7 +105,14 @@ class CaptionedImages(ABC):
 
     def metadata_field(self, name: str) -> list[str]:
         """The field `name` of every image as a string; a row lacking it is an error naming the field and that row
-        (the first one), raised before any work that needs it."""
+        (the first one), raised before any work that needs it. Read once per field: the check before the work and
+        every group table after it share the values."""
+        cache = self.__dict__.setdefault("_metadata_fields", {})
+        if name not in cache:
+            cache[name] = self._checked_field(name)
+        return cache[name]
+
+    def _checked_field(self, name: str) -> list[str]:
         values = self.field_values(name)
         missing = [i for i, value in enumerate(values) if value is None]
         if missing and len(missing) == len(values):
@@ -197,7 +204,11 @@ class ImageFolderDataset(CaptionedImages):
         return [field_value(row.get(name), name, f"{self.source} line {line}") for line, row in self._rows()]
 
     def _fields_hint(self) -> str:
-        return f" (fields of line {self._lines[0]}: {sorted(self._rows()[0][1])})"
+        with open(self.source, encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, 1):
+                if number == self._lines[0]:
+                    return f" (fields of line {number}: {sorted(json.loads(line))})"
+        return ""
 
     def _path(self, index: int) -> str:
         path = os.path.join(self.root, self.example(index).key)

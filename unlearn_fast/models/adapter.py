@@ -32,6 +32,11 @@ def _config_repr(config) -> str:
     return json.dumps({key: value for key, value in items if not key.startswith("_")}, sort_keys=True, default=str)
 
 
+
+def fingerprint_of(parts: dict[str, str]) -> str:
+    """The model's one hash from its parts' fingerprints (DiffusionModel.fingerprints, or a manifest's record of them)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
 class DiffusionModel:
     """A text-conditioned latent (or pixel) diffusion model: a denoiser (UNet or transformer) + scheduler [+ VAE] +
     text side, and the family that says how they fit together (models/family.py; default: a plain UNet)."""
@@ -178,8 +183,8 @@ class DiffusionModel:
         pred = self.predict(x_t, timesteps, cond, unet)
         squared = (pred.float() - self.target(x0, noise, timesteps).float()).pow(2)
         losses = (squared if weight is None else squared * weight).flatten(1).mean(1)
-        weight = self.objective.weight(timesteps)
-        return losses if weight is None else losses * weight
+        per_time = self.objective.weight(timesteps)
+        return losses if per_time is None else losses * per_time
 
     # -------------------------------------------------------------------------------------- parameter groups (§3)
     def parameter_group(self, group: str = "kv") -> dict[str, nn.Parameter]:
@@ -222,7 +227,7 @@ class DiffusionModel:
 
     def fingerprint(self, parts: dict[str, str] | None = None) -> str:
         """One hash of every weight and config of the model: of its parts' fingerprints (pass them if already known)."""
-        return hashlib.sha256(json.dumps(parts or self.fingerprints(), sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint_of(parts or self.fingerprints())
 
     # ------------------------------------------------------------------------------------------------- generation
     @torch.no_grad()

@@ -8,9 +8,7 @@ two-stage method's stage and candidate count when its records hold them.
 """
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import os
 
 from PIL import Image
@@ -42,8 +40,7 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
         settings = record.get("unlearn", {})
         mask = ""
         if query.mask is not None:  # the region beside the query (Attribution.load reads it back)
-            mask_src = save_png(Image.fromarray((query.mask * 255).round().astype("uint8"), mode="L"), out_dir,
-                                f"images/mask_{q}.png")
+            mask_src = save_png(query.mask_image(), out_dir, f"images/mask_{q}.png")
             mask = (f'<img class="mask" src="{mask_src}" width="{2 * THUMB}" height="{2 * THUMB}" '
                     f'alt="region mask of query {q + 1}" title="region: white = unlearnt">')
         rows = [("prompt", query.prompt), ("image", query.source), ("unlearning", _settings_text(settings))]
@@ -93,6 +90,7 @@ def _full_size(dataset, index: int, out_dir: str) -> str:
 def _run_table(attribution) -> str:
     """What produced the scores: the prepare settings and the model's fingerprint from the work directory's
     manifest, the model folder, and the table files (linked)."""
+    from ..models.adapter import fingerprint_of
     from ..store.workdir import read_manifest
 
     manifest = read_manifest(attribution.work_dir) if attribution.work_dir else None
@@ -102,8 +100,8 @@ def _run_table(attribution) -> str:
         rows.append(("model", ", ".join(folders)))
     if manifest:
         parts = {k.split(".", 1)[1]: v for k, v in manifest.get("inputs", {}).items() if k.startswith("model.")}
-        if parts:  # the same hash as DiffusionModel.fingerprint(parts)
-            rows.append(("model id", hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16] + " ("
+        if parts:
+            rows.append(("model id", fingerprint_of(parts) + " ("
                          + ", ".join(f"{k} {v}" for k, v in sorted(parts.items())) + ")"))
         settings = manifest.get("settings", {})
         scoring, fisher = settings.get("scoring", {}), settings.get("fisher", {})
