@@ -9,6 +9,7 @@ from unlearn_fast.data import load_pixels
 from unlearn_fast.data.dataset import SubsetDataset
 from unlearn_fast.errors import SettingsError
 from unlearn_fast.methods import AbU, GradientKernel, PixelCosine, RandomRanking, build_method, run_method
+from unlearn_fast.methods.projector import SparseProjector
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.ops import gaussian_noise
 from unlearn_fast.query import query_from_array
@@ -51,7 +52,7 @@ def test_pixel_cosine_matches_reference_and_finds_the_copy(setting):
 def _reference_features(method, model, x0, cond, ids):
     """Per-example loop: autograd per (example, timestep), averaged, then the projection as a dense matrix."""
     params = model.parameter_group(method.group)
-    projection = method._projection(params)
+    projection = SparseProjector(params, method.dim, method.seed).buckets
     t = timestep_grid(model.scheduler.config.num_train_timesteps, method.timesteps)
     rows = []
     for i in range(len(x0)):

@@ -221,20 +221,22 @@ class Workspace:
             self._cache[name] = make()
         return self._cache[name]
 
-    def chunked_pass(self, name: str, shape: tuple[int, ...], compute) -> np.ndarray:
+    def chunked_pass(self, name: str, shape: tuple[int, ...], compute, dtype: str = "float32") -> np.ndarray:
         """The (read-only memmap) array `name` of `shape`, its missing chunks of rows filled with compute(start, stop)
-        and split over the ranks; a killed run (of any world size) resumes with only the missing chunks."""
-        return self.chunked_passes([name], shape, lambda start, stop, which: compute(start, stop)[None])[0]
+        and split over the ranks; a killed run (of any world size) resumes with only the missing chunks. dtype:
+        "float32" or "float16" (store.chunked.DTYPES)."""
+        return self.chunked_passes([name], shape, lambda start, stop, which: compute(start, stop)[None], dtype)[0]
 
-    def chunked_passes(self, names: list[str], shape: tuple[int, ...], compute) -> list[np.ndarray]:
+    def chunked_passes(self, names: list[str], shape: tuple[int, ...], compute, dtype: str = "float32"
+                       ) -> list[np.ndarray]:
         """chunked_pass for several arrays of one shape filled in one sweep over the rows: compute(start, stop, which)
         returns the chunk of the arrays names[q] for q in `which` (those still missing it), stacked."""
         shape = tuple(int(s) for s in shape)
         if self.ranks.is_main:  # created by one process, then opened by the others
-            arrays = [self.store.chunked(name, shape, self.settings.chunk_rows) for name in names]
+            arrays = [self.store.chunked(name, shape, self.settings.chunk_rows, dtype) for name in names]
         self.ranks.barrier()
         if not self.ranks.is_main:
-            arrays = [self.store.chunked(name, shape, self.settings.chunk_rows) for name in names]
+            arrays = [self.store.chunked(name, shape, self.settings.chunk_rows, dtype) for name in names]
         pending = self.ranks.broadcast([array.pending_chunks() for array in arrays] if self.ranks.is_main else None)
         pending = [set(missing) for missing in pending]
         sweep = sorted(set().union(*pending))

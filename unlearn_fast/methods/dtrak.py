@@ -4,8 +4,9 @@ For each training image z, φ(z) = P · ∇θ f(z), with f averaged over a fixed
 (seed, image, timestep), as everywhere in this package):
     output="sqnorm": f = ‖ε_θ(x_t, t, c)‖²          (D-TRAK: the model output's squared norm, no target needed)
     output="loss":   f = ‖ε_θ(x_t, t, c) − ε‖²      (TRAK-style: the denoising loss itself)
-P is a sparse Johnson-Lindenstrauss projection (each coordinate of θ goes to one of `dim` buckets with a random sign;
-dattri's "sjlt"): O(#params) per example instead of O(#params × dim), and nothing of size #params × dim is stored.
+P is a sparse Johnson-Lindenstrauss projection (projector.SparseProjector: each coordinate of θ goes to one of `dim`
+buckets with a random sign; dattri's "sjlt"): O(#params) per example instead of O(#params × dim), and nothing of size
+#params × dim is stored.
 Scores: φ(ẑ)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z), λ = damping · trace(ΦᵀΦ) / dim (relative, so it does not depend on the gradients' scale).
 
 Φ (N, dim) lives in the work directory as a chunked array (resumable), once per settings; queries only cost φ(ẑ).
@@ -24,6 +25,7 @@ from ..errors import SettingsError
 from ..engine.scoring import NOISE_KEYS, timestep_grid
 from ..workspace import Workspace, rows_of
 from .base import AttributionMethod
+from .projector import SparseProjector
 
 OUTPUTS = ("sqnorm", "loss")
 
@@ -62,16 +64,6 @@ class GradientKernel(AttributionMethod):
                 if k != "block" and not (k == "noise" and v == "example")}
 
     # ---------------------------------------------------------------------------------------------- features
-    def _projection(self, params: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{name: (bucket, sign)} per parameter tensor, from a generator seeded once: the same P for every call."""
-        generator = torch.Generator().manual_seed(self.seed)
-        out = {}
-        for name, p in params.items():
-            bucket = torch.randint(0, self.dim, (p.numel(),), generator=generator)
-            sign = torch.randint(0, 2, (p.numel(),), generator=generator).float() * 2 - 1
-            out[name] = (bucket.to(p.device), sign.to(p.device))
-        return out
-
     def features(self, model, x0: torch.Tensor, cond: torch.Tensor, noise_ids: torch.Tensor) -> torch.Tensor:
         """φ (B, dim) float64 for rows x0 (B, C, h, w), cond (B, L, D), keyed by noise_ids (B,)."""
         params = model.parameter_group(self.group)
@@ -104,14 +96,13 @@ class GradientKernel(AttributionMethod):
                 warnings.filterwarnings("ignore", message="There is a performance drop")
                 grads = vmap(grad(f), in_dims=(None, 0, 0, 0))(detached, x0[rows], cond[rows], noise)
             for name, g in grads.items():
-                bucket, sign = projection[name]
-                phi[rows].index_add_(1, bucket, (g.flatten(1) * sign).double())
+                projection.add_projection(phi[rows], name, g)
         return phi
 
-    def _cached_projection(self, params):
+    def _cached_projection(self, params) -> SparseProjector:
         key = tuple(params)
         if getattr(self, "_projection_key", None) != key:
-            self._projection_cache, self._projection_key = self._projection(params), key
+            self._projection_cache, self._projection_key = SparseProjector(params, self.dim, self.seed), key
         return self._projection_cache
 
     def training_features(self, workspace: Workspace) -> np.ndarray:

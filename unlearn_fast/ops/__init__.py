@@ -7,6 +7,7 @@ from .denoising_loss import denoising_loss
 from .linear_fisher import linear_fisher_diag
 from .noise import gaussian_noise
 from .noisy_input import noisy_input
+from .projected_linear_gradient import projected_linear_gradient
 
 __all__ = [
     "BackendUnavailableError",
@@ -16,4 +17,5 @@ __all__ = [
     "last_backend",
     "linear_fisher_diag",
     "noisy_input",
+    "projected_linear_gradient",
 ]

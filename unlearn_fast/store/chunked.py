@@ -1,5 +1,5 @@
-"""Chunked float32 arrays with a done-mask (TRAK's is-done mask): long passes write them chunk by chunk of rows, so a
-killed run resumes with only the missing chunks and ends with the same numbers.
+"""Chunked float32 (or float16) arrays with a done-mask (TRAK's is-done mask): long passes write them chunk by chunk
+of rows, so a killed run resumes with only the missing chunks and ends with the same numbers.
 
 Each chunk is first written as a file of its own (``parts/<k>.npy``, atomically: its existence is the chunk's done
 mark), so several processes (the ranks of a torchrun job) can fill one array at once without ever writing the same
@@ -18,43 +18,50 @@ from tqdm.auto import tqdm
 from .atomic import TMP_SUFFIX, write_json, write_npy
 from .errors import HINT, StoreMismatchError
 
+DTYPES = ("float32", "float16")  # float16: stored features (half the bytes a query streams); everything else float32
+
+
 class ChunkedArray:
-    """A float32 array of fixed shape, written chunk by chunk of rows, with a done-mask that survives a crash.
+    """A float32 (or float16: DTYPES) array of fixed shape, written chunk by chunk of rows, with a done-mask that
+    survives a crash.
 
     Files in its folder: ``data.npy`` (memmap), ``done.npy`` (uint8 per consolidated chunk, rewritten atomically),
     ``parts/`` (chunks written but not yet consolidated) and ``meta.json`` (shape, chunk_rows; written last, so it
     marks a fully created array).
     """
 
-    def __init__(self, folder: Path, shape: tuple[int, ...], chunk_rows: int):
+    def __init__(self, folder: Path, shape: tuple[int, ...], chunk_rows: int, dtype: str = "float32"):
         """chunk_rows applies to a new array; an existing one keeps the chunking it was created with (a resumed run
         may use other batch settings: chunking changes no number, only which rows are written together)."""
         if not shape or any(s < 0 for s in shape) or chunk_rows < 1:
             raise ValueError(f"chunked array needs sizes >= 0 and chunk_rows >= 1; got {shape}, {chunk_rows}")
+        if dtype not in DTYPES:
+            raise ValueError(f"chunked array dtype must be one of {DTYPES}, got {dtype!r}")
         folder = Path(folder)
         if (folder / "meta.json").exists():
             stored = json.loads((folder / "meta.json").read_text())
-            if tuple(stored["shape"]) != tuple(shape) or stored.get("dtype") != "float32":
+            if tuple(stored["shape"]) != tuple(shape) or stored.get("dtype") != dtype:
                 raise StoreMismatchError(
                     f"chunked array {folder.name!r} in {folder.parent} was created with shape "
-                    f"{tuple(stored['shape'])}, but is now opened with shape {shape}; {HINT}")
+                    f"{tuple(stored['shape'])} {stored.get('dtype')}, but is now opened with shape {shape} {dtype}; "
+                    f"{HINT}")
             chunk_rows = int(stored["chunk_rows"])
-        self.folder, self.shape, self.chunk_rows = folder, shape, chunk_rows
+        self.folder, self.shape, self.chunk_rows, self.dtype = folder, shape, chunk_rows, np.dtype(dtype)
         self.name = self.folder.name
         self.num_chunks = -(-shape[0] // chunk_rows)
-        meta = {"shape": list(shape), "chunk_rows": chunk_rows, "dtype": "float32"}
+        meta = {"shape": list(shape), "chunk_rows": chunk_rows, "dtype": dtype}
         if not (self.folder / "meta.json").exists():
             self._create(meta)
         self._data = np.load(self.folder / "data.npy", mmap_mode="r+")
         self._done = np.load(self.folder / "done.npy")
-        if self._data.shape != shape or self._data.dtype != np.float32 or self._done.shape != (self.num_chunks,):
+        if self._data.shape != shape or self._data.dtype != self.dtype or self._done.shape != (self.num_chunks,):
             raise StoreMismatchError(f"chunked array {self.name!r} in {self.folder.parent} is damaged (data "
                                      f"{self._data.shape} {self._data.dtype}, mask {self._done.shape}); {HINT}")
 
     def _create(self, meta: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".data.npy{TMP_SUFFIX}"
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=self.shape).flush()
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=self.shape).flush()
         os.replace(tmp, self.folder / "data.npy")
         write_npy(self.folder / "done.npy", np.zeros(self.num_chunks, np.uint8))
         write_json(self.folder / "meta.json", meta)
@@ -92,7 +99,7 @@ class ChunkedArray:
                              f"{self.shape[0]} rows)")
         if isinstance(values, torch.Tensor):
             values = values.detach().float().cpu().numpy()
-        values = np.asarray(values, dtype=np.float32)
+        values = np.asarray(values, dtype=self.dtype)  # float16: rounded once, here
         expected = (stop - start, *self.shape[1:])
         if values.shape != expected:
             raise ValueError(f"{self.name}: chunk [{start}, {stop}) needs shape {expected}, got {values.shape}")

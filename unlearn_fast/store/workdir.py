@@ -256,9 +256,10 @@ class WorkDir:
         with safe_open(self.artefact_path(name, ".safetensors"), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
-    def chunked(self, name: str, shape: tuple[int, ...], chunk_rows: int) -> ChunkedArray:
-        """Open (creating on first use) the float32 array ``name`` of ``shape``, done-mask over ``chunk_rows`` rows."""
-        return ChunkedArray(self.artefact_path(name), tuple(int(s) for s in shape), int(chunk_rows))
+    def chunked(self, name: str, shape: tuple[int, ...], chunk_rows: int, dtype: str = "float32") -> ChunkedArray:
+        """Open (creating on first use) the array ``name`` of ``shape`` (float32, or float16), done-mask over
+        ``chunk_rows`` rows."""
+        return ChunkedArray(self.artefact_path(name), tuple(int(s) for s in shape), int(chunk_rows), dtype)
 
 
 def _listing(entries: list[Path]) -> str:
