@@ -427,6 +427,27 @@ class Workspace:
                                         [weight_sets[q] for q in which])
         return self.chunked_passes(names, (len(rows), steps, 2 if grid.flips else 1), compute)
 
+    def losses_of_rows(self, weights: dict[str, torch.Tensor], rows: np.ndarray) -> np.ndarray:
+        """(len(rows), T, F) losses of the caption rows `rows` (sorted indices) under `weights`, not stored: the
+        two-stage AbU rescores its candidates only. Blocks of chunk_rows rows (split over the ranks, gathered in
+        order); with rows = every row the blocks are losses_under's chunks, so the numbers are its bits."""
+        grid, rows = self.settings.scoring, np.asarray(rows, np.int64)
+        example, x0, cond = self.caption_rows, self.latents, self.conditioning
+        size = self.settings.chunk_rows
+        blocks = [(start, min(start + size, len(rows))) for start in range(0, len(rows), size)]
+        mine = {}
+        for start, stop in self.ranks.share(blocks):
+            picked = rows[start:stop]
+            ids = example[picked]
+            mine[start] = losses_under_weights(self.model, rows_of(x0, ids), rows_of(cond, picked), ids, grid,
+                                               [weights])[0].cpu().numpy()
+        parts = {}
+        for part in self.ranks.gather(mine):
+            parts.update(part)
+        steps = len(grid.timestep_values(self.model.num_timesteps))
+        empty = np.zeros((0, steps, 2 if grid.flips else 1), np.float32)
+        return np.concatenate([parts[start] for start, _ in blocks]) if blocks else empty
+
     @property
     def base_losses(self) -> np.ndarray:
         """L(z, θ0): computed once per work directory and reused by every query (a read-only memmap)."""
