@@ -17,6 +17,7 @@ from .data.content import DigestCache
 from .data.dataset import CaptionedImages
 from .engine.distributed import Ranks
 from .methods import abu
+from .methods.abu_two_stage import TwoStageAbU, resolve_candidates
 from .models.adapter import DiffusionModel
 from .query import Query
 from .engine.unlearn import UnlearnSettings
@@ -74,12 +75,20 @@ class Attributor:
         self.workspace.prepare()
         return self
 
-    def attribute(self, queries: list[Query] | Query, settings: UnlearnSettings = None, group_by: str | None = None
-                  ) -> Attribution:
+    def attribute(self, queries: list[Query] | Query, settings: UnlearnSettings = None, group_by: str | None = None,
+                  candidates=None) -> Attribution:
         """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts.
-        group_by: a metadata field (groups.py), checked on every training image before any work."""
+        group_by: a metadata field (groups.py), checked on every training image before any work. candidates: None
+        (exact: every image rescored), a count or share ("10%") for the two-stage query (methods/abu_two_stage.py),
+        or "auto" (exact below a measured size)."""
         self.check_group_by(group_by)
-        attribution = abu.attribute_by_unlearning(self.workspace, queries, settings)
+        count = resolve_candidates(candidates, len(self.dataset))
+        if count is None:
+            attribution = abu.attribute_by_unlearning(self.workspace, queries, settings)
+        else:
+            two_stage = TwoStageAbU(settings or UnlearnSettings(), candidates=count,
+                                    noise=self.workspace.settings.scoring.noise)
+            attribution = two_stage.attribute(self.workspace, queries)
         attribution.group_by = group_by
         return attribution
 

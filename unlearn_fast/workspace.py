@@ -436,7 +436,8 @@ class Workspace:
         size = self.settings.chunk_rows
         blocks = [(start, min(start + size, len(rows))) for start in range(0, len(rows), size)]
         mine = {}
-        for start, stop in self.ranks.share(blocks):
+        for start, stop in tqdm(self.ranks.share(blocks), desc="rescore candidates", unit="chunk",
+                                disable=not self.progress):
             picked = rows[start:stop]
             ids = example[picked]
             mine[start] = losses_under_weights(self.model, rows_of(x0, ids), rows_of(cond, picked), ids, grid,

@@ -40,6 +40,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def candidate_spec(text: str) -> str:
+    """--candidates: "auto", "exact", a count ("2000") or a share ("10%"); checked here, resolved against N later."""
+    if text.strip().lower() in ("auto", "exact"):
+        return text.strip().lower()
+    from ..errors import SettingsError
+    from ..methods.abu_two_stage import parse_candidates
+
+    try:
+        parse_candidates(text)
+    except SettingsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
                         "cuda or cuda:N")

@@ -10,8 +10,8 @@ import time
 
 from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE
 from ..engine.unlearn import UnlearnSettings
-from .arguments import (Parser, count_or_zero, device_argument, non_negative_float, positive_float, positive_int,
-                        speed_arguments)
+from .arguments import (Parser, candidate_spec, count_or_zero, device_argument, non_negative_float, positive_float,
+                        positive_int, speed_arguments)
 
 UNLEARN_DEFAULTS = UnlearnSettings(**{k: v for k, v in DEFAULT_RECIPE.items() if k != "noise"})
 
@@ -215,7 +215,8 @@ def cmd_attribute(args) -> None:
     attributor.check_unlearning(settings)
     ranks = attributor.ranks  # rank 0 reads or generates the queries, so every rank attributes the same images
     queries = ranks.broadcast(_queries(args, attributor.model) if ranks.is_main else None)
-    attribution = attributor.attribute(queries, settings, group_by=args.group_by)
+    attribution = attributor.attribute(queries, settings, group_by=args.group_by,
+                                       candidates=None if args.candidates == "exact" else args.candidates)
     paths = attributor.write_outputs(attribution, args.out, top_k=args.top_k)
     if ranks.is_main:
         _finish(attribution, paths, args.top_k, args.json, started, "attribute", _job(attributor.workspace))
@@ -439,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "only (which training images made this object)")
     attribute.add_argument("--group-by", help="a metadata field (a metadata.jsonl key, a parquet column, a key of the "
                            "shards' .json): also rank the groups it forms (groups.csv, the report's group table)")
+    attribute.add_argument("--candidates", type=candidate_spec, default="auto", help="two-stage query: rank every "
+                           "image by AbU's linearisation (projected gradients, prepared once), then rescore exactly "
+                           "the top C only: a count (2000) or a share (10%%); exact: rescore every image; auto "
+                           "(default): exact below 20,000 images, 10%% above (benchmarks/README.md, two-stage)")
     query_arguments(attribute)
     attribute.set_defaults(run=cmd_attribute)
 

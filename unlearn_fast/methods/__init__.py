@@ -1,10 +1,12 @@
 """Attribution methods behind one interface (base.AttributionMethod): AbU and the baselines it is judged against."""
 from .abu import AbU
+from .abu_linear import LinearisedAbU
+from .abu_two_stage import TwoStageAbU
 from .base import AttributionMethod, run_method
 from .dtrak import DTRAK, GradientKernel, TRAKLoss
 from .pixel import PixelCosine
 from .random_ranking import RandomRanking
 from .registry import METHODS, build_method
 
-__all__ = ["AbU", "AttributionMethod", "DTRAK", "GradientKernel", "METHODS", "PixelCosine", "RandomRanking", "TRAKLoss",
-           "build_method", "run_method"]
+__all__ = ["AbU", "AttributionMethod", "DTRAK", "GradientKernel", "LinearisedAbU", "METHODS", "PixelCosine",
+           "RandomRanking", "TRAKLoss", "TwoStageAbU", "build_method", "run_method"]

@@ -134,24 +134,13 @@ def _attribute_all(workspace: Workspace, queries: list[Query], settings: Unlearn
     todo = [q for q, folder in enumerate(folders) if not store.exists(f"{folder}/scores", ".npy")]  # same on every rank
     for q in sorted(set(range(len(queries))) - set(todo)):
         workspace.log(f"query {queries[q].key}: scores already in {folders[q]}, reused")
-    records = {q: {"folder": folders[q], "prompt": queries[q].prompt, "source": queries[q].source,
-                   "generation": queries[q].generation, "unlearn": numeric_settings(settings, SCORE_ONLY),
-                   **({"mask": queries[q].mask_source} if queries[q].mask is not None else {})}
-               for q in todo}
+    records = {q: query_record(queries[q], folders[q], settings) for q in todo}
 
-    def start():
-        for q in todo:
-            path = store.artefact_path(f"{folders[q]}/query", ".png")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(queries[q].png_bytes())
-            if queries[q].mask is not None:  # the region the query was unlearnt in, beside it
-                store.artefact_path(f"{folders[q]}/mask", ".png").write_bytes(queries[q].mask_png_bytes())
-            store.save_json(f"{folders[q]}/query", records[q])
-    workspace.on_main(start)
+    workspace.on_main(lambda: [save_query(store, folders[q], queries[q], records[q]) for q in todo])
     if not todo:
         return [store.load_json(f"{folder}/query") for folder in folders]
     weights = workspace.phase("unlearn", lambda: [
-        _unlearned_weights(workspace, queries[q], settings, folders[q], records[q]) for q in todo])
+        unlearned_weights(workspace, queries[q], settings, folders[q], records[q]) for q in todo])
     after = workspace.phase("score", lambda: workspace.losses_under(
         [f"{folders[q]}/losses_after" for q in todo], weights))
     base, rows = workspace.base_losses, workspace.caption_rows  # read on every rank: collective when not yet cached
@@ -167,7 +156,32 @@ def _attribute_all(workspace: Workspace, queries: list[Query], settings: Unlearn
     return [store.load_json(f"{folder}/query") for folder in folders]
 
 
-def _unlearned_weights(workspace: Workspace, query: Query, settings: UnlearnSettings, folder: str, record: dict
+def query_record(query: Query, folder: str, settings: UnlearnSettings) -> dict:
+    """What a query's folder says about it (query.json), before its scores."""
+    return {"folder": folder, "prompt": query.prompt, "source": query.source, "generation": query.generation,
+            "unlearn": numeric_settings(settings, SCORE_ONLY),
+            **({"mask": query.mask_source} if query.mask is not None else {})}
+
+
+def save_query(store, folder: str, query: Query, record: dict) -> None:
+    """The query image (and its mask: the region it was unlearnt in) and its record into its folder."""
+    path = store.artefact_path(f"{folder}/query", ".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(query.png_bytes())
+    if query.mask is not None:
+        store.artefact_path(f"{folder}/mask", ".png").write_bytes(query.mask_png_bytes())
+    store.save_json(f"{folder}/query", record)
+
+
+def query_inputs(model, query: Query):
+    """(x0 (1, C, h, w), its conditioning row, the region's latent weight (1, 1, h, w) or None) of a query."""
+    x0 = model.encode_images(query.image[None])
+    cond = model.encode_text([query.prompt])
+    region = query.latent_weight(model.latent_shape[1:])  # None without a mask
+    return x0, cond, None if region is None else torch.from_numpy(region)[None, None].to(x0.device)
+
+
+def unlearned_weights(workspace: Workspace, query: Query, settings: UnlearnSettings, folder: str, record: dict
                        ) -> dict[str, torch.Tensor]:
     """The unlearned values of the changed group, computed by rank 0 and stored, so a resumed run does not unlearn
     again. Each step's scale (and the "rise" rule's achieved rise) goes into record["steps"]."""
@@ -178,10 +192,7 @@ def _unlearned_weights(workspace: Workspace, query: Query, settings: UnlearnSett
         retained = retained_rows(workspace, settings) if settings.retain else None
 
         def write():
-            x0 = model.encode_images(query.image[None])
-            cond = model.encode_text([query.prompt])
-            region = query.latent_weight(model.latent_shape[1:])  # None without a mask
-            weight = None if region is None else torch.from_numpy(region)[None, None].to(x0.device)
+            x0, cond, weight = query_inputs(model, query)
             unet = unlearn(model, divide_by, x0, cond, settings, num_train=len(workspace.dataset), record=record,
                            retained=retained, weight=weight)
             changed = dict(unet.named_parameters())  # only the group differs from model.unet

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 from ..errors import SettingsError
 from .abu import AbU
+from .abu_linear import LinearisedAbU
 from .abu_recipes import VARIANTS
+from .abu_two_stage import TwoStageAbU
 from .base import AttributionMethod
 from .dtrak import GradientKernel
 from .pixel import PixelCosine
 from .random_ranking import RandomRanking
 
-METHODS = ("abu", "dtrak", "trak", "pixel", "feature", "random")  # and every AbU variant (abu.VARIANTS)
+METHODS = ("abu", "abu-two-stage", "abu-linear", "dtrak", "trak", "pixel", "feature", "random")  # and every AbU
+# variant (abu.VARIANTS)
+STAGED = ("abu-two-stage", "abu-linear")  # the default AbU's two-stage form and its first stage alone
 # D-TRAK with noise shared by every image at a timestep: what the same change does to a gradient method.
 SHARED_NOISE = {"dtrak-shared-noise": "sqnorm", "trak-shared-noise": "loss"}
 
@@ -19,6 +23,8 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
     another name, so one evaluation can hold it at several settings: abu@small, abu@large); encoder: the local
     encoder folder "feature" needs; options: the method's settings."""
     name = name.partition("@")[0]
+    if name in STAGED:
+        return _staged(name, **options)
     if name in VARIANTS:
         return AbU.variant(name, **options)
     try:
@@ -40,3 +46,11 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
         return FeatureSimilarity(encoder=encoder, **options)
     raise SettingsError(f"unknown method {name!r}; choose from {', '.join(METHODS)} or an AbU variant "
                         f"({', '.join(v for v in VARIANTS if v != 'abu')})")
+
+
+def _staged(name: str, candidates="10%", dim: int = 4096, projection_seed: int = 0, **options) -> AttributionMethod:
+    """abu-two-stage (candidates: C, a count or a share) or abu-linear (stage 1 alone), both over the default AbU
+    with `options` (UnlearnSettings fields or noise) on top; dim, projection_seed: stage 1's projection."""
+    abu = AbU.variant("abu", **options)
+    front = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, noise=abu.noise)
+    return front if name == "abu-linear" else TwoStageAbU.of(abu, candidates, front=front)

@@ -1,0 +1,168 @@
+"""Linearised AbU: the first-order form of one unlearning step, precomputed per training image (stage 1 of the
+two-stage AbU, and a method of its own).
+
+METHOD.md §6: one small step θ ← θ + s F⁻¹ĝ raises a training row's loss by  τ(z) ≈ s · ∇L̄(z)ᵀ F⁻¹ ĝ.  With F⁻¹ split
+as F^(-1/2)·F^(-1/2) and a sparse JL projection P (projector.SparseProjector) on each side it becomes a (dim,) dot
+product:
+
+    prepared once per work directory:   ψ_n = P · (F^(-1/2) ⊙ ∇θ L̄_n)   per caption row n (engine/projected_gradients)
+    per query:                          ψ(ẑ) = P · (F^(-1/2) ⊙ ĝ),   τ¹(z) = s · mean over z's caption rows of ψ(ẑ)·ψ_n
+
+L̄_n is the row's mean loss over the work directory's scoring grid with the scoring pass's own noise, and ĝ is
+engine.unlearn.query_gradient (unlearning's first ĝ, in the query's region when it has a mask), so τ¹ linearises what
+the exact rescoring measures. s is the step's scale (α/N, α for "fixed", 1 for "rise": units only). The mean over
+both flips stands in for the exact score's max over flips. Ψ (R, dim) is a chunked float16 array in the work
+directory (resumable, split over the ranks): a query costs one ĝ and one matrix-vector product over Ψ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..engine.projected_gradients import check_linear, projected_gradients
+from ..engine.scoring import NOISE_KEYS
+from ..engine.unlearn import UnlearnSettings, query_gradient
+from ..errors import SettingsError
+from ..query import Query
+from ..workspace import Workspace, rows_of
+from .abu import check_unlearning, query_inputs
+from .base import AttributionMethod
+from .projector import SparseProjector
+
+PRODUCT_ROWS = 8192  # feature rows read (and widened to float32) at a time: bounds memory, not the numbers
+
+
+def step_scale(settings: UnlearnSettings, num_train: int) -> float:
+    """s of the first-order expansion: the step's scale (1 where a line search finds it)."""
+    if settings.step == "alpha/N":
+        return settings.alpha / (settings.num_train or num_train)
+    return settings.alpha if settings.step == "fixed" else 1.0
+
+
+def feature_product(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """features (R, dim) float16 (a memmap: read PRODUCT_ROWS rows at a time) times vectors (Q, dim): (R, Q) float32."""
+    weights = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).T
+    out = torch.empty(len(features), len(vectors), dtype=torch.float32)
+    with warnings.catch_warnings():  # a read-only memmap: torch warns it may not write to it, and it does not
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for start in range(0, len(features), PRODUCT_ROWS):
+            block = torch.from_numpy(np.asarray(features[start:start + PRODUCT_ROWS]))
+            torch.mm(block.float(), weights, out=out[start:start + len(block)])
+    return out.numpy()
+
+
+def mean_per_image(per_row: np.ndarray, rows: np.ndarray, num_images: int) -> np.ndarray:
+    """(Q, num_images) float64: per_row (R, Q) averaged over each image's caption rows (NaN for an image without)."""
+    counts = np.bincount(rows, minlength=num_images)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([np.bincount(rows, weights=column, minlength=num_images) / counts
+                         for column in np.asarray(per_row, np.float64).T])
+
+
+@dataclass
+class LinearisedAbU(AttributionMethod):
+    """unlearn: the AbU settings being linearised (group, preconditioning, step rule, the query's draws); dim,
+    projection_seed: the projection; noise: the scoring noise key the work directory must have."""
+
+    unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
+    dim: int = 4096
+    projection_seed: int = 0
+    noise: str = "example"
+    name: str = "abu-linear"
+
+    def __post_init__(self):
+        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
+            raise SettingsError(f"{self.name}: dim must be an integer >= 1, got {self.dim!r}")
+        if self.noise not in NOISE_KEYS:
+            raise SettingsError(f"noise must be one of {NOISE_KEYS}, got {self.noise!r}")
+        if self.unlearn.curvature != "diagonal":
+            raise SettingsError(f"{self.name} preconditions with the diagonal Fisher, got curvature "
+                                f"{self.unlearn.curvature!r}")
+
+    def settings(self) -> dict:
+        return {**dataclasses.asdict(self.unlearn), "noise": self.noise, "dim": self.dim,
+                "projection_seed": self.projection_seed}
+
+    def prepare_overrides(self) -> dict:
+        overrides = {} if self.noise == "example" else {"noise": self.noise}
+        if self.unlearn.group != "kv" and self.unlearn.precondition:
+            overrides["fisher_group"] = self.unlearn.group
+        return overrides
+
+    @property
+    def features_key(self) -> str:
+        """What changes Ψ beyond the work directory's own binding (its scoring grid, Fisher, model and data)."""
+        numbers = {"dim": self.dim, "seed": self.projection_seed, "group": self.unlearn.group,
+                   "precondition": self.unlearn.precondition}
+        return hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest()[:8]
+
+    def check(self, workspace: Workspace) -> None:
+        """Before any work: the noise the work directory was prepared with, the Fisher's group, Linear layers only."""
+        prepared = workspace.settings.scoring.noise
+        if prepared != self.noise:
+            raise SettingsError(f"{self.name} scores with noise {self.noise!r}, the work directory "
+                                f"{workspace.store.path} was prepared with {prepared!r}")
+        check_unlearning(workspace, self.unlearn)
+        check_linear(workspace.model.unet, workspace.model.parameter_group(self.unlearn.group))
+
+    def _parts(self, workspace: Workspace):
+        """(params, projector, scale {name: F^(-1/2)} or None), once per Workspace."""
+        def make():
+            model = workspace.model
+            params = model.parameter_group(self.unlearn.group)
+            scale = ({n: workspace.fisher[n].to(model.device, torch.float64).rsqrt().float() for n in params}
+                     if self.unlearn.precondition else None)
+            return params, SparseProjector(params, self.dim, self.projection_seed), scale
+        return workspace.cached(f"abu-linear-{self.features_key}", make)
+
+    def row_features(self, workspace: Workspace) -> np.ndarray:
+        """Ψ (R, dim) float16, one row per caption row: a chunked array of the work directory (resumable)."""
+        params, projector, scale = self._parts(workspace)
+        model, grid, rows = workspace.model, workspace.settings.scoring, workspace.caption_rows
+        per_row = len(grid.timestep_values(model.num_timesteps)) * (2 if grid.flips else 1)
+        batch = max(1, grid.batch_size // per_row)  # as many UNet rows per backward as the scoring pass runs
+
+        def compute(start, stop):
+            out = []
+            for first in range(start, stop, batch):
+                last = min(first + batch, stop)
+                ids = rows[first:last]
+                out.append(projected_gradients(
+                    model, params, projector, scale, rows_of(workspace.latents, ids).to(model.device),
+                    rows_of(workspace.conditioning, slice(first, last)).to(model.device),
+                    torch.as_tensor(ids, device=model.device), grid).float().cpu())
+            return torch.cat(out)
+        return workspace.cached(f"abu-linear-features-{self.features_key}", lambda: workspace.chunked_pass(
+            f"linear/{self.features_key}/row_features", (len(rows), self.dim), compute, dtype="float16"))
+
+    def query_vector(self, workspace: Workspace, query: Query) -> np.ndarray:
+        """ψ(ẑ) (dim,) float32: the projected, preconditioned ĝ of unlearning's first step."""
+        params, projector, scale = self._parts(workspace)
+        model = workspace.model
+        x0, cond, weight = query_inputs(model, query)
+        g = query_gradient(model, model.unet, params, x0, cond, self.unlearn, step=0, weight=weight)
+        if scale is not None:
+            g = {n: v * scale[n].double() for n, v in g.items()}
+        return projector.project(g).float().cpu().numpy()
+
+    def scores_of_vectors(self, workspace: Workspace, vectors: np.ndarray) -> np.ndarray:
+        """τ¹ (Q, N) float32 for query vectors (Q, dim)."""
+        n = len(workspace.dataset)
+        per_row = feature_product(self.row_features(workspace), vectors)
+        return (step_scale(self.unlearn, n) * mean_per_image(per_row, workspace.caption_rows, n)).astype(np.float32)
+
+    def score(self, workspace: Workspace, queries) -> np.ndarray:
+        queries = [queries] if isinstance(queries, Query) else list(queries)
+        self.check(workspace)
+        with workspace.locked():
+            workspace.prepare()
+            features = workspace.phase("linear features", lambda: self.row_features(workspace))
+            del features  # computed (or read back) once; the product reads the memmap
+            vectors = np.stack([self.query_vector(workspace, query) for query in queries])
+            return self.scores_of_vectors(workspace, vectors)
