@@ -249,3 +249,22 @@ def test_the_gpu_attributor_ranks_as_the_cpu_one(model, data_folder, query, refe
     want = reference.scores[0]
     assert np.abs(scores.scores[0] - want).max() <= 1e-2 * np.abs(want).max()
     assert list(np.argsort(-scores.scores[0])[:10]) == list(np.argsort(-want)[:10])
+
+
+def test_unlearning_and_query_generation_show_progress(model, data_folder, query, tmp_path, capfd):
+    from unlearn_fast.query import query_from_prompt
+
+    attributor = Attributor(model, open_dataset(data_folder), tmp_path / "work", settings(), progress=True)
+    attributor.prepare()
+    capfd.readouterr()
+    attributor.attribute([query], UnlearnSettings(steps=2, alpha=1e-4, draws=8, batch_size=4))
+    err = capfd.readouterr().err
+    assert f"unlearn {query.key[:8]}" in err and "16/16" in err and "draw/s" in err
+    query_from_prompt(model, "red apple", steps=3, progress=True)
+    assert "generate" in capfd.readouterr().err
+    query_from_prompt(model, "red apple", steps=3)  # quiet unless asked
+    assert "generate" not in capfd.readouterr().err
+    quiet = Attributor(model, open_dataset(data_folder), tmp_path / "quiet", settings(), progress=False)
+    capfd.readouterr()
+    quiet.attribute([query], UnlearnSettings(steps=1, alpha=1e-4, draws=8, batch_size=4))
+    assert "unlearn" not in capfd.readouterr().err

@@ -101,8 +101,9 @@ def setting(default_dataset, tmp_path_factory):
     return workspace, queries
 
 
-def _explicit_feature(workspace, method, row):
-    """ψ of caption row `row` by hand: autograd of the row's mean loss over the grid, × F^(-1/2), × a dense P."""
+def _explicit_feature(workspace, method, row, flips=(0, 1)):
+    """ψ of caption row `row` by hand: autograd of the row's mean loss over the grid's timesteps and `flips`,
+    × F^(-1/2), × a dense P."""
     model, grid = workspace.model, workspace.settings.scoring
     params = model.parameter_group(method.unlearn.group)
     example = int(workspace.caption_rows[row])
@@ -114,7 +115,7 @@ def _explicit_feature(workspace, method, row):
         for p in params.values():
             p.requires_grad_(True)
         for t in steps:
-            for flip in (0, 1):
+            for flip in flips:
                 noise = ops.gaussian_noise(grid.seed, example, int(t), flip, x0.shape[1:])
                 x = mirrored(x0, torch.tensor([flip]))
                 losses.append(model.loss(x, cond, torch.tensor([int(t)]), noise.reshape(x0.shape))[0])
@@ -130,25 +131,30 @@ def _explicit_feature(workspace, method, row):
     return total
 
 
-def test_stage1_features_are_the_projected_per_example_gradients(setting):
+@pytest.mark.parametrize("flips", ["mean", "max"])
+def test_stage1_features_are_the_projected_per_example_gradients(setting, flips):
     workspace, _ = setting
-    method = LinearisedAbU(SETTINGS, dim=64)
+    method = LinearisedAbU(SETTINGS, dim=64, flips=flips)
     features = np.asarray(method.row_features(workspace), np.float64)
-    assert features.shape == (len(workspace.caption_rows), 64)
-    for row in (0, 13, len(workspace.caption_rows) - 1):  # first chunk, second, the last (partial) one
-        explicit = _explicit_feature(workspace, method, row).numpy()
-        np.testing.assert_allclose(features[row], explicit, rtol=2e-3, atol=2e-3 * np.abs(explicit).max())
+    rows = len(workspace.caption_rows)
+    assert features.shape == ((rows, 64) if flips == "mean" else (rows, 2, 64))
+    for row in (0, 13, rows - 1):  # first chunk, second, the last (partial) one
+        for f, which in enumerate([(0, 1)] if flips == "mean" else [(0,), (1,)]):
+            explicit = _explicit_feature(workspace, method, row, which).numpy()
+            got = features[row] if flips == "mean" else features[row, f]
+            np.testing.assert_allclose(got, explicit, rtol=2e-3, atol=2e-3 * np.abs(explicit).max())
 
 
 def test_stage1_scores_are_the_product_over_an_images_rows(setting):
     workspace, queries = setting
     method = LinearisedAbU(SETTINGS, dim=64)
     scores = method.score(workspace, queries)
-    features = np.asarray(method.row_features(workspace), np.float64)
+    features = np.asarray(method.row_features(workspace), np.float64)  # (R, 2, dim)
     vectors = np.stack([method.query_vector(workspace, q) for q in queries]).astype(np.float64)
-    per_row = features @ vectors.T
+    per_row = features @ vectors.T  # (R, 2, Q)
     rows = workspace.caption_rows
-    expected = np.stack([[SETTINGS.alpha * per_row[rows == i, q].mean() for i in range(N)] for q in range(2)])
+    expected = np.stack([[SETTINGS.alpha * per_row[rows == i, :, q].mean(0).max() for i in range(N)]
+                         for q in range(2)])
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
@@ -157,7 +163,8 @@ def test_stage1_is_the_first_order_loss_change_of_a_small_step(setting):
     rule stage 1 linearises), up to the projection and second-order terms."""
     workspace, queries = setting
     small = dataclasses.replace(SETTINGS, alpha=1e-7)
-    linear = LinearisedAbU(small, dim=4096).score(workspace, queries)
+    linear = LinearisedAbU(small, dim=4096, flips="mean").score(workspace, queries)
+    larger_flip = LinearisedAbU(small, dim=4096).score(workspace, queries)
     exact = attribute_by_unlearning(workspace, queries, small)
     base, rows = np.asarray(workspace.base_losses, np.float64), workspace.caption_rows
     for q, record in enumerate(exact.records):
@@ -166,6 +173,8 @@ def test_stage1_is_the_first_order_loss_change_of_a_small_step(setting):
         rise = np.array([change[rows == i].mean() for i in range(N)])
         assert np.corrcoef(linear[q], rise)[0, 1] > 0.9, np.corrcoef(linear[q], rise)
         assert 0.8 < (linear[q] @ rise) / (linear[q] @ linear[q]) < 1.25  # the same scale, not only the same order
+        # flips="max" linearises the exact score itself (the larger flip's rise)
+        assert np.corrcoef(larger_flip[q], exact.scores[q])[0, 1] > 0.9, np.corrcoef(larger_flip[q], exact.scores[q])
 
 
 # ------------------------------------------------------------------------------------------------- stage 2

@@ -143,9 +143,11 @@ def query_from_array(image: np.ndarray, prompt: str, resolution: int, source: st
     return Query(image=image, prompt=prompt, source=source)
 
 
-def query_from_prompt(model, prompt: str, seed: int = 0, steps: int = 50, guidance: float = 3.0) -> Query:
-    """Generate the query image with `model` (DDIM, classifier-free guidance, the given seed)."""
+def query_from_prompt(model, prompt: str, seed: int = 0, steps: int = 50, guidance: float = 3.0,
+                      progress: bool = False) -> Query:
+    """Generate the query image with `model` (DDIM, classifier-free guidance, the given seed); progress: a bar over
+    the sampling steps."""
     _check_prompt(prompt, "generated query")
-    image = model.generate([prompt], seed=seed, steps=steps, guidance=guidance)[0]
+    image = model.generate([prompt], seed=seed, steps=steps, guidance=guidance, progress=progress)[0]
     return Query(image=image, prompt=prompt, source=f"generated (seed {seed})", seed=seed,
                  generation={"seed": seed, "steps": steps, "guidance": guidance})

@@ -172,8 +172,8 @@ def _queries(args, model) -> list:
     if images:
         queries = [query_from_file(path, prompt, model.resolution) for path, prompt in zip(images, prompts)]
     else:
-        queries = [query_from_prompt(model, prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
-                   for prompt in prompts]
+        queries = [query_from_prompt(model, prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance,
+                                     progress=not args.quiet) for prompt in prompts]
     return [query.with_mask(region, os.path.abspath(path))
             for query, region, path in zip(queries, regions, masks)] or queries
 
@@ -258,7 +258,8 @@ def cmd_demo(args) -> None:
         settings.scoring, compile=args.compile, channels_last=args.channels_last, noise=recipe_noise(args.recipe)))
     work_dir = os.path.join(args.out, "work")
     attributor = Attributor(model, open_dataset("default"), work_dir, settings, progress=not args.quiet)
-    query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance)
+    query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance,
+                              progress=not args.quiet)
     attribution = attributor.attribute([query], unlearning)
     paths = attributor.write_outputs(attribution, os.path.join(args.out, "report"), top_k=args.top_k)
     _finish(attribution, paths, args.top_k, args.json, started, "demo")

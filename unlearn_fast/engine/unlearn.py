@@ -118,15 +118,17 @@ def _query_draws(model, x0_query, cond_query, settings: UnlearnSettings, step: i
 
 
 def query_gradient(model, unet, params: dict, x0_query, cond_query, settings: UnlearnSettings, step: int,
-                   weight=None):
+                   weight=None, on_draws=None):
     """ĝ in float64: the mean over the step's draws of ∇ L(ẑ), whatever the batch size (fisher_hooks.summed_gradient);
-    weight: the region's per-element weight (None: the whole image)."""
+    weight: the region's per-element weight (None: the whole image); on_draws(count) after each batch of draws."""
     total = {name: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for name, p in params.items()}
     for x0, cond, t, noise, count in _query_draws(model, x0_query, cond_query, settings, step, 0, settings.draws):
         grads = summed_gradient(model, unet, params, x0, cond, t, noise, rows=count, scale=1.0 / settings.draws,
                                 weight=weight)
         for name, g in grads.items():
             total[name] += g
+        if on_draws is not None:
+            on_draws(count)
     return total
 
 
@@ -143,6 +145,8 @@ def retained_gradient(model, unet, params: dict, x0, cond, settings: UnlearnSett
         grads = summed_gradient(model, unet, params, x0[r], cond[r], t, noise, rows=count, scale=1.0 / len(x0))
         for name, g in grads.items():
             total[name] += g
+        if on_draws is not None:
+            on_draws(count)
     return total
 
 
@@ -227,13 +231,15 @@ def _capped_scale(model, unet, params, start, update, scale, x0_query, cond_quer
 
 def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
             settings: UnlearnSettings = UnlearnSettings(), num_train: int | None = None,
-            record: dict | None = None, retained=None, weight: torch.Tensor | None = None) -> torch.nn.Module:
+            record: dict | None = None, retained=None, weight: torch.Tensor | None = None,
+            on_draws=None) -> torch.nn.Module:
     """An unlearned deep copy of model.unet (model itself is untouched); x0_query (1, C, h, w), cond_query its one
     conditioning row, (1, L, D) or packed (1, F) (models.conditioning).
     fisher: the diagonal F + λ ({name: tensor}) or a curvature.KroneckerCurvature. record: filled with each step's
     scale (and, for the "rise" rule, the query's loss and its achieved rise; with the cap, where it cut the step).
     retained: step -> (x0, cond) of that step's settings.retain training rows (needed when retain > 0).
-    weight: the query's region, a per-element weight of mean 1 broadcast over x0_query's shape (e.g. (1, 1, h, w))."""
+    weight: the query's region, a per-element weight of mean 1 broadcast over x0_query's shape (e.g. (1, 1, h, w)).
+    on_draws(count): called after each batch of the query's draws (a progress bar over steps × draws)."""
 
     N = settings.num_train or num_train
     if settings.step == "alpha/N" and not N:
@@ -258,7 +264,7 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
     if settings.retain and retained is None:
         raise ValueError("unlearn with retain > 0 needs the retained rows (the retained argument)")
     for step in range(settings.steps):
-        g = query_gradient(model, unet, params, x0_query, cond_query, settings, step, weight)
+        g = query_gradient(model, unet, params, x0_query, cond_query, settings, step, weight, on_draws)
         ascent = g
         if settings.retain:
             kept = retained_gradient(model, unet, params, *retained(step), settings, step)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..attribution import Attribution
 from ..errors import SettingsError
@@ -193,8 +194,10 @@ def unlearned_weights(workspace: Workspace, query: Query, settings: UnlearnSetti
 
         def write():
             x0, cond, weight = query_inputs(model, query)
-            unet = unlearn(model, divide_by, x0, cond, settings, num_train=len(workspace.dataset), record=record,
-                           retained=retained, weight=weight)
+            with tqdm(total=settings.steps * settings.draws, desc=f"unlearn {query.key[:8]}", unit="draw",
+                      disable=not workspace.progress) as bar:
+                unet = unlearn(model, divide_by, x0, cond, settings, num_train=len(workspace.dataset), record=record,
+                               retained=retained, weight=weight, on_draws=bar.update)
             changed = dict(unet.named_parameters())  # only the group differs from model.unet
             store.save_tensors(name, {n: changed[n].detach() for n in model.parameter_group(settings.group)})
         workspace.on_main(write)

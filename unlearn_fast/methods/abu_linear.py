@@ -10,9 +10,11 @@ product:
 
 L̄_n is the row's mean loss over the work directory's scoring grid with the scoring pass's own noise, and ĝ is
 engine.unlearn.query_gradient (unlearning's first ĝ, in the query's region when it has a mask), so τ¹ linearises what
-the exact rescoring measures. s is the step's scale (α/N, α for "fixed", 1 for "rise": units only). The mean over
-both flips stands in for the exact score's max over flips. Ψ (R, dim) is a chunked float16 array in the work
-directory (resumable, split over the ranks): a query costs one ĝ and one matrix-vector product over Ψ.
+the exact rescoring measures. s is the step's scale (α/N, α for "fixed", 1 for "rise": units only). The exact score
+takes the larger of an image's two flips: flips="max" keeps one ψ per row and flip (L̄ over the timesteps) and takes
+the larger τ¹ likewise; flips="mean" keeps one per row (L̄ over both flips; half the bytes). Ψ (R, F, dim) is a
+chunked float16 array in the work directory (resumable, split over the ranks): a query costs one ĝ and one
+matrix-vector product over Ψ.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from .abu import check_unlearning, query_inputs
 from .base import AttributionMethod
 from .projector import SparseProjector
 
+FLIPS = ("max", "mean")  # per row and flip, the larger τ¹ (as the exact score); or one feature per row
 PRODUCT_ROWS = 8192  # feature rows read (and widened to float32) at a time: bounds memory, not the numbers
 
 
@@ -58,11 +61,13 @@ def feature_product(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 
 
 def mean_per_image(per_row: np.ndarray, rows: np.ndarray, num_images: int) -> np.ndarray:
-    """(Q, num_images) float64: per_row (R, Q) averaged over each image's caption rows (NaN for an image without)."""
+    """(Q, num_images) float64: per_row (R, F, Q) averaged over each image's caption rows (NaN for an image without),
+    then the larger of the F flips."""
     counts = np.bincount(rows, minlength=num_images)
+    per_row = np.asarray(per_row, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.stack([np.bincount(rows, weights=column, minlength=num_images) / counts
-                         for column in np.asarray(per_row, np.float64).T])
+        return np.stack([np.max([np.bincount(rows, weights=per_row[:, f, q], minlength=num_images) / counts
+                                 for f in range(per_row.shape[1])], axis=0) for q in range(per_row.shape[2])])
 
 
 @dataclass
@@ -74,6 +79,7 @@ class LinearisedAbU(AttributionMethod):
     dim: int = 4096
     projection_seed: int = 0
     noise: str = "example"
+    flips: str = "max"
     name: str = "abu-linear"
 
     def __post_init__(self):
@@ -81,13 +87,15 @@ class LinearisedAbU(AttributionMethod):
             raise SettingsError(f"{self.name}: dim must be an integer >= 1, got {self.dim!r}")
         if self.noise not in NOISE_KEYS:
             raise SettingsError(f"noise must be one of {NOISE_KEYS}, got {self.noise!r}")
+        if self.flips not in FLIPS:
+            raise SettingsError(f"{self.name}: flips must be one of {FLIPS}, got {self.flips!r}")
         if self.unlearn.curvature != "diagonal":
             raise SettingsError(f"{self.name} preconditions with the diagonal Fisher, got curvature "
                                 f"{self.unlearn.curvature!r}")
 
     def settings(self) -> dict:
         return {**dataclasses.asdict(self.unlearn), "noise": self.noise, "dim": self.dim,
-                "projection_seed": self.projection_seed}
+                "projection_seed": self.projection_seed, "flips": self.flips}
 
     def prepare_overrides(self) -> dict:
         overrides = {} if self.noise == "example" else {"noise": self.noise}
@@ -99,7 +107,7 @@ class LinearisedAbU(AttributionMethod):
     def features_key(self) -> str:
         """What changes Ψ beyond the work directory's own binding (its scoring grid, Fisher, model and data)."""
         numbers = {"dim": self.dim, "seed": self.projection_seed, "group": self.unlearn.group,
-                   "precondition": self.unlearn.precondition}
+                   "precondition": self.unlearn.precondition, **({"flips": "max"} if self.flips == "max" else {})}
         return hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest()[:8]
 
     def check(self, workspace: Workspace) -> None:
@@ -122,9 +130,11 @@ class LinearisedAbU(AttributionMethod):
         return workspace.cached(f"abu-linear-{self.features_key}", make)
 
     def row_features(self, workspace: Workspace) -> np.ndarray:
-        """Ψ (R, dim) float16, one row per caption row: a chunked array of the work directory (resumable)."""
+        """Ψ float16, (R, 2, dim) per caption row and flip, or (R, dim) per row (flips="mean" or a grid without
+        flips): a chunked array of the work directory (resumable)."""
         params, projector, scale = self._parts(workspace)
         model, grid, rows = workspace.model, workspace.settings.scoring, workspace.caption_rows
+        per_flip = self.flips == "max" and grid.flips
         per_row = len(grid.timestep_values(model.num_timesteps)) * (2 if grid.flips else 1)
         batch = max(1, grid.batch_size // per_row)  # as many UNet rows per backward as the scoring pass runs
 
@@ -136,10 +146,11 @@ class LinearisedAbU(AttributionMethod):
                 out.append(projected_gradients(
                     model, params, projector, scale, rows_of(workspace.latents, ids).to(model.device),
                     rows_of(workspace.conditioning, slice(first, last)).to(model.device),
-                    torch.as_tensor(ids, device=model.device), grid).float().cpu())
+                    torch.as_tensor(ids, device=model.device), grid, per_flip=per_flip).float().cpu())
             return torch.cat(out)
+        shape = (len(rows), 2, self.dim) if per_flip else (len(rows), self.dim)
         return workspace.cached(f"abu-linear-features-{self.features_key}", lambda: workspace.chunked_pass(
-            f"linear/{self.features_key}/row_features", (len(rows), self.dim), compute, dtype="float16"))
+            f"linear/{self.features_key}/row_features", shape, compute, dtype="float16"))
 
     def query_vector(self, workspace: Workspace, query: Query) -> np.ndarray:
         """ψ(ẑ) (dim,) float32: the projected, preconditioned ĝ of unlearning's first step."""
@@ -153,8 +164,9 @@ class LinearisedAbU(AttributionMethod):
 
     def scores_of_vectors(self, workspace: Workspace, vectors: np.ndarray) -> np.ndarray:
         """τ¹ (Q, N) float32 for query vectors (Q, dim)."""
-        n = len(workspace.dataset)
-        per_row = feature_product(self.row_features(workspace), vectors)
+        n, features = len(workspace.dataset), self.row_features(workspace)
+        flips = features.shape[1] if features.ndim == 3 else 1
+        per_row = feature_product(features.reshape(-1, self.dim), vectors).reshape(len(features), flips, -1)
         return (step_scale(self.unlearn, n) * mean_per_image(per_row, workspace.caption_rows, n)).astype(np.float32)
 
     def score(self, workspace: Workspace, queries) -> np.ndarray:

@@ -48,9 +48,10 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
                         f"({', '.join(v for v in VARIANTS if v != 'abu')})")
 
 
-def _staged(name: str, candidates="10%", dim: int = 4096, projection_seed: int = 0, **options) -> AttributionMethod:
+def _staged(name: str, candidates="10%", dim: int = 4096, projection_seed: int = 0, flips: str = "max", **options
+            ) -> AttributionMethod:
     """abu-two-stage (candidates: C, a count or a share) or abu-linear (stage 1 alone), both over the default AbU
-    with `options` (UnlearnSettings fields or noise) on top; dim, projection_seed: stage 1's projection."""
+    with `options` (UnlearnSettings fields or noise) on top; dim, projection_seed, flips: stage 1's (abu_linear)."""
     abu = AbU.variant("abu", **options)
-    front = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, noise=abu.noise)
+    front = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, noise=abu.noise, flips=flips)
     return front if name == "abu-linear" else TwoStageAbU.of(abu, candidates, front=front)

@@ -231,20 +231,20 @@ class DiffusionModel:
 
     # ------------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, prompts: list[str] | str, seed: int | list[int] = 0, steps: int = 50, guidance: float = 3.0
-                 ) -> np.ndarray:
+    def generate(self, prompts: list[str] | str, seed: int | list[int] = 0, steps: int = 50, guidance: float = 3.0,
+                 progress: bool = False) -> np.ndarray:
         """Deterministic sampling with classifier-free guidance → uint8 images (B, H, W, 3), as the family samples
         (DDIM, eta 0, for a UNet; the pipeline's own sampler otherwise).
 
         ``seed`` is one per prompt, or one for all: each row's starting noise comes from its own generator, so a
         (prompt, seed) pair gives the same image alone or in a batch (to one grey level where a pipeline's batched
-        kernels round differently: SDXL's), and the same bits every time.
+        kernels round differently: SDXL's), and the same bits every time. progress: a bar over the sampling steps.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
-        return self.family.generate(self, prompts, seeds, steps, guidance)
+        return self.family.generate(self, prompts, seeds, steps, guidance, progress=progress)
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, folder: str, training_record: dict | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 UNET_GROUPS = {
     "kv": r"\.attn2\.to_[kv]\.weight$",
@@ -54,9 +55,15 @@ class Family:
         return {"family": self.name}
 
     # ------------------------------------------------------------------------------------------------- sampling
-    def generate(self, model, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
+    @staticmethod
+    def sampling_steps(timesteps, progress: bool):
+        """The sampler's timesteps, under a progress bar (rate, ETA) when `progress`."""
+        return tqdm(timesteps, desc="generate", unit="step", disable=not progress, leave=False)
+
+    def generate(self, model, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+                 progress: bool = False) -> np.ndarray:
         """uint8 (B, H, W, 3): DDIM (eta 0) with classifier-free guidance, each row from its own seed's noise (so a
-        (prompt, seed) pair gives the same image alone or in a batch)."""
+        (prompt, seed) pair gives the same image alone or in a batch). progress: a bar over the sampling steps."""
         from diffusers import DDIMScheduler
 
         sampler = DDIMScheduler.from_config(model.scheduler.config, clip_sample=False, set_alpha_to_one=False)
@@ -64,7 +71,7 @@ class Family:
         x = starting_noise(model, seeds) * sampler.init_noise_sigma
         cond = model.encode_text(prompts)
         uncond = model.encode_text([""] * len(prompts))
-        for t in sampler.timesteps:
+        for t in self.sampling_steps(sampler.timesteps, progress):
             timestep = torch.full((len(prompts),), int(t), device=model.device, dtype=torch.long)
             if guidance == 1.0:
                 pred = model.predict(x, timestep, cond)
@@ -86,7 +93,8 @@ class PipelineFamily(Family):
     def __init__(self, pipeline):
         self.pipeline = pipeline
 
-    def generate(self, model, prompts, seeds, steps, guidance):
+    def generate(self, model, prompts, seeds, steps, guidance, progress=False):
+        self.pipeline.set_progress_bar_config(disable=not progress)  # diffusers' own bar
         images = self.pipeline(**self.pipeline_prompts(model, prompts, guidance),
                                latents=self.pipeline_latents(starting_noise(model, seeds)), num_inference_steps=steps,
                                guidance_scale=guidance, height=model.resolution, width=model.resolution,

@@ -24,7 +24,7 @@ class TinyDiTFamily(Family):
         return denoiser(x_t, encoder_hidden_states=record["tokens"], timestep=time,
                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
 
-    def generate(self, model, prompts, seeds, steps, guidance):
+    def generate(self, model, prompts, seeds, steps, guidance, progress=False):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         sampler = FlowMatchEulerDiscreteScheduler.from_config(model.scheduler.config)
@@ -32,7 +32,7 @@ class TinyDiTFamily(Family):
         x = starting_noise(model, seeds)
         cond, uncond = model.encode_text(prompts), model.encode_text([""] * len(prompts))
         record = model.conditioning_layout.unpack(torch.cat([uncond, cond]))
-        for t in sampler.timesteps:
+        for t in self.sampling_steps(sampler.timesteps, progress):
             time = t.expand(2 * len(prompts)).to(x.dtype)
             pred_uncond, pred_cond = self.call(model.unet, torch.cat([x, x]), time, record).chunk(2)
             x = sampler.step(pred_uncond + guidance * (pred_cond - pred_uncond), t, x).prev_sample
