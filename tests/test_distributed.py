@@ -28,12 +28,12 @@ def inputs(tmp_path_factory, default_dataset, default_image_folder):
     return root
 
 
-def attribute(inputs, work, ranks: int, env: dict | None = None) -> subprocess.CompletedProcess:
+def attribute(inputs, work, ranks: int, env: dict | None = None, extra: tuple = ()) -> subprocess.CompletedProcess:
     """`unlearn-fast attribute` (which prepares first) with `ranks` processes; ranks = 0: plain python, no torchrun."""
     launcher = [sys.executable, WORKER] if ranks == 0 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", WORKER]
     command = [*launcher, "attribute", "--data", str(inputs / "images"), "--work-dir", str(work),
-               "--image", str(inputs / "query.png"), "--prompt", "red apple", *FAST, *UNLEARN, "--json"]
+               "--image", str(inputs / "query.png"), "--prompt", "red apple", *FAST, *UNLEARN, *extra, "--json"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
 
@@ -86,3 +86,17 @@ def test_a_job_that_lost_a_rank_resumes_only_the_missing_chunks_with_another_wor
     assert sorted(computed) == sorted(set(range(6)) - done)  # only the missing chunks, none twice
     assert "latents" not in summary["chunks_by_rank"]  # complete before the kill: not recomputed
     assert work_dir_digests(work) == work_dir_digests(reference[0])
+
+
+def test_the_two_stage_query_has_the_same_bits_on_two_ranks(inputs, reference):
+    """Stage 1's features (a chunked pass split over the ranks) and the candidates' rescoring (blocks shared, gathered
+    in order) give the single process's bits."""
+    runs = {ranks: summary_of(attribute(inputs, inputs / f"two-stage{ranks}", ranks, extra=("--candidates", "50%")))
+            for ranks in (0, 2)}
+    single, double = (np.load(runs[r]["files"]["scores"]) for r in (0, 2))
+    np.testing.assert_array_equal(double, single)
+    one, two = (work_dir_digests(inputs / f"two-stage{r}") for r in (0, 2))
+    features = [name for name in one if name.startswith("linear/") and name.endswith("data.npy")]
+    assert features and all(one[name] == two[name] for name in features)
+    record = json.loads((Path(runs[2]["files"]["scores"]).parent / "attribution.json").read_text())
+    assert "12 of 24" in json.dumps(record)

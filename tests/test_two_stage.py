@@ -3,6 +3,7 @@ explicit per-example gradient times a dense projection, stage 2 (exact AbU on ca
 projected Linear-gradient op against its reference."""
 import dataclasses
 import importlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,9 +15,12 @@ from unlearn_fast.data.dataset import SubsetDataset
 from unlearn_fast.data import load_pixels
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.errors import SettingsError
-from unlearn_fast.methods import LinearisedAbU, TwoStageAbU, build_method
+from unlearn_fast.methods import AttributionMethod, LinearisedAbU, TwoStageAbU, build_method
+from unlearn_fast.methods.latent_similarity import LatentCosine
+from unlearn_fast.methods.rank_union import RankUnion
 from unlearn_fast.methods.abu import attribute_by_unlearning
-from unlearn_fast.methods.abu_two_stage import candidate_count, combine, ranking, resolve_candidates
+from unlearn_fast.methods.abu_two_stage import candidate_count, combine, resolve_candidates
+from unlearn_fast.methods.rank_union import ranking
 from unlearn_fast.methods.projector import SparseProjector
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.ops.noisy_input_reference import mirrored
@@ -236,3 +240,57 @@ def test_the_attributor_runs_the_two_stage_query_and_reports_it(setting, tmp_pat
     assert "12 of 24" in html and "two-stage" in html
     exact = attributor.attribute(queries[:1], SETTINGS, candidates="100%")  # every image: the exact query itself
     assert "two_stage" not in exact.records[0]
+
+
+# ------------------------------------------------------------------------------------------------- the fronts
+def test_latent_cosine_is_the_larger_cosine_of_the_sketched_latents(setting):
+    workspace, queries = setting
+    method = LatentCosine(dim=96)
+    scores = method.score(workspace, queries)
+    model = workspace.model
+    projector = SparseProjector({"latent": torch.Size(model.latent_shape)}, 96, 0)
+    dense = dense_projection(*projector.buckets["latent"], 96)
+    rows = torch.from_numpy(np.array(workspace.latents)).double().flatten(1) @ dense.T
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    for q, query in enumerate(queries):
+        x0 = model.encode_images(query.image[None]).double()
+        views = torch.cat([x0, x0.flip(-1)]).flatten(1) @ dense.T
+        views = views / views.norm(dim=1, keepdim=True)
+        expected = (rows @ views.T).max(1).values.numpy()
+        np.testing.assert_allclose(scores[q], expected, rtol=2e-3, atol=2e-3)
+    assert scores.argmax(1).tolist() == [4, 19]  # each query is a training image: its own latent is nearest
+
+
+class _Fixed(AttributionMethod):
+    """A front with given scores (the union's logic, apart from any model)."""
+
+    def __init__(self, name, scores):
+        self.name, self.values = name, np.asarray(scores, np.float32)
+
+    def settings(self):
+        return {"values": self.values.tolist()}
+
+    def attribute(self, workspace, queries):
+        return SimpleNamespace(scores=self.values[None])  # what RankUnion reads of an Attribution
+
+    def score(self, workspace, queries):
+        return self.values[None]
+
+
+def test_rank_union_orders_by_the_best_rank_under_any_front():
+    first = _Fixed("a", [5.0, 4.0, 3.0, 2.0, 1.0, 0.0])   # ranks 0 1 2 3 4 5
+    second = _Fixed("b", [0.0, 1.0, 2.0, 3.0, 9.0, np.nan])  # ranks 4 3 2 1 0 5 (NaN last)
+    union = RankUnion((first, second))
+    scores = union.score(None, [None])[0]
+    # best ranks: 0→0, 4→0, 1→1, 3→1, 2→2, 5→5; ties by the first front's rank
+    assert ranking(scores).tolist() == [0, 4, 1, 3, 2, 5] and union.name == "a-and-b"
+
+
+def test_the_default_front_brings_the_querys_own_copy_into_a_tiny_candidate_set(setting):
+    """Stage 1's linearisation alone can miss a memorised copy (its gradient is near 0 at its own minimum); the
+    latent front finds it, so even C = 2 gives exact AbU's top image."""
+    workspace, queries = setting
+    exact = attribute_by_unlearning(workspace, queries, SETTINGS).scores
+    two_stage = TwoStageAbU(SETTINGS, candidates=2).attribute(workspace, queries).scores
+    assert ranking(two_stage[0])[0] == ranking(exact[0])[0] == 4
+    assert ranking(two_stage[1])[0] == ranking(exact[1])[0] == 19

@@ -1,8 +1,10 @@
 """Two-stage AbU: a cheap first stage ranks every training image, exact AbU re-ranks the top C (FastGDA's plan, with
 the first stage AbU's own linearisation instead of a network distilled per data set).
 
-    stage 1:  the front's scores (N,) per query: by default LinearisedAbU (abu_linear.py: one ĝ and one product over
-              precomputed projected gradients); any AttributionMethod can stand in (D-TRAK, pixel, a distilled embedding)
+    stage 1:  the front's scores (N,) per query: by default AbU's linearisation (abu_linear.py: one ĝ and one product
+              over precomputed projected gradients) united with a latent neighbour search (latent_similarity.py), as
+              the linearisation misses memorised copies (rank_union.py); any AttributionMethod can stand in (D-TRAK,
+              pixel, a distilled embedding)
     stage 2:  unlearn exactly as AbU does; rescore the caption rows of the C images the front ranks highest only
               (their base losses are the work directory's; Workspace.losses_of_rows)
 
@@ -34,6 +36,8 @@ from ..workspace import Workspace
 from .abu import check_unlearning, query_folder, query_record, save_query, unlearned_weights
 from .abu_linear import LinearisedAbU
 from .base import AttributionMethod
+from .latent_similarity import LatentCosine
+from .rank_union import RankUnion, ranking
 
 
 # `--candidates auto`: chosen from benchmarks/two_stage.py's table (held-out queries; see resolve_candidates)
@@ -88,12 +92,6 @@ def resolve_candidates(value, num_train: int) -> int | None:
     return None if count >= num_train else count
 
 
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Indices by decreasing score, ties by index, NaN last (as Attribution ranks)."""
-    keyed = np.where(np.isnan(scores), -np.inf, scores)
-    return np.lexsort((np.arange(len(scores)), np.isnan(scores), -keyed))
-
-
 def combine(exact: np.ndarray, front: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """(N,) float32: `exact` at the candidates; the others below them in the front's order (module docstring)."""
     scores = np.array(exact, np.float64)
@@ -113,7 +111,7 @@ def combine(exact: np.ndarray, front: np.ndarray, candidates: np.ndarray) -> np.
 @dataclass
 class TwoStageAbU(AttributionMethod):
     """unlearn, noise: exact AbU's settings (stage 2; the raw score rule). candidates: C, a count or a share ("10%").
-    front: stage 1 (None: LinearisedAbU of the same settings)."""
+    front: stage 1 (None: LinearisedAbU of the same settings united with LatentCosine)."""
 
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     candidates: int | float | str = "10%"
@@ -126,7 +124,7 @@ class TwoStageAbU(AttributionMethod):
         if self.unlearn.score != "raw":
             raise SettingsError(f"the two-stage AbU re-ranks with the raw score rule, got score {self.unlearn.score!r}")
         if self.front is None:
-            self.front = LinearisedAbU(self.unlearn, noise=self.noise)
+            self.front = RankUnion((LinearisedAbU(self.unlearn, noise=self.noise), LatentCosine()))
 
     @classmethod
     def of(cls, abu, candidates, front: AttributionMethod | None = None) -> "TwoStageAbU":

@@ -6,12 +6,14 @@ from .abu import AbU
 from .abu_linear import LinearisedAbU
 from .abu_recipes import VARIANTS
 from .abu_two_stage import TwoStageAbU
+from .latent_similarity import LatentCosine
+from .rank_union import RankUnion
 from .base import AttributionMethod
 from .dtrak import GradientKernel
 from .pixel import PixelCosine
 from .random_ranking import RandomRanking
 
-METHODS = ("abu", "abu-two-stage", "abu-linear", "dtrak", "trak", "pixel", "feature", "random")  # and every AbU
+METHODS = ("abu", "abu-two-stage", "abu-linear", "dtrak", "trak", "pixel", "latent", "feature", "random")  # and every AbU
 # variant (abu.VARIANTS)
 STAGED = ("abu-two-stage", "abu-linear")  # the default AbU's two-stage form and its first stage alone
 # D-TRAK with noise shared by every image at a timestep: what the same change does to a gradient method.
@@ -34,6 +36,8 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
             return GradientKernel(output=SHARED_NOISE[name], **{"noise": "shared", **options})
         if name == "pixel":
             return PixelCosine(**options)
+        if name == "latent":
+            return LatentCosine(**options)
         if name == "random":
             return RandomRanking(**options)
     except TypeError as error:
@@ -48,10 +52,19 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
                         f"({', '.join(v for v in VARIANTS if v != 'abu')})")
 
 
-def _staged(name: str, candidates="10%", dim: int = 4096, projection_seed: int = 0, flips: str = "max", **options
-            ) -> AttributionMethod:
-    """abu-two-stage (candidates: C, a count or a share) or abu-linear (stage 1 alone), both over the default AbU
-    with `options` (UnlearnSettings fields or noise) on top; dim, projection_seed, flips: stage 1's (abu_linear)."""
+def _staged(name: str, candidates="10%", front: str = "linear+latent", dim: int = 4096, projection_seed: int = 0,
+            flips: str = "max", **options) -> AttributionMethod:
+    """abu-two-stage (candidates: C, a count or a share; front: its first stage, FRONTS joined by "+") or abu-linear
+    (stage 1's linearisation alone), both over the default AbU with `options` (UnlearnSettings fields or noise) on top;
+    dim, projection_seed, flips: the linearisation's (abu_linear)."""
     abu = AbU.variant("abu", **options)
-    front = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, noise=abu.noise, flips=flips)
-    return front if name == "abu-linear" else TwoStageAbU.of(abu, candidates, front=front)
+    linear = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, noise=abu.noise, flips=flips)
+    if name == "abu-linear":
+        return linear
+    makers = {"linear": lambda: linear, "latent": LatentCosine, "pixel": PixelCosine}
+    names = str(front).split("+")
+    unknown = [part for part in names if part not in makers]
+    if unknown or not names:
+        raise SettingsError(f"two-stage front {front!r}: choose from {', '.join(makers)}, joined by '+'")
+    fronts = tuple(makers[part]() for part in names)
+    return TwoStageAbU.of(abu, candidates, front=fronts[0] if len(fronts) == 1 else RankUnion(fronts))

@@ -1,0 +1,60 @@
+"""Several first stages as one: images in the order of their best rank under any of them (ties: the first front's
+rank), so the top C holds each front's top ~C/k. The two-stage query's default front is AbU's linearisation united
+with a latent neighbour search (abu_linear.py, latent_similarity.py: each finds what the other misses).
+
+Scores are −(position in that order): integers, exact in float32 below 2^24 images; only their order means anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..workspace import Workspace
+from .base import AttributionMethod
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Indices by decreasing score, ties by index, NaN last (as Attribution ranks)."""
+    keyed = np.where(np.isnan(scores), -np.inf, scores)
+    return np.lexsort((np.arange(len(scores)), np.isnan(scores), -keyed))
+
+
+def positions(scores: np.ndarray) -> np.ndarray:
+    """(N,) rank of each image by decreasing score (0 = first), ties by index, NaN last."""
+    order = ranking(scores)
+    rank = np.empty(len(scores), np.int64)
+    rank[order] = np.arange(len(scores))
+    return rank
+
+
+@dataclass
+class RankUnion(AttributionMethod):
+    fronts: tuple
+
+    @property
+    def name(self) -> str:
+        return "-and-".join(front.name for front in self.fronts)  # a file-name part (artefact folders)
+
+    def settings(self) -> dict:
+        return {"fronts": [front.key for front in self.fronts]}
+
+    def prepare_overrides(self) -> dict:
+        overrides = {}
+        for front in self.fronts:
+            overrides.update(front.prepare_overrides())
+        return overrides
+
+    def check(self, workspace: Workspace) -> None:
+        for front in self.fronts:
+            if hasattr(front, "check"):
+                front.check(workspace)
+
+    def score(self, workspace: Workspace, queries) -> np.ndarray:
+        each = [front.attribute(workspace, queries).scores for front in self.fronts]  # each cached by its front
+        out = np.empty_like(each[0], dtype=np.float32)
+        for q in range(len(out)):
+            ranks = np.stack([positions(scores[q]) for scores in each])
+            order = np.lexsort((ranks[0], ranks.min(0)))
+            out[q, order] = -np.arange(len(order), dtype=np.float32)
+        return out
