@@ -219,7 +219,7 @@ def test_combine_puts_the_rest_below_in_front_order():
 def test_candidate_counts_and_their_errors():
     assert candidate_count("10%", 3953) == 396 and candidate_count(50, 40) == 40 and candidate_count(0.5, 3) == 2
     assert resolve_candidates(None, 10) is None and resolve_candidates("100%", 10) is None
-    assert resolve_candidates("auto", 100) is None and resolve_candidates("auto", 10 ** 6) == 100_000
+    assert resolve_candidates("auto", 100) is None and resolve_candidates("auto", 10 ** 6) == 250_000
     assert resolve_candidates("5%", 1000) == 50
     for bad in (0, "0", "-3", "0%", "120%", "ten", 1.5, True, "nan%"):
         with pytest.raises(SettingsError, match="candidates must be"):

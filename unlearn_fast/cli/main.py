@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--candidates", type=candidate_spec, default="auto", help="two-stage query: rank every "
                            "image by AbU's linearisation (projected gradients, prepared once), then rescore exactly "
                            "the top C only: a count (2000) or a share (10%%); exact: rescore every image; auto "
-                           "(default): exact below 20,000 images, 10%% above (benchmarks/README.md, two-stage)")
+                           "(default): exact below 20,000 images, 25%% above (benchmarks/README.md, two-stage)")
     query_arguments(attribute)
     attribute.set_defaults(run=cmd_attribute)
 

@@ -52,7 +52,7 @@ def feature_product(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """features (R, dim) float16 (a memmap: read PRODUCT_ROWS rows at a time) times vectors (Q, dim): (R, Q) float32.
 
     Each block is widened into one reused float32 buffer: a fresh tensor per block costs its page faults, which made
-    the product 3.6× slower at a million rows (benchmarks/README.md, "Two-stage queries")."""
+    the product 3.3× slower at a million rows (benchmarks/README.md, "Two-stage queries")."""
     weights = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).T
     out = torch.empty(len(features), len(vectors), dtype=torch.float32)
     buffer = torch.empty(min(PRODUCT_ROWS, len(features)), features.shape[1], dtype=torch.float32)

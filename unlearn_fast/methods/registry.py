@@ -52,7 +52,7 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
                         f"({', '.join(v for v in VARIANTS if v != 'abu')})")
 
 
-def _staged(name: str, candidates="10%", front: str = "linear+latent", dim: int = 4096, projection_seed: int = 0,
+def _staged(name: str, candidates="25%", front: str = "linear+latent", dim: int = 4096, projection_seed: int = 0,
             flips: str = "max", **options) -> AttributionMethod:
     """abu-two-stage (candidates: C, a count or a share; front: its first stage, FRONTS joined by "+") or abu-linear
     (stage 1's linearisation alone), both over the default AbU with `options` (UnlearnSettings fields or noise) on top;
