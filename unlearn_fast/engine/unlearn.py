@@ -145,8 +145,6 @@ def retained_gradient(model, unet, params: dict, x0, cond, settings: UnlearnSett
         grads = summed_gradient(model, unet, params, x0[r], cond[r], t, noise, rows=count, scale=1.0 / len(x0))
         for name, g in grads.items():
             total[name] += g
-        if on_draws is not None:
-            on_draws(count)
     return total
 
 

@@ -65,22 +65,13 @@ class AbU(AttributionMethod):
 
     def prepare_overrides(self) -> dict:
         """What the work directory's PrepareSettings must say for this variant (beyond the defaults)."""
-        overrides = {}
-        if self.noise != "example":
-            overrides["noise"] = self.noise
-        if self.unlearn.group != "kv" and self.unlearn.precondition:
-            overrides["fisher_group"] = self.unlearn.group
-        return overrides
+        return abu_overrides(self.noise, self.unlearn)
 
     def score(self, workspace: Workspace, queries) -> np.ndarray:
         return self.attribute(workspace, queries).scores
 
     def attribute(self, workspace: Workspace, queries) -> Attribution:
-        prepared = workspace.settings.scoring.noise
-        if prepared != self.noise:
-            raise SettingsError(f"{self.name} scores with noise {self.noise!r}, the work directory "
-                                f"{workspace.store.path} was prepared with {prepared!r} (prepare --noise "
-                                f"{self.noise} in another folder)")
+        check_noise(workspace, self.name, self.noise)
         # Each query is cached in its own folder (unlearned weights, losses after, scores): records point there.
         return attribute_by_unlearning(workspace, list(queries), self.unlearn)
 
@@ -107,6 +98,22 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
                     **({"model": str(model_folder)} if model_folder else {})} for record in records]
     return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=workspace.dataset,
                        work_dir=str(workspace.store.path), timings=dict(workspace.timings))
+
+
+def abu_overrides(noise: str, settings: UnlearnSettings) -> dict:
+    """The PrepareSettings fields an AbU-based method needs beyond the defaults: its noise key, the Fisher's group."""
+    overrides = {} if noise == "example" else {"noise": noise}
+    if settings.group != "kv" and settings.precondition:
+        overrides["fisher_group"] = settings.group
+    return overrides
+
+
+def check_noise(workspace: Workspace, method: str, noise: str) -> None:
+    """A SettingsError, before any work, when the work directory was prepared with another scoring noise key."""
+    prepared = workspace.settings.scoring.noise
+    if prepared != noise:
+        raise SettingsError(f"{method} scores with noise {noise!r}, the work directory {workspace.store.path} was "
+                            f"prepared with {prepared!r} (prepare --noise {noise} in another folder)")
 
 
 def check_unlearning(workspace: Workspace, settings: UnlearnSettings) -> None:

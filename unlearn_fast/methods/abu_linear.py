@@ -33,7 +33,7 @@ from ..engine.unlearn import UnlearnSettings, query_gradient
 from ..errors import SettingsError
 from ..query import Query
 from ..workspace import Workspace, rows_of
-from .abu import check_unlearning, query_inputs
+from .abu import abu_overrides, check_noise, check_unlearning, query_inputs
 from .base import AttributionMethod
 from .projector import SparseProjector
 
@@ -104,10 +104,7 @@ class LinearisedAbU(AttributionMethod):
                 "projection_seed": self.projection_seed, "flips": self.flips}
 
     def prepare_overrides(self) -> dict:
-        overrides = {} if self.noise == "example" else {"noise": self.noise}
-        if self.unlearn.group != "kv" and self.unlearn.precondition:
-            overrides["fisher_group"] = self.unlearn.group
-        return overrides
+        return abu_overrides(self.noise, self.unlearn)
 
     @property
     def features_key(self) -> str:
@@ -118,10 +115,7 @@ class LinearisedAbU(AttributionMethod):
 
     def check(self, workspace: Workspace) -> None:
         """Before any work: the noise the work directory was prepared with, the Fisher's group, Linear layers only."""
-        prepared = workspace.settings.scoring.noise
-        if prepared != self.noise:
-            raise SettingsError(f"{self.name} scores with noise {self.noise!r}, the work directory "
-                                f"{workspace.store.path} was prepared with {prepared!r}")
+        check_noise(workspace, self.name, self.noise)
         check_unlearning(workspace, self.unlearn)
         check_linear(workspace.model.unet, workspace.model.parameter_group(self.unlearn.group))
 

@@ -33,7 +33,8 @@ from ..errors import SettingsError
 from ..query import Query
 from ..score_rules import loss_change_scores
 from ..workspace import Workspace
-from .abu import check_unlearning, query_folder, query_record, save_query, unlearned_weights
+from .abu import (abu_overrides, check_noise, check_unlearning, query_folder, query_record, save_query,
+                  unlearned_weights)
 from .abu_linear import LinearisedAbU
 from .base import AttributionMethod
 from .latent_similarity import LatentCosine
@@ -138,17 +139,11 @@ class TwoStageAbU(AttributionMethod):
                 "front": self.front.key}
 
     def prepare_overrides(self) -> dict:
-        overrides = {} if self.noise == "example" else {"noise": self.noise}
-        if self.unlearn.group != "kv" and self.unlearn.precondition:
-            overrides["fisher_group"] = self.unlearn.group
-        return {**self.front.prepare_overrides(), **overrides}
+        return {**self.front.prepare_overrides(), **abu_overrides(self.noise, self.unlearn)}
 
     def check(self, workspace: Workspace) -> None:
         """Before any work (SettingsError): the noise, the Fisher's group, and the front's own checks."""
-        prepared = workspace.settings.scoring.noise
-        if prepared != self.noise:
-            raise SettingsError(f"{self.name} scores with noise {self.noise!r}, the work directory "
-                                f"{workspace.store.path} was prepared with {prepared!r}")
+        check_noise(workspace, self.name, self.noise)
         check_unlearning(workspace, self.unlearn)
         if hasattr(self.front, "check"):
             self.front.check(workspace)
