@@ -110,7 +110,7 @@ class LinearisedAbU(AttributionMethod):
     def features_key(self) -> str:
         """What changes Ψ beyond the work directory's own binding (its scoring grid, Fisher, model and data)."""
         numbers = {"dim": self.dim, "seed": self.projection_seed, "group": self.unlearn.group,
-                   "precondition": self.unlearn.precondition, **({"flips": "max"} if self.flips == "max" else {})}
+                   "precondition": self.unlearn.precondition, "flips": self.flips}
         return hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest()[:8]
 
     def check(self, workspace: Workspace) -> None:
@@ -130,8 +130,8 @@ class LinearisedAbU(AttributionMethod):
         return workspace.cached(f"abu-linear-{self.features_key}", make)
 
     def row_features(self, workspace: Workspace) -> np.ndarray:
-        """Ψ float16, (R, 2, dim) per caption row and flip, or (R, dim) per row (flips="mean" or a grid without
-        flips): a chunked array of the work directory (resumable)."""
+        """Ψ (R, F, dim) float16 per caption row and flip (F = 1 for flips="mean" or a grid without flips): a chunked
+        array of the work directory (resumable)."""
         params, projector, scale = self._parts(workspace)
         model, grid, rows = workspace.model, workspace.settings.scoring, workspace.caption_rows
         per_flip = self.flips == "max" and grid.flips
@@ -147,8 +147,8 @@ class LinearisedAbU(AttributionMethod):
                     model, params, projector, scale, rows_of(workspace.latents, ids).to(model.device),
                     rows_of(workspace.conditioning, slice(first, last)).to(model.device),
                     torch.as_tensor(ids, device=model.device), grid, per_flip=per_flip).float().cpu())
-            return torch.cat(out)
-        shape = (len(rows), 2, self.dim) if per_flip else (len(rows), self.dim)
+            return torch.cat(out).reshape(stop - start, -1, self.dim)
+        shape = (len(rows), 2 if per_flip else 1, self.dim)
         return workspace.cached(f"abu-linear-features-{self.features_key}", lambda: workspace.chunked_pass(
             f"linear/{self.features_key}/row_features", shape, compute, dtype="float16"))
 
@@ -165,16 +165,13 @@ class LinearisedAbU(AttributionMethod):
     def scores_of_vectors(self, workspace: Workspace, vectors: np.ndarray) -> np.ndarray:
         """τ¹ (Q, N) float32 for query vectors (Q, dim)."""
         n, features = len(workspace.dataset), self.row_features(workspace)
-        flips = features.shape[1] if features.ndim == 3 else 1
-        per_row = feature_product(features.reshape(-1, self.dim), vectors).reshape(len(features), flips, -1)
+        per_row = feature_product(features.reshape(-1, self.dim), vectors).reshape(*features.shape[:2], -1)
         return (step_scale(self.unlearn, n) * mean_per_image(per_row, workspace.caption_rows, n)).astype(np.float32)
 
     def score(self, workspace: Workspace, queries) -> np.ndarray:
         queries = [queries] if isinstance(queries, Query) else list(queries)
         self.check(workspace)
-        with workspace.locked():
-            workspace.prepare()
-            features = workspace.phase("linear features", lambda: self.row_features(workspace))
-            del features  # computed (or read back) once; the product reads the memmap
+        with workspace.locked():  # only what it reads (latents, text, Fisher, Ψ), not the base losses
+            workspace.phase("linear features", lambda: self.row_features(workspace))
             vectors = np.stack([self.query_vector(workspace, query) for query in queries])
             return self.scores_of_vectors(workspace, vectors)

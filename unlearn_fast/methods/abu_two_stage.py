@@ -145,8 +145,7 @@ class TwoStageAbU(AttributionMethod):
         """Before any work (SettingsError): the noise, the Fisher's group, and the front's own checks."""
         check_noise(workspace, self.name, self.noise)
         check_unlearning(workspace, self.unlearn)
-        if hasattr(self.front, "check"):
-            self.front.check(workspace)
+        self.front.check(workspace)
 
     def score(self, workspace: Workspace, queries) -> np.ndarray:
         return self.attribute(workspace, queries).scores

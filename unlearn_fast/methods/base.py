@@ -38,6 +38,9 @@ class AttributionMethod(ABC):
         """PrepareSettings fields the work directory must have for this method ({} = any work directory)."""
         return {}
 
+    def check(self, workspace: Workspace) -> None:
+        """Refuse, before any work, settings this work directory cannot serve (SettingsError); default: none."""
+
     @abstractmethod
     def score(self, workspace: Workspace, queries: list[Query]) -> np.ndarray:
         """(len(queries), N) float32 scores."""

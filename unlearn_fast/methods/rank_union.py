@@ -47,8 +47,7 @@ class RankUnion(AttributionMethod):
 
     def check(self, workspace: Workspace) -> None:
         for front in self.fronts:
-            if hasattr(front, "check"):
-                front.check(workspace)
+            front.check(workspace)
 
     def score(self, workspace: Workspace, queries) -> np.ndarray:
         each = [front.attribute(workspace, queries).scores for front in self.fronts]  # each cached by its front

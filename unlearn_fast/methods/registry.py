@@ -64,7 +64,7 @@ def _staged(name: str, candidates="25%", front: str = "linear+latent", dim: int 
     makers = {"linear": lambda: linear, "latent": LatentCosine, "pixel": PixelCosine}
     names = str(front).split("+")
     unknown = [part for part in names if part not in makers]
-    if unknown or not names:
+    if unknown:
         raise SettingsError(f"two-stage front {front!r}: choose from {', '.join(makers)}, joined by '+'")
     fronts = tuple(makers[part]() for part in names)
     return TwoStageAbU.of(abu, candidates, front=fronts[0] if len(fronts) == 1 else RankUnion(fronts))
