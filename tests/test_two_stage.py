@@ -30,6 +30,7 @@ from unlearn_fast.workspace import PrepareSettings, Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 plg = importlib.import_module("unlearn_fast.ops.projected_linear_gradient")  # the module (ops exports the function)
+two_stage_module = importlib.import_module("unlearn_fast.methods.abu_two_stage")
 
 N = 24
 SETTINGS = UnlearnSettings(steps=1, step="fixed", alpha=2e-5, draws=16)  # one small step: where stage 1 is exact
@@ -231,7 +232,7 @@ def test_candidate_counts_and_their_errors():
     assert isinstance(build_method("abu-two-stage", candidates="5%"), TwoStageAbU)
 
 
-def test_the_attributor_runs_the_two_stage_query_and_reports_it(setting, tmp_path):
+def test_the_attributor_runs_the_two_stage_query_and_reports_it(setting, tmp_path, monkeypatch):
     workspace, queries = setting
     attributor = Attributor(workspace.model, workspace.dataset, workspace.store.path, workspace.settings, progress=False)
     attribution = attributor.attribute(queries[:1], SETTINGS, candidates="50%")
@@ -240,6 +241,13 @@ def test_the_attributor_runs_the_two_stage_query_and_reports_it(setting, tmp_pat
     assert "12 of 24" in html and "two-stage" in html
     exact = attributor.attribute(queries[:1], SETTINGS, candidates="100%")  # every image: the exact query itself
     assert "two_stage" not in exact.records[0]
+    # auto takes the exact query for settings the two-stage one refuses, whatever N
+    monkeypatch.setattr(two_stage_module, "AUTO_EXACT_BELOW", 1)
+    assert "two_stage" in attributor.attribute(queries[:1], SETTINGS, candidates="auto").records[0]
+    normalised = dataclasses.replace(SETTINGS, score="normalised")
+    assert "two_stage" not in attributor.attribute(queries[:1], normalised, candidates="auto").records[0]
+    with pytest.raises(SettingsError, match="raw score rule"):
+        attributor.attribute(queries[:1], normalised, candidates="50%")
 
 
 # ------------------------------------------------------------------------------------------------- the fronts

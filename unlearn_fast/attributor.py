@@ -80,13 +80,17 @@ class Attributor:
         """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts.
         group_by: a metadata field (groups.py), checked on every training image before any work. candidates: None
         (exact: every image rescored), a count or share ("10%") for the two-stage query (methods/abu_two_stage.py),
-        or "auto" (exact below a measured size)."""
+        or "auto" (exact below a measured size, and for settings the two-stage query cannot take: a score rule
+        other than raw, Kronecker curvature)."""
         self.check_group_by(group_by)
+        settings = settings or UnlearnSettings()
+        if candidates == "auto" and (settings.score != "raw" or settings.curvature != "diagonal"):
+            candidates = None
         count = resolve_candidates(candidates, len(self.dataset))
         if count is None:
             attribution = abu.attribute_by_unlearning(self.workspace, queries, settings)
         else:
-            two_stage = TwoStageAbU(settings or UnlearnSettings(), candidates=count,
+            two_stage = TwoStageAbU(settings, candidates=count,
                                     noise=self.workspace.settings.scoring.noise)
             attribution = two_stage.attribute(self.workspace, queries)
         attribution.group_by = group_by
