@@ -99,7 +99,7 @@ def test_killed_fisher_resumes_to_the_same_scores(model, data_folder, query, ref
     monkeypatch.setattr(workspace_module, "fisher_sums", dies)
     with pytest.raises(KeyboardInterrupt):
         Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute([query], UNLEARN)
-    assert len(list((tmp_path / "fisher_parts").iterdir())) == 1
+    assert len([p for p in (tmp_path / "fisher_parts").iterdir() if p.suffix != ".sum"]) == 1
     calls.clear()
     armed[0] = False
     resumed = Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute(

@@ -64,10 +64,8 @@ def export_trak(scores, save_dir: str, experiment: str, overwrite: bool = False)
         raise ExportError(f"{save_dir} already has TRAK experiment {experiment!r}; pass overwrite to replace it")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     partial = target + ".partial"
-    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=scores.T.shape)
-    out[:] = scores.T
-    out.flush()
-    del out
+    with open(partial, "wb") as handle:  # written, not memmapped: a full disk is an OSError, never SIGBUS
+        np.save(handle, np.ascontiguousarray(scores.T, dtype=np.float32))
     os.replace(partial, target)  # the listing never names a half-written file
     experiments[experiment] = {"num_targets": int(scores.shape[0]), "scores_path": target, "scores_finalized": 1}
     with open(listing + ".partial", "w", encoding="utf-8") as handle:

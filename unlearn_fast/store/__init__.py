@@ -3,7 +3,7 @@ from .atomic import atomic_write, write_json, write_npy
 from .chunked import ChunkedArray, run_chunked
 from .errors import StoreMismatchError
 from .lock import FileLock, LockOwner, LockTimeout
-from .workdir import MANIFEST, Binding, WorkDir, read_manifest
+from .workdir import MANIFEST, Binding, WorkDir, read_manifest, recorded_sources
 
 __all__ = ["MANIFEST", "Binding", "ChunkedArray", "FileLock", "LockOwner", "LockTimeout", "StoreMismatchError",
-           "WorkDir", "atomic_write", "read_manifest", "run_chunked", "write_json", "write_npy"]
+           "WorkDir", "atomic_write", "read_manifest", "recorded_sources", "run_chunked", "write_json", "write_npy"]

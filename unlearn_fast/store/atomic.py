@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one."""
+"""Atomic file writes: a crash leaves the old file or the new one, never half of one; each file with its checksum."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,16 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
+from .integrity import file_digest, sum_path
+
 TMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], Any], checksum: bool = True) -> None:
     """Write ``path`` through ``write_fn(binary_file)`` into a temp file beside it, then ``os.replace`` it into place.
 
-    If ``write_fn`` raises, the temp file is removed and any previous file at ``path`` is left untouched.
+    If ``write_fn`` raises, the temp file is removed and any previous file at ``path`` is left untouched. checksum:
+    also write ``<path>.sum`` (store.integrity), just before the file moves into place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +28,17 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], Any]) -
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        if checksum:
+            size, digest = file_digest(Path(tmp))
+            record = json.dumps({"bytes": size, "blake2b": digest}, sort_keys=True) + "\n"
+            atomic_write(sum_path(path), lambda f: f.write(record.encode()), checksum=False)
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is not None:
+            raise
+        # a write into the temp file names no file (ENOSPC, EIO): name the artefact being written
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -9,6 +9,7 @@ One implementation for every lock of the package: the work directory's and each 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -22,6 +23,9 @@ from typing import Callable
 
 class LockTimeout(TimeoutError):
     """The lock stayed held by another live process for longer than the caller would wait."""
+
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _process_start(pid: int) -> int | None:
@@ -81,13 +85,18 @@ class FileLock:
     """``with FileLock(path):`` holds the lock for the block (re-entrant within one object); ``try_acquire`` never waits.
 
     on_wait(owner) is called once when the lock is found held by a live owner and the caller is about to wait.
+    read_only_ok: in a folder this process cannot write (a read-only mount, another user's folder), the lock is held
+    without a file: this process cannot write there either, so it can only read (an attempt to write fails naming the
+    file); without it, such a folder is an OSError naming the lock file.
     """
 
     def __init__(self, path: str | os.PathLike, on_wait: Callable[[LockOwner], None] | None = None,
-                 timeout: float | None = None, poll: float = 0.2):
+                 timeout: float | None = None, poll: float = 0.2, read_only_ok: bool = False):
         self.path = Path(path)
         self.on_wait, self.timeout, self.poll = on_wait, timeout, poll
+        self.read_only_ok = read_only_ok
         self._depth = 0
+        self._without_file = False
 
     def __repr__(self) -> str:
         return f"FileLock({str(self.path)!r}, held={self._depth > 0})"
@@ -103,7 +112,10 @@ class FileLock:
         """Create `target` holding `owner`, atomically and only if it does not exist."""
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{owner.pid}.{time.monotonic_ns()}.lock-tmp")
-        tmp.write_text(owner.to_json(), encoding="utf-8")
+        try:
+            tmp.write_text(owner.to_json(), encoding="utf-8")
+        except OSError as error:
+            raise OSError(error.errno, f"cannot create the lock ({os.strerror(error.errno)})", str(target)) from None
         try:
             os.link(tmp, target)
             return True
@@ -136,8 +148,15 @@ class FileLock:
             self._depth += 1
             return True
         for _ in range(3):
-            if self._link(self.path, LockOwner.me()):
-                self._depth = 1
+            try:
+                linked = self._link(self.path, LockOwner.me())
+            except OSError as error:
+                if not (self.read_only_ok and error.errno in _READ_ONLY and not os.access(self.path.parent, os.W_OK)):
+                    raise
+                self._depth, self._without_file = 1, True
+                return True
+            if linked:
+                self._depth, self._without_file = 1, False
                 return True
             if not self._remove_if_stale(self.path):
                 return False
@@ -162,8 +181,17 @@ class FileLock:
         if self._depth == 0:
             raise RuntimeError(f"{self}: released more often than acquired")
         self._depth -= 1
-        if self._depth == 0:
+        if self._depth == 0 and not self._without_file:
             self.path.unlink(missing_ok=True)
+
+    def waiting_message(self, owner: LockOwner) -> str:
+        """What a waiting command tells the user: who holds the lock and, for a holder this host cannot check, which
+        file to remove once no command runs there any more."""
+        text = f"{self.path.parent} is in use by {owner.describe()}: waiting for it to finish"
+        if owner.host != socket.gethostname():
+            text += (f" (a lock taken on another host, which this one cannot check: if no unlearn-fast command runs "
+                     f"there any more, remove {self.path})")
+        return text
 
     def __enter__(self) -> "FileLock":
         return self.acquire()

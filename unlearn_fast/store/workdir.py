@@ -21,6 +21,8 @@ Layout (kronfluence-style named artefacts)::
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -33,9 +35,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .atomic import TMP_SUFFIX, write_json, write_npy
-from .chunked import ChunkedArray
-from .errors import HINT, StoreMismatchError
+from .atomic import TMP_SUFFIX, atomic_write, write_json, write_npy
+from .chunked import ChunkedArray, load_json_checked
+from .errors import HINT, DamagedArtefactError, StoreMismatchError, UnsafePathError
+from .integrity import SUM_SUFFIX, read_checked, repair_hint
 from .lock import FileLock, LockOwner
 
 MANIFEST = "manifest.json"
@@ -51,10 +54,33 @@ def _normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
+def recorded_sources(path: str | os.PathLike) -> dict | None:
+    """Where the work directory's inputs were read from ({"model", "lora", "data", "caption_column"}), None for a
+    new folder ({} for one prepared before sources were recorded)."""
+    manifest = read_manifest(path)
+    return None if manifest is None else dict(manifest.get("sources") or {})
+
+
+def _bound(manifest: dict | None) -> dict | None:
+    """What a manifest binds (its sources aside: the same content may be read from another place)."""
+    return None if manifest is None else {k: v for k, v in manifest.items() if k != "sources"}
+
+
 def read_manifest(path: str | os.PathLike) -> dict | None:
-    """The manifest of the work directory at ``path`` (inputs and settings), or None if it has none yet."""
+    """The manifest of the work directory at ``path`` (inputs and settings), or None if it has none yet; a damaged
+    one is a StoreMismatchError naming it (the folder's binding is lost with it: nothing in it can be trusted)."""
     manifest = Path(path) / MANIFEST
-    return json.loads(manifest.read_text()) if manifest.is_file() else None
+    if not manifest.is_file():
+        return None
+    try:
+        record = json.loads(read_checked(manifest))
+    except (DamagedArtefactError, ValueError) as error:
+        reason = error if isinstance(error, DamagedArtefactError) else f"{manifest} is not valid JSON ({error})"
+        raise StoreMismatchError(f"{str(reason).split('; ')[0]}: the record of what this work directory was built "
+                                 "from is lost, so nothing in it can be trusted; use another --work-dir") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings", {}), dict):
+        raise StoreMismatchError(f"{manifest} is not a work directory's manifest; use another --work-dir")
+    return record
 
 
 @dataclass
@@ -74,9 +100,13 @@ class Binding:
     describe_row: Callable[[str, int], str] | None = None
     depends: dict[str, tuple[str, ...]] = field(default_factory=dict)
     keep: tuple[str, ...] = ("log.txt",)
+    sources: dict = field(default_factory=dict)  # where the inputs were read from: recorded, never compared
 
     def manifest(self) -> dict:
-        return _normalise({"format": FORMAT_VERSION, "inputs": dict(self.inputs), "settings": dict(self.settings)})
+        record = {"format": FORMAT_VERSION, "inputs": dict(self.inputs), "settings": dict(self.settings)}
+        if self.sources:
+            record["sources"] = dict(self.sources)
+        return _normalise(record)
 
     def invalidated_by(self, entry: str, changed: set[str]) -> bool:
         """Whether folder entry `entry` ("fisher.safetensors", "latents") reads anything in `changed`; an artefact is
@@ -95,9 +125,15 @@ class WorkDir:
     def __init__(self, path: str | os.PathLike, on_wait: Callable[[LockOwner], None] | None = None,
                  lock_timeout: float | None = None):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreMismatchError(f"--work-dir {self.path} is a file, not a folder; give a folder (new or prepared)")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot create the work directory ({os.strerror(error.errno)})",
+                          str(self.path)) from None
         self.manifest: dict | None = None
-        self.lock = FileLock(self.path / LOCK, on_wait=on_wait, timeout=lock_timeout)
+        self.lock = FileLock(self.path / LOCK, on_wait=on_wait, timeout=lock_timeout, read_only_ok=True)
 
     def __repr__(self) -> str:
         return f"WorkDir({str(self.path)!r})"
@@ -124,6 +160,8 @@ class WorkDir:
                 return []
             differences = self._differences(stored, binding)
             if not differences:
+                if new.get("sources") and stored.get("sources") != new["sources"]:
+                    write_json(self.path / MANIFEST, new)  # the same content read from elsewhere (a moved folder)
                 self.manifest = new
                 return []
             doomed = [p for p in entries if binding.invalidated_by(p.name, set(differences))]
@@ -139,7 +177,7 @@ class WorkDir:
                 else:
                     entry.unlink()
             self._record(binding, new)
-            return sorted(p.name for p in doomed)
+            return sorted(p.name for p in doomed if not p.name.endswith(SUM_SUFFIX))
 
     @contextmanager
     def locked(self):
@@ -147,7 +185,7 @@ class WorkDir:
         since this one bound it: artefacts made for one binding must never land in a folder bound to another."""
         with self.lock:
             current = read_manifest(self.path)
-            if self.manifest is not None and current != self.manifest:
+            if self.manifest is not None and _bound(current) != _bound(self.manifest):
                 raise StoreMismatchError(f"work directory {self.path} was rebound to other inputs by another command "
                                          "since this one started (an --overwrite); run this command again")
             yield self
@@ -164,8 +202,10 @@ class WorkDir:
         entries = []
         for entry in self.path.iterdir():
             if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and entry.is_file():
-                entry.unlink(missing_ok=True)
-            elif entry.name not in _BOOKKEEPING and not entry.name.startswith(LOCK + "."):
+                with contextlib.suppress(OSError):  # a read-only folder keeps them, harmlessly
+                    entry.unlink(missing_ok=True)
+            elif (entry.name not in _BOOKKEEPING and not entry.name.startswith(LOCK + ".")
+                  and entry.name.removesuffix(SUM_SUFFIX) not in _BOOKKEEPING):
                 entries.append(entry)
         return entries
 
@@ -213,7 +253,15 @@ class WorkDir:
             name += suffix
         if not all(_NAME_PART.fullmatch(p) for p in parts) or name.split("/")[0] in _BOOKKEEPING:
             raise ValueError(f"bad artefact name {name!r}: use letters, digits, '_', '-', '.', and '/' for folders")
-        return self.path / name
+        path = self.path / name
+        inside = self.path
+        for part in name.split("/"):  # never follow a link out of the folder (a write would land outside it)
+            inside = inside / part
+            if inside.is_symlink():
+                raise UnsafePathError(f"{inside} is a symbolic link (to {os.readlink(inside)}); unlearn-fast writes "
+                                      "and reads only real files and folders inside the work directory: remove the "
+                                      "link")
+        return path
 
     def exists(self, name: str, suffix: str = "") -> bool:
         return self.artefact_path(name, suffix).exists()
@@ -223,8 +271,14 @@ class WorkDir:
         write_json(path, obj)
         return path
 
+    def save_bytes(self, name: str, data: bytes) -> Path:
+        """A file of given bytes (e.g. a PNG), named with its extension."""
+        path = self.artefact_path(name)
+        atomic_write(path, lambda f: f.write(data))
+        return path
+
     def load_json(self, name: str) -> Any:
-        return json.loads(self.artefact_path(name, ".json").read_text())
+        return load_json_checked(self.artefact_path(name, ".json"))
 
     def save_npy(self, name: str, array: np.ndarray) -> Path:
         path = self.artefact_path(name, ".npy")
@@ -232,29 +286,40 @@ class WorkDir:
         return path
 
     def load_npy(self, name: str) -> np.ndarray:
-        return np.load(self.artefact_path(name, ".npy"), allow_pickle=False)
+        path = self.artefact_path(name, ".npy")
+        try:
+            return np.load(io.BytesIO(read_checked(path)), allow_pickle=False)
+        except ValueError as error:
+            raise DamagedArtefactError(f"{path} is damaged (not a valid array: {error}); {repair_hint(path)}") from None
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
         """Save tensors as ``<name>.safetensors`` with string metadata (safetensors allows only str -> str)."""
         from safetensors.torch import save
 
-        from .atomic import atomic_write
 
         metadata = dict(metadata or {})
         bad = {k: v for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))}
         if bad:
             raise TypeError(f"safetensors metadata must map str to str; got {bad!r} (json.dumps the values)")
-        blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+        blob = sorted_header(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
         path = self.artefact_path(name, ".safetensors")
         atomic_write(path, lambda f: f.write(blob))
         return path
 
     def load_tensors(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Load ``<name>.safetensors`` -> (tensors on CPU, metadata)."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-        with safe_open(self.artefact_path(name, ".safetensors"), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        path = self.artefact_path(name, ".safetensors")
+        blob = read_checked(path)
+        try:
+            header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+            tensors = load(blob)
+        except (SafetensorError, ValueError, OverflowError) as error:
+            raise DamagedArtefactError(f"{path} is damaged (not a safetensors file: {error}); "
+                                       f"{repair_hint(path)}") from None
+        return tensors, dict(header.get("__metadata__") or {})
 
     def chunked(self, name: str, shape: tuple[int, ...], chunk_rows: int, dtype: str = "float32") -> ChunkedArray:
         """Open (creating on first use) the array ``name`` of ``shape`` (float32, or float16), done-mask over
@@ -262,8 +327,19 @@ class WorkDir:
         return ChunkedArray(self.artefact_path(name), tuple(int(s) for s in shape), int(chunk_rows), dtype)
 
 
+def sorted_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes its metadata in hash order,
+    so identical runs would otherwise write different bytes."""
+    length = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data's offsets count from the header's end; it stays 8-aligned
+    return len(header).to_bytes(8, "little") + header + blob[8 + length:]
+
+
 def _listing(entries: list[Path]) -> str:
     if not entries:
         return "nothing"
-    names = [p.name + ("/" if p.is_dir() else "") for p in sorted(entries)]
+    names = [p.name + ("/" if p.is_dir() else "") for p in sorted(entries) if not p.name.endswith(SUM_SUFFIX)]
+    if not names:
+        return "nothing"
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
