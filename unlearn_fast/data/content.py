@@ -1,6 +1,10 @@
 """What a training set's images ARE, not what they are called: a digest of every image's bytes, plus its size and
 colour mode read from its header, so a work directory is bound to content and preprocessing is stated before any work.
 
+Every image passes through ``open_image``: its header must parse and state at most ``MAX_IMAGE_PIXELS`` pixels before
+any pixel is decoded, so a small file claiming a huge size (a decompression bomb) is refused, naming it and its size.
+Files named by a training set are opened with ``open_regular``: regular files only, checked on the open descriptor.
+
 Reading every byte of millions of images on every run would cost more than the run, so digests are cached per file
 by (size, mtime, ctime, inode) in a small SQLite database: a rerun costs one ``stat`` per file. An overwritten file
 always changes ctime (no tool can set it back), so a changed pixel is never missed. Location: ``$UNLEARN_FAST_CACHE``
@@ -12,8 +16,10 @@ import hashlib
 import io
 import os
 import sqlite3
+import stat as stat_module
 import sys
-from typing import Callable, Iterable
+import warnings
+from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -21,6 +27,13 @@ from PIL import Image
 # One row per image: blake2b-128 of its encoded bytes, its size and colour mode as the file states them.
 INFO = np.dtype([("digest", "u1", (16,)), ("width", "<i4"), ("height", "<i4"), ("mode", "S8")])
 _BLOCK = 1 << 20
+
+# The most pixels (width × height, as the header states them) an image may have: 64 megapixels, e.g. 8000 × 8000, is
+# far above any diffusion model's input yet decodes to under 200 MB of RGB. Refused above it before decoding, so a
+# kilobyte file that claims 100 000 × 100 000 pixels cannot exhaust memory. Lower than PIL's own limit
+# (PIL.Image.MAX_IMAGE_PIXELS, about 89 megapixels), so PIL's decompression-bomb warning never fires for an image we
+# accept; change this constant, not PIL's, to admit larger images.
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 def empty_index(n: int = 0) -> np.ndarray:
@@ -35,27 +48,70 @@ def _info(digest: bytes, header: Image.Image) -> np.ndarray:
     return row
 
 
+def guarded(action: Callable, where: str, error: Callable[[str], Exception], what: str):
+    """action() (a PIL call), any failure raised as `error` naming `where`: PIL raises many types for non-image or
+    truncated data, and DecompressionBombError beyond twice its own limit. Its warning below that is silenced:
+    open_image refuses those sizes anyway, and a warning (an exception under -W error) names no file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return action()
+    except Image.DecompressionBombError as bomb:
+        raise error(f"{where}: image too large to decode safely ({bomb})") from None
+    except Exception as failure:  # its message on one line, as every message of this package
+        raise error(f"{where}: {what} ({type(failure).__name__}: {' '.join(str(failure).split())})") from None
+
+
+def open_image(source: BinaryIO, where: str, error: Callable[[str], Exception],
+               what: str = "cannot read as an image") -> Image.Image:
+    """The image in `source`, its header parsed (no pixel decoded) and its size checked against MAX_IMAGE_PIXELS."""
+    image = guarded(lambda: Image.open(source), where, error, what)
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise error(f"{where}: image is {width}×{height} ({width * height:,} pixels), above the limit of "
+                    f"{MAX_IMAGE_PIXELS:,} (unlearn_fast.data.content.MAX_IMAGE_PIXELS, a decompression-bomb guard)")
+    return image
+
+
 def probe_bytes(data: bytes, where: str, error: Callable[[str], Exception]) -> np.ndarray:
     """The INFO row of an encoded image held in memory (its header is parsed, its pixels are not decoded)."""
     digest = hashlib.blake2b(data, digest_size=16).digest()
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            return _info(digest, header)
-    except Exception as failure:  # PIL raises several types for non-image data
-        raise error(f"{where}: cannot read as an image ({type(failure).__name__}: {failure})") from None
+    with open_image(io.BytesIO(data), where, error) as header:
+        return _info(digest, header)
 
 
-def probe_file(path: str, where: str, error: Callable[[str], Exception]) -> np.ndarray:
-    """The INFO row of an image file: its bytes streamed through the digest, then its header."""
+def probe_file(handle: BinaryIO, where: str, error: Callable[[str], Exception]) -> np.ndarray:
+    """The INFO row of an image file open in `handle` (see open_regular): its bytes streamed through the digest, then
+    its header."""
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
+    for block in iter(lambda: handle.read(_BLOCK), b""):
+        digest.update(block)
+    handle.seek(0)
+    with open_image(handle, where, error) as header:
+        return _info(digest.digest(), header)
+
+
+def open_regular(path: str, where: str, error: Callable[[str], Exception],
+                 checked: os.stat_result | None = None) -> BinaryIO:
+    """`path` open for binary reading, refused (naming `where`) unless it is a regular file and, given `checked`, the
+    very file that stat was taken of. O_NONBLOCK: a FIFO put in its place after the check is opened without waiting
+    for a writer, then refused by fstat on the open descriptor; no byte is read from anything but a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with Image.open(path) as header:
-            return _info(digest.digest(), header)
-    except Exception as failure:
-        raise error(f"{where}: cannot read as an image ({type(failure).__name__}: {failure})") from None
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{where}: file missing") from None
+    except OSError as failure:
+        raise error(f"{where}: cannot open ({failure.strerror})") from None
+    opened = os.fstat(descriptor)
+    if not stat_module.S_ISREG(opened.st_mode):
+        os.close(descriptor)
+        raise error(f"{where}: not a regular file")
+    if checked is not None and (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
+        os.close(descriptor)
+        raise error(f"{where}: file replaced while being read")
+    return os.fdopen(descriptor, "rb")
 
 
 def stat_key(stat: os.stat_result) -> str:

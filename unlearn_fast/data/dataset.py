@@ -13,21 +13,28 @@ decoded as RGB, where image i comes from (``where``: file, line) and what its by
 every failure names the file and line at fault. Lines and rows are counted from 1, as editors do; "training index"
 is the 0-based index of the score arrays. ``metadata_field(name)`` reads one metadata field of every image (a key of
 the metadata.jsonl rows, a parquet column, a key of a webdataset sample's ``.json``) for attribution by group.
+
+An image folder reads nothing outside itself: every ``file_name`` must be a relative path that stays inside the folder
+(a symlink may point anywhere inside it), naming a regular file — checked when the set is opened (the name) and before
+any byte or cached digest of the file is used (what the name resolves to). Images above content.MAX_IMAGE_PIXELS are
+refused from their header, in every format. Captions and keys must be valid Unicode (JSON can escape lone surrogates).
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import stat as stat_module
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from ..errors import UserInputError
-from .content import (DigestCache, cached_file_rows, digest_rows, empty_index, fingerprint_of, probe_bytes, probe_file,
-                      rows_of)
+from .content import (DigestCache, cached_file_rows, digest_rows, empty_index, fingerprint_of, guarded,
+                      open_image, open_regular, probe_bytes, probe_file, rows_of)
 from .preprocess import model_input, to_rgb
 
 DEFAULT_DATASET = os.path.join(os.path.dirname(__file__), "default", "emoji32.parquet")
@@ -52,7 +59,36 @@ def _as_captions(value, where: str) -> tuple[str, ...]:
     captions = tuple(str(c).strip() for c in value if c is not None and str(c).strip())
     if not captions:
         raise DataError(f"{where}: caption is empty")
+    for caption in captions:
+        check_unicode(caption, "caption", where)
     return captions
+
+
+def check_unicode(text: str, what: str, where: str) -> str:
+    """`text` if it can be written as UTF-8; a lone surrogate (JSON may escape one, e.g. "\\ud800") is refused here
+    rather than failing later in a digest, a tokenizer or an output file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(f"{where}: {what} {text[:60]!r} is not valid Unicode (lone surrogate "
+                        f"{text[error.start]!r} at character {error.start + 1})") from None
+    return text
+
+
+def shown(text: str) -> str:
+    """`text` (a key, a file name) as a message shows it: as it is when printable, else as a Python literal, so that a
+    newline or a control character in a file name cannot split or garble a one-line message."""
+    return text if text.isprintable() else repr(text)
+
+
+def parse_json(text, where: str, member: str | None = None):
+    """json.loads, any failure a DataError naming `where` (and the `member` holding the text): besides malformed JSON,
+    Python refuses integers of more than 4300 digits (ValueError) and nesting deeper than its recursion limit."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        subject = f"{member} is not" if member else "not"
+        raise DataError(f"{where}: {subject} valid JSON ({type(error).__name__}: {str(error)[:200]})") from None
 
 
 def field_value(value, name: str, where: str) -> str | None:
@@ -63,16 +99,14 @@ def field_value(value, name: str, where: str) -> str | None:
     if isinstance(value, (list, tuple, dict)):
         raise DataError(f"{where}: field {name!r} holds {type(value).__name__} {str(value)[:60]!r}; grouping needs one "
                         "string per image")
-    return str(value)
+    return check_unicode(str(value), f"field {name!r}", where)
 
 
-def decode_image(data: bytes, where: str) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as error:  # PIL raises several types for truncated or non-image data
-        raise DataError(f"{where}: cannot decode image ({type(error).__name__}: {error})") from None
-    return to_rgb(image)
+def decode_image(data: bytes | BinaryIO, where: str) -> Image.Image:
+    """Encoded bytes (or an open binary file) as an RGB image; the size is checked from the header before any pixel is
+    decoded."""
+    image = open_image(io.BytesIO(data) if isinstance(data, bytes) else data, where, DataError, "cannot decode image")
+    return guarded(lambda: to_rgb(image), where, DataError, "cannot decode image")  # converting loads the pixels
 
 
 class CaptionedImages(ABC):
@@ -97,7 +131,7 @@ class CaptionedImages(ABC):
 
     def where(self, index: int) -> str:
         """Where image `index` comes from, for a person: its file and line (counted from 1)."""
-        return f"{self.key(index)} (training index {index} of {self.source})"
+        return f"{shown(self.key(index))} (training index {index} of {self.source})"
 
     def field_values(self, name: str) -> list[str | None]:
         """The metadata field `name` of every image (None where a row lacks it); formats with metadata override it."""
@@ -158,32 +192,37 @@ class ImageFolderDataset(CaptionedImages):
         self.source = os.path.join(root, "metadata.jsonl")
         if not os.path.isfile(self.source):
             raise DataError(f"{root}: no metadata.jsonl (expected an image folder as diffusers' text-to-image scripts read)")
+        # Every file_name must resolve under this real path: a symlinked data folder is fine, leaving it is not.
+        self._real_root = os.path.realpath(root)
         self._examples: list[Example] = []
+        self._names: list[str] = []  # each file_name normalised, relative to the folder
         self._lines: list[int] = []
-        try:
-            with open(self.source, encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark from Windows tools
-                lines = handle.readlines()
-        except UnicodeDecodeError as error:
-            raise DataError(f"{self.source}: not UTF-8 text ({error})") from None
-        for line_number, line in enumerate(lines, start=1):
+        for line_number, line in enumerate(self._read_lines(), start=1):
             if not line.strip():
                 continue
             where = f"{self.source} line {line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error})") from None
+            row = parse_json(line, where)
             if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object with 'file_name' and {caption_column!r}, got {row!r}")
+                raise DataError(f"{where}: expected a JSON object with 'file_name' and {caption_column!r}, "
+                                f"got {str(row)[:80]!r}")
             if "file_name" not in row:
                 raise DataError(f"{where}: no 'file_name' field")
             if caption_column not in row:
-                raise DataError(f"{where}: no caption column {caption_column!r} (fields: {sorted(row)})")
+                raise DataError(f"{where}: no caption column {caption_column!r} (fields: {sorted(row)!r:.200})")
+            name = _relative_file_name(row["file_name"], where)
             captions = _as_captions(row[caption_column], where)
-            self._examples.append(Example(len(self._examples), str(row["file_name"]), captions))
+            self._examples.append(Example(len(self._examples), row["file_name"], captions))
+            self._names.append(name)
             self._lines.append(line_number)
         if not self._examples:
             raise DataError(f"{self.source}: no rows")
+
+    def _read_lines(self) -> list[str]:
+        try:  # -sig: tolerate a byte-order mark from Windows tools
+            with io.TextIOWrapper(open_regular(self.source, self.source, DataError), encoding="utf-8-sig") as handle:
+                return handle.readlines()
+        except UnicodeDecodeError as error:
+            raise DataError(f"{self.source}: not UTF-8 text ({error})") from None
 
     def __len__(self) -> int:
         return len(self._examples)
@@ -192,50 +231,94 @@ class ImageFolderDataset(CaptionedImages):
         return self._examples[self._check_index(index)]
 
     def where(self, index: int) -> str:
-        return f"{self.example(index).key} ({self.source} line {self._lines[index]})"
+        return f"{shown(self.example(index).key)} ({self.source} line {self._lines[index]})"
 
     def _rows(self):
-        with open(self.source, encoding="utf-8-sig") as handle:
-            lines = handle.readlines()
-        return [(line_number, json.loads(lines[line_number - 1])) for line_number in self._lines]
+        lines = self._read_lines()
+        return [(line, parse_json(lines[line - 1], f"{self.source} line {line}")) for line in self._lines]
 
     def field_values(self, name: str) -> list[str | None]:
         # Re-read on demand: keeping every row's other fields for a million images would cost memory for nothing.
         return [field_value(row.get(name), name, f"{self.source} line {line}") for line, row in self._rows()]
 
     def _fields_hint(self) -> str:
-        with open(self.source, encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, 1):
-                if number == self._lines[0]:
-                    return f" (fields of line {number}: {sorted(json.loads(line))})"
-        return ""
+        line = self._lines[0]
+        row = parse_json(self._read_lines()[line - 1], f"{self.source} line {line}")
+        return f" (fields of line {line}: {sorted(row) if isinstance(row, dict) else []!r:.200})"
 
-    def _path(self, index: int) -> str:
-        path = os.path.join(self.root, self.example(index).key)
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: image file missing ({self.source} line {self._lines[index]})")
-        return path
+    def _file(self, index: int, real_folders: dict[str, str]) -> tuple[str, os.stat_result, str]:
+        """Image `index`'s real path, its stat and how errors name it, once it is known to be a regular file inside the
+        folder: the check every read and every digest-cache lookup goes through. `real_folders` caches the real path
+        of each sub-folder for one pass, so a plain file costs one lstat, as the cache's stat did."""
+        self._check_index(index)
+        name = shown(os.path.join(self.root, self._examples[index].key))
+        where = f"{self.source} line {self._lines[index]}"
+        folder, base = os.path.split(self._names[index])
+        real_folder = self._real_root if not folder else real_folders.get(folder)
+        if real_folder is None:
+            real_folder = real_folders[folder] = os.path.realpath(os.path.join(self._real_root, folder))
+        path = os.path.join(real_folder, base)
+        try:
+            stat = os.lstat(path) if _inside(real_folder, self._real_root) else None
+            if stat is None or stat_module.S_ISLNK(stat.st_mode):
+                path = os.path.realpath(path)
+                if not _inside(path, self._real_root):
+                    raise DataError(f"{name}: resolves to {shown(path)}, outside the data folder {self._real_root} "
+                                    f"(through a symlink; {where})")
+                stat = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise DataError(f"{name}: image file missing ({where})") from None
+        except OSError as error:  # a symlink loop, a permission denied on a sub-folder
+            raise DataError(f"{name}: cannot read ({error.strerror}; {where})") from None
+        if stat_module.S_ISDIR(stat.st_mode):
+            raise DataError(f"{name}: is a folder, not an image file ({where})")
+        if not stat_module.S_ISREG(stat.st_mode):
+            raise DataError(f"{name}: not a regular file (a FIFO, device or socket; {where})")
+        return path, stat, f"{name} ({where})"
 
     def image(self, index: int) -> Image.Image:
-        path = self._path(index)
-        with open(path, "rb") as handle:
-            return decode_image(handle.read(), f"{path} ({self.source} line {self._lines[index]})")
+        path, stat, where = self._file(index, {})
+        with open_regular(path, where, DataError, stat) as handle:
+            return decode_image(handle, where)  # from the file: a huge one is refused from its header, not read whole
 
     def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
         cache = cache or DigestCache(None)
-        root = os.path.abspath(self.root)
-        cache.prefetch(root)
+        cache.prefetch(self._real_root)
+        real_folders: dict[str, str] = {}
         blobs = []
-        for i, example in enumerate(self._examples):
-            path = os.path.join(root, example.key)
-            try:
-                stat = os.stat(path)
-            except FileNotFoundError:
-                raise DataError(f"{path}: image file missing ({self.source} line {self._lines[i]})") from None
-            blobs.append(cached_file_rows(
-                cache, path, lambda: probe_file(path, f"{path} ({self.source} line {self._lines[i]})", DataError), stat))
+        for i in range(len(self)):
+            path, stat, where = self._file(i, real_folders)  # before the cache: it must not vouch for outside files
+            blobs.append(cached_file_rows(cache, path, lambda: _probe(path, stat, where), stat))
         cache.flush()
         return rows_of(b"".join(blobs))
+
+
+def _relative_file_name(value, where: str) -> str:
+    """A metadata.jsonl file_name as a normalised path relative to the folder, refused (naming the line) if it is not a
+    string, names no file, or leaves the folder by its text (an absolute path, '..'); symlinks are checked on use."""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: file_name must be a string (a path relative to the folder), got {str(value)[:60]!r}")
+    check_unicode(value, "file_name", where)
+    if "\0" in value:
+        raise DataError(f"{where}: file_name {value[:60]!r} holds a NUL character")
+    if os.path.isabs(value):
+        raise DataError(f"{where}: file_name {value[:60]!r} is an absolute path; file names are relative to the "
+                        "data folder and must stay inside it")
+    name = os.path.normpath(value)
+    if name == os.curdir:
+        raise DataError(f"{where}: file_name {value[:60]!r} names no file")
+    if name == os.pardir or name.startswith(os.pardir + os.sep):
+        raise DataError(f"{where}: file_name {value[:60]!r} leaves the data folder")
+    return name
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(os.path.join(folder, ""))
+
+
+def _probe(path: str, stat: os.stat_result, where: str) -> np.ndarray:
+    with open_regular(path, where, DataError, stat) as handle:
+        return probe_file(handle, where, DataError)
 
 
 class SubsetDataset(CaptionedImages):
@@ -287,6 +370,10 @@ class ParquetDataset(CaptionedImages):
                 raise DataError(f"{path}: no column {column!r} (columns: {table.column_names})")
         images = table.column(image_column).to_pylist()
         self._images = [cell.get("bytes") if isinstance(cell, dict) else cell for cell in images]
+        bad = next((row for row, data in enumerate(self._images) if not isinstance(data, bytes) or not data), None)
+        if bad is not None:  # a number, a string, a path-only struct, a null: refused now, not at the first read
+            raise DataError(f"{path} column {image_column!r} row {bad + 1}: holds {str(images[bad])[:80]!r}, not "
+                            "encoded image bytes (expected binary, or a {'bytes': ...} struct as 🤗 datasets writes)")
         keys = table.column(key_column).to_pylist() if key_column in table.column_names else None
         self._examples = [
             Example(i, str(keys[i]) if keys else f"row-{i}", _as_captions(caption, f"{path} row {i + 1}"))
@@ -303,7 +390,7 @@ class ParquetDataset(CaptionedImages):
         return self._examples[self._check_index(index)]
 
     def where(self, index: int) -> str:
-        return f"{self.example(index).key} ({self.source} row {index + 1})"
+        return f"{shown(self.example(index).key)} ({self.source} row {index + 1})"
 
     def field_values(self, name: str) -> list[str | None]:
         import pyarrow.parquet as pq
@@ -316,18 +403,12 @@ class ParquetDataset(CaptionedImages):
     def _fields_hint(self) -> str:
         return f" (columns: {self._columns})"
 
-    def _bytes(self, index: int) -> bytes:
-        data = self._images[self._check_index(index)]
-        if not data:
-            raise DataError(f"{self.source} row {index + 1}: no image bytes")
-        return data
-
     def image(self, index: int) -> Image.Image:
-        return decode_image(self._bytes(index), self.where(index))
+        return decode_image(self._images[self._check_index(index)], self.where(index))
 
     def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
         def compute():
-            return np.concatenate([probe_bytes(self._bytes(i), self.where(i), DataError) for i in range(len(self))])
+            return np.concatenate([probe_bytes(self._images[i], self.where(i), DataError) for i in range(len(self))])
         blob = cached_file_rows(cache or DigestCache(None), os.path.abspath(self.source), compute)
         if cache is not None:
             cache.flush()

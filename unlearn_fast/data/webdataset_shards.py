@@ -5,10 +5,11 @@ indexed once at open with the standard library and images are read later by seek
 Naming follows webdataset: a sample's key is the member path up to the first dot of its file name, its extension
 (lower-cased) is the rest — ``000123.jpg`` + ``000123.txt`` (or ``000123.json`` with a caption field) form one sample.
 The dataset key of a sample is its image member's name (``000123.jpg``), like the file name of an image folder.
+Members are only ever read by offset within their shard, never extracted, so a member name cannot reach outside it;
+names must be valid UTF-8 (keys end up in digests and reports), and images obey content.MAX_IMAGE_PIXELS like any other.
 """
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
@@ -20,7 +21,8 @@ from PIL import Image
 import numpy as np
 
 from .content import DigestCache, cached_file_rows, empty_index, probe_bytes, rows_of
-from .dataset import CaptionedImages, DataError, Example, _as_captions, decode_image, field_value
+from .dataset import (CaptionedImages, DataError, Example, _as_captions, check_unicode, decode_image, field_value,
+                      parse_json)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a sample has several
 
@@ -108,6 +110,8 @@ class WebDatasetShards(CaptionedImages):
                     key, extension = split_member_name(member.name)
                     if not member.isfile() or key is None:
                         continue
+                    # tarfile decodes undecodable name bytes as lone surrogates
+                    check_unicode(member.name, "member name", shard)
                     members = samples.setdefault(key, {})
                     if extension in members:
                         raise DataError(f"{shard} sample {key!r}: duplicate member {member.name!r}")
@@ -160,19 +164,13 @@ def _sample_metadata(members: dict[str, dict], where: str) -> dict | None:
     """The sample's .json object (its other keys are metadata fields), None when it has none."""
     if "json" not in members:
         return None
-    try:
-        meta = json.loads(members["json"]["data"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{where}: {members['json']['name']} is not valid JSON ({error})") from None
+    meta = parse_json(members["json"]["data"], where, members["json"]["name"])
     return meta if isinstance(meta, dict) else None
 
 
 def _sample_captions(members: dict[str, dict], caption_column: str, where: str) -> tuple[str, ...]:
     if "json" in members:
-        try:
-            meta = json.loads(members["json"]["data"])
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DataError(f"{where}: {members['json']['name']} is not valid JSON ({error})") from None
+        meta = parse_json(members["json"]["data"], where, members["json"]["name"])
         if isinstance(meta, dict) and caption_column in meta:
             return _as_captions(meta[caption_column], f"{where} ({members['json']['name']}[{caption_column!r}])")
     if "txt" in members:
