@@ -1,7 +1,8 @@
 """A query: the generated image to attribute and the prompt that made it.
 
 Either a user's image file with its prompt, or a prompt + seed that the model generates the image from. The image is
-checked against the model before any work starts: a wrong size or colour mode is an error that names the file.
+checked against the model before any work starts: a wrong size or colour mode, or an image of one flat colour, is an
+error that names the file.
 
 A query may hold a region mask (``with_mask``; the CLI's --mask FILE): a weight in [0, 1] per pixel of the query image.
 Unlearning then raises the query's loss inside the region only (engine/unlearn.py); the mask is part of the query's key,
@@ -21,7 +22,8 @@ from .errors import UserInputError
 
 
 class QueryError(UserInputError):
-    """A query the model cannot take (wrong image size or mode, empty prompt, unreadable file)."""
+    """A query the model cannot take (wrong image size or mode, one flat colour, empty or non-Unicode prompt,
+    unreadable file)."""
 
 
 @dataclass
@@ -114,15 +116,41 @@ def read_mask(path: str, image_size: tuple[int, int]) -> np.ndarray:
     return np.asarray(grey, dtype=np.float32) / 255.0
 
 
-def _check_prompt(prompt: str, where: str) -> str:
+def _shown(prompt) -> str:
+    """A prompt for a one-line message: its repr (escapes keep it one printable line), cut at 80 characters."""
+    text = repr(prompt)
+    if len(text) <= 80:
+        return text
+    return f"{text[:80]}… ({len(prompt)} characters)" if isinstance(prompt, str) else f"{text[:80]}…"
+
+
+def check_prompt(prompt: str, where: str) -> str:
+    """The prompt, if it is text the model can read: not empty, and valid Unicode (a command-line argument holding
+    bytes that are not UTF-8 arrives as lone surrogates, which the text encoder and the query's key cannot encode)."""
     if not isinstance(prompt, str) or not prompt.strip():
-        raise QueryError(f"{where}: the query needs the prompt its image was generated from (got {prompt!r})")
+        raise QueryError(f"{where}: the query needs the prompt its image was generated from (got {_shown(prompt)})")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = error.object[error.start]
+        raise QueryError(f"{where}: the prompt {_shown(prompt)} is not valid Unicode text ({bad!r} at character "
+                         f"{error.start}: a byte that is not UTF-8?)") from None
     return prompt
+
+
+def check_not_flat(image: np.ndarray, source: str, hint: str) -> None:
+    """A query image of one colour (a blank file, or black from a decoder that gave NaN) has nothing to attribute:
+    every score would only say which training images are closest to a flat colour."""
+    first = image.reshape(-1, image.shape[-1])[0]
+    if (image == first).all():
+        colour = tuple(int(v) for v in first)
+        raise QueryError(f"query image {source} is one flat colour (every pixel RGB {colour}): there is nothing in it "
+                         f"to attribute ({hint})")
 
 
 def query_from_file(path: str, prompt: str, resolution: int) -> Query:
     """Read an RGB image of exactly resolution × resolution pixels (no silent resizing: it would change the loss)."""
-    _check_prompt(prompt, path)
+    check_prompt(prompt, path)
     mode, size, pixels = _read_image(path, "query image", "RGB", ("RGB",))
     pixels = None if pixels is None else np.array(pixels)
     if mode != "RGB":
@@ -131,11 +159,12 @@ def query_from_file(path: str, prompt: str, resolution: int) -> Query:
     if size != (resolution, resolution):
         raise QueryError(f"query image {path} is {size[0]}×{size[1]}; the model takes {resolution}×{resolution} "
                          f"(resize it the way its training images were resized)")
+    check_not_flat(pixels, path, "a blank image, or one exported before it was drawn?")
     return Query(image=pixels, prompt=prompt, source=os.path.abspath(path))
 
 
 def query_from_array(image: np.ndarray, prompt: str, resolution: int, source: str = "array") -> Query:
-    _check_prompt(prompt, source)
+    check_prompt(prompt, source)
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.shape != (resolution, resolution, 3):
         raise QueryError(f"{source}: query image must be uint8 ({resolution}, {resolution}, 3), got "
@@ -147,7 +176,9 @@ def query_from_prompt(model, prompt: str, seed: int = 0, steps: int = 50, guidan
                       progress: bool = False) -> Query:
     """Generate the query image with `model` (DDIM, classifier-free guidance, the given seed); progress: a bar over
     the sampling steps."""
-    _check_prompt(prompt, "generated query")
+    check_prompt(prompt, "generated query")
     image = model.generate([prompt], seed=seed, steps=steps, guidance=guidance, progress=progress)[0]
+    check_not_flat(image, f"generated from prompt {_shown(prompt)} (seed {seed}, {steps} steps, guidance {guidance})",
+                   "the model's decoder or sampler is broken, or cannot take these sampling settings")
     return Query(image=image, prompt=prompt, source=f"generated (seed {seed})", seed=seed,
                  generation={"seed": seed, "steps": steps, "guidance": guidance})

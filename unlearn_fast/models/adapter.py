@@ -240,6 +240,9 @@ class DiffusionModel:
         (prompt, seed) pair gives the same image alone or in a batch (to one grey level where a pipeline's batched
         kernels round differently: SDXL's), and the same bits every time. progress: a bar over the sampling steps.
         """
+        from .finite import require_finite
+
+        guidance = require_finite(guidance, "guidance")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
@@ -255,13 +258,16 @@ class DiffusionModel:
     @classmethod
     def load(cls, folder: str = "default", device: str | torch.device = "cpu") -> "DiffusionModel":
         """A model folder of any family (``"default"`` = the shipped tiny emoji model) in eval mode; bad folders
-        raise models.folder.ModelFolderError naming the part."""
+        raise models.folder.ModelFolderError naming the part, and weights holding NaN or inf raise its subclass
+        models.finite.DamagedWeightsError naming the file and the tensor."""
         from .families import load_parts
+        from .finite import check_model_finite
         from .folder import loading
 
         parts, where = load_parts(folder, device)
         with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported
             model = cls(**parts).eval()
+        check_model_finite(model, where)
         model.folder = folder  # what the report names it by
         return model
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .finite import image_bytes
+
 UNET_GROUPS = {
     "kv": r"\.attn2\.to_[kv]\.weight$",
     "cross-attention": r"\.attn2\.",
@@ -80,8 +82,7 @@ class Family:
                 pred_uncond, pred_cond = both.chunk(2)
                 pred = pred_uncond + guidance * (pred_cond - pred_uncond)
             x = sampler.step(pred, t, x).prev_sample
-        images = model.decode(x)
-        return (images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        return image_bytes(model.decode(x).permute(0, 2, 3, 1).cpu().numpy(), prompts, seeds)
 
 
 class PipelineFamily(Family):
@@ -99,7 +100,7 @@ class PipelineFamily(Family):
                                latents=self.pipeline_latents(starting_noise(model, seeds)), num_inference_steps=steps,
                                guidance_scale=guidance, height=model.resolution, width=model.resolution,
                                output_type="np", **self.call_options).images
-        return (np.asarray(images) * 255.0).round().astype(np.uint8)
+        return image_bytes(images, prompts, seeds)
 
     def pipeline_prompts(self, model, prompts: list[str], guidance: float) -> dict:
         return {"prompt": list(prompts)}

@@ -81,6 +81,11 @@ class loading:
         return False
 
 
+def denoiser_part(denoiser) -> str:
+    """The denoiser's folder in a model folder and its prefix in a LoRA file: "unet" for a UNet, else "transformer"."""
+    return "unet" if type(denoiser).__name__.startswith("UNet") else "transformer"
+
+
 def save_model_folder(model, folder: str, training_record: dict | None = None) -> None:
     """Write the diffusers pipeline layout; our text side saves as unlearn_fast.WordTextEncoder/WordTokenizer, and a
     family loaded through a diffusers pipeline saves as that pipeline."""
@@ -92,7 +97,7 @@ def save_model_folder(model, folder: str, training_record: dict | None = None) -
         pipeline.save_pretrained(folder, safe_serialization=True)
         _write_training_record(folder, training_record)
         return
-    denoiser = "unet" if type(model.unet).__name__.startswith("UNet") else "transformer"
+    denoiser = denoiser_part(model.unet)
     model.unet.save_pretrained(os.path.join(folder, denoiser), safe_serialization=True)
     model.scheduler.save_pretrained(os.path.join(folder, "scheduler"))
     if model.vae is not None:

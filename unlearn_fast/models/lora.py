@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .folder import ModelFolderError
+from .folder import ModelFolderError, denoiser_part
 
 LORA_EXTRA = "pip install 'unlearn_fast[lora]' (or: pip install peft)"
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -23,20 +23,24 @@ def _require_peft(where: str) -> None:
         raise ModelFolderError(f"{where}: LoRA adapters need peft: {LORA_EXTRA}") from None
 
 
-def _prefix(model) -> str:
-    return "unet" if type(model.unet).__name__.startswith("UNet") else "transformer"
-
-
 def load_lora(model, path: str) -> None:
     """Load the LoRA at `path` (a diffusers LoRA folder or .safetensors file) into model's denoiser."""
+    from safetensors import SafetensorError
+
+    from .finite import DamagedWeightsError, check_file_finite
+
     _require_peft(path)
     if not os.path.exists(path):
         raise ModelFolderError(f"{path}: no such LoRA file or folder")
     folder, weight = (path, WEIGHT_NAME) if os.path.isdir(path) else os.path.split(path)
     try:
-        model.unet.load_lora_adapter(folder, weight_name=weight, prefix=_prefix(model), adapter_name="default",
-                                     local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        # Checked before it touches the model: a NaN adapter would make every loss, Fisher and score NaN.
+        check_file_finite(os.path.join(folder, weight))
+        model.unet.load_lora_adapter(folder, weight_name=weight, prefix=denoiser_part(model.unet),
+                                     adapter_name="default", local_files_only=True, use_safetensors=True)
+    except DamagedWeightsError:  # a ValueError too, and already one line naming file and tensor
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelFolderError(f"{path}: cannot load this LoRA into the {model.family.name} denoiser "
                                f"({type(error).__name__}: {str(error).splitlines()[0][:300]})") from None
     model.lora = os.path.abspath(path)
@@ -63,7 +67,7 @@ def save_lora(model, folder: str) -> str:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))
     os.makedirs(folder, exist_ok=True)
     # The SD writer prefixes keys with "unet."; load_lora reads that prefix back for a UNet, "transformer." else.
-    prefix = _prefix(model)
+    prefix = denoiser_part(model.unet)
     StableDiffusionPipeline.write_lora_layers({f"{prefix}.{k}": v for k, v in layers.items()}, folder,
                                               is_main_process=True, weight_name=WEIGHT_NAME, save_function=None,
                                               safe_serialization=True)

@@ -4,10 +4,10 @@ ground-truth benchmarks run on a transformer trained with flow matching on a 2-c
 Every token is attended to (no mask), as the default UNet does."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..family import Family, starting_noise
+from ..finite import image_bytes
 from ..folder import loading, require_parts
 from .unet import _load_text_side
 
@@ -36,8 +36,7 @@ class TinyDiTFamily(Family):
             time = t.expand(2 * len(prompts)).to(x.dtype)
             pred_uncond, pred_cond = self.call(model.unet, torch.cat([x, x]), time, record).chunk(2)
             x = sampler.step(pred_uncond + guidance * (pred_cond - pred_uncond), t, x).prev_sample
-        images = model.decode(x)
-        return (images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        return image_bytes(model.decode(x).permute(0, 2, 3, 1).cpu().numpy(), prompts, seeds)
 
 
 def load(folder: str, index: dict, device) -> dict:
