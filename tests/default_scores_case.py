@@ -22,15 +22,17 @@ def cpu_signature() -> str:
     return f"{platform.machine()} {torch.__version__} {torch.backends.cpu.get_cpu_capability()}"
 
 
-def compute(work: Path) -> dict[str, np.ndarray]:
-    """Scores (1, 24) of AbU with shared and with per-image noise, and of D-TRAK; base losses; the generated query."""
+def compute(work: Path, query_image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Scores (1, 24) of AbU with shared and with per-image noise, and of D-TRAK; base losses; the generated query.
+    query_image: attribute this image (the recorded query) instead of the one generated here, so that a grey level
+    another CPU rounds differently in generation does not reach the scores' comparison."""
     from unlearn_fast.attributor import Attributor
     from unlearn_fast.data import SubsetDataset, open_dataset
     from unlearn_fast.engine.scoring import LossGrid
     from unlearn_fast.engine.unlearn import UnlearnSettings
     from unlearn_fast.methods import build_method, run_method
     from unlearn_fast.models.adapter import DiffusionModel
-    from unlearn_fast.query import query_from_prompt
+    from unlearn_fast.query import query_from_array, query_from_prompt
     from unlearn_fast.workspace import PrepareSettings
 
     torch.set_num_threads(1)
@@ -38,6 +40,8 @@ def compute(work: Path) -> dict[str, np.ndarray]:
     data = SubsetDataset(open_dataset("default"), ROWS)
     query = query_from_prompt(model, "red apple", seed=5, steps=4)
     out = {"query": query.image}
+    if query_image is not None:
+        query = query_from_array(query_image, query.prompt, model.resolution, source="recorded query")
     for noise in ("shared", "example"):
         settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=True, seed=3, noise=noise), fisher_examples=16)
         attributor = Attributor(model, data, work / noise, settings, progress=False)

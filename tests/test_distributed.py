@@ -35,7 +35,7 @@ def attribute(inputs, work, ranks: int, env: dict | None = None, extra: tuple = 
     command = [*launcher, "attribute", "--data", str(inputs / "images"), "--work-dir", str(work),
                "--image", str(inputs / "query.png"), "--prompt", "red apple", *FAST, *UNLEARN, *extra, "--json"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, env=environment)
 
 
 def summary_of(run: subprocess.CompletedProcess) -> dict:

@@ -282,7 +282,7 @@ def test_binding_checks_and_flip_dtypes():
 @pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*.cu")))  # every op's CUDA file
 def test_cuda_source_compiles_standalone(tmp_path, source):
     result = subprocess.run(["nvcc", "-std=c++17", "-c", str(ROOT / "csrc" / source), "-o", str(tmp_path / "out.o")],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
@@ -290,5 +290,5 @@ def test_cuda_source_compiles_standalone(tmp_path, source):
 def test_cmake_build_and_ctest(tmp_path):
     for cmd in (["cmake", "-S", str(ROOT), "-B", str(tmp_path)], ["cmake", "--build", str(tmp_path), "-j2"],
                 ["ctest", "--test-dir", str(tmp_path), "--output-on-failure"]):
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -36,7 +36,7 @@ def open_in_browser(report_dir: str, page: str | None = None) -> tuple[dict, lis
     try:
         run = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
                               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
-                              "file://" + os.path.abspath(checker)], capture_output=True, text=True, timeout=120)
+                              "file://" + os.path.abspath(checker)], capture_output=True, text=True)
     finally:
         os.remove(checker)
     found = re.search(r'data-result="([^"]*)"', run.stdout)
