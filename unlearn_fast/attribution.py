@@ -5,22 +5,32 @@
     out/groups.csv           with group_by: query, rank, group, score, positive share, size, top files (groups.py)
     out/report.html          offline gallery (query image, prompt, top-K thumbnails with captions and scores)
     out/contact_sheet.png    the same as one picture
-    out/attribution.json     queries, settings, timings, where the data came from: `unlearn-fast report` reads it
+    out/attribution.json     queries, settings, timings, where the data came from and its fingerprint (the digests
+                             of every image and caption row): `unlearn-fast report` reads it, and refuses a training
+                             set that changed since (its rows would be labelled with other images' scores)
+
+Every file is listed with its checksum in out/checksums.json, which `Attribution.load` and `unlearn-fast verify`
+check. The folder is
+written beside its final name and swapped in whole; a link is never followed out of its parent folder.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .data.dataset import CaptionedImages
-from .errors import OutputError, SettingsError, read_json_file
+from .errors import OutputError, SettingsError
 from .evaluate.metrics import ranking
+from .store.integrity import read_listed, write_folder_sums
 
 RECORD = "attribution.json"
+DATA_INPUTS = ("data.images", "data.captions")  # the work directory's names for the training set's fingerprints
 
 
 def check_output_folder(out_dir: str) -> None:
@@ -47,6 +57,7 @@ class Attribution:
     work_dir: str = ""
     timings: dict = field(default_factory=dict)
     group_by: str | None = None  # a metadata field: groups.csv, the report's group table (groups.py)
+    data_fingerprint: dict | None = None  # {"data.images": ..., "data.captions": ...}: None = computed on save
 
     def __post_init__(self):
         self.scores = np.asarray(self.scores, dtype=np.float32)
@@ -99,7 +110,8 @@ class Attribution:
 
         check_top_k(top_k)
         check_output_folder(out_dir)
-        final = os.path.realpath(out_dir)  # through a link such as attributions/latest: the folder it names
+        final = _real_folder(out_dir)
+        _remove_dead_leftovers(final)
         work = f"{final}.partial-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
@@ -113,9 +125,12 @@ class Attribution:
             names["contact_sheet"] = os.path.basename(contact_sheet(self, os.path.join(work, "contact_sheet.png"),
                                                                     top_k=top_k))
             record = {"data": getattr(self.dataset, "reopen_args", None), "work_dir": self.work_dir,
-                      "timings_s": self.timings, "queries": self.records, "files": names, "group_by": self.group_by}
+                      "data_fingerprint": self.data_fingerprint or data_fingerprint(self.dataset),
+                      "num_train": len(self.dataset), "timings_s": self.timings, "queries": self.records,
+                      "files": names, "group_by": self.group_by}
             with open(os.path.join(work, RECORD), "w", encoding="utf-8") as handle:
                 json.dump(record, handle, indent=2)
+            write_folder_sums(work)
             _swap_into_place(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -135,22 +150,117 @@ class Attribution:
             what = "no such folder" if not os.path.exists(out_dir) else f"it has no {RECORD}"
             raise OutputError(f"{out_dir}: {what}; give a folder written by attribute (WORK_DIR/attributions/<id>, "
                               "or its --out)")
-        record = read_json_file(path, OutputError)
+        try:
+            record = json.loads(read_listed(out_dir, RECORD))
+        except json.JSONDecodeError as error:
+            raise OutputError(f"{path}: not valid JSON ({error})") from None
         if dataset is None:
             if not record.get("data"):
                 raise ValueError(f"{out_dir}: the training set was not opened with open_dataset, so it cannot be "
                                  "reopened; pass it to Attribution.load(out_dir, dataset)")
             dataset = open_dataset(**record["data"])
-        queries = [Query(image=np.array(Image.open(os.path.join(out_dir, "images", f"query_{q}.png")).convert("RGB")),
+        check_same_data(out_dir, record, dataset)
+        queries = [Query(image=np.array(Image.open(io.BytesIO(read_listed(
+                         out_dir, f"images/query_{q}.png"))).convert("RGB")),
                          prompt=rec["prompt"], source=rec["source"]) for q, rec in enumerate(record["queries"])]
         for q, rec in enumerate(record["queries"]):  # a region query: its mask was saved beside it
             mask = os.path.join(out_dir, "images", f"mask_{q}.png")
             if "mask" in rec and os.path.isfile(mask):
                 queries[q] = queries[q].with_mask(np.asarray(Image.open(mask).convert("L"), np.float32) / 255.0,
                                                   rec["mask"])
-        scores = np.load(os.path.join(out_dir, "scores.npy"))
+        scores = np.load(io.BytesIO(read_listed(out_dir, "scores.npy")), allow_pickle=False)
         return cls(scores=scores, queries=queries, records=record["queries"], dataset=dataset,
-                   work_dir=record["work_dir"], timings=record.get("timings_s", {}), group_by=record.get("group_by"))
+                   work_dir=record["work_dir"], timings=record.get("timings_s", {}), group_by=record.get("group_by"),
+                   data_fingerprint=record.get("data_fingerprint"))
+
+
+def data_fingerprint(dataset: CaptionedImages) -> dict:
+    """The training set's fingerprints as a work directory records them: every image's bytes and every row's key and
+    captions, in order (data/content.py; image digests come from the digest cache while files are unchanged)."""
+    from .data.content import DigestCache, fingerprint_of
+
+    return {"data.images": fingerprint_of(dataset.content_index(DigestCache())["digest"]),
+            "data.captions": fingerprint_of(dataset.caption_digests())}
+
+
+def check_same_data(out_dir: str, record: dict, dataset: CaptionedImages) -> None:
+    """Refuse (OutputError naming what changed) a training set that is not the one the scores were computed on."""
+    saved = record.get("data_fingerprint")
+    if saved is None:
+        return  # written before attributions carried it
+    where = (record.get("data") or {}).get("spec", "the training set")
+    if record.get("num_train") not in (None, len(dataset)):
+        raise OutputError(f"{out_dir}: {where} now has {len(dataset)} images, {record['num_train']} when this "
+                          "attribution was computed: its scores would label other images; attribute again")
+    now = data_fingerprint(dataset)
+    changed = [name for name in DATA_INPUTS if saved.get(name) != now[name]]
+    if not changed:
+        return
+    what = {"data.images": "the images' bytes or order", "data.captions": "the file names, captions or their order"}
+    row = _first_changed_row(out_dir, dataset) if "data.captions" in changed else None
+    raise OutputError(f"{out_dir}: {where} changed since this attribution was computed "
+                      f"({' and '.join(what[name] for name in changed)} differ"
+                      + (f"; first at row {row[0]}: was {row[1]!r}, now {row[2]!r}" if row else "")
+                      + "): its scores would label other images; attribute again")
+
+
+def _first_changed_row(out_dir: str, dataset: CaptionedImages) -> tuple[int, str, str] | None:
+    """(row, file then, file now) of the first training row whose file name changed, from the saved ranking."""
+    import csv
+
+    from .report.tables import unescaped_cell
+
+    path = os.path.join(out_dir, "ranking.csv")
+    if not os.path.isfile(path):
+        return None
+    was = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["query"] != "0":
+                break
+            was[int(row["index"])] = unescaped_cell(row["file"])
+    for i in range(len(dataset)):
+        if i in was and was[i] != dataset.key(i):
+            return i, was[i], dataset.key(i)
+    return None
+
+
+def _real_folder(out_dir: str) -> str:
+    """The folder to write: out_dir itself, or for a link the store made (attributions/latest: a relative link to a
+    sibling) the folder it names. Any other link is refused: writing through it would replace a folder elsewhere."""
+    path = os.path.abspath(out_dir)
+    if not os.path.islink(path):
+        parent = os.path.realpath(os.path.dirname(path))
+        return os.path.join(parent, os.path.basename(path))
+    target = os.readlink(path)
+    if os.sep in target or target in (os.curdir, os.pardir):
+        raise OutputError(f"output folder {out_dir} is a symbolic link to {target}: unlearn-fast does not write "
+                          "through links (it would replace that folder); give the real folder")
+    return os.path.join(os.path.realpath(os.path.dirname(path)), target)
+
+
+def _remove_dead_leftovers(final: str) -> None:
+    """Remove the half-written (<final>.partial-<pid>) and superseded (<final>.old-<pid>) folders of processes that
+    are gone (a killed save leaves them)."""
+    parent = os.path.dirname(final)
+    if not os.path.isdir(parent):
+        return
+    leftover = re.compile(re.escape(os.path.basename(final)) + r"\.(partial|old)-(\d+)")
+    for name in os.listdir(parent):
+        match = leftover.fullmatch(name)
+        path = os.path.join(parent, name)
+        if match and os.path.isdir(path) and not os.path.islink(path) and not _alive(int(match.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _swap_into_place(new: str, final: str) -> None:

@@ -94,6 +94,7 @@ class Attributor:
                                     noise=self.workspace.settings.scoring.noise)
             attribution = two_stage.attribute(self.workspace, queries)
         attribution.group_by = group_by
+        attribution.data_fingerprint = self.workspace.data_fingerprint()
         return attribution
 
     def check_group_by(self, group_by: str | None) -> None:

@@ -14,6 +14,16 @@ class OutputError(UserInputError):
     """An output folder that cannot be written (it holds other files) or read back (it is not an attribution)."""
 
 
+SEED_LIMIT = 2**63  # seeds key 64-bit counter hashes and torch generators
+
+
+def check_seed(value, name: str) -> int:
+    """A noise seed: an integer in [0, 2**63); anything else is a SettingsError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise SettingsError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+    return value
+
+
 def read_json_file(path: str, error: type[UserInputError]):
     """The JSON in `path`; an unreadable or malformed file raises `error` naming the file, line and column."""
     import json

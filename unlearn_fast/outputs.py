@@ -22,18 +22,40 @@ LATEST = "latest"
 
 
 def output_id(records: list[dict]) -> str:
-    """The output folder's name for these query records (Attributor records: their 'folder' is queries/<name>)."""
-    names = [os.path.basename(record["folder"]) for record in records]
+    """The output folder's name for these query records: the path of each query's own folder under the work
+    directory (queries/<name>, queries/<name>-two-stage/<front>-c<C>, methods/<key> + the query's key), so that two
+    queries never share an output folder."""
+    names = [_record_name(record) for record in records]
     if len(names) == 1:
         return names[0]
     return f"{len(names)}-queries-" + hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
 
 
+def _record_name(record: dict) -> str:
+    parts = [part for part in record["folder"].split("/") if part]
+    if parts and parts[0] == "queries":
+        parts = parts[1:]
+    if record.get("query"):
+        parts.append(record["query"])
+    return "-".join(parts)
+
+
+def resolve_output(path: str) -> str:
+    """An output folder as the user names it: WORK_DIR/attributions/latest is the folder index.json calls latest
+    (the link may be missing where the file system has none)."""
+    folder = Path(path)
+    if folder.name == LATEST and (folder.parent / INDEX).is_file():
+        latest = read_index(folder.parent.parent).get("latest")
+        if latest:
+            return str(folder.parent / latest)
+    return path
+
+
 def read_index(work_dir: str | os.PathLike) -> dict:
-    import json
+    from .store.chunked import load_json_checked
 
     path = Path(work_dir) / "attributions" / INDEX
-    return json.loads(path.read_text()) if path.is_file() else {"outputs": [], "latest": None}
+    return load_json_checked(path) if path.is_file() else {"outputs": [], "latest": None}
 
 
 def record_output(work_dir: str | os.PathLike, folder: str | os.PathLike, attribution) -> dict:
@@ -48,7 +70,8 @@ def record_output(work_dir: str | os.PathLike, folder: str | os.PathLike, attrib
              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     index = read_index(work_dir)
     index["outputs"] = [e for e in index["outputs"] if e["folder"] != entry["folder"]] + [entry]
-    index["latest"] = entry["folder"]
+    if inside:  # an --out elsewhere is listed but is not `latest`: the link and index.json always name one folder
+        index["latest"] = entry["folder"]
     write_json(root / INDEX, index)
     if inside:  # a relative link, so the work directory can be moved or copied
         link = root / f".{LATEST}.{os.getpid()}.link"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -162,6 +163,11 @@ class Workspace:
         if not self.ranks.is_main:  # what rank 0 bound, so locked() can tell a rebinding
             self.store.manifest = read_manifest(self.store.path)
 
+    def data_fingerprint(self) -> dict:
+        """The training set's fingerprints this folder is bound to (what an attribution records: attribution.py)."""
+        inputs = (self.store.manifest or read_manifest(self.store.path) or {}).get("inputs", {})
+        return {name: inputs[name] for name in ("data.images", "data.captions") if name in inputs} or None
+
     def _binding(self, cache: DigestCache) -> Binding:
         """The work directory's binding: a fingerprint per model part, the images' bytes and the captions (rows kept to
         name the first differing file), and the settings. Images the preprocessing would change are known here."""
@@ -180,11 +186,20 @@ class Workspace:
         inputs = {f"model.{part}": value for part, value in self.model_fingerprints.items()}
         inputs.update({name: fingerprint_of(digests) for name, digests in rows.items()})
         return Binding(inputs=inputs, settings=self.settings.manifest(), rows=rows,
-                       describe_row=lambda name, row: self.dataset.where(row), depends=DEPENDS)
+                       describe_row=lambda name, row: self.dataset.where(row), depends=DEPENDS,
+                       sources=self.sources())
+
+    def sources(self) -> dict:
+        """Where the model and the data were read from: recorded in the manifest, so that a later command on this
+        folder can omit --model / --data / --lora (cli), never compared (content binds the folder, not names)."""
+        folder = getattr(self.model, "folder", None)
+        data = getattr(self.dataset, "reopen_args", None) or {}
+        return {"model": folder if folder in (None, "default") else os.path.abspath(folder),
+                "lora": getattr(self.model, "lora", None), "data": data.get("spec"),
+                "caption_column": data.get("caption_column")}
 
     def _waiting(self, owner) -> None:
-        print(f"[unlearn-fast] {self.store.path} is in use by {owner.describe()}: waiting for it to finish",
-              file=sys.stderr)
+        print(f"[unlearn-fast] {self.store.lock.waiting_message(owner)}", file=sys.stderr)
 
     # ---------------------------------------------------------------------------------------- shared plumbing
     @contextlib.contextmanager

@@ -28,6 +28,15 @@ def _number(kind, minimum, what: str):
 positive_int = _number(int, 1, "an integer >= 1")
 count_or_zero = _number(int, 0, "an integer >= 0")
 non_negative_float = _number(float, 0.0, "a finite number >= 0")
+finite_float = _number(float, -math.inf, "a finite number")  # any sign (a guidance scale); nan and inf refused
+
+
+def seed(text: str) -> int:
+    """A noise seed: an integer in [0, 2**63), refused at parse time (before any work or any manifest is written)."""
+    value = count_or_zero(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return value
 
 
 def positive_float(text: str) -> float:

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 
-from .arguments import device_argument
+from .arguments import count_or_zero, device_argument, positive_int, seed
 
 
 def _setup(args, setup_class, profile: dict):
@@ -166,32 +166,32 @@ def add_evaluate_parser(sub) -> None:
     def retraining(parser) -> None:
         """What the verbs that train models from scratch on subsets share."""
         parser.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
-        parser.add_argument("--train-images", type=int, help="N: size of the seeded training subset")
+        parser.add_argument("--train-images", type=positive_int, help="N: size of the seeded training subset")
         parser.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
-        parser.add_argument("--steps", type=int, help="training steps of every run")
+        parser.add_argument("--steps", type=positive_int, help="training steps of every run")
         parser.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
         parser.add_argument("--encoder", help="local CLIP/DINO folder: the feature method (and ΔG's feature distance)")
-        parser.add_argument("--workers", type=int, default=0, help="training processes at once")
-        parser.add_argument("--threads", type=int, default=0, help="torch threads per process")
+        parser.add_argument("--workers", type=count_or_zero, default=0, help="training processes at once")
+        parser.add_argument("--threads", type=count_or_zero, default=0, help="torch threads per process")
 
     counterfactual = verb("counterfactual", "retrain without each method's top-K; ΔL and ΔG", cmd_counterfactual,
                           "the table and plots")
     retraining(counterfactual)
-    counterfactual.add_argument("--queries", type=int, help="held-out prompts to attribute")
+    counterfactual.add_argument("--queries", type=positive_int, help="held-out prompts to attribute")
     counterfactual.add_argument("--fractions", type=float, nargs="+", help="K as shares of the training set")
-    counterfactual.add_argument("--random-draws", type=int)
-    counterfactual.add_argument("--noise-seeds", type=int, nargs="+", help="seeds of the full-set noise-floor runs")
-    counterfactual.add_argument("--batch-size", type=int)
+    counterfactual.add_argument("--random-draws", type=positive_int)
+    counterfactual.add_argument("--noise-seeds", type=seed, nargs="+", help="seeds of the full-set noise-floor runs")
+    counterfactual.add_argument("--batch-size", type=positive_int)
 
     groundtruth = verb("groundtruth", "customisation exemplars and planted duplicates: Recall@10, mAP",
                        cmd_groundtruth, "groundtruth.md/.json")
     groundtruth.add_argument("--base-model", help="model to customise (default: the embedded one)")
-    groundtruth.add_argument("--base-images", type=int, help="seeded subset of the base data to rank among")
+    groundtruth.add_argument("--base-images", type=positive_int, help="seeded subset of the base data to rank among")
     groundtruth.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
-    groundtruth.add_argument("--prompts", type=int, help="customisation prompts with the new token (≥ 10)")
-    groundtruth.add_argument("--planted-copies", type=int, nargs="*", help="repetition counts R (none: skip)")
-    groundtruth.add_argument("--domain-images", type=int, help="held-out images planted in same-domain cases")
-    groundtruth.add_argument("--domain-copies", type=int, nargs="*", help="repetition counts of the same-domain cases")
+    groundtruth.add_argument("--prompts", type=positive_int, help="customisation prompts with the new token (≥ 10)")
+    groundtruth.add_argument("--planted-copies", type=positive_int, nargs="*", help="repetition counts R (none: skip)")
+    groundtruth.add_argument("--domain-images", type=positive_int, help="held-out images planted in same-domain cases")
+    groundtruth.add_argument("--domain-copies", type=positive_int, nargs="*", help="repetition counts of the same-domain cases")
     groundtruth.add_argument("--no-customisation", dest="customisation", action="store_false", default=None,
                              help="skip the two customisation scenarios")
     groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
@@ -205,11 +205,11 @@ def add_evaluate_parser(sub) -> None:
     lds = verb("lds", "linear datamodeling score over models trained on random half subsets", cmd_lds,
                "lds.md and results.json")
     retraining(lds)
-    lds.add_argument("--subsets", type=int, help="M: subset models")
-    lds.add_argument("--ceiling-subsets", type=int, help="subsets trained again with a second seed (the ceiling)")
-    lds.add_argument("--generated-queries", type=int, help="queries generated from held-out prompts")
-    lds.add_argument("--heldout-queries", type=int, help="held-out real images with their captions")
-    lds.add_argument("--validation-queries", type=int,
+    lds.add_argument("--subsets", type=positive_int, help="M: subset models")
+    lds.add_argument("--ceiling-subsets", type=positive_int, help="subsets trained again with a second seed (the ceiling)")
+    lds.add_argument("--generated-queries", type=positive_int, help="queries generated from held-out prompts")
+    lds.add_argument("--heldout-queries", type=positive_int, help="held-out real images with their captions")
+    lds.add_argument("--validation-queries", type=positive_int,
                      help="more held-out queries (half generated) kept for choosing settings, never evaluated on")
     lds.add_argument("--selection", choices=("mrr", "lds"),
                      help="what chooses AbU's α: MRR on training captions, or LDS on the validation queries")
@@ -217,8 +217,8 @@ def add_evaluate_parser(sub) -> None:
     unlearning = verb("unlearning", "per α: how much unlearning changes the query's regeneration and loss against "
                       "unrelated prompts", cmd_unlearning, "unlearning_quality.md/.json")
     unlearning.add_argument("--model", help="model folder (default: the embedded one)")
-    unlearning.add_argument("--queries", type=int)
-    unlearning.add_argument("--unrelated", type=int, help="unrelated prompts per query (≥ 10 in the cpu profile)")
+    unlearning.add_argument("--queries", type=positive_int)
+    unlearning.add_argument("--unrelated", type=positive_int, help="unrelated prompts per query (≥ 10 in the cpu profile)")
     unlearning.add_argument("--alphas", type=float, nargs="*", help="α of the paper's step rule (none: only variants)")
     unlearning.add_argument("--variants", nargs="+", help="AbU variants too, at α from --set NAME.alpha=…")
     unlearning.add_argument("--group", help="weights to unlearn (default kv)")

@@ -10,8 +10,8 @@ import time
 
 from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE
 from ..engine.unlearn import UnlearnSettings
-from .arguments import (Parser, candidate_spec, count_or_zero, device_argument, non_negative_float, positive_float,
-                        positive_int, speed_arguments)
+from .arguments import (Parser, candidate_spec, count_or_zero, device_argument, finite_float, non_negative_float,
+                        positive_float, positive_int, seed, speed_arguments)
 
 UNLEARN_DEFAULTS = UnlearnSettings(**{k: v for k, v in DEFAULT_RECIPE.items() if k != "noise"})
 
@@ -131,10 +131,37 @@ def _load_model(args):
     return model
 
 
+def _resolve_sources(args) -> None:
+    """--model, --lora, --data and --caption-column not given: what the work directory recorded (a new folder: the
+    shipped default model and data). --lora implies --group lora and --fisher-group lora unless they are given."""
+    from ..errors import SettingsError
+    from ..store import recorded_sources
+
+    recorded = recorded_sources(args.work_dir) if os.path.isdir(args.work_dir) else None
+    for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"), ("lora", None)):
+        if getattr(args, name) is not None:
+            continue
+        if recorded is None:
+            setattr(args, name, default)
+        elif name in recorded:
+            setattr(args, name, recorded[name])
+        elif default is None or name == "caption_column":
+            setattr(args, name, default)
+        else:  # a folder prepared before sources were recorded: never guess the shipped default for it
+            raise SettingsError(f"--{name.replace('_', '-')}: {args.work_dir} does not record its {name} (prepared "
+                                f"by an earlier version); give --{name.replace('_', '-')}")
+    if args.lora:
+        if getattr(args, "fisher_group", None) is None:
+            args.fisher_group = "lora"
+        if hasattr(args, "group") and args.group is None:
+            args.group = "lora"
+
+
 def _attributor(args):
     from ..attributor import Attributor
     from ..data import open_dataset
 
+    _resolve_sources(args)
     _threads(args)
     model = _load_model(args)
     dataset = open_dataset(args.data, caption_column=args.caption_column)
@@ -157,11 +184,13 @@ def cmd_prepare(args) -> None:
 
 
 def _queries(args, model) -> list:
-    from ..query import query_from_file, query_from_prompt, read_mask
+    from ..query import check_prompt, query_from_file, query_from_prompt, read_mask
 
     prompts, images = args.prompt or [], args.image or []
     if not prompts:
         raise SystemExit("attribute: give --prompt (with --image FILE, or alone to generate the query with --seed)")
+    for prompt in prompts:  # every prompt readable before any query is generated
+        check_prompt(prompt, "--prompt")
     if images and len(images) != len(prompts):
         raise SystemExit(f"attribute: {len(images)} --image for {len(prompts)} --prompt; give one prompt per image")
     masks = getattr(args, "mask", None) or []
@@ -207,9 +236,14 @@ def _finish(attribution, paths: dict, top_k: int, as_json: bool, started: float,
 def cmd_attribute(args) -> None:
     from ..attribution import check_output_folder
 
+    from ..query import check_prompt
+
     started = time.perf_counter()
+    for prompt in args.prompt or []:  # before the work directory is touched
+        check_prompt(prompt, "--prompt")
     if args.out:
         check_output_folder(args.out)  # before any work: a folder of other files is never written into
+    _resolve_sources(args)  # before the unlearning settings: --lora sets their group
     settings = _unlearn_settings(args)
     attributor = _attributor(args)
     attributor.check_unlearning(settings)
@@ -225,7 +259,10 @@ def cmd_attribute(args) -> None:
 def cmd_report(args) -> None:
     from ..attribution import Attribution, check_output_folder
 
+    from ..outputs import resolve_output
+
     started = time.perf_counter()
+    args.attribution = resolve_output(args.attribution)
     attribution = Attribution.load(args.attribution)
     if args.group_by:
         attribution.dataset.metadata_field(args.group_by)  # the one-line error before anything is written
@@ -275,6 +312,25 @@ def demo_settings():
     return PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
 
 
+def cmd_verify(args) -> None:
+    from ..store.verify import verify_work_dir
+
+    report = verify_work_dir(args.work_dir, repair=args.repair)
+    if args.json:
+        print(json.dumps(report.summary()))
+    else:
+        for finding in report.damaged:
+            action = finding.repair if args.repair else f"--repair: {finding.repair}"
+            print(f"DAMAGED {finding.path}: {finding.problem} ({action})")
+        state = "ok" if report.ok else (f"{len(report.damaged)} damaged, repaired" if args.repair
+                                        else f"{len(report.damaged)} damaged")
+        print(f"unlearn-fast verify: {args.work_dir}: {state} ({report.checked_files} files and "
+              f"{report.checked_chunks} chunks checked against their digests"
+              + (f"; {len(report.unchecked)} files written before digests existed" if report.unchecked else "") + ")")
+    if not report.ok and not args.repair:
+        raise SystemExit(1)
+
+
 def cmd_export_data(args) -> None:
     from ..data import export_imagefolder, open_dataset
 
@@ -298,9 +354,9 @@ def cmd_export_scores(args) -> None:
 def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
     parser.add_argument("--out", default=out)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale")
     device_argument(parser)
 
 
@@ -318,11 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--exclude", help="training indices never to show the model: '3,17,42' or a file")
     train.add_argument("--add-token", action="append", help="new word for the vocabulary, e.g. '<v1>' (repeatable)")
     train.add_argument("--steps", type=positive_int, default=4000, help="diffusion training steps")
-    train.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps (ignored with --vae-from / "
+    train.add_argument("--vae-steps", type=count_or_zero, default=1500, help="VAE training steps (ignored with --vae-from / "
                        "--init-from)")
     train.add_argument("--batch-size", type=positive_int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--warmup-steps", type=int, default=200, help="learning-rate warm-up steps")
+    train.add_argument("--warmup-steps", type=count_or_zero, default=200, help="learning-rate warm-up steps")
     train.add_argument("--ema-decay", type=float, default=0.999)
     train.add_argument("--caption-dropout", type=float, default=0.1)
     train.add_argument("--unet-parameters", default="all", help="denoiser parameter group to train: all, kv, "
@@ -331,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "default UNet (DDPM) or the tiny PixArt-style DiT trained with flow matching (ignored with "
                        "--init-from)")
     train.add_argument("--freeze-text-encoder", action="store_true")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--threads", type=count_or_zero, default=0, help="torch CPU threads (0: torch's default)")
     device_argument(train)
     train.add_argument("--quiet", action="store_true")
@@ -350,13 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=cmd_grid)
 
     def work_arguments(p):
-        p.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model), a "
-                       "diffusers pipeline folder of any supported family (README: Model families)")
+        p.add_argument("--model", help="model folder ('default': the shipped emoji model), a diffusers pipeline "
+                       "folder of any supported family (README: Model families); default: the one the work "
+                       "directory recorded, else 'default'")
         p.add_argument("--lora", help="a LoRA adapter (diffusers' pytorch_lora_weights.safetensors or its folder) on "
-                       "the model; --group lora / --fisher-group lora unlearn its A/B matrices")
-        p.add_argument("--data", default="default", help="training set: 'default', an image folder with "
-                       "metadata.jsonl, a .parquet file or webdataset shards")
-        p.add_argument("--caption-column", default="text")
+                       "the model; its A/B matrices are then the Fisher's and the unlearning's group unless "
+                       "--fisher-group / --group say otherwise; default: the one the work directory recorded")
+        p.add_argument("--data", help="training set: 'default', an image folder with metadata.jsonl, a .parquet "
+                       "file or webdataset shards; default: the one the work directory recorded, else 'default'")
+        p.add_argument("--caption-column", help="caption column or key (default: the work directory's, else text)")
         p.add_argument("--work-dir", required=True, help="folder for the prepared artefacts (one per model + data)")
         p.add_argument("--overwrite", action="store_true", help="when the inputs or settings differ from the work "
                        "directory's, delete exactly the artefacts they invalidate (the refusal without it lists them)")
@@ -364,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         numbers.add_argument("--timesteps", type=positive_int, help="timesteps scored per image (default 10)")
         numbers.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                              help="also score the mirrored image, keep the larger change (default on)")
-        numbers.add_argument("--score-seed", type=int, help="noise seed of the scoring and the Fisher (default 0)")
+        numbers.add_argument("--score-seed", type=seed, help="noise seed of the scoring and the Fisher (default 0)")
         numbers.add_argument("--dtype", choices=("fp32", "bf16"), help="UNet precision when scoring (default fp32)")
         numbers.add_argument("--noise", choices=("example", "shared"), help="scoring noise keyed per example (the "
                              "paper) or shared by every example at a timestep, so identical images score alike "
@@ -387,9 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     def query_arguments(p):
-        p.add_argument("--seed", type=int, default=0, help="seed of a generated query")
+        p.add_argument("--seed", type=seed, default=0, help="seed of a generated query")
         p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of a generated query")
-        p.add_argument("--guidance", type=float, default=3.0, help="guidance scale of a generated query")
+        p.add_argument("--guidance", type=finite_float, default=3.0, help="guidance scale of a generated query")
         unlearning = p.add_argument_group("unlearning (METHOD.md §4)")
         unlearning.add_argument("--recipe", choices=("default", "paper"), default="default",
                                 help="AbU's settings before the options below: the package's default or the paper's "
@@ -412,13 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "of the layer's mean eigenvalue (default 0.1)")
         unlearning.add_argument("--cap", action="store_true", help="stop each step where the query's loss reaches an "
                                 "untrained model's (MUCS)")
-        unlearning.add_argument("--retain", type=int, help="descend on this many seeded training rows per step while "
+        unlearning.add_argument("--retain", type=count_or_zero, help="descend on this many seeded training rows per step while "
                                 "ascending on the query (MUCS; default 0)")
         unlearning.add_argument("--unlearn-steps", type=positive_int, help=f"ascent steps S (default "
                                 f"{UNLEARN_DEFAULTS.steps})")
         unlearning.add_argument("--draws", type=positive_int, help=f"(t, ε) draws M per step (default "
                                 f"{UNLEARN_DEFAULTS.draws})")
-        unlearning.add_argument("--unlearn-seed", type=int, default=0)
+        unlearning.add_argument("--unlearn-seed", type=seed, default=0, help="seed of the unlearning's (t, ε) draws")
         unlearning.add_argument("--group", help="weights to unlearn: kv (default), cross-attention, attention, "
                                 "all or a regex (within the Fisher's group)")
         unlearning.add_argument("--sgd", action="store_true", help="plain gradient ascent, no Fisher (a baseline)")
@@ -455,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--group-by", help="a metadata field to rank groups by (default: the attribution's own)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=cmd_report)
+
+    verify = sub.add_parser("verify", help="check every artefact of a work directory against the digests written "
+                            "with it")
+    verify.add_argument("work_dir", help="the work directory (--work-dir of prepare / attribute)")
+    verify.add_argument("--repair", action="store_true", help="remove what is damaged (a file, a chunk's done-mark), "
+                        "so that the next run recomputes only that")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(run=cmd_verify)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default: generate, attribute, report")
     demo.add_argument("--model", default="default")
@@ -500,6 +566,20 @@ def main(argv=None) -> None:
     except (UserInputError, FloatingPointError, LockTimeout) as error:
         # The user's input or settings, not a bug: the message names the culprit; no traceback.
         raise SystemExit(f"unlearn-fast {args.verb}: {error}") from None
+    except OSError as error:
+        # The machine's fault (no space, read-only, permission, I/O): one line naming the path. Every artefact is
+        # written atomically, so what was finished is kept and the lock was released on the way out.
+        raise SystemExit(f"unlearn-fast {args.verb}: {os_error_line(error)}") from None
+
+
+def os_error_line(error: OSError) -> str:
+    what = error.strerror or str(error)
+    where = error.filename if error.filename is not None else "(no file named)"
+    if error.filename2 is not None:
+        where = f"{where} -> {error.filename2}"
+    hint = {28: "; free some space (or use a --work-dir on another disk) and run the command again: finished work "
+                "is kept", 30: "; the folder is read-only", 13: "; check the folder's permissions"}.get(error.errno, "")
+    return f"{where}: {what}{hint}"
 
 
 if __name__ == "__main__":

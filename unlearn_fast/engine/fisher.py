@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from .batching import MIN_UNET_ROWS, pad_rows
 from .device import module_device, to_device
-from ..errors import SettingsError
+from ..errors import SettingsError, check_seed
 from .fisher_hooks import diagonal_fisher
 
 
@@ -38,6 +38,7 @@ class FisherSettings:
     def __post_init__(self):
         if self.samples_per_example < 1 or self.batch_size < 1 or self.damping < 0:
             raise SettingsError(f"FisherSettings needs samples_per_example, batch_size >= 1 and damping >= 0: {self}")
+        check_seed(self.seed, "the Fisher's seed (--score-seed)")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

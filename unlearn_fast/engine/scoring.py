@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from .batching import pad_rows
 from .device import module_device, to_device
-from ..errors import SettingsError
+from ..errors import SettingsError, check_seed
 from ..models.adapter import DiffusionModel
 from ..ops.noisy_input_reference import mirrored
 from .unet_forward import ForwardPlan, precision, unet_forward
@@ -78,6 +78,7 @@ class LossGrid:
             raise SettingsError(f"noise must be one of {NOISE_KEYS}, got {self.noise!r}")
         if self.batch_size < 1:
             raise SettingsError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_seed(self.seed, "the scoring seed (--score-seed)")
 
     @property
     def forward_plan(self) -> ForwardPlan:

@@ -37,7 +37,7 @@ import torch
 from .. import ops
 from .batching import pad_rows
 from ..curvature import CURVATURES, KroneckerCurvature
-from ..errors import SettingsError
+from ..errors import SettingsError, check_seed
 from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient
 from ..score_rules import SCORE_RULES
@@ -92,6 +92,9 @@ class UnlearnSettings:
                                            or self.references < (2 if self.spread else 1)):
             raise SettingsError(f"the calibrated score needs references >= {2 if self.spread else 1}, "
                                 f"got {self.references!r}")
+        check_seed(self.seed, "the unlearning seed (--unlearn-seed)")
+        if isinstance(self.retain, bool) or not isinstance(self.retain, int) or self.retain < 0:
+            raise SettingsError(f"retain must be a number of training rows >= 0, got {self.retain!r}")
         for name in ("steps", "draws", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

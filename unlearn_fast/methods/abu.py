@@ -173,11 +173,9 @@ def query_record(query: Query, folder: str, settings: UnlearnSettings) -> dict:
 
 def save_query(store, folder: str, query: Query, record: dict) -> None:
     """The query image (and its mask: the region it was unlearnt in) and its record into its folder."""
-    path = store.artefact_path(f"{folder}/query", ".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(query.png_bytes())
+    store.save_bytes(f"{folder}/query.png", query.png_bytes())
     if query.mask is not None:
-        store.artefact_path(f"{folder}/mask", ".png").write_bytes(query.mask_png_bytes())
+        store.save_bytes(f"{folder}/mask.png", query.mask_png_bytes())
     store.save_json(f"{folder}/query", record)
 
 
@@ -206,9 +204,13 @@ def unlearned_weights(workspace: Workspace, query: Query, settings: UnlearnSetti
                 unet = unlearn(model, divide_by, x0, cond, settings, num_train=len(workspace.dataset), record=record,
                                retained=retained, weight=weight, on_draws=bar.update)
             changed = dict(unet.named_parameters())  # only the group differs from model.unet
-            store.save_tensors(name, {n: changed[n].detach() for n in model.parameter_group(settings.group)})
+            store.save_tensors(name, {n: changed[n].detach() for n in model.parameter_group(settings.group)},
+                               metadata={"steps": json.dumps(record.get("steps", []))})
         workspace.on_main(write)
-    return {n: v.to(model.device) for n, v in store.load_tensors(name)[0].items()}
+    tensors, metadata = store.load_tensors(name)
+    if "steps" in metadata and "steps" not in record:  # a resumed query: the steps record written with the weights
+        record["steps"] = json.loads(metadata["steps"])
+    return {n: v.to(model.device) for n, v in tensors.items()}
 
 
 def _scores(workspace: Workspace, query: Query, settings: UnlearnSettings, folder: str) -> np.ndarray:

@@ -75,7 +75,7 @@ def _cached_attribution(method: AttributionMethod, workspace: Workspace, queries
             store.save_json(f"{folder}/method", {"name": method.name, "settings": method.settings()})
         workspace.on_main(write)
     scores = np.stack([store.load_npy(f"{folder}/{q.key}") for q in queries])
-    records = [{"folder": folder, "prompt": q.prompt, "source": q.source, "generation": q.generation,
+    records = [{"folder": folder, "query": q.key, "prompt": q.prompt, "source": q.source, "generation": q.generation,
                 "method": method.name, "settings": method.settings()} for q in queries]
     return Attribution(scores=scores, queries=queries, records=records, dataset=workspace.dataset,
                        work_dir=str(store.path), timings={method.name: round(time.perf_counter() - started, 3)})

@@ -8,6 +8,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 COLUMNS = ("query", "prompt", "rank", "index", "file", "caption", "score")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula (OWASP: CSV injection)
+
+
+def safe_cell(value):
+    """A text cell a spreadsheet shows as text: one that would start a formula gets a leading apostrophe (the
+    parquet table keeps the exact text)."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, "'")):  # "'" too, so unescaping is exact
+        return "'" + value
+    return value
+
+
+def unescaped_cell(text: str) -> str:
+    """The text safe_cell was given (for readers of the CSV)."""
+    return text[1:] if text.startswith("'") and text[1:].startswith((*FORMULA_STARTS, "'")) else text
+
+
+def _csv_rows(rows):
+    return ([safe_cell(cell) for cell in row] for row in rows)
 
 
 def ranking_rows(attribution):
@@ -30,7 +48,7 @@ def write_ranking(attribution, out_dir: str) -> dict[str, str]:
     with open(paths["ranking_csv"], "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        writer.writerows(rows)
+        writer.writerows(_csv_rows(rows))
     return paths
 
 
@@ -45,6 +63,6 @@ def write_groups(attribution, out_dir: str) -> str:
         writer.writerow(GROUP_COLUMNS)
         for q in range(len(attribution.queries)):
             for row in attribution.groups(q):
-                writer.writerow((q, row["rank"], row["group"], row["score"], row["positive_share"], row["size"],
-                                 " | ".join(row["top_files"])))
+                writer.writerow([safe_cell(cell) for cell in (q, row["rank"], row["group"], row["score"],
+                                 row["positive_share"], row["size"], " | ".join(row["top_files"]))])
     return path
