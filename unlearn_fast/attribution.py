@@ -90,6 +90,8 @@ class Attribution:
         def query_summary(q, query, record):
             out = {"prompt": query.prompt, "source": query.source, "folder": record["folder"],
                    "top": self.top(q, top_k)}
+            if "trust" in record:
+                out["trust"] = record["trust"]
             if self.group_by:
                 out["groups"] = self.groups(q)[:top_k]
             return out

@@ -21,6 +21,8 @@ from .methods.abu_two_stage import TwoStageAbU, resolve_candidates
 from .models.adapter import DiffusionModel
 from .query import Query
 from .engine.unlearn import UnlearnSettings
+from .score_rules import REFERENCE_RULES
+from .trust import trust_signals, verdict
 from .workspace import PrepareSettings, Workspace
 
 __all__ = ["Attributor", "PrepareSettings"]
@@ -76,12 +78,14 @@ class Attributor:
         return self
 
     def attribute(self, queries: list[Query] | Query, settings: UnlearnSettings = None, group_by: str | None = None,
-                  candidates=None) -> Attribution:
+                  candidates=None, controls: bool = False) -> Attribution:
         """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts.
         group_by: a metadata field (groups.py), checked on every training image before any work. candidates: None
         (exact: every image rescored), a count or share ("10%") for the two-stage query (methods/abu_two_stage.py),
         or "auto" (exact below a measured size, and for settings the two-stage query cannot take: a score rule
-        other than raw, Kronecker curvature)."""
+        other than raw, Kronecker curvature). controls: also measure each answer's trust signals (trust.py: its
+        specificity against reference queries, and how much of its top 10 the prompt alone and the image alone
+        recover); the specificity is measured anyway for the rules that unlearn the reference queries."""
         self.check_group_by(group_by)
         settings = settings or UnlearnSettings()
         if candidates == "auto" and (settings.score != "raw" or settings.curvature != "diagonal"):
@@ -95,6 +99,11 @@ class Attributor:
             attribution = two_stage.attribute(self.workspace, queries)
         attribution.group_by = group_by
         attribution.data_fingerprint = self.workspace.data_fingerprint()
+        if controls or settings.score in REFERENCE_RULES:
+            queries = [queries] if isinstance(queries, Query) else list(queries)
+            signals = trust_signals(self.workspace, queries, attribution.scores, settings, controls)
+            attribution.records = [{**record, "trust": {**signal, "verdict": verdict(signal)}}
+                                   for record, signal in zip(attribution.records, signals)]
         return attribution
 
     def check_group_by(self, group_by: str | None) -> None:

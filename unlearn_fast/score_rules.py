@@ -7,6 +7,11 @@
                                                                                 queries (unrelated generations), so an
                                                                                 image whose loss rises under ANY
                                                                                 unlearning step scores near 0
+    sensitivity τ(z) / √(mean_r τ_r(z)²)                                    the rise relative to the image's own
+                                                                                sensitivity: its RMS rise when
+                                                                                unrelated references are unlearnt
+                                                                                (issue 28: hubs whose loss rises under
+                                                                                any step are scaled down, not shifted)
 
 Each rule reduces a (rows, timesteps, flips) pair of loss arrays the same way: mean over timesteps, then the rule, then
 the mean over an example's caption rows, then the max over flips (the mirrored image counts as the same image).
@@ -15,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SCORE_RULES = ("raw", "normalised", "calibrated")
+SCORE_RULES = ("raw", "normalised", "calibrated", "sensitivity")
+REFERENCE_RULES = ("calibrated", "sensitivity")  # the rules that read reference queries' scores
 _BLOCK_ROWS = 65536  # rows reduced at a time (memory only: the sums are the same, in the same order per example)
 
 
@@ -33,8 +39,8 @@ def loss_change_scores(before: np.ndarray, after: np.ndarray, row_example: np.nd
         score(z) = max over flips f of  mean over z's captions c of  rule(mean over t of L_after, L_before)
 
     float64 arithmetic, float32 result (num_examples,); before and after may be memmaps (read a block at a time). An
-    example without rows scores NaN. `calibrated` is the raw score here: calibrate() subtracts the reference queries'
-    response afterwards.
+    example without rows scores NaN. `calibrated` and `sensitivity` are the raw score here: calibrate() and
+    by_sensitivity() apply the reference queries' response afterwards.
     """
     if rule not in SCORE_RULES:
         raise ValueError(f"score rule must be one of {SCORE_RULES}, got {rule!r}")
@@ -64,3 +70,16 @@ def calibrate(scores: np.ndarray, reference: np.ndarray, spread: bool = False) -
         std = reference.std(axis=0, ddof=1)
         centred = np.where(std > 0, centred / np.where(std > 0, std, 1.0), centred)
     return centred.astype(np.float32)
+
+
+def by_sensitivity(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """scores (N,) divided per image by the root-mean-square of the reference queries' scores (R, N) for it: how much
+    more this query raises the image's loss than unlearning anything does. An image no reference moves (RMS 0) keeps
+    its raw score divided by the smallest positive RMS, so it is not lost to a division by zero."""
+    scores, reference = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    if reference.ndim != 2 or reference.shape[1] != scores.shape[-1] or len(reference) < 1:
+        raise ValueError(f"by_sensitivity needs reference scores (R, {scores.shape[-1]}) with R >= 1, got "
+                         f"{reference.shape}")
+    rms = np.sqrt(np.mean(reference ** 2, axis=0))
+    floor = rms[rms > 0].min() if (rms > 0).any() else 1.0
+    return (scores / np.maximum(rms, floor)).astype(np.float32)

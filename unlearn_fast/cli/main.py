@@ -10,6 +10,7 @@ import time
 
 from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE
 from ..engine.unlearn import UnlearnSettings
+from ..score_rules import SCORE_RULES
 from .arguments import (Parser, candidate_spec, count_or_zero, device_argument, finite_float, non_negative_float,
                         positive_float, positive_int, seed, speed_arguments)
 
@@ -155,6 +156,8 @@ def _resolve_sources(args) -> None:
             args.fisher_group = "lora"
         if hasattr(args, "group") and args.group is None:
             args.group = "lora"
+    if getattr(args, "group", None) and args.fisher_group is None and recorded is None:
+        args.fisher_group = args.group  # a new folder: the Fisher covers the group asked to unlearn
 
 
 def _attributor(args):
@@ -230,6 +233,8 @@ def _finish(attribution, paths: dict, top_k: int, as_json: bool, started: float,
     for query in summary["queries"]:
         best = ", ".join(f"#{r['rank']} {r['caption']} ({r['score']:.2e})" for r in query["top"])
         print(f"{query['prompt']!r}: {best}")
+        if "trust" in query:
+            print(f"  trust: {query['trust']['verdict']}")
     print(f"unlearn-fast {verb}: report {paths['report']} ({summary['seconds']} s)")
 
 
@@ -250,7 +255,8 @@ def cmd_attribute(args) -> None:
     ranks = attributor.ranks  # rank 0 reads or generates the queries, so every rank attributes the same images
     queries = ranks.broadcast(_queries(args, attributor.model) if ranks.is_main else None)
     attribution = attributor.attribute(queries, settings, group_by=args.group_by,
-                                       candidates=None if args.candidates == "exact" else args.candidates)
+                                       candidates=None if args.candidates == "exact" else args.candidates,
+                                       controls=args.controls)
     paths = attributor.write_outputs(attribution, args.out, top_k=args.top_k)
     if ranks.is_main:
         _finish(attribution, paths, args.top_k, args.json, started, "attribute", _job(attributor.workspace))
@@ -458,10 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "query's loss with --step rise")
         unlearning.add_argument("--step", choices=("alpha/N", "fixed", "rise"), help="step rule: α/N (the paper), "
                                 "α itself whatever N, or the step that raises the query's loss by the factor α")
-        unlearning.add_argument("--score", choices=("raw", "normalised", "calibrated"), help="raw loss change (the "
-                                "paper), relative change, or change minus that of reference queries")
+        unlearning.add_argument("--score", choices=SCORE_RULES, help="raw loss change (the paper), relative "
+                                "change, change minus that of reference queries, or change divided by the image's "
+                                "RMS change under the reference queries (sensitivity)")
         unlearning.add_argument("--references", type=positive_int, help="reference queries of --score calibrated "
-                                "(default 8)")
+                                "and sensitivity (default 8)")
         unlearning.add_argument("--spread", action="store_true", help="--score calibrated: also divide by the "
                                 "references' spread")
         unlearning.add_argument("--curvature", choices=("diagonal", "kfac", "ekfac"), help="preconditioner: the "
@@ -503,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "image by AbU's linearisation (projected gradients, prepared once), then rescore exactly "
                            "the top C only: a count (2000) or a share (10%%); exact: rescore every image; auto "
                            "(default): exact below 20,000 images, 25%% above (benchmarks/README.md, two-stage)")
+    attribute.add_argument("--controls", action="store_true", help="also measure each answer's trust signals: its "
+                           "specificity against reference queries, and how much of its top 10 the prompt alone (on an "
+                           "unrelated image) and the image alone (under an unrelated prompt) recover (three more "
+                           "unlearnings per query, and the reference queries once per work directory)")
     query_arguments(attribute)
     attribute.set_defaults(run=cmd_attribute)
 

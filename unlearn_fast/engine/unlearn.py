@@ -40,7 +40,7 @@ from ..curvature import CURVATURES, KroneckerCurvature
 from ..errors import SettingsError, check_seed
 from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient
-from ..score_rules import SCORE_RULES
+from ..score_rules import REFERENCE_RULES, SCORE_RULES
 
 
 STEP_RULES = ("alpha/N", "fixed", "rise")
@@ -88,9 +88,9 @@ class UnlearnSettings:
                                 f"{self.curvature_damping!r}")
         if self.score not in SCORE_RULES:
             raise SettingsError(f"score must be one of {SCORE_RULES}, got {self.score!r}")
-        if self.score == "calibrated" and (not isinstance(self.references, int)
-                                           or self.references < (2 if self.spread else 1)):
-            raise SettingsError(f"the calibrated score needs references >= {2 if self.spread else 1}, "
+        if self.score in REFERENCE_RULES and (not isinstance(self.references, int)
+                                              or self.references < (2 if self.spread else 1)):
+            raise SettingsError(f"the {self.score} score needs references >= {2 if self.spread else 1}, "
                                 f"got {self.references!r}")
         check_seed(self.seed, "the unlearning seed (--unlearn-seed)")
         if isinstance(self.retain, bool) or not isinstance(self.retain, int) or self.retain < 0:

@@ -30,7 +30,8 @@ from ..data.export import export_imagefolder
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from .counterfactual import QueryLosses, attribute_all, generate_queries, record_setup, training_request
-from .metrics import mean_and_se
+from .metrics import (centred_linear_datamodeling_scores, hub_correlation, hub_share, linear_datamodeling_scores,
+                      mean_and_se, spearman)
 from .retrain import is_done, job_key, model_folder, run_jobs
 from .validation import Validation
 
@@ -85,37 +86,6 @@ class LDSSetup:
             raise SettingsError(f"selection must be 'mrr' or 'lds', got {self.selection!r}")
         if self.selection == "lds" and self.validation_queries < 2:
             raise SettingsError("selection 'lds' needs at least 2 validation_queries")
-
-
-# --------------------------------------------------------------------------------------------------- the metric
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation of two vectors (average ranks for ties); NaN when either is constant."""
-    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):  # ties share their average rank
-        tied = values == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def linear_datamodeling_scores(scores: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> np.ndarray:
-    """LDS per query: scores (Q, N) attribution scores (higher = more helpful to the query), masks (M, N) bool (row m:
-    the training rows subset model m saw), losses (M, Q) the query losses under the subset models. Returns (Q,)."""
-    scores, masks, losses = np.asarray(scores, np.float64), np.asarray(masks, bool), np.asarray(losses, np.float64)
-    if scores.ndim != 2 or masks.shape[1] != scores.shape[1] or losses.shape != (len(masks), len(scores)):
-        raise ValueError(f"LDS needs scores (Q, N), masks (M, N), losses (M, Q); got {scores.shape}, {masks.shape}, "
-                         f"{losses.shape}")
-    predicted = masks.astype(np.float64) @ scores.T  # (M, Q): g_m(q) = Σ_{z ∈ S_m} τ_q(z)
-    return np.array([spearman(predicted[:, q], -losses[:, q]) for q in range(len(scores))])
 
 
 # ------------------------------------------------------------------------------------------------------- split
@@ -289,6 +259,12 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
     losses = subset_losses(queries)
     per_query = {name: linear_datamodeling_scores(method_scores, masks, losses)
                  for name, method_scores in scores.items()}
+    # judges a query-independent ranking cannot fool (issue 28): centred LDS, the hub correlation and share
+    centred = {name: centred_linear_datamodeling_scores(method_scores, masks, losses)
+               for name, method_scores in scores.items()} if len(queries) >= 2 else {}
+    hubs = {name: {"correlation": mean_and_se(hub_correlation(method_scores)),
+                   "top10_share": hub_share(method_scores)}
+            for name, method_scores in scores.items()} if len(queries) >= 2 else {}
     ceiling_per_query = None
     if ceiling:
         query_losses = QueryLosses(setup, queries)
@@ -301,6 +277,10 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
             validation = lds_validation(validation_queries, masks, subset_losses(validation_queries))
         validation_table = validation_lds(setup, model, dataset, validation, out_dir, log)
     summary = summarize(per_query, ceiling_per_query, kinds)
+    summary["centred"] = {name: dict(zip(("mean", "se"), mean_and_se(np.nan_to_num(values, nan=0.0))))
+                          for name, values in centred.items()}  # undefined (a constant prediction) counts as 0
+    summary["hubs"] = {name: {"correlation": dict(zip(("mean", "se"), row["correlation"])),
+                              "top10_share": row["top10_share"]} for name, row in hubs.items()}
     summary.update({
         "setup": json.loads(json.dumps(asdict(setup))), "num_train": len(dataset),
         "training_runs": {"full": 1, "subsets": len(subsets), "ceiling": len(ceiling),
@@ -308,6 +288,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
         "queries": [{"prompt": q.prompt, "kind": str(k), "source": q.source, "key": q.key}
                     for q, k in zip(queries, kinds)],
         "per_query": {name: values.tolist() for name, values in per_query.items()},
+        "centred_per_query": {name: values.tolist() for name, values in centred.items()},
         "seconds_per_query": seconds,  # this run's wall time per query and method (≈ 0: read from an earlier run)
         "ceiling_per_query": None if ceiling_per_query is None else ceiling_per_query.tolist(),
         "validation": validation_table,
@@ -377,11 +358,23 @@ def markdown_table(summary: dict) -> str:
     from .metrics import format_mean_se
 
     groups = summary["groups"]
-    lines = ["| method | " + " | ".join(f"LDS {g} (n)" for g in groups) + " |",
-             "|---|" + "---:|" * len(groups)]
+    centred, hubs = summary.get("centred", {}), summary.get("hubs", {})
+    extra = ["centred LDS", "hub correlation", "top-10 hub share"] if centred else []
+    lines = ["| method | " + " | ".join([f"LDS {g} (n)" for g in groups] + extra) + " |",
+             "|---|" + "---:|" * (len(groups) + len(extra))]
     for row in summary["table"]:
         cells = [f"{format_mean_se(row[g]['mean'], row[g]['se'], 3)} ({row[g]['n']})" for g in groups]
+        if extra:
+            name = row["method"]
+            cells += ([format_mean_se(centred[name]["mean"], centred[name]["se"], 3),
+                       format_mean_se(hubs[name]["correlation"]["mean"], hubs[name]["correlation"]["se"], 2),
+                       f"{hubs[name]['top10_share']:.2f}"] if name in centred else ["", "", ""])
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    if extra:
+        lines += ["", "Centred LDS: predictions and losses centred over the queries per subset model (a ranking the "
+                      "same for every query scores 0). Hub correlation: Spearman of each query's scores with the "
+                      "other queries' mean (1: query-independent). Top-10 hub share: the share of all top-10 places "
+                      "the 10 most frequent images take."]
     validation = summary.get("validation")
     if validation:
         lines += ["", f"Validation queries ({len(validation['queries'])}, split off before the evaluation queries and "

@@ -60,3 +60,84 @@ def format_mean_se(mean: float, se: float, digits: int = 4) -> str:
     if mean is None or math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" + ("" if se is None or math.isnan(se) else f" ± {se:.{digits}f}")
+
+
+# ------------------------------------------------------------------------------------------ rank correlation, LDS
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two vectors (average ranks for ties); NaN when either is constant."""
+    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):  # ties share their average rank
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def linear_datamodeling_scores(scores: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """LDS per query: scores (Q, N) attribution scores (higher = more helpful to the query), masks (M, N) bool (row m:
+    the training rows subset model m saw), losses (M, Q) the query losses under the subset models. Returns (Q,)."""
+    scores, masks, losses = np.asarray(scores, np.float64), np.asarray(masks, bool), np.asarray(losses, np.float64)
+    if scores.ndim != 2 or masks.shape[1] != scores.shape[1] or losses.shape != (len(masks), len(scores)):
+        raise ValueError(f"LDS needs scores (Q, N), masks (M, N), losses (M, Q); got {scores.shape}, {masks.shape}, "
+                         f"{losses.shape}")
+    predicted = masks.astype(np.float64) @ scores.T  # (M, Q): g_m(q) = Σ_{z ∈ S_m} τ_q(z)
+    return np.array([spearman(predicted[:, q], -losses[:, q]) for q in range(len(scores))])
+
+
+def centred_linear_datamodeling_scores(scores: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """LDS with the query-independent part removed (issue 28): per subset model m, both the predictions g_m(q) and
+    the losses L_m(q) are centred over the queries before the per-query Spearman over m. A ranking that is the same for
+    every query predicts only what every query shares (a subset that lowers every loss), so its centred predictions
+    are constant and its centred LDS is undefined (NaN; count it as 0). Needs ≥ 2 queries."""
+    scores, masks, losses = np.asarray(scores, np.float64), np.asarray(masks, bool), np.asarray(losses, np.float64)
+    if scores.ndim != 2 or len(scores) < 2 or masks.shape[1] != scores.shape[1] or losses.shape != (len(masks),
+                                                                                                   len(scores)):
+        raise ValueError(f"centred LDS needs scores (Q >= 2, N), masks (M, N), losses (M, Q); got {scores.shape}, "
+                         f"{masks.shape}, {losses.shape}")
+    raw = masks.astype(np.float64) @ scores.T  # (M, Q)
+    predicted = raw - raw.mean(axis=1, keepdims=True)
+    centred = losses - losses.mean(axis=1, keepdims=True)
+    # a prediction constant over m up to rounding is no prediction: treat it as exactly constant
+    flat = np.ptp(predicted, axis=0) <= 1e-9 * (np.abs(raw).max() + 1e-300)
+    return np.array([np.nan if flat[q] else spearman(predicted[:, q], -centred[:, q]) for q in range(len(scores))])
+
+
+# ---------------------------------------------------------------------------------- query-independent rankings
+def hub_correlation(scores: np.ndarray) -> np.ndarray:
+    """Per query q: Spearman between q's scores and the mean of the OTHER queries' scores (Q >= 2). Near 1: the
+    ranking is mostly what every query gets (hubs); near 0: it is about this query."""
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 2 or len(scores) < 2:
+        raise ValueError(f"hub_correlation needs scores (Q >= 2, N), got {scores.shape}")
+    total = np.nansum(scores, axis=0)
+    return np.array([spearman(scores[q], (total - np.nan_to_num(scores[q])) / (len(scores) - 1))
+                     for q in range(len(scores))])
+
+
+def hub_share(scores: np.ndarray, k: int = 10, hubs: int = 10) -> float:
+    """Share of all top-k places (over the queries) taken by the `hubs` images that take the most of them. With Q
+    queries of disjoint answers it is hubs/(Q·k)-ish; a query-independent ranking gives 1."""
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 2 or not len(scores):
+        raise ValueError(f"hub_share needs scores (Q, N), got {scores.shape}")
+    k = min(k, scores.shape[1])
+    counts = np.bincount(np.concatenate([ranking(row)[:k] for row in scores]), minlength=scores.shape[1])
+    return float(np.sort(counts)[::-1][:hubs].sum() / (len(scores) * k))
+
+
+def counterfactual_specificity(own: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Per query pair (A, B): ΔL_A(remove top_A) − ΔL_A(remove top_B), the rise of A's loss after retraining without
+    A's own top K minus that without B's top K. Positive: A's answer is about A; 0: any query's top K does as well."""
+    own, other = np.asarray(own, np.float64), np.asarray(other, np.float64)
+    if own.shape != other.shape:
+        raise ValueError(f"specificity needs paired arrays, got {own.shape} and {other.shape}")
+    return own - other

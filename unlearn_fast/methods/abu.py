@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..attribution import Attribution
 from ..errors import SettingsError
 from ..query import Query
-from ..score_rules import calibrate, loss_change_scores
+from ..score_rules import REFERENCE_RULES, by_sensitivity, calibrate, loss_change_scores
 from ..engine.scoring import NOISE_KEYS
 from ..engine.unlearn import UnlearnSettings, unlearn
 from ..workspace import Workspace, numeric_settings, rows_of
@@ -219,7 +219,7 @@ def _scores(workspace: Workspace, query: Query, settings: UnlearnSettings, folde
     if settings.score == "raw":
         return store.load_npy(f"{folder}/scores")
     name = f"{folder}/scores-{settings.score}" + ("-spread" if settings.spread else "")
-    if settings.score == "calibrated":
+    if settings.score in REFERENCE_RULES:
         name += f"-{settings.references}"
     if not store.exists(name, ".npy"):  # the same answer on every rank (after a barrier)
         # read by every rank: both are collective passes under torchrun (complete here, so they only read)
@@ -232,6 +232,8 @@ def _scores(workspace: Workspace, query: Query, settings: UnlearnSettings, folde
         def write():
             if settings.score == "normalised":
                 scores = loss_change_scores(base, after, rows, len(workspace.dataset), "normalised")
+            elif settings.score == "sensitivity":
+                scores = by_sensitivity(store.load_npy(f"{folder}/scores"), references)
             else:
                 scores = calibrate(store.load_npy(f"{folder}/scores"), references, settings.spread)
             store.save_npy(name, scores)

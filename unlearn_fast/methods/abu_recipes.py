@@ -23,6 +23,10 @@ VARIANTS = {
     "abu-normalised": {"score": "normalised"},
     "abu-calibrated": {"score": "calibrated"},
     "abu-calibrated-spread": {"score": "calibrated", "spread": True},
+    "abu-sensitivity": {"score": "sensitivity"},
+    # the image pathway and every denoiser weight (issue 28): the step rule "rise" keeps α's meaning across groups
+    "abu-image": {"noise": "shared", "group": "image", "step": "rise"},
+    "abu-all": {"noise": "shared", "group": "all", "step": "rise"},
     "abu-rise": {"step": "rise"},
     "abu-fixed": {"noise": "shared", "step": "fixed"},
     "abu-3steps": {"steps": 3, "draws": 200},

@@ -19,15 +19,22 @@ from tqdm.auto import tqdm
 
 from .finite import image_bytes
 
+# "image": the image pathway, what reads the picture and not the text: convolutions, self-attention and the
+# feed-forward layers of the image tokens (weights only). A concept a full fine-tune or a LoRA learnt sits there as
+# much as in the cross-attention K/V (issue 28).
 UNET_GROUPS = {
     "kv": r"\.attn2\.to_[kv]\.weight$",
     "cross-attention": r"\.attn2\.",
     "attention": r"\.attn[12]\.",
+    "image": r"((^|\.)conv(_in|_out|_shortcut|\d*)|\.attn1\.to_(q|k|v|out\.0)|\.ff\.(net\.(0\.proj|2)|conv_\w+))"
+             r"\.weight$",
 }
 JOINT_ATTENTION_GROUPS = {
     "kv": r"\.attn\.add_[kv]_proj\.weight$",
     "cross-attention": r"\.attn\.(add_[qkv]_proj|to_add_out|norm_added_[qk])\.",
     "attention": r"\.attn\.",
+    "image": r"(\.attn\.to_(q|k|v|out\.0)|\.ff\.net\.(0\.proj|2)|single_transformer_blocks\.\d+\.(proj_mlp|proj_out))"
+             r"\.weight$",
 }
 COMMON_GROUPS = {"all": r".", "lora": r"\.lora_[AB]\."}
 

@@ -46,6 +46,8 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
         rows = [("prompt", query.prompt), ("image", query.source), ("unlearning", _settings_text(settings))]
         rows += [(name, str(record[key])) for name, key in (("region mask", "mask"), ("stage", "stage"),
                                                              ("candidates", "candidates")) if key in record]
+        if "trust" in record:  # trust.py: is this answer about the query, or about every query / the caption?
+            rows.append(("trust", _trust_text(record["trust"])))
         table = "".join(f"<tr><th>{name}</th><td>{html.escape(value)}</td></tr>" for name, value in rows)
         parts.append(f'<section><h2>Query {q + 1}</h2><div class="query">'
                      f'<img src="{src}" width="{2 * THUMB}" height="{2 * THUMB}" alt="query {q + 1}">{mask}'
@@ -73,6 +75,14 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(page)
     return path
+
+
+def _trust_text(trust: dict) -> str:
+    measured = f"specificity {trust['specificity']:.2f} (1 − correlation with {trust['references']} reference queries)"
+    if "caption_only" in trust:
+        measured += (f"; top 10 recovered by the prompt alone {trust['caption_only']:.0%}, by the image alone "
+                     f"{trust['image_only']:.0%}")
+    return f"{trust['verdict']} — {measured}"
 
 
 def _settings_text(settings: dict) -> str:

@@ -1,0 +1,76 @@
+"""Trust signals of an AbU answer (issue 28): is the ranking about this query, or about what every query gets, or about
+the caption alone?
+
+    specificity      1 − Spearman(the query's scores, the mean raw scores of the work directory's reference queries
+                     under the same unlearning): near 0 says the ranking is mostly the query-independent one (hubs)
+    caption_only     share of the query's top 10 that the same prompt recovers on an unrelated image
+    image_only       share of the query's top 10 that the same image recovers under an unrelated prompt
+
+The reference queries are the calibrated score's (methods/abu.reference_queries: generations from training captions
+drawn with a fixed seed), unlearnt once per work directory and settings; the controls unlearn two more queries per
+query. A high caption-only share with a low image-only share means the answer follows the caption, not the image.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .engine.unlearn import UnlearnSettings
+from .evaluate.metrics import ranking, spearman
+from .query import Query, query_from_array
+
+TOP = 10
+REFERENCES = 8  # reference queries behind the specificity (as the calibrated score's default)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, k: int = TOP) -> float:
+    k = min(k, len(a))
+    return len(set(ranking(a)[:k].tolist()) & set(ranking(b)[:k].tolist())) / k
+
+
+def trust_signals(workspace, queries: list[Query], scores: np.ndarray, settings: UnlearnSettings,
+                  controls: bool = False) -> list[dict]:
+    """Per query: {"specificity", "hub_correlation"} and, with controls, {"caption_only", "image_only"} (shares of
+    the top 10), each computed with the query's own unlearning settings (raw scores: the rule's input)."""
+    from .methods import abu
+
+    raw = dataclasses.replace(settings, score="raw", references=max(settings.references, 1), spread=False)
+    references = abu.reference_queries(workspace, raw.references if settings.score in ("calibrated", "sensitivity")
+                                       else REFERENCES)
+    reference = abu.attribute_by_unlearning(workspace, references, raw).scores
+    mean_reference = reference.mean(axis=0)
+    signals = []
+    for q, query in enumerate(queries):
+        own = abu.attribute_by_unlearning(workspace, [query], raw).scores[0]
+        correlation = spearman(own, mean_reference)
+        signal = {"hub_correlation": round(float(correlation), 4),
+                  "specificity": round(float(1.0 - correlation), 4), "references": len(references)}
+        if controls:
+            other = next(r for r in references if r.prompt != query.prompt)
+            resolution = workspace.model.resolution
+            caption_alone = query_from_array(other.image, query.prompt, resolution,
+                                             source=f"control: the prompt on {other.source}")
+            image_alone = query_from_array(query.image, other.prompt, resolution,
+                                           source=f"control: the image under {other.prompt!r}")
+            control = abu.attribute_by_unlearning(workspace, [caption_alone, image_alone], raw).scores
+            signal.update(caption_only=_overlap(own, control[0]), image_only=_overlap(own, control[1]),
+                          control_prompt=other.prompt)
+        signals.append(signal)
+    return signals
+
+
+def verdict(signal: dict) -> str:
+    """One sentence a user reads beside the ranking."""
+    parts = []
+    if signal["hub_correlation"] >= 0.7:
+        parts.append(f"the ranking is mostly the one every query gets (correlation {signal['hub_correlation']:.2f} "
+                     "with the reference queries' mean): read its top as hubs, not as this image's sources")
+    if "caption_only" in signal:
+        if signal["caption_only"] >= 0.5 and signal["image_only"] < signal["caption_only"]:
+            parts.append(f"the prompt alone recovers {signal['caption_only']:.0%} of the top {TOP}, the image alone "
+                         f"{signal['image_only']:.0%}: the answer follows the caption")
+        elif signal["image_only"] >= 0.5:
+            parts.append(f"the image alone recovers {signal['image_only']:.0%} of the top {TOP}: the answer follows "
+                         "the image")
+    return "; ".join(parts) or "no warning sign"
