@@ -29,8 +29,7 @@ import numpy as np
 
 from ..errors import SettingsError
 from .exemplars import concept_exemplars
-from .metrics import (average_precision, format_mean_se, hub_correlation, hub_share, mean_and_se, pixel_mse,
-                      rank_positions, recall_at_k)
+from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, rank_positions, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
 from .method_setup import Workspaces, configured_method
 
@@ -299,10 +298,6 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
                                    **{m: dict(zip(("mean", "se"), mean_and_se([p[m] for p in per_query
                                                                                if p["counted"]])))
                                       for m in ("recall", "ap", "top_r_share")}}
-        if len(queries) >= 2:  # is the answer about the query (issue 28): hub correlation and top-10 hub share
-            own = attribution.scores[:len(queries)]
-            result["methods"][name]["hubs"] = {"correlation": dict(zip(("mean", "se"), mean_and_se(
-                hub_correlation(own)))), "top10_share": hub_share(own)}
         if controls:
             result["methods"][name]["controls"] = {
                 control: {"ranks": _ranks(row, relevant), "top_r_share": top_r_share(row, relevant)}
@@ -368,8 +363,7 @@ def markdown_table(summary: dict, k: int) -> str:
             lines.append(f"| {name} | " + " | ".join(format_mean_se(*values[c], 3) if c in values else "–"
                                                      for c in columns) + " |")
         lines.append("")
-    lines += [f"| scenario | N | method | Recall@{k} | mAP | share of the top R | hub correlation | top-10 hub share |",
-              "|---|---:|---|---|---|---|---|---|"]
+    lines += [f"| scenario | N | method | Recall@{k} | mAP | share of the top R |", "|---|---:|---|---|---|---|"]
     for result in summary["scenarios"]:
         checks = result.get("memorisation")
         queries = (f"{len(result['prompts'])} queries" if checks is None else
@@ -377,9 +371,6 @@ def markdown_table(summary: dict, k: int) -> str:
                    + (", VOID" if result["void"] else ""))
         for name, values in result["methods"].items():
             cells = [format_mean_se(values[m]["mean"], values[m]["se"], 3) for m in ("recall", "ap", "top_r_share")]
-            hubs = values.get("hubs")
-            cells += ([format_mean_se(hubs["correlation"]["mean"], hubs["correlation"]["se"], 2),
-                       f"{hubs['top10_share']:.2f}"] if hubs else ["–", "–"])
             lines.append(f"| {result['scenario']} ({len(result['relevant'])} relevant, {queries}) | "
                          f"{result['num_train']} | {name} | " + " | ".join(cells) + " |")
     domain = [r for r in summary["scenarios"] if "memorisation" in r]

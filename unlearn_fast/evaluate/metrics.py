@@ -132,12 +132,3 @@ def hub_share(scores: np.ndarray, k: int = 10, hubs: int = 10) -> float:
     k = min(k, scores.shape[1])
     counts = np.bincount(np.concatenate([ranking(row)[:k] for row in scores]), minlength=scores.shape[1])
     return float(np.sort(counts)[::-1][:hubs].sum() / (len(scores) * k))
-
-
-def counterfactual_specificity(own: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Per query pair (A, B): ΔL_A(remove top_A) − ΔL_A(remove top_B), the rise of A's loss after retraining without
-    A's own top K minus that without B's top K. Positive: A's answer is about A; 0: any query's top K does as well."""
-    own, other = np.asarray(own, np.float64), np.asarray(other, np.float64)
-    if own.shape != other.shape:
-        raise ValueError(f"specificity needs paired arrays, got {own.shape} and {other.shape}")
-    return own - other
