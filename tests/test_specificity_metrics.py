@@ -106,8 +106,11 @@ def test_the_trust_signal_flags_a_query_independent_ranking(monkeypatch):
     from unlearn_fast.trust import trust_signals, verdict
 
     hubs = np.random.default_rng(0).random(50)
-    workspace, query = _fake_workspace(monkeypatch, lambda q: hubs + 1e-4 * (zlib.crc32(q.prompt.encode()) % 7))
-    signal = trust_signals(workspace, [query], None, UnlearnSettings(), controls=False)[0]
+    def score_of(q):
+        return hubs + 1e-4 * (zlib.crc32(q.prompt.encode()) % 7)
+
+    workspace, query = _fake_workspace(monkeypatch, score_of)
+    signal = trust_signals(workspace, [query], score_of(query)[None], UnlearnSettings(), controls=False)[0]
     assert signal["hub_correlation"] > 0.99 and signal["specificity"] < 0.01
     assert "mostly the one every query gets" in verdict(signal)
 
@@ -120,6 +123,6 @@ def test_the_trust_signal_says_when_the_answer_follows_the_caption(monkeypatch):
         return np.random.default_rng(zlib.crc32(q.prompt.encode())).random(50)
 
     workspace, query = _fake_workspace(monkeypatch, by_prompt)
-    signal = trust_signals(workspace, [query], None, UnlearnSettings(), controls=True)[0]
+    signal = trust_signals(workspace, [query], by_prompt(query)[None], UnlearnSettings(), controls=True)[0]
     assert signal["caption_only"] == 1.0 and signal["image_only"] <= 0.5 and abs(signal["hub_correlation"]) < 0.5
     assert "follows the caption" in verdict(signal)

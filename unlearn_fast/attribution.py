@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data.content import DATA_INPUTS, DigestCache, data_fingerprints
 from .data.dataset import CaptionedImages
 from .errors import OutputError, SettingsError
 from .evaluate.metrics import ranking
 from .store.integrity import read_listed, write_folder_sums
 
 RECORD = "attribution.json"
-DATA_INPUTS = ("data.images", "data.captions")  # the work directory's names for the training set's fingerprints
 
 
 def check_output_folder(out_dir: str) -> None:
@@ -57,7 +57,7 @@ class Attribution:
     work_dir: str = ""
     timings: dict = field(default_factory=dict)
     group_by: str | None = None  # a metadata field: groups.csv, the report's group table (groups.py)
-    data_fingerprint: dict | None = None  # {"data.images": ..., "data.captions": ...}: None = computed on save
+    data_fingerprint: dict | None = None  # data/content.data_fingerprints; None: computed on save
 
     def __post_init__(self):
         self.scores = np.asarray(self.scores, dtype=np.float32)
@@ -177,12 +177,9 @@ class Attribution:
 
 
 def data_fingerprint(dataset: CaptionedImages) -> dict:
-    """The training set's fingerprints as a work directory records them: every image's bytes and every row's key and
-    captions, in order (data/content.py; image digests come from the digest cache while files are unchanged)."""
-    from .data.content import DigestCache, fingerprint_of
-
-    return {"data.images": fingerprint_of(dataset.content_index(DigestCache())["digest"]),
-            "data.captions": fingerprint_of(dataset.caption_digests())}
+    """The training set's fingerprints as a work directory binds them (image digests come from the digest cache
+    while files are unchanged): for attributions not made through a Workspace, and to check a reopened set."""
+    return data_fingerprints(dataset.content_index(DigestCache())["digest"], dataset.caption_digests())
 
 
 def check_same_data(out_dir: str, record: dict, dataset: CaptionedImages) -> None:

@@ -98,7 +98,6 @@ class Attributor:
                                     noise=self.workspace.settings.scoring.noise)
             attribution = two_stage.attribute(self.workspace, queries)
         attribution.group_by = group_by
-        attribution.data_fingerprint = self.workspace.data_fingerprint()
         if controls or settings.score in REFERENCE_RULES:
             queries = [queries] if isinstance(queries, Query) else list(queries)
             signals = trust_signals(self.workspace, queries, attribution.scores, settings, controls)

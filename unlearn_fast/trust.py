@@ -6,9 +6,11 @@ the caption alone?
     caption_only     share of the query's top 10 that the same prompt recovers on an unrelated image
     image_only       share of the query's top 10 that the same image recovers under an unrelated prompt
 
+The scores judged are the ones the user sees (their score rule); the controls are attributed with the same settings.
 The reference queries are the calibrated score's (methods/abu.reference_queries: generations from training captions
-drawn with a fixed seed), unlearnt once per work directory and settings; the controls unlearn two more queries per
-query. A high caption-only share with a low image-only share means the answer follows the caption, not the image.
+drawn with a fixed seed, `settings.references` of them), unlearnt once per work directory and settings; the controls
+unlearn two more queries per query. A high caption-only share with a low image-only share means the answer follows
+the caption, not the image.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from .evaluate.metrics import ranking, spearman
 from .query import Query, query_from_array
 
 TOP = 10
-REFERENCES = 8  # reference queries behind the specificity (as the calibrated score's default)
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, k: int = TOP) -> float:
@@ -31,18 +32,15 @@ def _overlap(a: np.ndarray, b: np.ndarray, k: int = TOP) -> float:
 
 def trust_signals(workspace, queries: list[Query], scores: np.ndarray, settings: UnlearnSettings,
                   controls: bool = False) -> list[dict]:
-    """Per query: {"specificity", "hub_correlation"} and, with controls, {"caption_only", "image_only"} (shares of
-    the top 10), each computed with the query's own unlearning settings (raw scores: the rule's input)."""
+    """Per query q (scores[q]: its scores as shown): {"specificity", "hub_correlation", "references"} and, with
+    controls, {"caption_only", "image_only", "control_prompt"} (shares of the top 10)."""
     from .methods import abu
 
-    raw = dataclasses.replace(settings, score="raw", references=max(settings.references, 1), spread=False)
-    references = abu.reference_queries(workspace, raw.references if settings.score in ("calibrated", "sensitivity")
-                                       else REFERENCES)
-    reference = abu.attribute_by_unlearning(workspace, references, raw).scores
-    mean_reference = reference.mean(axis=0)
+    references = abu.reference_queries(workspace, settings.references)
+    raw = dataclasses.replace(settings, score="raw", spread=False)
+    mean_reference = abu.attribute_by_unlearning(workspace, references, raw).scores.mean(axis=0)
     signals = []
-    for q, query in enumerate(queries):
-        own = abu.attribute_by_unlearning(workspace, [query], raw).scores[0]
+    for query, own in zip(queries, np.asarray(scores)):
         correlation = spearman(own, mean_reference)
         signal = {"hub_correlation": round(float(correlation), 4),
                   "specificity": round(float(1.0 - correlation), 4), "references": len(references)}
@@ -53,7 +51,7 @@ def trust_signals(workspace, queries: list[Query], scores: np.ndarray, settings:
                                              source=f"control: the prompt on {other.source}")
             image_alone = query_from_array(query.image, other.prompt, resolution,
                                            source=f"control: the image under {other.prompt!r}")
-            control = abu.attribute_by_unlearning(workspace, [caption_alone, image_alone], raw).scores
+            control = abu.attribute_by_unlearning(workspace, [caption_alone, image_alone], settings).scores
             signal.update(caption_only=_overlap(own, control[0]), image_only=_overlap(own, control[1]),
                           control_prompt=other.prompt)
         signals.append(signal)

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .engine.batching import MIN_UNET_ROWS
-from .data.content import DigestCache, fingerprint_of
+from .data.content import DATA_INPUTS, DigestCache, data_fingerprints
 from .data.dataset import CaptionedImages, DataError, load_pixels
 from .data.preprocess import POLICIES, PreprocessPlan
 from .engine.distributed import Ranks, ranks_from_environment
@@ -166,7 +166,7 @@ class Workspace:
     def data_fingerprint(self) -> dict:
         """The training set's fingerprints this folder is bound to (what an attribution records: attribution.py)."""
         inputs = (self.store.manifest or read_manifest(self.store.path) or {}).get("inputs", {})
-        return {name: inputs[name] for name in ("data.images", "data.captions") if name in inputs} or None
+        return {name: inputs[name] for name in DATA_INPUTS if name in inputs} or None
 
     def _binding(self, cache: DigestCache) -> Binding:
         """The work directory's binding: a fingerprint per model part, the images' bytes and the captions (rows kept to
@@ -182,9 +182,9 @@ class Workspace:
                             f"{content['mode'][first].decode()}, the model takes RGB "
                             f"{self.model.resolution}×{self.model.resolution} (preprocess 'refuse'; {len(plan.changed)} "
                             f"of {len(content)} images would change)")
-        rows = {"data.images": content["digest"], "data.captions": self.dataset.caption_digests()}
+        rows = dict(zip(DATA_INPUTS, (content["digest"], self.dataset.caption_digests())))
         inputs = {f"model.{part}": value for part, value in self.model_fingerprints.items()}
-        inputs.update({name: fingerprint_of(digests) for name, digests in rows.items()})
+        inputs.update(data_fingerprints(*rows.values()))
         return Binding(inputs=inputs, settings=self.settings.manifest(), rows=rows,
                        describe_row=lambda name, row: self.dataset.where(row), depends=DEPENDS,
                        sources=self.sources())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
@@ -164,7 +165,6 @@ def _attributor(args):
     from ..attributor import Attributor
     from ..data import open_dataset
 
-    _resolve_sources(args)
     _threads(args)
     model = _load_model(args)
     dataset = open_dataset(args.data, caption_column=args.caption_column)
@@ -180,6 +180,7 @@ def _job(workspace) -> dict:
 
 
 def cmd_prepare(args) -> None:
+    _resolve_sources(args)
     attributor = _attributor(args).prepare()
     if attributor.ranks.is_main:  # one summary per job
         print(json.dumps({"work_dir": os.path.abspath(args.work_dir), "num_train": len(attributor.dataset),
@@ -187,13 +188,11 @@ def cmd_prepare(args) -> None:
 
 
 def _queries(args, model) -> list:
-    from ..query import check_prompt, query_from_file, query_from_prompt, read_mask
+    from ..query import query_from_file, query_from_prompt, read_mask
 
     prompts, images = args.prompt or [], args.image or []
     if not prompts:
         raise SystemExit("attribute: give --prompt (with --image FILE, or alone to generate the query with --seed)")
-    for prompt in prompts:  # every prompt readable before any query is generated
-        check_prompt(prompt, "--prompt")
     if images and len(images) != len(prompts):
         raise SystemExit(f"attribute: {len(images)} --image for {len(prompts)} --prompt; give one prompt per image")
     masks = getattr(args, "mask", None) or []
@@ -588,8 +587,10 @@ def os_error_line(error: OSError) -> str:
     where = error.filename if error.filename is not None else "(no file named)"
     if error.filename2 is not None:
         where = f"{where} -> {error.filename2}"
-    hint = {28: "; free some space (or use a --work-dir on another disk) and run the command again: finished work "
-                "is kept", 30: "; the folder is read-only", 13: "; check the folder's permissions"}.get(error.errno, "")
+    hints = {errno.ENOSPC: "; free some space (or use a --work-dir on another disk) and run the command again: "
+                           "finished work is kept",
+             errno.EROFS: "; the folder is read-only", errno.EACCES: "; check the folder's permissions"}
+    hint = hints.get(error.errno, "")
     return f"{where}: {what}{hint}"
 
 

@@ -234,3 +234,11 @@ def digest_rows(items: Iterable[bytes]) -> np.ndarray:
 def fingerprint_of(rows: np.ndarray) -> str:
     """A short hash of a (N, k) digest table, row order included."""
     return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
+
+
+DATA_INPUTS = ("data.images", "data.captions")  # a training set's inputs, as a work directory binds them
+
+
+def data_fingerprints(image_digests: np.ndarray, caption_digests: np.ndarray) -> dict[str, str]:
+    """{DATA_INPUTS name: fingerprint}: what a work directory binds and an attribution records of its training set."""
+    return dict(zip(DATA_INPUTS, (fingerprint_of(image_digests), fingerprint_of(caption_digests))))

@@ -97,7 +97,8 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
         records = [{**record, "unlearn": dataclasses.asdict(settings),
                     **({"model": str(model_folder)} if model_folder else {})} for record in records]
     return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=workspace.dataset,
-                       work_dir=str(workspace.store.path), timings=dict(workspace.timings))
+                       work_dir=str(workspace.store.path), timings=dict(workspace.timings),
+                       data_fingerprint=workspace.data_fingerprint())
 
 
 def abu_overrides(noise: str, settings: UnlearnSettings) -> dict:

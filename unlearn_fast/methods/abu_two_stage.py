@@ -161,7 +161,8 @@ class TwoStageAbU(AttributionMethod):
             records = [self._attribute_one(workspace, query) for query in queries]
         scores = np.stack([workspace.store.load_npy(f"{record['folder']}/scores") for record in records])
         return Attribution(scores=scores, queries=queries, records=records, dataset=workspace.dataset,
-                           work_dir=str(workspace.store.path), timings=dict(workspace.timings))
+                           work_dir=str(workspace.store.path), timings=dict(workspace.timings),
+                           data_fingerprint=workspace.data_fingerprint())
 
     def _attribute_one(self, workspace: Workspace, query: Query) -> dict:
         store, n = workspace.store, len(workspace.dataset)

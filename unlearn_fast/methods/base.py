@@ -78,4 +78,5 @@ def _cached_attribution(method: AttributionMethod, workspace: Workspace, queries
     records = [{"folder": folder, "query": q.key, "prompt": q.prompt, "source": q.source, "generation": q.generation,
                 "method": method.name, "settings": method.settings()} for q in queries]
     return Attribution(scores=scores, queries=queries, records=records, dataset=workspace.dataset,
-                       work_dir=str(store.path), timings={method.name: round(time.perf_counter() - started, 3)})
+                       work_dir=str(store.path), timings={method.name: round(time.perf_counter() - started, 3)},
+                       data_fingerprint=workspace.data_fingerprint())

@@ -9,7 +9,7 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from .integrity import file_digest, sum_path
+from .integrity import file_digest, sum_path, sum_text
 
 TMP_SUFFIX = ".tmp"
 
@@ -29,8 +29,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], Any], c
             f.flush()
             os.fsync(f.fileno())
         if checksum:
-            size, digest = file_digest(Path(tmp))
-            record = json.dumps({"bytes": size, "blake2b": digest}, sort_keys=True) + "\n"
+            record = sum_text(*file_digest(Path(tmp)))
             atomic_write(sum_path(path), lambda f: f.write(record.encode()), checksum=False)
         os.replace(tmp, path)
     except OSError as error:

@@ -29,8 +29,9 @@ def sum_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SUM_SUFFIX)
 
 
-def sum_record(data: bytes) -> str:
-    return json.dumps({"bytes": len(data), "blake2b": digest_of(data)}, sort_keys=True) + "\n"
+def sum_text(size: int, digest: str) -> str:
+    """The content of a ``.sum`` file (read back by read_sum)."""
+    return json.dumps({"bytes": size, "blake2b": digest}, sort_keys=True) + "\n"
 
 
 def read_sum(path: Path) -> dict | None:
