@@ -202,7 +202,8 @@ def test_settings_and_cached_runs(clip_folder, tmp_path, attributor, dataset):
     assert method.key != FeatureSimilarity(clip_folder, modality="text").key
     work = WorkDir(tmp_path / "work")
     work.bind(Binding(inputs={"model": "model", "data": dataset.fingerprint()}, settings={}))
-    with_store = SimpleNamespace(**vars(attributor), store=work, on_main=lambda write: write())  # one process
+    with_store = SimpleNamespace(**vars(attributor), store=work, on_main=lambda write: write(),  # one process
+                                 data_fingerprint=lambda: None)
     queries = _queries(dataset, [1, 12])
     first = run_method(method, with_store, queries)
     assert first.scores.argmax(axis=1).tolist() == [1, 12]
