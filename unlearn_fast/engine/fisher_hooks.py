@@ -147,8 +147,9 @@ def summed_gradient(model, unet, params: dict[str, nn.Parameter], x0, cond, time
     with capture_linear_io(unet, paths, batch) as captured, only_these_require_grad(unet, params), \
             torch.enable_grad():
         loss = model.loss(x0, cond, timesteps, noise, unet=unet, weight=weight)[:rows].sum() * scale
-    outputs = [output for _, output in captured.values()]
-    grads = torch.autograd.grad(loss, outputs + list(other.values()))
+        outputs = [output for _, output in captured.values()]
+        # Inside: a frozen model (e.g. one holding a LoRA) gets its parameters' requires_grad back on exit.
+        grads = torch.autograd.grad(loss, outputs + list(other.values()))
     total = {name: g.double() for name, g in zip(other, grads[len(outputs):])}
     for path, xs, gs in linear_rows(captured, grads[:len(outputs)], batch, rows):
         gs64 = gs.double()
