@@ -38,6 +38,9 @@ class DiffusionTrainConfig:
     caption_dropout: float = 0.1  # empty caption this often, for classifier-free guidance
     unet_parameters: str = "all"  # a DiffusionModel.parameter_group name or regex: what the UNet trains
     train_text_encoder: bool = True
+    # With the text encoder frozen: train the embeddings of the last `new_token_rows` vocabulary rows (the tokens a
+    # customisation added), as Custom Diffusion and textual inversion do; every other row stays as it was.
+    new_token_rows: int = 0
     seed: int = 0
 
 
@@ -153,6 +156,13 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
     generator = torch.Generator().manual_seed(config.seed)
     unet_params = list(model.parameter_group(config.unet_parameters).values())
     text_params = list(model.text.encoder.parameters()) if config.train_text_encoder else []
+    token_hook = None
+    if config.new_token_rows and not config.train_text_encoder:
+        table = model.text.encoder.get_input_embeddings().weight
+        first = table.shape[0] - config.new_token_rows
+        text_params = [table]
+        token_hook = table.register_hook(lambda g: torch.cat([torch.zeros_like(g[:first]), g[first:]]))
+    text_grad = bool(text_params)
     trainable = unet_params + text_params
     for module in (model.unet, model.text.encoder, model.vae):
         if module is not None:
@@ -181,7 +191,7 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
             if not bool(kept.any()):
                 schedule.step()  # a batch of excluded rows only: no update, the schedule keeps time with the full run
                 continue
-            cond = model.encode_text(captions, grad=config.train_text_encoder)
+            cond = model.encode_text(captions, grad=text_grad)
             loss = model.loss(x0.to(model.device), cond, timesteps.to(model.device), noise.to(model.device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -196,6 +206,8 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
             bar.set_postfix(loss=f"{np.mean(history.losses[-100:]):.4f}", refresh=False)
     if ema is not None:
         ema.copy_to(trainable)
+    if token_hook is not None:
+        token_hook.remove()
     for p in trainable:
         p.requires_grad_(False)
     model.eval()

@@ -7,6 +7,7 @@ Three recipes share this path:
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -15,6 +16,7 @@ import torch
 from .data import load_pixels, open_dataset
 from .engine.device import resolve_device
 from .models.adapter import DiffusionModel
+from .models.lora import add_lora, save_lora
 from .models.tiny import IMAGE_SIZE, new_tiny_model
 from .train import DiffusionTrainConfig, TrainingSet, VAETrainConfig, calibrate_latent_scale, train_diffusion, train_vae
 
@@ -37,7 +39,8 @@ class TrainRequest:
     caption_dropout: float = 0.1
     unet_parameters: str = "all"
     architecture: str = "unet"  # a new model's denoiser: "unet" (DDPM) or "dit" (flow matching); models/tiny.py
-    train_text_encoder: bool = True
+    train_text_encoder: bool = True  # False: only the added tokens' embeddings train (when add_tokens are given)
+    lora_rank: int = 0  # > 0: train a fresh LoRA adapter of this rank (the UNet's own weights frozen), saved in out/lora
     caption_column: str = "text"
     command: str = ""
     device: str = "cpu"  # "cpu" or "cuda[:N]"; GPU and CPU runs of one recipe agree to float rounding, not bitwise
@@ -82,12 +85,18 @@ def run_training(request: TrainRequest, quiet: bool = False) -> dict:
     if model.resolution != pixels.shape[1]:
         pixels = load_pixels(dataset, model.resolution)
     data = TrainingSet(model.encode_images(pixels), captions, request.exclude)
+    if request.lora_rank:
+        add_lora(model, rank=request.lora_rank, seed=request.seed)
     config = DiffusionTrainConfig(steps=request.steps, batch_size=request.batch_size, lr=request.lr,
                                   warmup_steps=request.warmup_steps, seed=request.seed,
                                   ema_decay=request.ema_decay, caption_dropout=request.caption_dropout,
-                                  unet_parameters=request.unet_parameters,
-                                  train_text_encoder=request.train_text_encoder)
+                                  unet_parameters="lora" if request.lora_rank else request.unet_parameters,
+                                  train_text_encoder=request.train_text_encoder,
+                                  new_token_rows=0 if request.train_text_encoder else len(request.add_tokens))
     history = train_diffusion(model, data, config, quiet=quiet)
+    if request.lora_rank:  # the adapter in diffusers' LoRA file; the folder keeps the base UNet (and new tokens)
+        origin["lora"] = save_lora(model, os.path.join(request.out, "lora"))
+        model.unet.unload_lora()
     window = history.losses[-200:]
     record = {
         "command": request.command,

@@ -119,6 +119,10 @@ class WordTextEncoder(ModelMixin, ConfigMixin):
         hidden = self.layers(hidden, src_key_padding_mask=input_ids == self.config.pad_id)
         return self.final_norm(hidden)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding table (transformers' name for it)."""
+        return self.token_embedding
+
     def resize_token_embeddings(self, vocab_size: int) -> None:
         """Grow the vocabulary (new rows start at the mean embedding, a neutral word)."""
         old = self.token_embedding
