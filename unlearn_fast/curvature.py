@@ -29,9 +29,16 @@ from .errors import SettingsError
 from .engine.fisher import FisherSettings, keyed_timesteps
 from .engine.fisher_hooks import capture_linear_io, linear_rows, only_these_require_grad, split_linear
 
-CURVATURES = ("diagonal", "kfac", "ekfac")
+CURVATURES = ("diagonal", "layer-damped", "kfac", "ekfac")
 FACTOR_NAMES = ("activation_covariance", "gradient_covariance", "activation_eigenvectors", "activation_eigenvalues",
                 "gradient_eigenvectors", "gradient_eigenvalues", "lambda_matrix")
+
+
+def layer_damped(fisher: dict[str, torch.Tensor], damping: float) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher with λ per tensor: F + damping × mean(F) of that tensor. One λ for a whole group lets the
+    layers with the smallest gradients (whose F is nearest λ) take the largest steps; a λ at each layer's own scale caps
+    every weight's step at 1 / (damping × its layer's mean), as K-FAC's damping does per layer."""
+    return {name: f + damping * float(f.double().mean()) for name, f in fisher.items()}
 
 
 def linear_layers(unet, params: dict) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import time
 
 from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE
+from ..curvature import CURVATURES
 from ..engine.unlearn import UnlearnSettings
 from ..score_rules import SCORE_RULES
 from .arguments import (Parser, candidate_spec, count_or_zero, device_argument, finite_float, non_negative_float,
@@ -97,8 +99,6 @@ def _threads(args) -> None:
 def _prepare_settings(args):
     """PrepareSettings from the command line: numeric options not given keep the work directory's values (or the
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
-    import dataclasses
-
     from ..workspace import PrepareSettings
 
     def given(**options):
@@ -140,7 +140,8 @@ def _resolve_sources(args) -> None:
     from ..store import recorded_sources
 
     recorded = recorded_sources(args.work_dir) if os.path.isdir(args.work_dir) else None
-    for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"), ("lora", None)):
+    for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"), ("lora", None),
+                          ("base_model", None)):
         if getattr(args, name) is not None:
             continue
         if recorded is None:
@@ -157,8 +158,31 @@ def _resolve_sources(args) -> None:
             args.fisher_group = "lora"
         if hasattr(args, "group") and args.group is None:
             args.group = "lora"
+    if args.base_model:  # the tensors the fine-tune changed most: the default group of both
+        if getattr(args, "fisher_group", None) is None and (recorded is None or "base_model" in recorded):
+            args.fisher_group = "changed"
+        if hasattr(args, "group") and args.group is None:
+            args.group = "changed"
     if getattr(args, "group", None) and args.fisher_group is None and recorded is None:
         args.fisher_group = args.group  # a new folder: the Fisher covers the group asked to unlearn
+
+
+def _changed_group(args, model) -> None:
+    """--group / --fisher-group "changed" become the regex of the tensors the fine-tune changed (models.changed)."""
+    if "changed" not in (getattr(args, "group", None), getattr(args, "fisher_group", None)):
+        return
+    from ..errors import SettingsError
+
+    if not args.base_model:
+        raise SettingsError("--group changed: give --base-model, the model the fine-tune started from")
+    from ..models.adapter import DiffusionModel
+    from ..models.changed import changed_group
+
+    pattern = changed_group(model, DiffusionModel.load(args.base_model, device=model.device))
+    model.base_model = args.base_model if args.base_model == "default" else os.path.abspath(args.base_model)
+    for name in ("group", "fisher_group"):
+        if getattr(args, name, None) == "changed":
+            setattr(args, name, pattern)
 
 
 def _attributor(args):
@@ -167,6 +191,7 @@ def _attributor(args):
 
     _threads(args)
     model = _load_model(args)
+    _changed_group(args, model)
     dataset = open_dataset(args.data, caption_column=args.caption_column)
     if getattr(args, "group_by", None):  # a missing field fails here, before the work directory is touched
         dataset.metadata_field(args.group_by)
@@ -250,6 +275,8 @@ def cmd_attribute(args) -> None:
     _resolve_sources(args)  # before the unlearning settings: --lora sets their group
     settings = _unlearn_settings(args)
     attributor = _attributor(args)
+    if settings.group == "changed":  # resolved against --base-model when the model loaded
+        settings = dataclasses.replace(settings, group=args.group)
     attributor.check_unlearning(settings)
     ranks = attributor.ranks  # rank 0 reads or generates the queries, so every rank attributes the same images
     queries = ranks.broadcast(_queries(args, attributor.model) if ranks.is_main else None)
@@ -283,8 +310,6 @@ def cmd_demo(args) -> None:
     Demo-sized settings (demo_settings) keep it within a minute on 2 CPU cores; `unlearn-fast attribute` uses the
     full defaults.
     """
-    import dataclasses
-
     from ..attributor import Attributor
     from ..data import open_dataset
     from ..query import query_from_prompt
@@ -417,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lora", help="a LoRA adapter (diffusers' pytorch_lora_weights.safetensors or its folder) on "
                        "the model; its A/B matrices are then the Fisher's and the unlearning's group unless "
                        "--fisher-group / --group say otherwise; default: the one the work directory recorded")
+        p.add_argument("--base-model", help="the model a fine-tune started from (--model being the fine-tuned one): "
+                       "the group 'changed', the tensors the fine-tune changed most, becomes the Fisher's and the "
+                       "unlearning's group unless --fisher-group / --group say otherwise")
         p.add_argument("--data", help="training set: 'default', an image folder with metadata.jsonl, a .parquet "
                        "file or webdataset shards; default: the one the work directory recorded, else 'default'")
         p.add_argument("--caption-column", help="caption column or key (default: the work directory's, else text)")
@@ -470,10 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and sensitivity (default 8)")
         unlearning.add_argument("--spread", action="store_true", help="--score calibrated: also divide by the "
                                 "references' spread")
-        unlearning.add_argument("--curvature", choices=("diagonal", "kfac", "ekfac"), help="preconditioner: the "
-                                "diagonal Fisher (default) or K-FAC / EK-FAC factors of the group's Linear layers")
-        unlearning.add_argument("--curvature-damping", type=positive_float, help="K-FAC / EK-FAC damping as a share "
-                                "of the layer's mean eigenvalue (default 0.1)")
+        unlearning.add_argument("--curvature", choices=CURVATURES, help="preconditioner: the diagonal Fisher "
+                                "(default), the diagonal Fisher damped per layer, or K-FAC / EK-FAC factors of the "
+                                "group's Linear layers")
+        unlearning.add_argument("--curvature-damping", type=positive_float, help="layer-damped, K-FAC and EK-FAC "
+                                "damping as a share of the layer's mean Fisher or eigenvalue (default 0.1)")
         unlearning.add_argument("--cap", action="store_true", help="stop each step where the query's loss reaches an "
                                 "untrained model's (MUCS)")
         unlearning.add_argument("--retain", type=count_or_zero, help="descend on this many seeded training rows per step while "

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attribution import Attribution
+from ..curvature import layer_damped
 from ..errors import SettingsError
 from ..query import Query
 from ..score_rules import REFERENCE_RULES, by_sensitivity, calibrate, loss_change_scores
@@ -275,9 +276,12 @@ def _reference_scores(workspace: Workspace, settings: UnlearnSettings) -> np.nda
 
 
 def preconditioner(workspace: Workspace, settings: UnlearnSettings):
-    """What unlearning with `settings` divides by: the diagonal Fisher, or the K-FAC / EK-FAC curvature."""
+    """What unlearning with `settings` divides by: the diagonal Fisher (damped per layer with "layer-damped"), or the
+    K-FAC / EK-FAC curvature."""
     if settings.curvature == "diagonal" or not settings.precondition:
         return workspace.fisher
+    if settings.curvature == "layer-damped":
+        return layer_damped(workspace.fisher, settings.curvature_damping)
     return workspace.curvature(settings.curvature, settings.curvature_damping)
 
 

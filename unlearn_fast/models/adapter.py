@@ -191,6 +191,9 @@ class DiffusionModel:
         """Denoiser parameters of a named group of the family ('kv', 'cross-attention', 'attention', 'all', 'lora':
         models/family.py) or matching a regex."""
         groups = self.family.parameter_groups()
+        if group == "changed":  # models.changed: the group is resolved against a base model, into a regex
+            raise SettingsError("parameter group 'changed' needs the model the fine-tune started from: give "
+                                "--base-model")
         pattern = groups.get(group, group)
         try:
             regex = re.compile(pattern)
