@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .validation import RISE_ALPHAS, Validation, caption_validation, choose_alpha
+from .validation import Validation, alpha_grid, caption_validation, choose_alpha
 
 
 def prepared_settings(settings, overrides: dict):
@@ -58,7 +58,7 @@ def configured_method(name: str, setup, workspaces: Workspaces, held_out, folder
     method = build_method(name, encoder=encoder, **options)
     workspace = workspaces(method.prepare_overrides())
     if isinstance(method, AbU) and "alpha" not in options and len(setup.abu_alphas) > 1:
-        grid = RISE_ALPHAS if method.unlearn.step == "rise" else setup.abu_alphas
+        grid = alpha_grid(method.unlearn.step, setup.abu_alphas)
         if validation is None:
             validation = caption_validation(workspace.model, workspace.dataset, setup.validation_prompts,
                                             setup.query_steps, held_out)

@@ -98,6 +98,15 @@ def choose_setting(workspace, make_method, candidates: dict, validation: Validat
 
 
 RISE_ALPHAS = (0.03, 0.1, 0.3, 1.0)  # relative rises of the query's loss (the "rise" step rule)
+# Fixed steps (the "fixed" rule): the default's 7.5e-6 and a decade either side, so a validation of the default's rule
+# always holds the default's own step.
+FIXED_STEPS = (7.5e-7, 2.4e-6, 7.5e-6, 2.4e-5)
+
+
+def alpha_grid(step_rule: str, alpha_over_n: tuple) -> tuple:
+    """The α candidates of a validation in the unit of `step_rule`: `alpha_over_n` (the harness's grid) for "alpha/N",
+    FIXED_STEPS for "fixed", RISE_ALPHAS for "rise"."""
+    return {"rise": RISE_ALPHAS, "fixed": FIXED_STEPS}.get(step_rule, tuple(alpha_over_n))
 
 
 def choose_alpha(workspace, alphas, method: str, options: dict, validation: Validation, record_path: str | None,

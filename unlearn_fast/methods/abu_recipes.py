@@ -24,9 +24,14 @@ VARIANTS = {
     "abu-calibrated": {"score": "calibrated"},
     "abu-calibrated-spread": {"score": "calibrated", "spread": True},
     "abu-sensitivity": {"score": "sensitivity"},
-    # the image pathway and every denoiser weight (issue 28): the step rule "rise" keeps α's meaning across groups
-    "abu-image": {"noise": "shared", "group": "image", "step": "rise"},
-    "abu-all": {"noise": "shared", "group": "all", "step": "rise"},
+    # Where the model learned an image, not only what reads the caption: the image pathway, every denoiser weight, and
+    # every weight with the score divided by the image's sensitivity. Fixed steps like the default (the rise rule
+    # takes a tiny step on a memorised query, whose loss is small); the Fisher covers the group.
+    "abu-image": {**DEFAULT, "group": "image"},
+    "abu-all": {**DEFAULT, "group": "all"},
+    "abu-all-sensitivity": {**DEFAULT, "group": "all", "score": "sensitivity"},
+    "abu-all-normalised": {**DEFAULT, "group": "all", "score": "normalised"},
+    "abu-all-layer-damped": {**DEFAULT, "group": "all", "curvature": "layer-damped"},
     "abu-rise": {"step": "rise"},
     "abu-fixed": {"noise": "shared", "step": "fixed"},
     "abu-3steps": {"steps": 3, "draws": 200},
