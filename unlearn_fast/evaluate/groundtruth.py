@@ -21,6 +21,7 @@ Each scenario is a folder (data, model, work directory, results) whose stages ar
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,13 @@ PROMPT_TEMPLATES = ("{t}", "{t} face", "red {t}", "blue {t}", "green {t}", "yell
                     "{t} symbol", "black {t}", "white {t}", "purple {t}", "orange {t}", "{t} with star", "{t} heart",
                     "{t} flag")
 PLANT_SPLITS = ("evaluation", "validation")
+# How a customisation fine-tune learns the concept (TrainRequest fields): every UNet weight and the text encoder; the
+# cross-attention K/V and the new token's embedding only (as Custom Diffusion, the paper's benchmark, trains); a LoRA
+# adapter (rank 4 on the attention projections) and the new token's embedding. The concept lands in different weights
+# under each, which is what decides whether unlearning a given group can reach it.
+CUSTOM_STYLES = {"full": {"unet_parameters": "all", "train_text_encoder": True},
+                 "custom-diffusion": {"unet_parameters": "kv", "train_text_encoder": False},
+                 "lora": {"lora_rank": 4, "train_text_encoder": False}}
 # Validation plants avoid the evaluation plants of every count of planted images the harnesses use (1–3 per run).
 EVALUATION_PLANT_COUNTS = range(1, 4)
 
@@ -57,7 +65,7 @@ class GroundTruthSetup:
     # that did not show the concept, so the benchmark had no ground truth; this one reaches 0.04 and does.
     custom_steps: int = 400
     custom_lr: float = 1e-3
-    custom_parameters: str = "all"
+    custom_styles: tuple[str, ...] = ("full",)  # CUSTOM_STYLES: each style is its own pair of scenarios
     custom_with_base: bool = False  # fine-tune on base images + exemplars (prior preservation) instead of exemplars only
     planted_copies: tuple[int, ...] = (1, 3, 10)
     domain_images: int = 3  # held-out images of the data planted in the same-domain cases (0: none)
@@ -84,6 +92,9 @@ class GroundTruthSetup:
     def __post_init__(self):
         if self.plant_split not in PLANT_SPLITS:
             raise SettingsError(f"plant_split must be one of {PLANT_SPLITS}, got {self.plant_split!r}")
+        unknown = [style for style in self.custom_styles if style not in CUSTOM_STYLES]
+        if unknown or not self.custom_styles:
+            raise SettingsError(f"custom_styles must be among {sorted(CUSTOM_STYLES)}, got {list(self.custom_styles)}")
         if not 3 <= self.exemplars <= 8 or self.prompts < 1:
             raise SettingsError(f"customisation needs 3–8 exemplars and at least one prompt, got {self.exemplars}, "
                                 f"{self.prompts}")
@@ -104,8 +115,13 @@ class Scenario:
     controls: dict = field(default_factory=dict)  # name -> (image or None for the first query's, prompt)
 
 
-def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words, token: str | None = None
-                           ) -> Scenario:
+def scenario_name(stem: str, style: str, with_base: bool) -> str:
+    """customisation[-domain][-<style> unless full][-with-base]."""
+    return stem + ("" if style == "full" else f"-{style}") + ("-with-base" if with_base else "")
+
+
+def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words, token: str | None = None,
+                           style: str = "full") -> Scenario:
     from ..models.text_encoder import split_words
 
     token = token or setup.token
@@ -113,12 +129,13 @@ def customisation_scenario(setup: GroundTruthSetup, resolution: int, known_words
                if set(split_words(t.format(t=""))) <= set(known_words)][:setup.prompts]
     if len(prompts) < setup.prompts:
         raise SettingsError(f"only {len(prompts)} customisation prompts use words the model knows")
-    images = concept_exemplars(resolution, setup.exemplars, setup.seed)
+    # Validation customises on other exemplars than the evaluation's (another pattern seed).
+    images = concept_exemplars(resolution, setup.exemplars, setup.seed + (setup.plant_split == "validation"))
     alone = not setup.custom_with_base
-    finetune = {"steps": setup.custom_steps, "lr": setup.custom_lr, "unet_parameters": setup.custom_parameters,
+    finetune = {"steps": setup.custom_steps, "lr": setup.custom_lr, **CUSTOM_STYLES[style],
                 "batch_size": len(images) if alone else setup.planted_batch_size}
-    return Scenario("customisation", images, [token] * len(images), prompts, list(range(len(prompts))), alone,
-                    finetune)
+    return Scenario(scenario_name("customisation", style, not alone), images, [token] * len(images), prompts,
+                    list(range(len(prompts))), alone, finetune, info={"style": style, "with_base": not alone})
 
 
 def planted_scenario(setup: GroundTruthSetup, resolution: int, copies: int) -> Scenario:
@@ -131,7 +148,7 @@ def planted_scenario(setup: GroundTruthSetup, resolution: int, copies: int) -> S
 
 
 def domain_customisation_scenario(setup: GroundTruthSetup, full, resolution: int, known_words,
-                                  token: str = "<v2>") -> Scenario:
+                                  token: str = "<v2>", style: str = "full") -> Scenario:
     """Exemplars from the data's own domain: `exemplars` members of a seeded family of 'stem' / 'stem: variant'
     captions with between `exemplars` and 8 members, every member kept out of the base subset."""
     from ..data import load_pixels
@@ -144,13 +161,19 @@ def domain_customisation_scenario(setup: GroundTruthSetup, full, resolution: int
     if not eligible:
         raise SettingsError(f"no caption family of {setup.exemplars}–8 variants in {setup.data} for same-domain "
                             "customisation exemplars")
-    stem = eligible[int(np.random.default_rng([setup.seed, 2718]).integers(len(eligible)))]
+    chosen = eligible[int(np.random.default_rng([setup.seed, 2718]).integers(len(eligible)))]
+    if setup.plant_split == "validation":  # another family, never the evaluation one
+        others = [stem for stem in eligible if stem != chosen]
+        if not others:
+            raise SettingsError("only one caption family fits same-domain customisation: no validation family left")
+        chosen = others[int(np.random.default_rng([setup.seed, 2718, 1]).integers(len(others)))]
+    stem = chosen
     members = families[stem]
     images = list(load_pixels(full, resolution, members[:setup.exemplars]))
-    base = customisation_scenario(setup, resolution, known_words, token)
-    return Scenario("customisation-domain", images, [token] * len(images), base.prompts, base.seeds,
-                    base.train_on_extra_only, base.finetune, exclude_from_base=tuple(members),
-                    info={"family": stem, "family_size": len(members)})
+    base = customisation_scenario(setup, resolution, known_words, token, style)
+    return Scenario(scenario_name("customisation-domain", style, not base.train_on_extra_only), images,
+                    [token] * len(images), base.prompts, base.seeds, base.train_on_extra_only, base.finetune,
+                    exclude_from_base=tuple(members), info={**base.info, "family": stem, "family_size": len(members)})
 
 
 def domain_scenarios(setup: GroundTruthSetup, full, resolution: int) -> list[Scenario]:
@@ -262,15 +285,24 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
                                   command=f"evaluate groundtruth {scenario.name}", device=setup.device,
                                   **scenario.finetune), quiet=True)
     model = DiffusionModel.load(model_dir, device=setup.device)
+    if scenario.finetune.get("lora_rank"):
+        from ..models.lora import load_lora
+
+        load_lora(model, os.path.join(model_dir, "lora"))
+        # As `attribute --lora` does: unlearning and its Fisher cover the adapter where a variant would take K/V.
+        setup = dataclasses.replace(setup, method_options=lora_options(setup))
     queries = [query_from_prompt(model, p, seed=s, steps=setup.query_steps)
                for p, s in zip(scenario.prompts, scenario.seeds)]
-    settings = PrepareSettings(scoring=LossGrid(timesteps=setup.scoring_timesteps, flips=True, batch_size=256))
+    settings = PrepareSettings(scoring=LossGrid(timesteps=setup.scoring_timesteps, flips=True, batch_size=256),
+                               **({"fisher_group": "lora"} if getattr(model, "lora", None) else {}))
     workspaces = Workspaces(model, dataset, os.path.join(folder, "work"), settings)
     result = {"scenario": scenario.name, "num_train": len(dataset), "relevant": relevant,
               "prompts": scenario.prompts, "seeds": scenario.seeds, "methods": {}}
     counted = list(range(len(queries)))
     controls = []
     result.update(scenario.info)
+    with open(os.path.join(model_dir, "training.json"), encoding="utf-8") as handle:
+        result["finetune_final_loss"] = json.load(handle).get("final_loss")
     if scenario.plant is not None:
         from ..data import load_pixels
         from ..query import Query
@@ -309,6 +341,17 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
     return result
 
 
+def lora_options(setup: GroundTruthSetup) -> dict:
+    """setup.method_options with group "lora" for every AbU variant that would unlearn the K/V."""
+    from ..methods.abu_recipes import VARIANTS
+
+    options = {name: dict(values) for name, values in setup.method_options.items()}
+    for name in setup.methods:
+        if name in VARIANTS and options.get(name, {}).get("group", VARIANTS[name].get("group", "kv")) == "kv":
+            options.setdefault(name, {})["group"] = "lora"
+    return options
+
+
 def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
@@ -316,10 +359,12 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     model = DiffusionModel.load(setup.base_model, device=setup.device)
     full = open_dataset(setup.data)
-    scenarios = [customisation_scenario(setup, model.resolution, model.text.tokenizer.index)] \
-        if setup.customisation else []
-    if setup.customisation and setup.domain_customisation:
-        scenarios.append(domain_customisation_scenario(setup, full, model.resolution, model.text.tokenizer.index))
+    scenarios = []
+    for style in setup.custom_styles if setup.customisation else ():
+        scenarios.append(customisation_scenario(setup, model.resolution, model.text.tokenizer.index, style=style))
+        if setup.domain_customisation:
+            scenarios.append(domain_customisation_scenario(setup, full, model.resolution, model.text.tokenizer.index,
+                                                           style=style))
     scenarios += [planted_scenario(setup, model.resolution, r) for r in setup.planted_copies]
     scenarios += domain_scenarios(setup, full, model.resolution)
     results = [run_scenario(setup, s, model, out_dir, log) for s in scenarios]
@@ -340,6 +385,10 @@ def headline(summary: dict) -> dict:
         table.setdefault(name, {"cases": len(cases)})
         for metric in ("top_r_share", "recall", "ap"):
             table[name][metric] = mean_and_se([case[metric]["mean"] for case in cases])
+        for control in ("image only", "caption only"):  # best copy rank: low under image only = follows the image
+            best = [case["controls"][control]["ranks"][0] for case in cases if control in case.get("controls", {})]
+            if best:
+                table[name][f"{control} rank"] = mean_and_se(best)
     for result in summary["scenarios"]:
         if result["scenario"].startswith("customisation"):
             for name, values in result["methods"].items():
@@ -353,15 +402,19 @@ def markdown_table(summary: dict, k: int) -> str:
     lines = []
     heads = headline(summary)
     if heads:
-        columns = [c for c in ("top_r_share", "recall", "ap", "customisation-domain recall", "customisation-domain ap",
-                               "customisation recall", "customisation ap") if any(c in h for h in heads.values())]
-        names = {"top_r_share": "planted: share of the top R", "recall": f"planted: Recall@{k}", "ap": "planted: mAP"}
+        custom = [f"{r['scenario']} {m}" for r in summary["scenarios"] if r["scenario"].startswith("customisation")
+                  for m in ("recall", "ap")]
+        columns = [c for c in ("top_r_share", "recall", "ap", "image only rank", "caption only rank", *custom)
+                   if any(c in h for h in heads.values())]
+        names = {"top_r_share": "planted: share of the top R", "recall": f"planted: Recall@{k}", "ap": "planted: mAP",
+                 "image only rank": "image only: best copy rank", "caption only rank": "caption only: best copy rank"}
         lines += ["Headline (same-domain planted: mean ± SE over the cases that are not void; customisation: over "
                   "its queries)", "", "| method | " + " | ".join(names.get(c, c) for c in columns) + " |",
                   "|---|" + "---:|" * len(columns)]
         for name, values in heads.items():
-            lines.append(f"| {name} | " + " | ".join(format_mean_se(*values[c], 3) if c in values else "–"
-                                                     for c in columns) + " |")
+            cells = (format_mean_se(*values[c], 1 if c.endswith("rank") else 3) if c in values else "–"
+                     for c in columns)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"| scenario | N | method | Recall@{k} | mAP | share of the top R |", "|---|---:|---|---|---|---|"]
     for result in summary["scenarios"]:
