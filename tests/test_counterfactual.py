@@ -139,6 +139,12 @@ def test_the_cli_runs_the_whole_evaluation_and_resumes(tmp_path):
     for name in ("results.md", "delta_loss.png", "delta_mse.png", "images.png", "results.json", "validation.json"):
         assert (out / name).is_file(), name
     assert (out / "attributions" / "pixel" / "report.html").is_file()
+    summary = json.loads((out / "results.json").read_text())
+    queries = len(summary["queries"])
+    for method in ("abu", "pixel"):  # every query's loss under every other query's removal, per K
+        assert sum(r["method"] == method for r in summary["cross_rows"]) == len(ks) * queries * (queries - 1)
+        assert sorted(r["k"] for r in summary["specificity"] if r["method"] == method) == ks
+    assert "Counterfactual specificity" in (out / "results.md").read_text()
     second = subprocess.run(args, capture_output=True, text=True)
     assert second.returncode == 0 and "0 to train" in second.stderr
     assert json.loads(second.stdout)["table"] == table
@@ -157,3 +163,21 @@ def test_paired_differences_against_random_removal_by_hand():
     # differences 0.15 and 0.05: mean 0.10, SE = std(ddof=1) / √2 = 0.0707… / 1.414… = 0.05
     assert entry["k"] == 4 and entry["delta_loss"]["n"] == 2
     assert entry["delta_loss"]["mean"] == pytest.approx(0.10) and entry["delta_loss"]["se"] == pytest.approx(0.05)
+
+
+def test_specificity_is_a_querys_own_removal_against_the_other_queries_removals_by_hand():
+    from unlearn_fast.evaluate.counterfactual import counterfactual_specificity
+
+    own = [{"method": "m", "k": 2, "query": q, "delta_loss": loss} for q, loss in enumerate((0.5, 0.2, 0.3))]
+    cross = [{"method": "m", "k": 2, "query": a, "removed_for": b, "delta_loss": loss}
+             for (a, b), loss in {(0, 1): 0.1, (0, 2): 0.3, (1, 0): 0.2, (1, 2): 0.2, (2, 0): 0.0, (2, 1): 0.2}.items()]
+    (entry,) = counterfactual_specificity(own, cross, ["m"])
+    # per query: 0.5 − 0.2 = 0.3, 0.2 − 0.2 = 0.0, 0.3 − 0.1 = 0.2; mean 1/6, SE = std(ddof=1) / √3
+    values = [0.3, 0.0, 0.2]
+    assert entry["specificity"]["n"] == 3
+    assert entry["specificity"]["mean"] == pytest.approx(np.mean(values))
+    assert entry["specificity"]["se"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(3))
+    # a query-independent ranking removes the same images for every query: A's loss moves alike, specificity 0
+    same = [{**c, "delta_loss": own[c["query"]]["delta_loss"]} for c in cross]
+    (flat,) = counterfactual_specificity(own, same, ["m"])
+    assert flat["specificity"]["mean"] == pytest.approx(0.0)

@@ -8,6 +8,9 @@
                 removal (the same draws for every query), and the full set with other seeds (the noise floor)
     measure:    ΔL = L(ẑ; retrained) − L(ẑ; original) on a fine timestep grid with the same noise, and
                 ΔG = pixel MSE between the images the two models make from the same seed and prompt
+    specificity: for each method, K and pair of queries A ≠ B, ΔL_A(without A's top K) − ΔL_A(without B's top K),
+                A's loss measured on the model retrained for B too: a ranking that is the same for every query removes
+                the same images for A and B and scores 0, however much its removals raise every loss
 
 Every stage is an artefact in the output folder: a rerun skips what is done, and retraining runs (evaluate.retrain)
 may be trained by several processes at once.
@@ -195,6 +198,52 @@ def measure_model(folder: str, queries, which: list[int], query_losses: QueryLos
     return {q: cache[queries[q].key] for q in which}
 
 
+def query_losses_under(folder: str, queries, which: list[int], query_losses: QueryLosses, setup: CounterfactualSetup
+                       ) -> dict[int, float]:
+    """{query: L(ẑ)} of the queries `which` under the model in `folder`, without generating (what specificity needs):
+    read from measure.json where the query was measured, else computed and cached in losses.json beside it."""
+    from ..models.adapter import DiffusionModel
+
+    measured, cache_path = {}, os.path.join(os.path.dirname(folder), "losses.json")
+    for name in ("measure.json", "losses.json"):
+        path = os.path.join(os.path.dirname(folder), name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                measured.update({key: value["loss"] if isinstance(value, dict) else value
+                                 for key, value in json.load(handle).items()})
+    todo = [q for q in which if queries[q].key not in measured]
+    if todo:
+        model = DiffusionModel.load(folder, device=setup.device)
+        new = {queries[q].key: float(loss) for q, loss in zip(todo, query_losses(model, todo))}
+        cache = {}
+        if os.path.isfile(cache_path):
+            with open(cache_path, encoding="utf-8") as handle:
+                cache = json.load(handle)
+        cache.update(new)
+        with open(cache_path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(cache, handle, indent=1)
+        os.replace(cache_path + ".tmp", cache_path)
+        measured.update(new)
+    return {q: measured[queries[q].key] for q in which}
+
+
+def counterfactual_specificity(rows: list[dict], cross: list[dict], methods) -> list[dict]:
+    """Per (method, K): mean ± SE over queries A of  ΔL_A(top_A removed) − mean over B ≠ A of ΔL_A(top_B removed).
+    rows: ΔL of each query under its own removal; cross: ΔL of query A under the removal planned for query B."""
+    own = {(r["method"], r["k"], r["query"]): r["delta_loss"] for r in rows if r["method"] in methods}
+    table = []
+    for method in methods:
+        for k in sorted({key[1] for key in own if key[0] == method}):
+            per_query = []
+            for a in sorted(q for (m, kk, q) in own if m == method and kk == k):
+                others = [c["delta_loss"] for c in cross if c["method"] == method and c["k"] == k and c["query"] == a]
+                if others:
+                    per_query.append(own[(method, k, a)] - float(np.mean(others)))
+            mean, se = mean_and_se(per_query)
+            table.append({"method": method, "k": k, "specificity": {"mean": mean, "se": se, "n": len(per_query)}})
+    return table
+
+
 # --------------------------------------------------------------------------------------------------- the run
 def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_dir: str, folder: str = "queries",
                      first_seed: int | None = None):
@@ -281,10 +330,19 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
         for q, values in measure_model(model_folder(runs, request), queries, every, query_losses, setup,
                                        encoder).items():
             rows.append(_delta_row("noise floor", q, 0, seed, job_key(request), values, base[q]))
+    cross = []  # each query's loss under the models retrained for the other queries (specificity)
+    for entry, request in zip(plan, requests):
+        if entry["query"] is not None and len(queries) > 1:
+            others = [q for q in every if q != entry["query"]]
+            for q, loss in query_losses_under(model_folder(runs, request), queries, others, query_losses,
+                                              setup).items():
+                cross.append({"method": entry["method"], "k": entry["k"], "query": q, "removed_for": entry["query"],
+                              "delta_loss": loss - base[q]["loss"]})
     summary = summarize(rows, setup, num_train=len(dataset))
+    summary["specificity"] = counterfactual_specificity(rows, cross, setup.methods)
     summary.update({"queries": [{"prompt": q.prompt, "seed": q.seed, "key": q.key} for q in queries],
                     "original": {"key": job_key(original), "losses": [base[q]["loss"] for q in every]},
-                    "rows": rows})
+                    "rows": rows, "cross_rows": cross})
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)
     return summary

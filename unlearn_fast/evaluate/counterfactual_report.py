@@ -42,6 +42,14 @@ def paired_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def specificity_table(summary: dict) -> str:
+    lines = ["| method | K | queries | specificity (ΔL) |", "|---|---:|---:|---:|"]
+    for row in summary["specificity"]:
+        value = row["specificity"]
+        lines.append(f"| {row['method']} | {row['k']} | {value['n']} | {_cell(value)} |")
+    return "\n".join(lines)
+
+
 def plot_against_k(summary: dict, metric: str, path: str) -> str:
     """Mean ± SE of `metric` against K for every method, the noise floor as a shaded band around 0."""
     import matplotlib
@@ -111,6 +119,10 @@ def write_report(summary: dict, out_dir: str, results_dir: str | None = None, he
     text = header + "\n" + markdown_table(summary) + "\n"
     if summary.get("paired"):
         text += "\nPaired against random removal on the same query (mean ± SE over queries):\n\n" + paired_table(summary) + "\n"
+    if summary.get("specificity"):
+        text += ("\nCounterfactual specificity, ΔL_A(A's top K removed) − ΔL_A(another query's top K removed), mean "
+                 "over the other queries, then mean ± SE over queries A (0: the removal is the same whatever the "
+                 "query):\n\n" + specificity_table(summary) + "\n")
     paths["table"] = os.path.join(results_dir, "results.md")
     with open(paths["table"], "w", encoding="utf-8") as handle:
         handle.write(text)
