@@ -1,4 +1,4 @@
-"""``unlearn-fast evaluate counterfactual|groundtruth``: the evaluation harness from the command line."""
+"""``unlearn-fast evaluate counterfactual|groundtruth|lds|groups|unlearning``: the evaluation harness from the command line."""
 from __future__ import annotations
 
 import json
@@ -126,6 +126,21 @@ def cmd_lds(args) -> None:
     print(text if not args.json else json.dumps({k: v for k, v in summary.items() if k != "subset_losses"}))
 
 
+def cmd_groups(args) -> None:
+    from ..evaluate.group_retraining import GroupRetrainingSetup, markdown_table, run_group_retraining
+    from ..evaluate.profiles import PROFILES
+
+    profile = PROFILES[args.profile]
+    setup = _setup(args, GroupRetrainingSetup, profile["groups"])
+    started = time.perf_counter()
+    summary = run_group_retraining(setup, args.out, workers=args.workers or profile["workers"],
+                                   threads=args.threads or profile["threads"], log=_log)
+    text = (_header("Groups against leave-one-group-out retraining", args, time.perf_counter() - started) + "\n"
+            + markdown_table(summary))
+    _write_results(args, "groups.md", text, "results.json")
+    print(text if not args.json else json.dumps(summary["table"]))
+
+
 def cmd_unlearning(args) -> None:
     from ..evaluate.profiles import PROFILES
     from ..evaluate.unlearning_quality import UnlearningQualitySetup, markdown_table, run_unlearning_quality
@@ -194,6 +209,9 @@ def add_evaluate_parser(sub) -> None:
     groundtruth.add_argument("--domain-copies", type=positive_int, nargs="*", help="repetition counts of the same-domain cases")
     groundtruth.add_argument("--no-customisation", dest="customisation", action="store_false", default=None,
                              help="skip the two customisation scenarios")
+    groundtruth.add_argument("--custom-styles", nargs="+", choices=("full", "custom-diffusion", "lora"),
+                             help="how the customisation fine-tunes learn the concept (default: full): every weight; "
+                                  "K/V and the token (Custom Diffusion); a LoRA and the token")
     groundtruth.add_argument("--custom-with-base", action="store_true", default=None,
                              help="customise on base images + exemplars (prior preservation), not exemplars only")
     groundtruth.add_argument("--plant-split", choices=("evaluation", "validation"),
@@ -213,6 +231,18 @@ def add_evaluate_parser(sub) -> None:
                      help="more held-out queries (half generated) kept for choosing settings, never evaluated on")
     lds.add_argument("--selection", choices=("mrr", "lds"),
                      help="what chooses AbU's α: MRR on training captions, or LDS on the validation queries")
+
+    groups = verb("groups", "group attribution (every --group-by rule) against retraining without each group: "
+                  "Top-1, NDCG@3", cmd_groups, "groups.md and results.json")
+    groups.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
+    groups.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
+    groups.add_argument("--groups", type=positive_int, help="families removed one at a time (half of them large)")
+    groups.add_argument("--queries-per-group", type=positive_int, help="held-out members of each family: the queries")
+    groups.add_argument("--other-images", type=count_or_zero, help="training images from outside the families")
+    groups.add_argument("--steps", type=positive_int, help="training steps of every run")
+    groups.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
+    groups.add_argument("--workers", type=count_or_zero, default=0, help="training processes at once")
+    groups.add_argument("--threads", type=count_or_zero, default=0, help="torch threads per process")
 
     unlearning = verb("unlearning", "per α: how much unlearning changes the query's regeneration and loss against "
                       "unrelated prompts", cmd_unlearning, "unlearning_quality.md/.json")

@@ -132,3 +132,20 @@ def hub_share(scores: np.ndarray, k: int = 10, hubs: int = 10) -> float:
     k = min(k, scores.shape[1])
     counts = np.bincount(np.concatenate([ranking(row)[:k] for row in scores]), minlength=scores.shape[1])
     return float(np.sort(counts)[::-1][:hubs].sum() / (len(scores) * k))
+
+
+# ------------------------------------------------------------------------------------- groups (leave-one-group-out)
+def top1_group(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """1 when the group a method ranks first is the group whose removal raised the query's loss most (GUDA's Top-1)."""
+    return float(int(np.argmax(predicted)) == int(np.argmax(truth)))
+
+
+def ndcg_at_k(predicted: np.ndarray, truth: np.ndarray, k: int = 3) -> float:
+    """NDCG@k of the method's group order, each group's gain its true loss rise clipped at 0 (a removal that
+    lowered the loss is no evidence for the group); 0/0 (no rise at all) is NaN."""
+    predicted, gains = np.asarray(predicted, np.float64), np.maximum(np.asarray(truth, np.float64), 0.0)
+    k = min(k, len(gains))
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    order = np.lexsort((np.arange(len(predicted)), -predicted))[:k]  # ties: the first group first
+    ideal = float(np.sort(gains)[::-1][:k] @ discount)
+    return float(gains[order] @ discount / ideal) if ideal > 0 else float("nan")

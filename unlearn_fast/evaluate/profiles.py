@@ -8,6 +8,8 @@ gpu: meant for one H200 in ≤ 8 minutes: the full default set, more queries, lo
      project, so its time budget is a plan, not a measurement.
      lds: 400 training images, M = 64 half-subsets (+ 8 retrained with a second seed for the ceiling) at 200 steps of
      64 (≈ 1.5 min per run on one core, two at a time), 25 generated + 25 held-out queries: ≤ 90 minutes.
+     groups: 8 skin-tone families (half large) + 300 other images, 2 held-out members per family as queries, one
+     retrain without each family + one other seed (10 runs of 300 steps, two at a time).
 tiny: a smoke test of the whole pipeline in about a minute (the tests use it).
 """
 from __future__ import annotations
@@ -23,6 +25,9 @@ PROFILES = {
                     "methods": ("abu", "dtrak", "trak", "pixel", "random"),
                     "method_options": {"dtrak": {"dim": 2048}, "trak": {"dim": 2048}}},
             "unlearning": {"queries": 6, "unrelated": 10, "alphas": (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)},
+            "groups": {"groups": 8, "queries_per_group": 2, "other_images": 300, "steps": 300, "batch_size": 64,
+                       "warmup_steps": 30, "methods": ("abu", "dtrak", "pixel", "random"),
+                       "method_options": {"dtrak": {"dim": 2048}}},
             "workers": 2, "threads": 1},
     "gpu": {"counterfactual": {"train_images": None, "queries": 10, "steps": 1500, "batch_size": 128,
                                "warmup_steps": 100, "methods": ("abu", "dtrak", "trak", "pixel"), "random_draws": 3,
@@ -36,6 +41,9 @@ PROFILES = {
                     "method_options": {"dtrak": {"dim": 8192}, "trak": {"dim": 8192}}},
             "unlearning": {"queries": 20, "unrelated": 20, "fisher_examples": None,
                            "alphas": (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)},
+            "groups": {"groups": 16, "queries_per_group": 2, "other_images": 2000, "steps": 1500, "batch_size": 128,
+                       "warmup_steps": 100, "methods": ("abu", "dtrak", "trak", "pixel", "random"),
+                       "method_options": {"dtrak": {"dim": 8192}, "trak": {"dim": 8192}}},
             "workers": 8, "threads": 2},
     "tiny": {"counterfactual": {"train_images": 48, "queries": 2, "steps": 20, "batch_size": 16, "warmup_steps": 2,
                                 "fractions": (0.05, 0.2), "methods": ("abu", "pixel"), "random_draws": 2,
@@ -51,5 +59,8 @@ PROFILES = {
                      "validation_prompts": 2, "abu_alphas": (0.1,)},
              "unlearning": {"queries": 2, "unrelated": 2, "alphas": (0.01, 1.0), "draws": 16, "fisher_examples": 64,
                             "sample_steps": 5, "loss_timesteps": 4},
+             "groups": {"groups": 2, "queries_per_group": 1, "other_images": 20, "steps": 20, "batch_size": 16,
+                        "warmup_steps": 2, "methods": ("abu", "pixel", "random"), "loss_timesteps": 10,
+                        "query_steps": 10, "validation_prompts": 2, "abu_alphas": (0.1,)},
              "workers": 1, "threads": 1},
 }
