@@ -16,25 +16,25 @@ from pathlib import Path
 
 import numpy as np
 
+from unlearn_fast.evaluate.groundtruth import headline
+from unlearn_fast.evaluate.metrics import format_mean_se
+
 DEFAULT = ("abu", 7.5e-06)
 MARGIN = 0.1
 
 
 def candidate_rows(path: Path) -> dict[tuple[str, float], dict[str, float]]:
     record = json.loads(path.read_text())
-    plants = [s for s in record["scenarios"] if not s["scenario"].startswith("customisation") and not s.get("void")]
-    custom = {s["scenario"]: s for s in record["scenarios"] if s["scenario"].startswith("customisation")
-              and s.get("style", "full") == "full" and not s.get("with_base", False)}
+    heads = headline(record)  # the numbers the run's own table shows
+    plants = [s for s in record["scenarios"] if "memorisation" in s and not s["void"]]
     rows = {}
     for method in record["setup"]["methods"]:
         step = float(plants[0]["methods"][method]["options"]["alpha"])
-        share = float(np.mean([s["methods"][method]["top_r_share"]["mean"] for s in plants]))
-        image_only = float(np.mean([min(s["methods"][method]["controls"]["image only"]["ranks"]) <= 10
+        image_only = float(np.mean([s["methods"][method]["controls"]["image only"]["ranks"][0] <= 10
                                     for s in plants]))
-        domain = custom["customisation-domain"]["methods"][method]["recall"]["mean"]
-        synthetic = custom["customisation"]["methods"][method]["recall"]["mean"]
-        parts = {"top-R share": share, "customisation-domain R@10": domain, "customisation R@10": synthetic,
-                 "image-only ≤ 10": image_only}
+        parts = {"top-R share": heads[method]["top_r_share"][0],
+                 "customisation-domain R@10": heads[method]["customisation-domain recall"][0],
+                 "customisation R@10": heads[method]["customisation recall"][0], "image-only ≤ 10": image_only}
         rows[(method, step)] = {**parts, "score": float(np.mean(list(parts.values())))}
     return rows
 
@@ -61,33 +61,26 @@ def main(paths: list[str]) -> None:
 
 
 def evaluation_table(paths: list[str]) -> None:
-    """The issue-28 table of one or more evaluation runs: per method, the plants' top-R share and control ranks
-    (mean ± SE over cases), and Recall@10 in each customisation scenario (mean ± SE over its queries)."""
-    def cell(values, digits: int = 2) -> str:
-        values = np.asarray(values, np.float64)
-        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        return f"{values.mean():.{digits}f} ± {se:.{digits}f}" if np.isfinite(se) else f"{values.mean():.{digits}f}"
-
-    rows, custom_names = {}, []
+    """The issue-28 table of one or more evaluation runs from each run's headline: per method (and step), the plants'
+    top-R share and control ranks (mean ± SE over cases) and Recall@10 in each customisation scenario."""
+    rows, custom = {}, []
     for path in paths:
         record = json.loads(Path(path).read_text())
-        plants = [s for s in record["scenarios"] if not s["scenario"].startswith("customisation") and not s.get("void")]
-        custom = [s for s in record["scenarios"] if s["scenario"].startswith("customisation")]
-        custom_names = custom_names or [s["scenario"].replace("customisation", "c") for s in custom]
+        heads = headline(record)
+        custom = custom or [s["scenario"] for s in record["scenarios"] if s["scenario"].startswith("customisation")]
+        plant = next(s for s in record["scenarios"] if "memorisation" in s)
         for method in record["setup"]["methods"]:
-            step = plants[0]["methods"][method]["options"].get("alpha")
-            label = method if step is None else f"{method} @ {float(step):.2g}"
-            row = [cell([s["methods"][method]["top_r_share"]["mean"] for s in plants]),
-                   cell([min(s["methods"][method]["controls"]["image only"]["ranks"]) for s in plants], 0),
-                   cell([min(s["methods"][method]["controls"]["caption only"]["ranks"]) for s in plants], 0)]
-            row += [f"{s['methods'][method]['recall']['mean']:.2f} ± {s['methods'][method]['recall']['se']:.2f}"
-                    for s in custom]
-            rows[label] = row
+            step = plant["methods"][method]["options"].get("alpha")
+            cells = [format_mean_se(*heads[method]["top_r_share"], 2),
+                     format_mean_se(*heads[method]["image only rank"], 0),
+                     format_mean_se(*heads[method]["caption only rank"], 0)]
+            cells += [format_mean_se(*heads[method][f"{name} recall"], 2) for name in custom]
+            rows[method if step is None else f"{method} @ {float(step):.2g}"] = cells
     print("| method | plants: top-R share | image only: best copy rank | caption only: best copy rank | "
-          + " | ".join(f"{name} R@10" for name in custom_names) + " |")
-    print("|---|" + "---:|" * (3 + len(custom_names)))
-    for label, row in rows.items():
-        print(f"| {label} | " + " | ".join(row) + " |")
+          + " | ".join(f"{name.replace('customisation', 'c')} R@10" for name in custom) + " |")
+    print("|---|" + "---:|" * (3 + len(custom)))
+    for label, cells in rows.items():
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
