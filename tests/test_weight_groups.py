@@ -184,3 +184,22 @@ def test_validation_customises_on_another_family_and_other_exemplars(default_dat
     assert not np.array_equal(made["evaluation"][0].extra_images[0], made["validation"][0].extra_images[0])
     lora = customisation_scenario(GroundTruthSetup(prompts=3, custom_styles=("lora",)), 32, words, style="lora")
     assert lora.name == "customisation-lora" and lora.finetune["lora_rank"] == 4
+
+
+def test_only_the_new_token_rows_change_even_under_weight_decay():
+    from unlearn_fast.train import DiffusionTrainConfig, TrainingSet, train_diffusion
+
+    from unlearn_fast.training_run import _add_tokens
+
+    model = DiffusionModel.load("default")
+    _add_tokens(model, ["<v8>"])
+    table = model.text.encoder.get_input_embeddings().weight
+    before = table.detach().clone()
+    x0 = torch.randn(4, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    data = TrainingSet(x0, [("<v8> face",)] * 4)
+    config = DiffusionTrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, weight_decay=0.5,
+                                  unet_parameters="kv", train_text_encoder=False, new_token_rows=1, ema_decay=0.0)
+    train_diffusion(model, data, config, quiet=True)
+    after = model.text.encoder.get_input_embeddings().weight
+    torch.testing.assert_close(after[:-1], before[:-1], rtol=0, atol=0)  # decay would have shrunk them by lr × 0.5
+    assert not torch.equal(after[-1], before[-1])

@@ -162,6 +162,7 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
         first = table.shape[0] - config.new_token_rows
         text_params = [table]
         token_hook = table.register_hook(lambda g: torch.cat([torch.zeros_like(g[:first]), g[first:]]))
+        kept_rows = table.detach()[:first].clone()  # put back after each step: weight decay moves rows without grad
     text_grad = bool(text_params)
     trainable = unet_params + text_params
     for module in (model.unet, model.text.encoder, model.vae):
@@ -198,6 +199,9 @@ def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionT
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
+            if token_hook is not None:
+                with torch.no_grad():
+                    table[:first] = kept_rows
             schedule.step()
             if ema is not None:
                 ema.step(trainable)
