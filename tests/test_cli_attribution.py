@@ -110,3 +110,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert np.load(summary["files"]["scores"]).shape == (1, 3953)
     assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "work" / "manifest.json").exists()
     assert set(summary["timings_s"]) >= {"latents", "fisher", "base_losses", "unlearn", "score"}
+
+
+def test_a_new_folder_s_fisher_covers_the_group_the_command_unlearns(tmp_path):
+    """A new work directory's Fisher covers --group, else the recipe's group; the demo's too (it used to keep K/V's,
+    so `demo --group image` stopped at the Fisher check)."""
+    from unlearn_fast.cli.main import _resolve_sources, _unlearn_settings, build_parser, demo_settings
+    from unlearn_fast.methods.abu_recipes import recipe_group
+
+    args = build_parser().parse_args(["demo", "--out", str(tmp_path), "--group", "image"])
+    assert demo_settings(args, _unlearn_settings(args)).fisher_group == "image"
+    args = build_parser().parse_args(["demo", "--out", str(tmp_path)])
+    assert demo_settings(args, _unlearn_settings(args)).fisher_group == recipe_group()
+    for extra, group in (([], recipe_group()), (["--group", "attention"], "attention")):
+        args = build_parser().parse_args(["attribute", "--work-dir", str(tmp_path / "new"), "--prompt", "x", *extra])
+        _resolve_sources(args)
+        assert args.fisher_group == group

@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 
-from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE
+from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE, recipe_group
 from ..curvature import CURVATURES
 from ..engine.unlearn import UnlearnSettings
 from ..score_rules import SCORE_RULES
@@ -163,8 +163,9 @@ def _resolve_sources(args) -> None:
             args.fisher_group = "changed"
         if hasattr(args, "group") and args.group is None:
             args.group = "changed"
-    if getattr(args, "group", None) and args.fisher_group is None and recorded is None:
-        args.fisher_group = args.group  # a new folder: the Fisher covers the group asked to unlearn
+    if recorded is None and getattr(args, "fisher_group", None) is None:
+        # A new folder: the Fisher covers the group asked to unlearn, else the recipe's.
+        args.fisher_group = getattr(args, "group", None) or recipe_group(getattr(args, "recipe", None) or "default")
 
 
 def _changed_group(args, model) -> None:
@@ -318,11 +319,7 @@ def cmd_demo(args) -> None:
     _threads(args)
     unlearning = _unlearn_settings(args)
     model = _load_model(args)
-    from ..methods.abu_recipes import recipe_noise
-
-    settings = demo_settings()
-    settings = dataclasses.replace(settings, scoring=dataclasses.replace(
-        settings.scoring, compile=args.compile, channels_last=args.channels_last, noise=recipe_noise(args.recipe)))
+    settings = demo_settings(args, unlearning)
     work_dir = os.path.join(args.out, "work")
     attributor = Attributor(model, open_dataset("default"), work_dir, settings, progress=not args.quiet)
     query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance,
@@ -332,14 +329,19 @@ def cmd_demo(args) -> None:
     _finish(attribution, paths, args.top_k, args.json, started, "demo")
 
 
-def demo_settings():
+def demo_settings(args, unlearning):
     """The demo's prepare settings: 3 timesteps, no flips, a 1,024-row Fisher (the full defaults: 10 timesteps, both
     flips, every row) so that the whole run fits in a minute on 2 CPU cores: on the validation prompts these settings
-    still put the prompt's own training image in the top 10 every time (benchmarks/results/tuning.md)."""
-    from ..workspace import PrepareSettings
+    still put the prompt's own training image in the top 10 every time (benchmarks/results/tuning.md). From the demo's
+    parsed `args` and `unlearning` settings: their speed options, the recipe's noise key and a Fisher over the group
+    the demo unlearns."""
     from ..engine.scoring import LossGrid
+    from ..methods.abu_recipes import recipe_noise
+    from ..workspace import PrepareSettings
 
-    return PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
+    settings = PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
+    return dataclasses.replace(settings, fisher_group=unlearning.group, scoring=dataclasses.replace(
+        settings.scoring, compile=args.compile, channels_last=args.channels_last, noise=recipe_noise(args.recipe)))
 
 
 def cmd_verify(args) -> None:
@@ -464,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
         numbers.add_argument("--fisher-examples", type=count_or_zero, help="caption rows the Fisher averages over, a seeded "
                              "subset (default all; 0 = all)")
         numbers.add_argument("--damping", type=non_negative_float, help="λ added to the Fisher (default 1e-8)")
-        numbers.add_argument("--fisher-group", help="parameters the Fisher covers (default kv)")
+        numbers.add_argument("--fisher-group", help="parameters the Fisher covers (default: --group's, else the "
+                             f"recipe's: {recipe_group()} for the default, {recipe_group('paper')} for --recipe paper)")
         numbers.add_argument("--preprocess", choices=("resize-crop", "refuse"), help="training images that are not RGB "
                              "at the model's resolution: resize the shorter side and centre-crop as diffusers' training "
                              "scripts do, or refuse them (default resize-crop; either way, stated in the log)")
@@ -486,14 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="AbU's settings before the options below: the package's default or the paper's "
                                 "(README, 'AbU variants')")
         unlearning.add_argument("--alpha", type=positive_float, help="step size α, read by the step rule: the step "
-                                "itself with --step fixed (the default recipe: 7.5e-6), the step times N with "
+                                f"itself with --step fixed (the default recipe: {DEFAULT_RECIPE['alpha']:g}), the step times N with "
                                 f"--step alpha/N (--recipe paper: {UNLEARN_DEFAULTS.alpha}), the relative rise of the "
                                 "query's loss with --step rise")
         unlearning.add_argument("--step", choices=("alpha/N", "fixed", "rise"), help="step rule: α/N (the paper), "
                                 "α itself whatever N, or the step that raises the query's loss by the factor α")
-        unlearning.add_argument("--score", choices=SCORE_RULES, help="raw loss change (the paper), relative "
-                                "change, change minus that of reference queries, or change divided by the image's "
-                                "RMS change under the reference queries (sensitivity)")
+        unlearning.add_argument("--score", choices=SCORE_RULES, help="raw loss change (the default and the "
+                                "paper's), relative change (L_after − L_before)/(L_after + L_before), change minus that of "
+                                "reference queries, or change divided by the image's RMS change under the reference "
+                                "queries (sensitivity)")
         unlearning.add_argument("--references", type=positive_int, help="reference queries of --score calibrated "
                                 "and sensitivity (default 8)")
         unlearning.add_argument("--spread", action="store_true", help="--score calibrated: also divide by the "
@@ -512,8 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
         unlearning.add_argument("--draws", type=positive_int, help=f"(t, ε) draws M per step (default "
                                 f"{UNLEARN_DEFAULTS.draws})")
         unlearning.add_argument("--unlearn-seed", type=seed, default=0, help="seed of the unlearning's (t, ε) draws")
-        unlearning.add_argument("--group", help="weights to unlearn: kv (default), cross-attention, attention, "
-                                "all or a regex (within the Fisher's group)")
+        unlearning.add_argument("--group", help="weights to unlearn, within the Fisher's group: kv, "
+                                "cross-attention, attention, image, all, lora, changed or a regex (default: the "
+                                f"recipe's, {recipe_group()} for the default, {recipe_group('paper')} for --recipe paper)")
         unlearning.add_argument("--sgd", action="store_true", help="plain gradient ascent, no Fisher (a baseline)")
         unlearning.add_argument("--unlearn-batch-size", type=positive_int, default=64, help="draws per backward (speed only)")
         p.add_argument("--top-k", type=positive_int, default=16, help="training images shown per query in the report")

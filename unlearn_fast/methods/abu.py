@@ -126,8 +126,9 @@ def check_unlearning(workspace: Workspace, settings: UnlearnSettings) -> None:
         outside = [name for name in changed if name not in covered]
         if outside:
             raise SettingsError(f"the Fisher lacks {len(outside)} parameters of group {settings.group!r} (e.g. "
-                                f"{outside[0]}): it covers group {workspace.settings.fisher_group!r}; unlearn a "
-                                "subset of it, or prepare another work directory with --fisher-group")
+                                f"{outside[0]}): it covers group {workspace.settings.fisher_group!r}; give --group "
+                                f"{workspace.settings.fisher_group} (or a subset of it), or --fisher-group "
+                                f"{settings.group} --overwrite to recompute the Fisher")
 
 
 def query_folder(query: Query, settings: UnlearnSettings) -> str:

@@ -50,3 +50,8 @@ RECIPES = {"paper": PAPER, "default": DEFAULT}
 def recipe_noise(recipe: str = "default") -> str:
     """The scoring noise key a work directory needs for `recipe` (RECIPES)."""
     return RECIPES[recipe].get("noise", "example")
+
+
+def recipe_group(recipe: str = "default") -> str:
+    """The weights `recipe` unlearns, so the group a new work directory's Fisher covers."""
+    return RECIPES[recipe].get("group", "kv")
