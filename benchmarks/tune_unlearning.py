@@ -6,6 +6,10 @@ prompt a test, a benchmark or the demo scores with. Ground truth by construction
 the prompt is should rank near the top. Metrics per setting: mean reciprocal rank of that image, hits in the top 10.
 
     OMP_NUM_THREADS=1 python3 benchmarks/tune_unlearning.py --work-dir /tmp/tune --out benchmarks/results/tuning
+
+--methods runs registry methods (AbU variants by name, e.g. abu abu-kv abu-all-normalised@7.5e-7, and baselines such
+as dtrak or pixel) instead of the CANDIDATES below; the work directory then takes the variants' scoring noise and a
+Fisher that covers every group they unlearn.
 """
 from __future__ import annotations
 
@@ -42,6 +46,14 @@ CANDIDATES = {
 }
 
 
+def _method(spec: str):
+    """A registry method from NAME or NAME@ALPHA (an AbU variant's step in its step rule's unit)."""
+    from unlearn_fast.methods import build_method
+
+    name, _, alpha = spec.partition("@")
+    return build_method(name, **({"alpha": float(alpha)} if alpha else {}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", required=True)
@@ -51,21 +63,36 @@ def main() -> None:
     parser.add_argument("--flips", action="store_true")
     parser.add_argument("--fisher-examples", type=int, help="Fisher over a seeded subset of rows (the demo's 1,024)")
     parser.add_argument("--only", action="append", help="run only these candidate names")
+    parser.add_argument("--methods", nargs="+", help="registry methods instead of CANDIDATES; NAME@ALPHA sets an AbU "
+                        "variant's α")
     args = parser.parse_args()
 
+    methods = {spec: _method(spec) for spec in args.methods or ()}
+    abus = [m for m in methods.values() if hasattr(m, "unlearn")]
+    noise = {m.noise for m in abus} or {"example"}
+    if len(noise) > 1:
+        raise SystemExit(f"--methods: the AbU variants need different scoring noise keys {sorted(noise)}")
+    groups = {m.unlearn.group for m in abus if m.unlearn.precondition} - {"kv"}
     model, dataset = DiffusionModel.load("default"), open_dataset("default")
-    settings = PrepareSettings(scoring=LossGrid(timesteps=args.timesteps, flips=args.flips, batch_size=128),
-                               fisher_examples=args.fisher_examples)
+    settings = PrepareSettings(scoring=LossGrid(timesteps=args.timesteps, flips=args.flips, batch_size=128,
+                                                noise=noise.pop()),
+                               fisher_examples=args.fisher_examples, fisher_group="all" if groups else "kv")
     attributor = Attributor(model, dataset, args.work_dir, settings, progress=False).prepare()
     prompts = validation_prompts(dataset, args.prompts, VALIDATION_SEED, RESERVED)
     queries = [query_from_prompt(model, prompt, seed=0) for prompt, _ in prompts]
     results = {}
-    for name, unlearn in CANDIDATES.items():
+    candidates = methods or CANDIDATES
+    for name, unlearn in candidates.items():
         if args.only and name not in args.only:
             continue
         started, ranks = time.perf_counter(), []
         try:
-            attribution = attributor.attribute(queries, unlearn)
+            if methods:
+                from unlearn_fast.methods import run_method
+
+                attribution = run_method(unlearn, attributor.workspace, queries)
+            else:
+                attribution = attributor.attribute(queries, unlearn)
         except FloatingPointError as error:
             results[name] = {"error": str(error)}
             continue
@@ -74,7 +101,8 @@ def main() -> None:
             position[attribution.order(q)] = np.arange(1, len(dataset) + 1)
             ranks.append(int(position[truth].min()))
         ranks = np.array(ranks)
-        results[name] = {"settings": vars(unlearn), "ranks": ranks.tolist(),
+        described = vars(unlearn.unlearn) if hasattr(unlearn, "unlearn") else vars(unlearn) if not methods else {}
+        results[name] = {"settings": {k: v for k, v in described.items() if not k.startswith("_")}, "ranks": ranks.tolist(),
                          "mrr": float((1.0 / ranks).mean()), "hits_at_10": int((ranks <= 10).sum()),
                          "median_rank": float(np.median(ranks)), "seconds": round(time.perf_counter() - started, 1)}
         print(name, results[name], flush=True)
