@@ -97,7 +97,6 @@ def sweep(images: int, queries: int) -> None:
 
     from unlearn_fast.attributor import Attributor
     from unlearn_fast.data import SubsetDataset, load_pixels, open_dataset
-    from unlearn_fast.methods.abu_recipes import DEFAULT
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.query import query_from_array
     from unlearn_fast.engine.scoring import LossGrid
@@ -110,8 +109,8 @@ def sweep(images: int, queries: int) -> None:
     picks = list(range(0, images, images // queries))[:queries]
     asked = [query_from_array(image, data.captions(i)[0], 32, source=f"training image {i}")
              for image, i in zip(load_pixels(data, 32, picks), picks)]
-    settings = PrepareSettings(scoring=LossGrid(timesteps=10, noise="shared"), fisher_examples=256)
-    unlearning = UnlearnSettings(**{k: v for k, v in DEFAULT.items() if k != "noise"})
+    settings = PrepareSettings(scoring=LossGrid(timesteps=10), fisher_examples=256)
+    unlearning = UnlearnSettings()  # the package's default
     with tempfile.TemporaryDirectory() as tmp:
         Attributor(model, data, f"{tmp}/prepared", settings, progress=False).prepare()
         times = {}

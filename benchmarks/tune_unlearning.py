@@ -33,16 +33,16 @@ from unlearn_fast.engine.unlearn import UnlearnSettings
 RESERVED = {"red apple", "grinning face", "cat face", "flag: Japan", "thumbs up"}
 
 CANDIDATES = {
-    "paper MSCOCO (S=1, α=0.01), M=500": UnlearnSettings(steps=1, alpha=0.01, draws=500),
-    "S=1, α=0.01, M=2000": UnlearnSettings(steps=1, alpha=0.01, draws=2000),
-    "S=1, α=0.1, M=500": UnlearnSettings(steps=1, alpha=0.1, draws=500),
-    "S=1, α=0.03, M=500": UnlearnSettings(steps=1, alpha=0.03, draws=500),
-    "S=1, α=0.3, M=500": UnlearnSettings(steps=1, alpha=0.3, draws=500),
-    "S=1, α=1, M=500": UnlearnSettings(steps=1, alpha=1.0, draws=500),
-    "S=1, α=0.1, M=2000": UnlearnSettings(steps=1, alpha=0.1, draws=2000),
-    "paper SD (S=100→10, α=0.1, M=160)": UnlearnSettings(steps=10, alpha=0.1, draws=160),
-    "SGD, α=100, M=500": UnlearnSettings(steps=1, alpha=100.0, draws=500, precondition=False),
-    "SGD, α=10000, M=500": UnlearnSettings(steps=1, alpha=1e4, draws=500, precondition=False),
+    "paper MSCOCO (S=1, α=0.01), M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.01, draws=500),
+    "S=1, α=0.01, M=2000": UnlearnSettings(step="alpha/N", steps=1, alpha=0.01, draws=2000),
+    "S=1, α=0.1, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.1, draws=500),
+    "S=1, α=0.03, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.03, draws=500),
+    "S=1, α=0.3, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.3, draws=500),
+    "S=1, α=1, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=1.0, draws=500),
+    "S=1, α=0.1, M=2000": UnlearnSettings(step="alpha/N", steps=1, alpha=0.1, draws=2000),
+    "paper SD (S=100→10, α=0.1, M=160)": UnlearnSettings(step="alpha/N", steps=10, alpha=0.1, draws=160),
+    "SGD, α=100, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=100.0, draws=500, precondition=False),
+    "SGD, α=10000, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=1e4, draws=500, precondition=False),
 }
 
 

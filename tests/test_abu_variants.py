@@ -15,7 +15,7 @@ from unlearn_fast.score_rules import calibrate, loss_change_scores
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.unlearn import RISE_TOLERANCE, UnlearnSettings, query_gradient, query_loss, unlearn
 
-UNLEARN = dict(alpha=1e-4, draws=24, batch_size=24)
+UNLEARN = dict(step="alpha/N", alpha=1e-4, draws=24, batch_size=24)
 
 
 def settings(noise: str = "example") -> PrepareSettings:
@@ -145,7 +145,7 @@ def test_the_rise_step_raises_the_querys_loss_by_alpha_whatever_n(model, query):
         records.append(record["steps"][0])
     assert records[0] == records[1]  # the step does not depend on N
     alpha_over_n = {}
-    unlearn(model, fisher, x0, cond, UnlearnSettings(alpha=0.2, draws=32, batch_size=32), num_train=40,
+    unlearn(model, fisher, x0, cond, UnlearnSettings(step="alpha/N", alpha=0.2, draws=32, batch_size=32), num_train=40,
             record=alpha_over_n)
     assert alpha_over_n["steps"][0]["scale"] == pytest.approx(0.2 / 40)
 
@@ -164,7 +164,7 @@ def test_the_untrained_loss_is_the_mean_squared_target_on_the_rise_draws(model, 
     from unlearn_fast.engine.unlearn import RISE_DRAWS, untrained_loss
 
     x0 = model.encode_images(query.image[None])
-    cap = UnlearnSettings(draws=8, batch_size=8, cap=True)
+    cap = UnlearnSettings(step="alpha/N", alpha=0.1, draws=8, batch_size=8, cap=True)
     d = torch.arange(8, 8 + RISE_DRAWS)
     noise = ops.gaussian_noise(cap.seed, 0, d, 0, x0.shape[1:])
     t = keyed_timesteps(cap.seed, 0, d, model.scheduler.config.num_train_timesteps)
@@ -178,7 +178,7 @@ def test_the_cap_stops_a_long_step_at_the_untrained_models_loss_and_leaves_a_sho
     params = model.parameter_group("kv")
     fisher = {n: torch.full_like(p, 1e-3) for n, p in params.items()}
     x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
-    long = UnlearnSettings(alpha=50.0, draws=16, batch_size=16)
+    long = UnlearnSettings(step="alpha/N", alpha=50.0, draws=16, batch_size=16)
     cap = untrained_loss(model, x0, cond, long, 0)
     assert query_loss(model, unlearn(model, fisher, x0, cond, long, num_train=1), x0, cond, long, 0) > cap
     record = {}
@@ -190,7 +190,7 @@ def test_the_cap_stops_a_long_step_at_the_untrained_models_loss_and_leaves_a_sho
     # The bisection's last interval is 50 / 2^CAP_BISECTIONS wide: one more such step passes the cap.
     beyond = UnlearnSettings(**{**long.__dict__, "alpha": record["steps"][0]["scale"] + 50.0 / 2 ** CAP_BISECTIONS})
     assert query_loss(model, unlearn(model, fisher, x0, cond, beyond, num_train=1), x0, cond, long, 0) > cap
-    short = UnlearnSettings(alpha=1e-4, draws=16, batch_size=16)
+    short = UnlearnSettings(step="alpha/N", alpha=1e-4, draws=16, batch_size=16)
     plain = dict(unlearn(model, fisher, x0, cond, short, num_train=1).named_parameters())
     kept = dict(unlearn(model, fisher, x0, cond, UnlearnSettings(**{**short.__dict__, "cap": True}),
                         num_train=1).named_parameters())
@@ -211,7 +211,7 @@ def test_retained_rows_are_descended_on_by_hand(model, query, default_dataset):
     rows = [3, 7, 11]
     x0_r = model.encode_images(load_pixels(default_dataset, model.resolution, rows))
     cond_r = model.encode_text([default_dataset.captions(i)[0] for i in rows])
-    keep = UnlearnSettings(alpha=1e-3, draws=16, batch_size=2, retain=3)
+    keep = UnlearnSettings(step="alpha/N", alpha=1e-3, draws=16, batch_size=2, retain=3)
     fresh = copy.deepcopy(model.unet)
     copies = dict(fresh.named_parameters())
     group = {n: copies[n] for n in params}
@@ -308,8 +308,9 @@ def test_the_command_line_builds_the_variants_settings():
         args = build_parser().parse_args(["attribute", "--work-dir", "w", "--prompt", "x", *options])
         return _unlearn_settings(args)
 
-    assert parsed() == UnlearnSettings(step="fixed", alpha=7.5e-6)  # the default recipe: a fixed, validated step …
-    assert parsed("--recipe", "paper") == UnlearnSettings()  # … and the paper's recipe, as it ran before
+    assert parsed() == UnlearnSettings() == UnlearnSettings(step="fixed", alpha=7.5e-6)  # the Python API's default is
+    # the command line's: a fixed, validated step …
+    assert parsed("--recipe", "paper") == UnlearnSettings(step="alpha/N", alpha=0.1)  # … and the paper's, as it ran before
     chosen = parsed("--step", "rise", "--score", "calibrated", "--references", "3", "--spread", "--curvature",
                     "ekfac", "--alpha", "0.3")
     assert (chosen.step, chosen.score, chosen.references, chosen.spread, chosen.curvature, chosen.alpha) == \

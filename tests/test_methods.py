@@ -123,7 +123,7 @@ def test_run_method_caches_and_reports_like_abu(setting, tmp_path):
 
 def test_abu_through_run_method_is_attribution_by_unlearning_stored_once(setting):
     workspace, _, queries = setting
-    abu = AbU(unlearn=UnlearnSettings(alpha=1e-4, draws=16))
+    abu = AbU(unlearn=UnlearnSettings(step="alpha/N", alpha=1e-4, draws=16))
     via_method = run_method(abu, workspace, queries[:1])
     direct = attribute_by_unlearning(workspace, queries[:1], abu.unlearn)
     np.testing.assert_array_equal(via_method.scores, direct.scores)

@@ -34,8 +34,8 @@ def planted(tmp_path_factory, default_dataset):
     # The step is α/N · ĝ/F: α = 0.1 was chosen for N = 3,953; the same step at N = 208 needs α scaled by 208/3,953
     # (α = 0.1 here leaves every training image's loss ~1.0 higher: the model is destroyed, not unlearned).
     alpha = 0.1 * 208 / 3953
-    methods = {"fisher": UnlearnSettings(alpha=alpha, draws=200),
-               "sgd": UnlearnSettings(alpha=100.0, draws=200, precondition=False)}
+    methods = {"fisher": UnlearnSettings(step="alpha/N", alpha=alpha, draws=200),
+               "sgd": UnlearnSettings(step="alpha/N", alpha=100.0, draws=200, precondition=False)}
     settings = PrepareSettings(scoring=LossGrid(timesteps=4, flips=True, batch_size=128))
     return run_planted("default", default_dataset, setup, str(tmp_path_factory.mktemp("planted")), settings, methods)
 

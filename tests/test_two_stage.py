@@ -121,7 +121,8 @@ def _explicit_feature(workspace, method, row, flips=(0, 1)):
             p.requires_grad_(True)
         for t in steps:
             for flip in flips:
-                noise = ops.gaussian_noise(grid.seed, example, int(t), flip, x0.shape[1:])
+                key = 0 if grid.noise == "shared" else example  # shared noise: every example draws example 0's
+                noise = ops.gaussian_noise(grid.seed, key, int(t), flip, x0.shape[1:])
                 x = mirrored(x0, torch.tensor([flip]))
                 losses.append(model.loss(x, cond, torch.tensor([int(t)]), noise.reshape(x0.shape))[0])
         grads = torch.autograd.grad(torch.stack(losses).mean(), list(params.values()))

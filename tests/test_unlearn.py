@@ -92,7 +92,7 @@ def deltas(model, unet):
 def test_unlearn_update_is_the_preconditioned_ascent_step(setup, fisher):
     model, _, _, _, xq, cq = setup
     before = {n: p.detach().clone() for n, p in model.unet.state_dict().items()}
-    settings = UnlearnSettings(alpha=0.01, draws=20, batch_size=7)
+    settings = UnlearnSettings(step="alpha/N", alpha=0.01, draws=20, batch_size=7)
     unet = unlearn(model, fisher, xq, cq, settings, num_train=6)
     assert all(torch.equal(p, before[n]) for n, p in model.unet.state_dict().items())  # the original is untouched
     change, kv = deltas(model, unet), model.parameter_group("kv")
@@ -111,7 +111,7 @@ def test_unlearn_update_is_the_preconditioned_ascent_step(setup, fisher):
 def test_unlearning_raises_the_query_loss(setup, fisher):
     model, _, _, _, xq, cq = setup
     grid = LossGrid(timesteps=10, flips=False)
-    unet = unlearn(model, fisher, xq, cq, UnlearnSettings(alpha=0.05, draws=64, steps=2), num_train=6)
+    unet = unlearn(model, fisher, xq, cq, UnlearnSettings(step="alpha/N", alpha=0.05, draws=64, steps=2), num_train=6)
     before = per_example_losses(model, xq, cq, [0], grid).mean()
     after = per_example_losses(model, xq, cq, [0], grid, unet=unet).mean()
     assert after > before * 1.01
@@ -120,7 +120,7 @@ def test_unlearning_raises_the_query_loss(setup, fisher):
 def test_sgd_baseline_and_settings_override_of_n(setup, fisher):
     model, _, _, _, xq, cq = setup
     # A large α: the SGD step is ~1e4 times smaller than the Fisher-preconditioned one, below float32 resolution.
-    settings = UnlearnSettings(alpha=1000.0, draws=16, precondition=False, num_train=2)
+    settings = UnlearnSettings(step="alpha/N", alpha=1000.0, draws=16, precondition=False, num_train=2)
     change = deltas(model, unlearn(model, fisher, xq, cq, settings, num_train=6))
     expected = manual_update(model, fisher, xq, cq, settings, 2)
     for n in expected:
@@ -131,6 +131,6 @@ def test_overflow_raises_a_clear_error(setup):
     model, _, _, _, xq, cq = setup
     zeros = {n: torch.zeros_like(p) for n, p in model.parameter_group("kv").items()}
     with pytest.raises(FloatingPointError, match=r"NaN/inf in .*attn2\.to_[kv]\.weight at step 0.*alpha \(now 0.02\)"):
-        unlearn(model, zeros, xq, cq, UnlearnSettings(draws=4, alpha=0.02), num_train=6)
+        unlearn(model, zeros, xq, cq, UnlearnSettings(step="alpha/N", draws=4, alpha=0.02), num_train=6)
     with pytest.raises(ValueError, match="training-set size"):
-        unlearn(model, zeros, xq, cq, UnlearnSettings(draws=4))
+        unlearn(model, zeros, xq, cq, UnlearnSettings(step="alpha/N", draws=4))

@@ -163,9 +163,10 @@ def test_a_lora_fine_tune_saves_the_adapter_beside_an_unchanged_base_unet(exempl
 def test_each_step_rules_validation_grid_holds_the_defaults_step():
     from unlearn_fast.evaluate.groundtruth import GroundTruthSetup
     from unlearn_fast.evaluate.validation import RISE_ALPHAS, alpha_grid
-    from unlearn_fast.methods.abu_recipes import DEFAULT
+    from unlearn_fast.engine.unlearn import UnlearnSettings
 
-    assert DEFAULT["step"] == "fixed" and DEFAULT["alpha"] in alpha_grid("fixed", GroundTruthSetup().abu_alphas)
+    default = UnlearnSettings()
+    assert default.step == "fixed" and default.alpha in alpha_grid("fixed", GroundTruthSetup().abu_alphas)
     assert alpha_grid("rise", (0.01,)) == RISE_ALPHAS
     assert alpha_grid("alpha/N", (0.01, 0.1)) == (0.01, 0.1)
 

@@ -200,7 +200,7 @@ def test_unlearning_settings_are_checked_in_the_api_too():
 
     for alpha in (0.0, -0.1, float("nan"), float("inf")):
         with pytest.raises(SettingsError, match="alpha must be a finite step size > 0"):
-            UnlearnSettings(alpha=alpha)
+            UnlearnSettings(step="alpha/N", alpha=alpha)
 
 
 # ------------------------------------------------------------------------------------- 4. one-line errors
@@ -292,7 +292,7 @@ def test_prompts_longer_than_the_text_encoder_reads_are_warned_about(images, tmp
                             PrepareSettings(scoring=LossGrid(timesteps=1, flips=False)), progress=False)
     pixels = np.array(Image.open(root / rows[0]["file_name"]).convert("RGB"))
     attributor.attribute([query_from_array(pixels, " ".join(["cat face"] * 9), 32)],
-                         UnlearnSettings(draws=4, alpha=1e-3))
+                         UnlearnSettings(step="alpha/N", draws=4, alpha=1e-3))
     log = (tmp_path / "work" / "log.txt").read_text()
     assert (f"warning: 1 of 16 captions are longer than the text encoder's 16 tokens and are cut to it (first: "
             f"{rows[3]['file_name']} ({root / 'metadata.jsonl'} line 4)") in log

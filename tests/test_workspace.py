@@ -17,7 +17,7 @@ from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.engine.weight_swap import swapped_weights
 from unlearn_fast.workspace import PrepareSettings, Workspace
 
-UNLEARN = UnlearnSettings(alpha=3e-3, draws=16, batch_size=16)
+UNLEARN = UnlearnSettings(step="alpha/N", alpha=3e-3, draws=16, batch_size=16)
 
 
 def settings() -> PrepareSettings:
@@ -83,3 +83,15 @@ def test_methods_import_the_workspace_never_the_attributor():
         imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert not any(name.split(".")[-1] in ("attributor", "evaluate", "cli") for name in imported), path.name
+
+
+def test_a_folder_recorded_without_a_noise_key_reopens_with_per_example_noise():
+    """Per-example noise, the value folders had before the key existed, is left out of the record; reading a record
+    back must give it, not LossGrid's default (shared): else an old folder would silently score with other noise."""
+    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.workspace import PrepareSettings
+
+    example = PrepareSettings(scoring=LossGrid(noise="example"))
+    assert "noise" not in example.manifest()["scoring"]
+    assert PrepareSettings.from_manifest(example.manifest()).scoring.noise == "example"
+    assert PrepareSettings.from_manifest(PrepareSettings().manifest()).scoring.noise == LossGrid.noise == "shared"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .attribution import Attribution
+from .attribution import Attribution, ReportSettings
 from .data.content import DigestCache
 from .data.dataset import CaptionedImages
 from .engine.distributed import Ranks
@@ -123,7 +123,8 @@ class Attributor:
     def reference_queries(self, count: int) -> list[Query]:
         return abu.reference_queries(self.workspace, count)
 
-    def write_outputs(self, attribution: Attribution, out: str | None = None, top_k: int = 16) -> dict[str, str]:
+    def write_outputs(self, attribution: Attribution, out: str | None = None, top_k: int = ReportSettings.top_k
+                      ) -> dict[str, str]:
         """attribution.save into `out`, by default the work directory's own folder for these queries
         (attributions/<id>/, listed in attributions/index.json with attributions/latest pointing at the newest).
         Written by rank 0; every rank gets the paths."""

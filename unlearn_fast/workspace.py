@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,14 +35,8 @@ from .errors import SettingsError
 from .engine.fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
 from .models.adapter import DiffusionModel
 from .engine.scoring import LossGrid, losses_under_weights
+from .settings import IMPLICIT, SPEED, count_or_zero, knob, positive_int, settings_key
 from .store import Binding, WorkDir, read_manifest
-
-# Settings fields that change speed only: left out of the work directory's binding and of query keys.
-SPEED_ONLY = ("batch_size", "backend", "compile", "channels_last")
-# Settings added after work directories existed, left out of keys at the value that reproduces the older numbers, so
-# those folders (and their query folders) stay valid.
-IMPLICIT = {"noise": "example", "step": "alpha/N", "curvature": "diagonal", "curvature_damping": 0.1, "cap": False,
-            "retain": 0}
 
 # What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
 # Artefacts not listed (queries/, attributions/) depend on everything.
@@ -60,12 +54,6 @@ DEPENDS = {
 }
 
 
-def numeric_settings(settings, leave_out=()) -> dict:
-    """The fields of a settings dataclass that change numbers (what keys and manifests record)."""
-    return {k: v for k, v in dataclasses.asdict(settings).items()
-            if k not in SPEED_ONLY and k not in leave_out and not (k in IMPLICIT and v == IMPLICIT[k])}
-
-
 def rows_of(array: np.ndarray, index) -> torch.Tensor:
     """Some rows of a (memmapped) array as a tensor: only those rows are read."""
     return torch.from_numpy(np.array(array[index]))  # a writable copy of just these rows
@@ -79,17 +67,20 @@ class PrepareSettings:
     chunk_rows: caption rows per resumable chunk (speed and resume granularity only). preprocess: how training images
     that are not RGB at the model's resolution are treated (data/preprocess.py: "resize-crop" or "refuse")."""
 
-    scoring: LossGrid = field(default_factory=LossGrid)
-    fisher: FisherSettings = field(default_factory=FisherSettings)
-    fisher_group: str = "kv"
-    fisher_examples: int | None = None
-    chunk_rows: int = 1024
-    preprocess: str = "resize-crop"
+    scoring: LossGrid = knob(default_factory=LossGrid, cli=False, help="the loss grid (LossGrid)")
+    fisher: FisherSettings = knob(default_factory=FisherSettings, cli=False, help="the Fisher (FisherSettings)")
+    fisher_group: str = knob("kv", help="parameters the Fisher covers")
+    fisher_examples: int | None = knob(None, parse=count_or_zero, help="caption rows the Fisher averages over, a "
+                                       "seeded subset (none or 0: every row)")
+    chunk_rows: int = knob(1024, role=SPEED, parse=positive_int, help="caption rows per resumable chunk, the unit a "
+                           "pass splits over torchrun's ranks (an array keeps the chunking it was made with)")
+    preprocess: str = knob("resize-crop", choices=POLICIES, help="training images that are not RGB at the model's "
+                           "resolution: resize the shorter side and centre-crop as diffusers' training scripts do, or "
+                           "refuse them (either way, stated in the log)")
 
     def manifest(self) -> dict:
-        return {"scoring": numeric_settings(self.scoring), "fisher": numeric_settings(self.fisher),
-                "fisher_group": self.fisher_group, "fisher_examples": self.fisher_examples,
-                "preprocess": self.preprocess}
+        """What the work directory is bound to: every field of role "numbers" (settings.settings_key)."""
+        return settings_key(self)
 
     def validate(self, model: DiffusionModel) -> None:
         """Every setting checked against the model before anything is computed or recorded (SettingsError)."""
@@ -112,7 +103,8 @@ class PrepareSettings:
     @classmethod
     def from_manifest(cls, numbers: dict, scoring_batch: int = 512, fisher_batch: int = 64) -> "PrepareSettings":
         """The settings a work directory was prepared with (its manifest), with the given batch sizes."""
-        scoring = dict(numbers["scoring"])  # a missing "noise" is the implicit "example" (IMPLICIT)
+        # A missing "noise" is the implicit "example" (IMPLICIT), not LossGrid's default.
+        scoring = {"noise": IMPLICIT["noise"], **numbers["scoring"]}
         if isinstance(scoring.get("timesteps"), list):
             scoring["timesteps"] = tuple(scoring["timesteps"])
         return cls(scoring=LossGrid(**scoring, batch_size=scoring_batch),

@@ -2,51 +2,34 @@
 from __future__ import annotations
 
 import argparse
-import math
+import sys
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a bad option reported as one line naming it (not the verb's whole usage text)."""
+    """argparse, with a bad option reported as one line naming it (not the verb's whole usage text), and every flag
+    also accepted with underscores (--caption_column), as diffusers' training scripts spell them."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._dashed(arg) for arg in args], namespace)
 
-def _number(kind, minimum, what: str):
-    """An argparse type: `kind` (int or float), finite, >= minimum; the message names the bound."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (kind is float and not math.isfinite(value)) or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    return parse
-
-
-positive_int = _number(int, 1, "an integer >= 1")
-count_or_zero = _number(int, 0, "an integer >= 0")
-non_negative_float = _number(float, 0.0, "a finite number >= 0")
-finite_float = _number(float, -math.inf, "a finite number")  # any sign (a guidance scale); nan and inf refused
+    def _dashed(self, arg: str) -> str:
+        """--some_flag[=value] → --some-flag[=value] when that is one of this parser's flags."""
+        if not arg.startswith("--") or "_" not in arg.partition("=")[0]:
+            return arg
+        name, equals, value = arg.partition("=")
+        dashed = "--" + name[2:].replace("_", "-")
+        return dashed + equals + value if dashed in self._option_string_actions else arg
 
 
-def seed(text: str) -> int:
-    """A noise seed: an integer in [0, 2**63), refused at parse time (before any work or any manifest is written)."""
-    value = count_or_zero(text)
-    if value >= 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
-    return value
+# The checked number types are declared with the settings (settings.py); the verbs import them from here too.
+from ..settings import count_or_zero, finite_float, non_negative_float, positive_float, positive_int, seed
 
-
-def positive_float(text: str) -> float:
-    try:
-        value = non_negative_float(text)
-    except argparse.ArgumentTypeError:
-        value = 0.0
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+__all__ = ["Parser", "candidate_spec", "count_or_zero", "device_argument", "finite_float", "non_negative_float",
+           "positive_float", "positive_int", "seed"]
 
 
 def candidate_spec(text: str) -> str:
@@ -66,13 +49,3 @@ def candidate_spec(text: str) -> str:
 def device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
                         "cuda or cuda:N")
-
-
-def speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """How the scoring pass runs the UNet (unet_forward.ForwardPlan): speed only, never the scores' meaning."""
-    from ..engine.unet_forward import COMPILE_MODES
-
-    parser.add_argument("--compile", choices=COMPILE_MODES, default="none", help="torch.compile the UNet for the "
-                        "scoring passes (reduce-overhead: CUDA graphs); pays a one-off compile per process")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="NHWC UNet activations (default: on for CUDA, off for CPU)")

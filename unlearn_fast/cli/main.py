@@ -10,14 +10,23 @@ import shlex
 import sys
 import time
 
-from ..methods.abu_recipes import DEFAULT as DEFAULT_RECIPE, recipe_group
-from ..curvature import CURVATURES
+from ..attribution import ReportSettings
+from ..engine.fisher import FisherSettings
+from ..engine.scoring import LossGrid
 from ..engine.unlearn import UnlearnSettings
-from ..score_rules import SCORE_RULES
-from .arguments import (Parser, candidate_spec, count_or_zero, device_argument, finite_float, non_negative_float,
-                        positive_float, positive_int, seed, speed_arguments)
+from ..methods.abu_recipes import PAPER, RECIPES, recipe_group, recipe_noise
+from ..settings import SPEED, add_arguments, command_line_fields, default_of, given, role
+from ..workspace import PrepareSettings
+from .arguments import Parser, candidate_spec, count_or_zero, device_argument, finite_float, positive_int, seed
 
-UNLEARN_DEFAULTS = UnlearnSettings(**{k: v for k, v in DEFAULT_RECIPE.items() if k != "noise"})
+
+def _speed_fields(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in command_line_fields(cls) if role(f) == SPEED)
+
+
+def _other_fields(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in command_line_fields(cls) if role(f) != SPEED)
+
 
 
 def _read_indices(spec: str | None) -> list[int]:
@@ -99,23 +108,15 @@ def _threads(args) -> None:
 def _prepare_settings(args):
     """PrepareSettings from the command line: numeric options not given keep the work directory's values (or the
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
-    from ..workspace import PrepareSettings
-
-    def given(**options):
-        return {k: v for k, v in options.items() if v is not None}
-
-    from ..methods.abu_recipes import recipe_noise
-
+    scoring, fisher, other = given(args, LossGrid), given(args, FisherSettings), given(args, PrepareSettings)
     # The noise key follows the recipe (a folder made for another one is refused, with what --overwrite deletes).
-    scoring = given(timesteps=args.timesteps, flips=args.flips, seed=args.score_seed, dtype=args.dtype,
-                    noise=args.noise or recipe_noise(getattr(args, "recipe", None) or "default"))
-    fisher = given(samples_per_example=args.fisher_samples, damping=args.damping, seed=args.score_seed)
-    other = given(fisher_group=args.fisher_group, fisher_examples=args.fisher_examples, preprocess=args.preprocess,
-                  chunk_rows=getattr(args, "chunk_rows", None))
+    scoring.setdefault("noise", recipe_noise(getattr(args, "recipe", None) or "default"))
+    if "seed" in scoring:
+        fisher["seed"] = scoring["seed"]  # --score-seed seeds both passes
+    speed = {f.name: scoring.pop(f.name, default_of(f)) for f in command_line_fields(LossGrid, _speed_fields(LossGrid))}
     if other.get("fisher_examples") == 0:  # 0 = every row
         other["fisher_examples"] = None
     base = PrepareSettings.recorded_in(args.work_dir) or PrepareSettings()
-    speed = {"batch_size": args.batch_size, "compile": args.compile, "channels_last": args.channels_last}
     return dataclasses.replace(base, scoring=dataclasses.replace(base.scoring, **speed, **scoring),
                                fisher=dataclasses.replace(base.fisher, **fisher), **other)
 
@@ -236,16 +237,13 @@ def _queries(args, model) -> list:
 
 
 def _unlearn_settings(args):
-    from ..methods.abu_recipes import RECIPES
-    from ..engine.unlearn import UnlearnSettings
-
-    given = {"steps": args.unlearn_steps, "alpha": args.alpha, "draws": args.draws, "group": args.group,
-             "step": args.step, "score": args.score, "references": args.references, "spread": args.spread or None,
-             "curvature": args.curvature, "curvature_damping": args.curvature_damping, "cap": args.cap or None,
-             "retain": args.retain}
+    """The recipe's settings (the dataclass defaults for "default"), then every option the command line gave."""
     recipe = {k: v for k, v in RECIPES[args.recipe].items() if k != "noise"}
-    return UnlearnSettings(**{**recipe, **{k: v for k, v in given.items() if v is not None}},
-                           seed=args.unlearn_seed, precondition=not args.sgd, batch_size=args.unlearn_batch_size)
+    return UnlearnSettings(**{**recipe, **given(args, UnlearnSettings)})
+
+
+def _report_settings(args) -> ReportSettings:
+    return ReportSettings(**given(args, ReportSettings))
 
 
 def _finish(attribution, paths: dict, top_k: int, as_json: bool, started: float, verb: str, job: dict | None = None
@@ -284,9 +282,10 @@ def cmd_attribute(args) -> None:
     attribution = attributor.attribute(queries, settings, group_by=args.group_by,
                                        candidates=None if args.candidates == "exact" else args.candidates,
                                        controls=args.controls)
-    paths = attributor.write_outputs(attribution, args.out, top_k=args.top_k)
+    top_k = _report_settings(args).top_k
+    paths = attributor.write_outputs(attribution, args.out, top_k=top_k)
     if ranks.is_main:
-        _finish(attribution, paths, args.top_k, args.json, started, "attribute", _job(attributor.workspace))
+        _finish(attribution, paths, top_k, args.json, started, "attribute", _job(attributor.workspace))
 
 
 def cmd_report(args) -> None:
@@ -302,7 +301,8 @@ def cmd_report(args) -> None:
         attribution.group_by = args.group_by
     out = args.out or args.attribution
     check_output_folder(out)
-    _finish(attribution, attribution.save(out, top_k=args.top_k), args.top_k, args.json, started, "report")
+    top_k = _report_settings(args).top_k
+    _finish(attribution, attribution.save(out, top_k=top_k), top_k, args.json, started, "report")
 
 
 def cmd_demo(args) -> None:
@@ -325,8 +325,9 @@ def cmd_demo(args) -> None:
     query = query_from_prompt(model, args.prompt, seed=args.seed, steps=args.sample_steps, guidance=args.guidance,
                               progress=not args.quiet)
     attribution = attributor.attribute([query], unlearning)
-    paths = attributor.write_outputs(attribution, os.path.join(args.out, "report"), top_k=args.top_k)
-    _finish(attribution, paths, args.top_k, args.json, started, "demo")
+    top_k = _report_settings(args).top_k
+    paths = attributor.write_outputs(attribution, os.path.join(args.out, "report"), top_k=top_k)
+    _finish(attribution, paths, top_k, args.json, started, "demo")
 
 
 def demo_settings(args, unlearning):
@@ -336,12 +337,11 @@ def demo_settings(args, unlearning):
     parsed `args` and `unlearning` settings: their speed options, the recipe's noise key and a Fisher over the group
     the demo unlearns."""
     from ..engine.scoring import LossGrid
-    from ..methods.abu_recipes import recipe_noise
-    from ..workspace import PrepareSettings
 
     settings = PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
+    speed = given(args, LossGrid, ("compile", "channels_last"))
     return dataclasses.replace(settings, fisher_group=unlearning.group, scoring=dataclasses.replace(
-        settings.scoring, compile=args.compile, channels_last=args.channels_last, noise=recipe_noise(args.recipe)))
+        settings.scoring, noise=recipe_noise(args.recipe), **speed))
 
 
 def cmd_verify(args) -> None:
@@ -454,29 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="when the inputs or settings differ from the work "
                        "directory's, delete exactly the artefacts they invalidate (the refusal without it lists them)")
         numbers = p.add_argument_group("prepare settings (default: the work directory's own, else the defaults)")
-        numbers.add_argument("--timesteps", type=positive_int, help="timesteps scored per image (default 10)")
-        numbers.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
-                             help="also score the mirrored image, keep the larger change (default on)")
-        numbers.add_argument("--score-seed", type=seed, help="noise seed of the scoring and the Fisher (default 0)")
-        numbers.add_argument("--dtype", choices=("fp32", "bf16"), help="UNet precision when scoring (default fp32)")
-        numbers.add_argument("--noise", choices=("example", "shared"), help="scoring noise keyed per example (the "
-                             "paper) or shared by every example at a timestep, so identical images score alike "
-                             "(default: the recipe's, shared for the default, example for --recipe paper)")
-        numbers.add_argument("--fisher-samples", type=positive_int, help="(t, ε) draws per image for the Fisher (default 1)")
-        numbers.add_argument("--fisher-examples", type=count_or_zero, help="caption rows the Fisher averages over, a seeded "
-                             "subset (default all; 0 = all)")
-        numbers.add_argument("--damping", type=non_negative_float, help="λ added to the Fisher (default 1e-8)")
-        numbers.add_argument("--fisher-group", help="parameters the Fisher covers (default: --group's, else the "
-                             f"recipe's: {recipe_group()} for the default, {recipe_group('paper')} for --recipe paper)")
-        numbers.add_argument("--preprocess", choices=("resize-crop", "refuse"), help="training images that are not RGB "
-                             "at the model's resolution: resize the shorter side and centre-crop as diffusers' training "
-                             "scripts do, or refuse them (default resize-crop; either way, stated in the log)")
-        p.add_argument("--batch-size", type=positive_int, default=512, help="UNet rows per call (speed only)")
-        p.add_argument("--chunk-rows", type=positive_int, help="caption rows per resumable chunk, the unit a pass "
-                       "splits over torchrun's ranks (default 1024; an array keeps the chunking it was made with)")
+        add_arguments(numbers, LossGrid, only=_other_fields(LossGrid), notes={
+            "noise": f"--recipe paper: {recipe_noise('paper')}"})
+        add_arguments(numbers, FisherSettings)
+        add_arguments(numbers, PrepareSettings, notes={
+            "fisher_group": f"a new folder: --group's, else the recipe's, {recipe_group('paper')} for --recipe paper"})
+        speed = p.add_argument_group("speed only (never the numbers; from the command, not the work directory)")
+        add_arguments(speed, LossGrid, only=_speed_fields(LossGrid))
         p.add_argument("--threads", type=count_or_zero, default=0, help="torch CPU threads (0: torch's default)")
         device_argument(p)
-        speed_arguments(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
@@ -488,40 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
         unlearning.add_argument("--recipe", choices=("default", "paper"), default="default",
                                 help="AbU's settings before the options below: the package's default or the paper's "
                                 "(README, 'AbU variants')")
-        unlearning.add_argument("--alpha", type=positive_float, help="step size α, read by the step rule: the step "
-                                f"itself with --step fixed (the default recipe: {DEFAULT_RECIPE['alpha']:g}), the step times N with "
-                                f"--step alpha/N (--recipe paper: {UNLEARN_DEFAULTS.alpha}), the relative rise of the "
-                                "query's loss with --step rise")
-        unlearning.add_argument("--step", choices=("alpha/N", "fixed", "rise"), help="step rule: α/N (the paper), "
-                                "α itself whatever N, or the step that raises the query's loss by the factor α")
-        unlearning.add_argument("--score", choices=SCORE_RULES, help="raw loss change (the default and the "
-                                "paper's), relative change (L_after − L_before)/(L_after + L_before), change minus that of "
-                                "reference queries, or change divided by the image's RMS change under the reference "
-                                "queries (sensitivity)")
-        unlearning.add_argument("--references", type=positive_int, help="reference queries of --score calibrated "
-                                "and sensitivity (default 8)")
-        unlearning.add_argument("--spread", action="store_true", help="--score calibrated: also divide by the "
-                                "references' spread")
-        unlearning.add_argument("--curvature", choices=CURVATURES, help="preconditioner: the diagonal Fisher "
-                                "(default), the diagonal Fisher damped per layer, or K-FAC / EK-FAC factors of the "
-                                "group's Linear layers")
-        unlearning.add_argument("--curvature-damping", type=positive_float, help="layer-damped, K-FAC and EK-FAC "
-                                "damping as a share of the layer's mean Fisher or eigenvalue (default 0.1)")
-        unlearning.add_argument("--cap", action="store_true", help="stop each step where the query's loss reaches an "
-                                "untrained model's (MUCS)")
-        unlearning.add_argument("--retain", type=count_or_zero, help="descend on this many seeded training rows per step while "
-                                "ascending on the query (MUCS; default 0)")
-        unlearning.add_argument("--unlearn-steps", type=positive_int, help=f"ascent steps S (default "
-                                f"{UNLEARN_DEFAULTS.steps})")
-        unlearning.add_argument("--draws", type=positive_int, help=f"(t, ε) draws M per step (default "
-                                f"{UNLEARN_DEFAULTS.draws})")
-        unlearning.add_argument("--unlearn-seed", type=seed, default=0, help="seed of the unlearning's (t, ε) draws")
-        unlearning.add_argument("--group", help="weights to unlearn, within the Fisher's group: kv, "
-                                "cross-attention, attention, image, all, lora, changed or a regex (default: the "
-                                f"recipe's, {recipe_group()} for the default, {recipe_group('paper')} for --recipe paper)")
-        unlearning.add_argument("--sgd", action="store_true", help="plain gradient ascent, no Fisher (a baseline)")
-        unlearning.add_argument("--unlearn-batch-size", type=positive_int, default=64, help="draws per backward (speed only)")
-        p.add_argument("--top-k", type=positive_int, default=16, help="training images shown per query in the report")
+        add_arguments(unlearning, UnlearnSettings, notes={
+            "alpha": f"--recipe paper: {PAPER['alpha']:g} with --step {PAPER['step']}",
+            "step": f"--recipe paper: {PAPER['step']}", "group": "with --lora: lora; with --base-model: changed"})
+        add_arguments(p, ReportSettings)
 
     prepare = sub.add_parser("prepare", help="encode the training set, estimate the Fisher and the base losses")
     work_arguments(prepare)
@@ -553,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rewrite the report of an attribution folder (e.g. with another --top-k)")
     report.add_argument("attribution", help="folder written by attribute")
     report.add_argument("--out", help="where to write (default: the same folder)")
-    report.add_argument("--top-k", type=positive_int, default=16)
+    add_arguments(report, ReportSettings)
     report.add_argument("--group-by", help="a metadata field to rank groups by (default: the attribution's own)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=cmd_report)
@@ -572,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"query prompt (default {DEMO_PROMPT!r})")
     demo.add_argument("--threads", type=count_or_zero, default=0)
     device_argument(demo)
-    speed_arguments(demo)
+    add_arguments(demo, LossGrid, only=("compile", "channels_last"))
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--json", action="store_true")
     query_arguments(demo)

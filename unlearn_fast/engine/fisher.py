@@ -20,6 +20,7 @@ from .batching import MIN_UNET_ROWS, pad_rows
 from .device import module_device, to_device
 from ..errors import SettingsError, check_seed
 from .fisher_hooks import diagonal_fisher
+from ..settings import SPEED, knob, non_negative_float, positive_int
 
 
 @dataclass
@@ -29,11 +30,12 @@ class FisherSettings:
     damping: λ added to the returned F so unlearning never divides by ~0 (METHOD.md §2: optional, the reference has
     none; λ = 0 gives the raw Fisher). backend: fisher_hooks backend ("auto", "cpp", "cuda", "triton", "reference")."""
 
-    samples_per_example: int = 1
-    batch_size: int = 64
-    seed: int = 0
-    damping: float = 1e-8
-    backend: str = "auto"
+    samples_per_example: int = knob(1, flag="--fisher-samples", parse=positive_int,
+                                    help="(t, ε) draws per image for the Fisher")
+    batch_size: int = knob(64, role=SPEED, cli=False, help="rows per backward")
+    seed: int = knob(0, cli=False, help="the Fisher's noise seed (the command line's --score-seed sets it)")
+    damping: float = knob(1e-8, parse=non_negative_float, help="λ added to the Fisher")
+    backend: str = knob("auto", role=SPEED, cli=False, help="fisher_hooks backend")
 
     def __post_init__(self):
         if self.samples_per_example < 1 or self.batch_size < 1 or self.damping < 0:

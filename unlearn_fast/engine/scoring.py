@@ -20,7 +20,9 @@ from .device import module_device, to_device
 from ..errors import SettingsError, check_seed
 from ..models.adapter import DiffusionModel
 from ..ops.noisy_input_reference import mirrored
-from .unet_forward import ForwardPlan, precision, unet_forward
+from .unet_forward import COMPILE_MODES, ForwardPlan, precision, unet_forward
+from ..settings import SPEED, knob, positive_int
+from ..settings import seed as seed_type
 from .weight_swap import swapped_weights
 
 DTYPES = ("fp32", "bf16")
@@ -54,19 +56,24 @@ class LossGrid:
     in fp32). backend: "auto" (fused ops: noise regenerated in-kernel, never stored) or "reference" (stored noise,
     torch.flip, model.loss: what the paper's code does; the oracle). compile, channels_last: how the UNet is run
     (unet_forward.ForwardPlan; speed only). With compile, every call is padded to batch_size rows (one graph).
-    noise: "example" (keyed by example id, timestep, flip) or "shared" (one noise per timestep and flip for every
-    example: NOISE_KEYS).
+    noise: "shared" (one noise per timestep and flip for every example, so identical images score alike: the
+    package's default) or "example" (keyed by example id, timestep and flip: the paper's); NOISE_KEYS.
     """
 
-    seed: int = 0
-    timesteps: int | tuple[int, ...] = 10
-    flips: bool = True
-    batch_size: int = 512
-    dtype: str = "fp32"
-    backend: str = "auto"
-    compile: str = "none"
-    channels_last: bool | None = None
-    noise: str = "example"
+    seed: int = knob(0, flag="--score-seed", parse=seed_type, help="noise seed of the scoring and the Fisher")
+    timesteps: int | tuple[int, ...] = knob(10, parse=positive_int, help="timesteps scored per image")
+    flips: bool = knob(True, help="also score the mirrored image, keep the larger change")
+    batch_size: int = knob(512, role=SPEED, parse=positive_int, help="UNet rows per call")
+    dtype: str = knob("fp32", choices=DTYPES, help="UNet precision when scoring")
+    backend: str = knob("auto", role=SPEED, cli=False, choices=BACKENDS,
+                        help="fused ops, or the stored-noise reference (the oracle)")
+    compile: str = knob("none", role=SPEED, choices=COMPILE_MODES, help="torch.compile the UNet for the scoring "
+                        "passes (reduce-overhead: CUDA graphs); pays a one-off compile per process")
+    channels_last: bool | None = knob(None, role=SPEED, parse=bool,
+                                      help="NHWC UNet activations (none: on for CUDA, off for CPU)")
+    noise: str = knob("shared", choices=NOISE_KEYS,
+                      help="scoring noise shared by every example at a timestep, so identical images score alike, or "
+                           "keyed per example (the paper's)")
 
     def __post_init__(self):
         self.forward_plan  # validates compile

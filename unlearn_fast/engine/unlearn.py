@@ -41,6 +41,8 @@ from ..errors import SettingsError, check_seed
 from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient
 from ..score_rules import REFERENCE_RULES, SCORE_RULES
+from ..settings import SPEED, count_or_zero, knob, positive_float, positive_int
+from ..settings import seed as seed_type
 
 
 STEP_RULES = ("alpha/N", "fixed", "rise")
@@ -61,22 +63,37 @@ class UnlearnSettings:
     layers, damped by curvature_damping × their mean eigenvalue). cap, retain: MUCS's cap at an untrained model's
     loss and its descent on `retain` seeded training rows per step (module docstring)."""
 
-    steps: int = 1
-    alpha: float = 0.1  # chosen on validation prompts (benchmarks/results/tuning.md); the paper's MSCOCO value is 0.01
-    draws: int = 500
-    batch_size: int = 64
-    seed: int = 0
-    group: str = "kv"
-    precondition: bool = True
-    num_train: int | None = None
-    step: str = "alpha/N"
-    score: str = "raw"
-    references: int = 8
-    spread: bool = False
-    curvature: str = "diagonal"
-    curvature_damping: float = 0.1
-    cap: bool = False
-    retain: int = 0
+    steps: int = knob(1, help="ascent steps S", flag="--unlearn-steps", parse=positive_int)
+    # The package's default (abu_recipes): a fixed step chosen on validation plants at N = 200, 1,000 and 3,940
+    # (benchmarks/README.md, "The step rule chosen on validation plants"); the paper's recipe is α/N with α = 0.1.
+    alpha: float = knob(7.5e-6, parse=positive_float,
+                        help="step size α, read by the step rule: the step itself with --step fixed, the step times "
+                             "N with --step alpha/N, the relative rise of the query's loss with --step rise")
+    draws: int = knob(500, help="(t, ε) draws M per step", parse=positive_int)
+    batch_size: int = knob(64, role=SPEED, flag="--unlearn-batch-size", parse=positive_int,
+                           help="draws per backward")
+    seed: int = knob(0, flag="--unlearn-seed", parse=seed_type, help="seed of the unlearning's (t, ε) draws")
+    group: str = knob("kv", help="weights to unlearn, within the Fisher's group: kv, cross-attention, attention, "
+                                 "image, all, lora, changed or a regex")
+    precondition: bool = knob(True, flag="--sgd", negate=True,
+                              help="plain gradient ascent, no Fisher (a baseline); the flag turns preconditioning off")
+    num_train: int | None = knob(None, cli=False, help="N in α/N, overriding the training set's size")
+    step: str = knob("fixed", choices=STEP_RULES, help="step rule: α/N (the paper), α itself whatever N, or the step "
+                                                       "that raises the query's loss by the factor α")
+    score: str = knob("raw", choices=SCORE_RULES,
+                      help="raw loss change (the paper's), relative change (L_after − L_before)/(L_after + "
+                           "L_before), change minus that of reference queries, or change divided by the image's "
+                           "RMS change under the reference queries (sensitivity)")
+    references: int = knob(8, parse=positive_int, help="reference queries of --score calibrated and sensitivity")
+    spread: bool = knob(False, help="--score calibrated: also divide by the references' spread")
+    curvature: str = knob("diagonal", choices=CURVATURES,
+                          help="preconditioner: the diagonal Fisher, the diagonal Fisher damped per layer, or K-FAC "
+                               "/ EK-FAC factors of the group's Linear layers")
+    curvature_damping: float = knob(0.1, parse=positive_float, help="layer-damped, K-FAC and EK-FAC damping as a "
+                                                                     "share of the layer's mean Fisher or eigenvalue")
+    cap: bool = knob(False, help="stop each step where the query's loss reaches an untrained model's (MUCS)")
+    retain: int = knob(0, parse=count_or_zero,
+                       help="descend on this many seeded training rows per step while ascending on the query (MUCS)")
 
     def __post_init__(self):
         if self.step not in STEP_RULES:

@@ -152,7 +152,9 @@ class QueryLosses:
     each model uses its own text encoder (retrained with it) and the shared VAE's latents."""
 
     def __init__(self, setup: CounterfactualSetup, queries):
-        self.grid = LossGrid(seed=setup.seed, timesteps=setup.loss_timesteps, flips=True, batch_size=512)
+        # The judge's noise stays keyed per query (as every recorded run measured it), whatever methods' default is.
+        self.grid = LossGrid(seed=setup.seed, timesteps=setup.loss_timesteps, flips=True, batch_size=512,
+                             noise="example")
         self.queries = queries
 
     def __call__(self, model, which: list[int] | None = None) -> np.ndarray:

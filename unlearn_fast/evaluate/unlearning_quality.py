@@ -71,7 +71,8 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=prin
     steps = _steps(setup)
     chosen = validation_prompts(dataset, setup.queries + setup.unrelated * setup.queries, seed=QUALITY_SEED)
     prompts = [prompt for prompt, _ in chosen]
-    grid = LossGrid(seed=setup.seed, timesteps=setup.loss_timesteps, flips=False, batch_size=256)
+    grid = LossGrid(seed=setup.seed, timesteps=setup.loss_timesteps, flips=False, batch_size=256,
+                    noise="example")  # the judge's noise, keyed per prompt as every recorded run measured it
     rows = []
     for q in range(setup.queries):
         target = prompts[q]
@@ -110,7 +111,8 @@ def _steps(setup: UnlearningQualitySetup) -> list[tuple[str, object, dict]]:
     from ..methods.abu import AbU
     from ..engine.unlearn import UnlearnSettings
 
-    steps = [(f"α={alpha:g}", UnlearnSettings(alpha=alpha, draws=setup.draws, group=setup.group, seed=setup.seed),
+    steps = [(f"α={alpha:g}", UnlearnSettings(step="alpha/N", alpha=alpha, draws=setup.draws, group=setup.group,
+                                              seed=setup.seed),
               {} if setup.group == "kv" else {"fisher_group": setup.group}) for alpha in setup.alphas]
     for name in setup.variants:
         options = {"draws": setup.draws, "seed": setup.seed, **setup.method_options.get(name, {})}

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..methods.abu_recipes import DEFAULT
+from ..engine.unlearn import UnlearnSettings
 from ..query import query_from_prompt
 from .metrics import rank_positions
 
@@ -101,7 +101,7 @@ def choose_setting(workspace, make_method, candidates: dict, validation: Validat
 RISE_ALPHAS = (0.03, 0.1, 0.3, 1.0)  # relative rises of the query's loss (the "rise" step rule)
 # Fixed steps (the "fixed" rule): the default recipe's own step and half-decades around it (0.1×, ≈0.32×, 1×, 3.2×),
 # so a validation of the default's rule always holds the default's step (7.5e-7, 2.4e-6, 7.5e-6, 2.4e-5 today).
-FIXED_STEPS = tuple(float(f"{DEFAULT['alpha'] * factor:.3g}") for factor in (0.1, 0.32, 1.0, 3.2))
+FIXED_STEPS = tuple(float(f"{UnlearnSettings.alpha * factor:.3g}") for factor in (0.1, 0.32, 1.0, 3.2))
 
 
 def alpha_grid(step_rule: str, alpha_over_n: tuple) -> tuple:

@@ -24,9 +24,10 @@ from ..curvature import layer_damped
 from ..errors import SettingsError
 from ..query import Query
 from ..score_rules import REFERENCE_RULES, by_sensitivity, calibrate, loss_change_scores
-from ..engine.scoring import NOISE_KEYS
+from ..engine.scoring import NOISE_KEYS, LossGrid
 from ..engine.unlearn import UnlearnSettings, unlearn
-from ..workspace import Workspace, numeric_settings, rows_of
+from ..settings import settings_key
+from ..workspace import Workspace, rows_of
 from .abu_recipes import VARIANTS
 from .base import AttributionMethod
 
@@ -42,7 +43,7 @@ class AbU(AttributionMethod):
     """noise: the scoring noise key the work directory must be prepared with (scoring.NOISE_KEYS)."""
 
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
-    noise: str = "example"
+    noise: str = LossGrid.noise
     name: str = "abu"
 
     def __post_init__(self):
@@ -55,7 +56,7 @@ class AbU(AttributionMethod):
         if name not in VARIANTS:
             raise SettingsError(f"unknown AbU variant {name!r}; choose from {', '.join(VARIANTS)}")
         values = {**VARIANTS[name], **options}
-        noise = values.pop("noise", "example")
+        noise = values.pop("noise", LossGrid.noise)
         try:
             return cls(UnlearnSettings(**values), noise=noise, name=name)
         except TypeError as error:
@@ -104,7 +105,7 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
 
 def abu_overrides(noise: str, settings: UnlearnSettings) -> dict:
     """The PrepareSettings fields an AbU-based method needs beyond the defaults: its noise key, the Fisher's group."""
-    overrides = {} if noise == "example" else {"noise": noise}
+    overrides = {} if noise == LossGrid.noise else {"noise": noise}
     if settings.group != "kv" and settings.precondition:
         overrides["fisher_group"] = settings.group
     return overrides
@@ -133,7 +134,7 @@ def check_unlearning(workspace: Workspace, settings: UnlearnSettings) -> None:
 
 def query_folder(query: Query, settings: UnlearnSettings) -> str:
     """queries/<query key>-<hash of the settings that change the unlearned weights>."""
-    numbers = json.dumps(numeric_settings(settings, SCORE_ONLY), sort_keys=True).encode()
+    numbers = json.dumps(settings_key(settings, SCORE_ONLY), sort_keys=True).encode()
     return f"queries/{query.key}-{hashlib.sha256(numbers).hexdigest()[:8]}"
 
 
@@ -170,7 +171,7 @@ def _attribute_all(workspace: Workspace, queries: list[Query], settings: Unlearn
 def query_record(query: Query, folder: str, settings: UnlearnSettings) -> dict:
     """What a query's folder says about it (query.json), before its scores."""
     return {"folder": folder, "prompt": query.prompt, "source": query.source, "generation": query.generation,
-            "unlearn": numeric_settings(settings, SCORE_ONLY),
+            "unlearn": settings_key(settings, SCORE_ONLY),
             **({"mask": query.mask_source} if query.mask is not None else {})}
 
 
@@ -270,7 +271,7 @@ def reference_queries(workspace: Workspace, count: int) -> list[Query]:
 def _reference_scores(workspace: Workspace, settings: UnlearnSettings) -> np.ndarray:
     """(R, N) raw scores of the reference queries under the same unlearning settings (once per Workspace)."""
     raw = dataclasses.replace(settings, score="raw")
-    key = json.dumps(numeric_settings(raw, SCORE_ONLY), sort_keys=True) + f"-{settings.references}"
+    key = json.dumps(settings_key(raw, SCORE_ONLY), sort_keys=True) + f"-{settings.references}"
     return workspace.cached(f"reference_scores-{key}", lambda: np.stack([
         workspace.store.load_npy(f"{record['folder']}/scores")
         for record in _attribute_all(workspace, reference_queries(workspace, settings.references), raw)]))

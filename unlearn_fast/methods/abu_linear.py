@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..engine.projected_gradients import check_linear, projected_gradients
-from ..engine.scoring import NOISE_KEYS
+from ..engine.scoring import NOISE_KEYS, LossGrid
 from ..engine.unlearn import UnlearnSettings, query_gradient
 from ..errors import SettingsError
 from ..query import Query
@@ -84,7 +84,7 @@ class LinearisedAbU(AttributionMethod):
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     dim: int = 4096
     projection_seed: int = 0
-    noise: str = "example"
+    noise: str = LossGrid.noise
     flips: str = "max"
     name: str = "abu-linear"
 

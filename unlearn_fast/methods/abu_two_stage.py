@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..attribution import Attribution
+from ..engine.scoring import LossGrid
 from ..engine.unlearn import UnlearnSettings
 from ..errors import SettingsError
 from ..query import Query
@@ -118,7 +119,7 @@ class TwoStageAbU(AttributionMethod):
 
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     candidates: int | float | str = "25%"
-    noise: str = "example"
+    noise: str = LossGrid.noise
     front: AttributionMethod | None = None
     name: str = "abu-two-stage"
 

@@ -1,0 +1,104 @@
+"""Every setting is declared once (settings.knob): each field has one role, appears on the command line with the
+dataclass's default and its help, and a field that changes the numbers changes the settings key while a speed or
+presentation field does not."""
+import dataclasses
+
+import pytest
+
+from unlearn_fast.attribution import ReportSettings
+from unlearn_fast.cli.main import _prepare_settings, _report_settings, _unlearn_settings, build_parser
+from unlearn_fast.engine.fisher import FisherSettings
+from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.unlearn import UnlearnSettings
+from unlearn_fast.settings import (NUMBERS, ROLES, command_line_fields, default_of, flag_of, role,
+                                   settings_key)
+from unlearn_fast.workspace import PrepareSettings
+
+SETTINGS = (LossGrid, FisherSettings, PrepareSettings, UnlearnSettings, ReportSettings)
+
+
+def _other_value(cls, f: dataclasses.Field):
+    """A valid value of field `f` other than its default."""
+    default = default_of(f)
+    if dataclasses.is_dataclass(default):
+        return dataclasses.replace(default, seed=default.seed + 1)
+    if f.metadata.get("choices"):
+        return next(c for c in f.metadata["choices"] if c != default)
+    if isinstance(default, bool):
+        return not default
+    if default is None:
+        return True if f.metadata.get("parse") is bool else 5
+    if isinstance(default, (int, float)):
+        return default * 2 + 1
+    return {"group": "attention", "fisher_group": "attention", "backend": "reference"}[f.name]
+
+
+def _attribute_option(parser, flag: str):
+    sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    attribute = sub.choices["attribute"]
+    return next((a for a in attribute._actions if flag in a.option_strings), None)
+
+
+@pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
+def test_every_field_has_one_role(cls):
+    for f in dataclasses.fields(cls):
+        assert role(f) in ROLES, f"{cls.__name__}.{f.name} is declared without a role (settings.knob)"
+        assert f.metadata["help"], f"{cls.__name__}.{f.name} has no help"
+
+
+@pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
+def test_every_command_line_field_appears_with_its_default_and_help(cls):
+    parser = build_parser()
+    for f in command_line_fields(cls):
+        action = _attribute_option(parser, flag_of(f))
+        assert action is not None, f"{cls.__name__}.{f.name}: no {flag_of(f)} on `attribute`"
+        assert action.default is None  # "not given": the recipe, the work directory or the dataclass decides
+        assert f.metadata["help"] in action.help
+        default = default_of(f)
+        shown = not default if f.metadata.get("negate") else default
+        shown = {True: "on", False: "off", None: "none"}.get(shown, shown) if isinstance(shown, (bool, type(None))) \
+            else shown
+        assert f"(default {shown}" in action.help, (f.name, action.help)
+
+
+def test_every_flag_takes_the_underscore_spelling_diffusers_scripts_use(tmp_path):
+    parser = build_parser()
+    base = ["attribute", "--work-dir", str(tmp_path), "--prompt", "x"]
+    dashed = parser.parse_args(base + ["--unlearn-steps", "3", "--caption-column", "c", "--fisher-examples=7"])
+    underscored = parser.parse_args(base + ["--unlearn_steps", "3", "--caption_column", "c", "--fisher_examples=7"])
+    assert vars(dashed) == vars(underscored) and dashed.unlearn_steps == 3 and dashed.fisher_examples == 7
+
+
+def test_no_flags_give_the_dataclasses_defaults_and_each_flag_sets_exactly_its_field(tmp_path):
+    parser = build_parser()
+    base = ["attribute", "--work-dir", str(tmp_path / "new"), "--prompt", "x"]
+    args = parser.parse_args(base)
+    assert _unlearn_settings(args) == UnlearnSettings()  # the Python API's default is the command line's
+    assert _prepare_settings(args) == PrepareSettings()
+    assert _report_settings(args) == ReportSettings()
+    for cls, build, attribute in ((UnlearnSettings, _unlearn_settings, None), (LossGrid, _prepare_settings, "scoring"),
+                                  (FisherSettings, _prepare_settings, "fisher"),
+                                  (PrepareSettings, _prepare_settings, None), (ReportSettings, _report_settings, None)):
+        for f in command_line_fields(cls):
+            value = _other_value(cls, f)
+            if f.metadata.get("negate"):
+                options = [flag_of(f)]
+            elif isinstance(value, bool):
+                options = [flag_of(f) if value else "--no-" + flag_of(f)[2:]]
+            else:
+                options = [flag_of(f), str(value)]
+            built = build(parser.parse_args(base + options))
+            built = getattr(built, attribute) if attribute else built
+            expected = dataclasses.replace(cls(), **{f.name: value})
+            if cls is FisherSettings and f.name == "seed":
+                continue
+            assert built == expected, (f.name, options)
+
+
+@pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
+def test_a_numbers_field_changes_the_settings_key_and_no_other_does(cls):
+    default = cls()
+    for f in dataclasses.fields(cls):
+        changed = dataclasses.replace(default, **{f.name: _other_value(cls, f)})
+        differs = settings_key(changed) != settings_key(default)
+        assert differs == (role(f) == NUMBERS), f"{cls.__name__}.{f.name} ({role(f)})"
