@@ -110,6 +110,6 @@ def test_mscoco_scoring_pass(benchmark, mscoco, path):
     benchmark.extra_info.update(
         image_timesteps_per_s=rate, achieved_tflop_per_s=rate * gflop / 1e3, gflop_per_forward=gflop,
         first_call_s=first_call_s, device=str(model.device), threads=torch.get_num_threads(),
-        # The paths compute the same losses: fp32 to rounding, bf16 to its stated bound (tests/test_scoring.py).
+        # The paths compute the same losses: fp32 to rounding, bf16 to its stated bound (tests/engine/test_scoring.py).
         max_relative_difference_from_reference=None if reference is None else
         float(((losses - reference).abs() / reference.abs()).max()))

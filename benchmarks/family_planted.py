@@ -1,4 +1,4 @@
-"""The planted-duplicate test of every family (tests/test_families.py) under both score rules: the ranks of the
+"""The planted-duplicate test of every family (tests/models/test_families.py) under both score rules: the ranks of the
 copies among the 24 training images, raw scores against calibrated ones, after the same fine-tune.
 
     python3 benchmarks/family_planted.py [--families sd,sdxl,...] [--steps 200] [--out benchmarks/results/family_planted.json]

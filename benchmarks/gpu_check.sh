@@ -17,8 +17,8 @@ python3 -m pip install --no-index --find-links .gpu_wheels diffusers > "$OUT/ins
 python3 -m pip install --no-build-isolation --no-deps -e . >> "$OUT/install.log" 2>&1 || { tail -30 "$OUT/install.log"; exit 1; }
 python3 -c "import unlearn_fast.ops as o; print(o.available_backends('cuda'))" | tee "$OUT/backends.txt"
 
-timeout 240 python3 -m pytest -q -x tests/test_noise.py tests/test_noisy_input.py tests/test_denoising_loss.py \
-    tests/test_linear_fisher.py tests/test_unet_forward.py tests/test_attributor.py -k "cuda or triton or gpu" 2>&1 | tail -40 | tee "$OUT/tests.log"
+timeout 240 python3 -m pytest -q -x tests/ops/test_noise.py tests/ops/test_noisy_input.py tests/ops/test_denoising_loss.py \
+    tests/ops/test_linear_fisher.py tests/ops/test_unet_forward.py tests/methods/test_attributor.py -k "cuda or triton or gpu" 2>&1 | tail -40 | tee "$OUT/tests.log"
 
 for suite in bench_scoring.py bench_linear_fisher.py bench_fused_loss.py; do
     name=${suite%%.py*}

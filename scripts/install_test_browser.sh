@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's chromium, for tests/test_report_browser.py (the HTML report opened in a real headless browser).
+# Debian's chromium, for tests/cli/test_report_browser.py (the HTML report opened in a real headless browser).
 # Does nothing when a chromium is already on the PATH; uses sudo when not root.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then

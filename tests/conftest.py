@@ -7,6 +7,16 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu are skipped on a machine without a CUDA device (they still count, as skips)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _digest_cache(tmp_path_factory):
     """Image digests cached in a folder of the test session's own, never in the user's ~/.cache."""

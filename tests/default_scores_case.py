@@ -1,5 +1,5 @@
 """One small attribution on the default model, run the same way by the recorder and by the test that compares with
-its recording (tests/test_default_scores_unchanged.py): AbU (the default recipe and the paper's) and D-TRAK on 24
+its recording (tests/methods/test_default_scores_unchanged.py): AbU (the default recipe and the paper's) and D-TRAK on 24
 default images, for a query generated from a prompt and a seed (so generation is covered too).
 
     python3 tests/default_scores_case.py record     # writes tests/data/default_scores.npz (only when meant to)

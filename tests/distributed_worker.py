@@ -1,4 +1,4 @@
-"""`unlearn-fast` as torchrun runs it, for tests/test_distributed.py, with one optional fault: a rank that dies.
+"""`unlearn-fast` as torchrun runs it, for tests/engine/test_distributed.py, with one optional fault: a rank that dies.
 
     torchrun --nproc-per-node 2 tests/distributed_worker.py prepare --data ... --work-dir ...
 

@@ -13,10 +13,10 @@ CPU_BACKENDS = ["reference"] + (["cpp"] if HAS_EXT else [])
 def _on_cuda(backend: str):
     # The GPU check comes first: without a GPU, available_backends("cuda") still lists triton if it is installed.
     if not torch.cuda.is_available():
-        return pytest.param(backend, marks=pytest.mark.skip(reason="no CUDA device"))
+        return pytest.param(backend, marks=pytest.mark.gpu)  # skipped without a GPU (conftest)
     if backend not in ops.available_backends("cuda"):
-        return pytest.param(backend, marks=pytest.mark.skip(reason=f"{backend} backend not available"))
-    return backend
+        return pytest.param(backend, marks=[pytest.mark.gpu, pytest.mark.skip(reason=f"{backend} backend not available")])
+    return pytest.param(backend, marks=pytest.mark.gpu)
 
 
 # parametrize("backend", CUDA_BACKENDS): each GPU backend, skipped where this machine cannot run it.

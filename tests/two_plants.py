@@ -1,5 +1,5 @@
 """Two planted images, R copies each under their own new caption, among 200 default images; the shipped model
-fine-tuned on the result (evaluate/planted.py's recipe, as tests/test_planted.py sizes it). Shared by the group test
+fine-tuned on the result (evaluate/planted.py's recipe, as tests/evaluate/test_planted.py sizes it). Shared by the group test
 (test_groups.py) and the region test (test_mask.py): one fine-tune for both."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Post-processing of one query's scores τ (N,) and one label per training image (
     size            its number of images
     top             its highest-scoring members (training indices), best first
 
-RULE, the aggregation, was chosen on a planted-group test (tests/test_groups.py::test_the_rule_was_chosen_on_planted_
+RULE, the aggregation, was chosen on a planted-group test (tests/methods/test_groups.py::test_the_rule_was_chosen_on_planted_
 groups): the AbU scores (default raw score) of a query generated from plant A's caption over 216 training images
 (tests/two_plants.py: 8 copies each of two planted images among 200 default ones, the shipped model fine-tuned on
 them); the images split into groups at random (20 seeded assignments per case); in every case the group "planted" is

@@ -10,13 +10,8 @@ import shlex
 import sys
 import time
 
-from ..attribution import ReportSettings
-from ..engine.fisher import FisherSettings
-from ..engine.scoring import LossGrid
-from ..engine.unlearn import UnlearnSettings
-from ..methods.abu_recipes import PAPER, RECIPES, recipe_group, recipe_noise
+from .. import __version__
 from ..settings import SPEED, add_arguments, command_line_fields, default_of, given, role
-from ..workspace import PrepareSettings
 from .arguments import Parser, candidate_spec, count_or_zero, device_argument, finite_float, positive_int, seed
 
 
@@ -108,6 +103,11 @@ def _threads(args) -> None:
 def _prepare_settings(args):
     """PrepareSettings from the command line: numeric options not given keep the work directory's values (or the
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
+    from ..engine.fisher import FisherSettings
+    from ..engine.scoring import LossGrid
+    from ..methods.abu_recipes import recipe_noise
+    from ..workspace import PrepareSettings
+
     scoring, fisher, other = given(args, LossGrid), given(args, FisherSettings), given(args, PrepareSettings)
     # The noise key follows the recipe (a folder made for another one is refused, with what --overwrite deletes).
     scoring.setdefault("noise", recipe_noise(getattr(args, "recipe", None) or "default"))
@@ -165,6 +165,8 @@ def _resolve_sources(args) -> None:
         if hasattr(args, "group") and args.group is None:
             args.group = "changed"
     if recorded is None and getattr(args, "fisher_group", None) is None:
+        from ..methods.abu_recipes import recipe_group
+
         # A new folder: the Fisher covers the group asked to unlearn, else the recipe's.
         args.fisher_group = getattr(args, "group", None) or recipe_group(getattr(args, "recipe", None) or "default")
 
@@ -238,11 +240,16 @@ def _queries(args, model) -> list:
 
 def _unlearn_settings(args):
     """The recipe's settings (the dataclass defaults for "default"), then every option the command line gave."""
+    from ..engine.unlearn import UnlearnSettings
+    from ..methods.abu_recipes import RECIPES
+
     recipe = {k: v for k, v in RECIPES[args.recipe].items() if k != "noise"}
     return UnlearnSettings(**{**recipe, **given(args, UnlearnSettings)})
 
 
-def _report_settings(args) -> ReportSettings:
+def _report_settings(args):
+    from ..attribution import ReportSettings
+
     return ReportSettings(**given(args, ReportSettings))
 
 
@@ -337,6 +344,8 @@ def demo_settings(args, unlearning):
     parsed `args` and `unlearning` settings: their speed options, the recipe's noise key and a Fisher over the group
     the demo unlearns."""
     from ..engine.scoring import LossGrid
+    from ..methods.abu_recipes import recipe_noise
+    from ..workspace import PrepareSettings
 
     settings = PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
     speed = given(args, LossGrid, ("compile", "channels_last"))
@@ -392,8 +401,14 @@ def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     device_argument(parser)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser. verb: build only that verb's options (main passes the verb it was given, "" for none,
+    so `unlearn-fast --help` imports neither torch nor diffusers); None: every verb's."""
+    def wanted(name: str) -> bool:
+        return verb is None or verb == name
+
     parser = Parser(prog="unlearn-fast", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"unlearn-fast {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     train = sub.add_parser("train", help="train the VAE and the diffusion model (or fine-tune one) on a captioned set")
@@ -438,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=cmd_grid)
 
     def work_arguments(p):
+        from ..engine.fisher import FisherSettings
+        from ..engine.scoring import LossGrid
+        from ..methods.abu_recipes import recipe_group, recipe_noise
+        from ..workspace import PrepareSettings
+
         p.add_argument("--model", help="model folder ('default': the shipped emoji model), a diffusers pipeline "
                        "folder of any supported family (README: Model families); default: the one the work "
                        "directory recorded, else 'default'")
@@ -467,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     def query_arguments(p):
+        from ..attribution import ReportSettings
+        from ..engine.unlearn import UnlearnSettings
+        from ..methods.abu_recipes import PAPER
+
         p.add_argument("--seed", type=seed, default=0, help="seed of a generated query")
         p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of a generated query")
         p.add_argument("--guidance", type=finite_float, default=3.0, help="guidance scale of a generated query")
@@ -480,11 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p, ReportSettings)
 
     prepare = sub.add_parser("prepare", help="encode the training set, estimate the Fisher and the base losses")
-    work_arguments(prepare)
+    if wanted("prepare"):
+        work_arguments(prepare)
     prepare.set_defaults(run=cmd_prepare)
 
     attribute = sub.add_parser("attribute", help="rank the training images behind a generated image")
-    work_arguments(attribute)
+    if wanted("attribute"):
+        work_arguments(attribute)
     attribute.add_argument("--prompt", action="append", help="the query's prompt (repeatable: several queries)")
     attribute.add_argument("--image", action="append", help="the query image (one per --prompt); without it the "
                            "query is generated from the prompt and --seed")
@@ -503,13 +529,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "specificity against reference queries, and how much of its top 10 the prompt alone (on an "
                            "unrelated image) and the image alone (under an unrelated prompt) recover (three more "
                            "unlearnings per query, and the reference queries once per work directory)")
-    query_arguments(attribute)
+    if wanted("attribute"):
+        query_arguments(attribute)
     attribute.set_defaults(run=cmd_attribute)
 
     report = sub.add_parser("report", help="rewrite the report of an attribution folder (e.g. with another --top-k)")
     report.add_argument("attribution", help="folder written by attribute")
     report.add_argument("--out", help="where to write (default: the same folder)")
-    add_arguments(report, ReportSettings)
+    if wanted("report"):
+        from ..attribution import ReportSettings
+
+        add_arguments(report, ReportSettings)
     report.add_argument("--group-by", help="a metadata field to rank groups by (default: the attribution's own)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=cmd_report)
@@ -528,10 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"query prompt (default {DEMO_PROMPT!r})")
     demo.add_argument("--threads", type=count_or_zero, default=0)
     device_argument(demo)
-    add_arguments(demo, LossGrid, only=("compile", "channels_last"))
+    if wanted("demo"):
+        from ..engine.scoring import LossGrid
+
+        add_arguments(demo, LossGrid, only=("compile", "channels_last"))
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--json", action="store_true")
-    query_arguments(demo)
+    if wanted("demo"):
+        query_arguments(demo)
     demo.set_defaults(run=cmd_demo)
 
     from .evaluate import add_evaluate_parser
@@ -555,12 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from ..errors import UserInputError
-    from ..store import LockTimeout
-
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    verb = next((arg for arg in argv if not arg.startswith("-")), "")
+    args = build_parser(verb).parse_args(argv)
     args.argv = argv  # recorded with what it produced (training.json)
+    from ..errors import UserInputError
+    from ..store import LockTimeout  # here, not at the top: `unlearn-fast --help` imports no torch
+
     try:
         args.run(args)
     except (UserInputError, FloatingPointError, LockTimeout) as error:

@@ -4,7 +4,7 @@ CPU UNet kernels (oneDNN convolutions, matmuls) choose other algorithms for smal
 model: the forward pass moves a row's loss by ~4e-6 below 8 rows and is bit-identical from 8 rows up; per-example
 gradients (the Fisher) move by 1.1e-5 (relative) at 8 rows and agree to 1.2e-7 from 16 rows up. So every UNet call
 gets at least MIN_UNET_ROWS rows: short batches are padded by repeating their last row, and the padding's outputs are
-dropped (tests/test_attributor.py checks that scores do not depend on the batch sizes).
+dropped (tests/methods/test_attributor.py checks that scores do not depend on the batch sizes).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A compiled forward is kept on the UNet it was made for and reused for every later pass over it. Unlearned weights are
 copied INTO that UNet for a pass (weight_swap.swapped_weights) instead of scoring a new copy: torch.compile guards
-on tensor metadata, not values, so the pass after unlearning reuses the graph (tests/test_unet_forward.py counts the
+on tensor metadata, not values, so the pass after unlearning reuses the graph (tests/ops/test_unet_forward.py counts the
 graphs; compiling the default UNet took 86 s on the 2-core CPU, so a recompile per query would show). With mode
 "reduce-overhead" the compiled UNet replays as CUDA graphs; its output buffer is reused by the next call, which is safe
 here because each output is reduced to losses before the next call.
@@ -24,7 +24,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 class ForwardPlan:
     """compile: a torch.compile mode or "none". channels_last: NHWC activations and weights (what cuDNN's and
     oneDNN's fastest convolutions want); None = on for CUDA, off for CPU. Both change speed, not what is computed
-    (results agree to float32 rounding: tests/test_unet_forward.py)."""
+    (results agree to float32 rounding: tests/ops/test_unet_forward.py)."""
 
     compile: str = "none"
     channels_last: bool | None = None

@@ -235,7 +235,7 @@ def test_a_channels_last_engine_gives_the_same_ranking_and_leaves_the_model_as_i
     assert list(np.argsort(-scores.scores[0])[:10]) == list(np.argsort(-want)[:10])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("compile_mode", ["none", "reduce-overhead"])
 def test_the_gpu_attributor_ranks_as_the_cpu_one(model, data_folder, query, reference, tmp_path, compile_mode):
     """The whole pipeline on the GPU (rows moved a batch at a time, Fisher sums brought back to the CPU, unlearned

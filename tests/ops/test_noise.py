@@ -14,11 +14,10 @@ from unlearn_fast.ops import _backend
 from unlearn_fast.ops.noise_reference import gaussian_noise_reference, philox4x32_10
 from triton_interpreter import run_under_triton_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAS_EXT = _backend.native() is not None
-HAS_CUDA = torch.cuda.is_available()
 needs_ext = pytest.mark.skipif(not HAS_EXT, reason="unlearn_fast._C is not built")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+needs_cuda = pytest.mark.gpu  # skipped without a CUDA device (conftest)
 CPU_BACKENDS = ["reference"] + (["cpp"] if HAS_EXT else [])
 
 

@@ -57,7 +57,7 @@ def test_plan_removes_each_methods_top_k_and_shared_random_draws():
 
 
 def test_a_job_locked_by_a_live_process_is_left_to_it(tmp_path):
-    """run_job takes each job's lock with store.FileLock (tests/test_lock.py): held elsewhere, the job is 'busy'."""
+    """run_job takes each job's lock with store.FileLock (tests/store/test_lock.py): held elsewhere, the job is 'busy'."""
     request = TrainRequest(data="d", exclude=[1])
     os.makedirs(os.path.join(str(tmp_path), retrain.job_key(request)))
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unlearn_fast.store import FileLock\n"

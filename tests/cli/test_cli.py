@@ -66,3 +66,22 @@ def test_evaluate_set_puts_method_options_over_the_profiles():
     assert base == {"dtrak": {"dim": 2048}}  # the profile itself is left alone
     with pytest.raises(SettingsError, match="METHOD.KEY=VALUE"):
         _method_options(base, ["alpha=0.01"])
+
+
+def test_help_and_version_import_neither_torch_nor_diffusers():
+    """`unlearn-fast --help` and `--version` build no verb's options, so they import no torch and no diffusers (a
+    second on a busy machine instead of several); a verb's own --help still shows every option."""
+    import subprocess
+    import sys
+
+    from unlearn_fast import __version__
+
+    code = ("import sys\nfrom unlearn_fast.cli import main\nfor argv in (['--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('LOADED', sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("LOADED []"), out
+    assert f"unlearn-fast {__version__}" in out and "attribute" in out and "evaluate" in out
+    verb = subprocess.run([sys.executable, "-m", "unlearn_fast", "attribute", "--help"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "--unlearn-steps" in verb and "--fisher-group" in verb and "(default 7.5e-06" in verb

@@ -14,7 +14,7 @@ from unlearn_fast.engine.scoring import LossGrid, per_example_losses
 from unlearn_fast.engine.unet_forward import ForwardPlan, precision, unet_forward
 from unlearn_fast.engine.weight_swap import swapped_weights
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+needs_cuda = pytest.mark.gpu  # skipped without a CUDA device (conftest)
 
 
 def small_model(prediction_type="epsilon"):

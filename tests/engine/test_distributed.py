@@ -15,7 +15,7 @@ import pytest
 
 from unlearn_fast.store.digests import work_dir_digests
 
-WORKER = str(Path(__file__).with_name("distributed_worker.py"))
+WORKER = str(Path(__file__).resolve().parents[1] / "distributed_worker.py")
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--chunk-rows", "4", "--threads", "1", "--quiet"]
 UNLEARN = ["--draws", "16", "--step", "alpha/N", "--alpha", "0.003"]  # α in α/N units, as written
 
