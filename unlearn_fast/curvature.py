@@ -41,10 +41,11 @@ def layer_damped(fisher: dict[str, torch.Tensor], damping: float) -> dict[str, t
     return {name: f + damping * float(f.double().mean()) for name, f in fisher.items()}
 
 
-def linear_layers(unet, params: dict) -> list[str]:
-    """The Linear layer paths of `params` (weights, and biases where present); any other parameter is refused."""
+def linear_layers(unet, params: dict, others: bool = False) -> list[str]:
+    """The Linear layer paths of `params` (weights, and biases where present). Any other parameter is refused, or
+    with `others` left to a diagonal preconditioner (KroneckerCurvature.diagonal)."""
     linear, other = split_linear(unet, params)
-    if other:
+    if other and not others:
         raise SettingsError(f"K-FAC curvature covers Linear layers only; group has {len(other)} other parameters "
                             f"(e.g. {next(iter(other))}): use the diagonal curvature or a group of Linear layers")
     return sorted({name.rpartition(".")[0] for name in linear})
@@ -124,11 +125,14 @@ def lambda_sums(model, factors: dict, x0, cond, example_ids, settings: FisherSet
 
 @dataclass
 class KroneckerCurvature:
-    """factors: {layer path: {FACTOR_NAMES: tensor}}; kind "kfac" or "ekfac"; damping: λ as a share of mean(Λ)."""
+    """factors: {layer path: {FACTOR_NAMES: tensor}}; kind "kfac" or "ekfac"; damping: λ as a share of mean(Λ).
+    diagonal: the damped diagonal Fisher {parameter: F + λ} that preconditions the weights no Linear layer holds
+    (convolutions, norms: a group such as "all"), or None (then every unlearned weight needs factors)."""
 
     factors: dict
     kind: str = "ekfac"
     damping: float = 0.1
+    diagonal: dict | None = None
 
     def __post_init__(self):
         if self.kind not in ("kfac", "ekfac"):
@@ -156,6 +160,9 @@ class KroneckerCurvature:
             out[f"{path}.weight"] = update[:, :-1]
             if bias is not None:
                 out[f"{path}.bias"] = update[:, -1]
+        for name in sorted(set(gradient) - set(out)):
+            if self.diagonal is not None and name in self.diagonal:
+                out[name] = gradient[name] / self.diagonal[name].to(gradient[name])
         missing = sorted(set(gradient) - set(out))
         if missing:
             raise SettingsError(f"the curvature has no factors for {missing[0]} (and {len(missing) - 1} more): "
@@ -165,13 +172,43 @@ class KroneckerCurvature:
 
 def estimate_curvature(model, params: dict, x0, cond, example_ids, kind: str = "ekfac",
                        settings: FisherSettings = FisherSettings(), damping: float = 0.1) -> KroneckerCurvature:
-    """K-FAC or EK-FAC factors of the Linear layers of `params` over the rows (x0, cond, example_ids)."""
+    """K-FAC or EK-FAC factors of the Linear layers of `params` over the rows (x0, cond, example_ids), in one pass
+    (Workspace.curvature runs the same two passes chunked and resumable)."""
     paths = linear_layers(model.unet, params)
     factors = eigenbases(covariance_sums(model, paths, x0, cond, example_ids, settings))
     if kind == "ekfac":
-        for path, (total, n) in lambda_sums(model, factors, x0, cond, example_ids, settings).items():
-            factors[path]["lambda_matrix"] = total / n
+        add_lambda(factors, lambda_sums(model, factors, x0, cond, example_ids, settings))
     return KroneckerCurvature(factors, kind, damping)
+
+
+def add_sums(total: dict | None, part: dict) -> dict:
+    """Two covariance_sums or lambda_sums results added (parts of the rows, in a fixed order)."""
+    if total is None:
+        return dict(part)
+    return {path: tuple(a + b for a, b in zip(total[path], part[path])) for path in part}
+
+
+def add_lambda(factors: dict, sums: dict) -> None:
+    for path, (total, n) in sums.items():
+        factors[path]["lambda_matrix"] = total / n
+
+
+def sums_to_tensors(sums: dict) -> dict[str, torch.Tensor]:
+    """covariance_sums / lambda_sums as flat tensors (a safetensors file: one chunk's part of a resumable pass)."""
+    flat = {}
+    for path, values in sums.items():
+        for i, value in enumerate(values):
+            flat[f"{path}#{i}"] = torch.as_tensor(value, dtype=torch.float64).contiguous()
+    return flat
+
+
+def sums_from_tensors(flat: dict[str, torch.Tensor]) -> dict:
+    sums = {}
+    for key in sorted(flat, key=lambda k: (k.rsplit("#", 1)[0], int(k.rsplit("#", 1)[1]))):
+        path, _ = key.rsplit("#", 1)
+        value = flat[key]
+        sums.setdefault(path, []).append(value if value.ndim else int(value.item()))
+    return {path: tuple(values) for path, values in sums.items()}
 
 
 def to_kronfluence(curvature: KroneckerCurvature) -> dict[str, dict[str, torch.Tensor]]:

@@ -51,6 +51,7 @@ DEPENDS = {
     "fisher_parts": _FISHER_INPUTS,
     "losses_base": ("model", "data", "settings.scoring", "settings.preprocess"),
     "curvature": _FISHER_INPUTS,
+    "curvature_parts": _FISHER_INPUTS,
 }
 
 
@@ -390,31 +391,66 @@ class Workspace:
 
     def curvature(self, kind: str, damping: float = 0.1):
         """K-FAC or EK-FAC factors (curvature.py) of the Fisher group's Linear layers over the Fisher's rows, stored
-        in kronfluence's layout under curvature/<kind>/ (one safetensors file per factor name). Estimated by rank 0."""
-        from .curvature import FACTOR_NAMES, estimate_curvature, from_kronfluence, to_kronfluence
+        in kronfluence's layout under curvature/<kind>/ (one safetensors file per factor name). Both passes (the
+        covariances, then EK-FAC's eigenvalues in their eigenbasis) run in the Fisher's chunks of rows, each chunk's
+        sums saved as it finishes and split over the ranks: a killed run resumes with the missing chunks only."""
+        from .curvature import FACTOR_NAMES, from_kronfluence
 
         folder = f"curvature/{kind}"
 
-        def write():
-            if self.store.exists(f"{folder}/activation_eigenvectors", ".safetensors"):
-                return
-            rows = self.fisher_rows()
-            ids = self.caption_rows[rows]
-            params = self.model.parameter_group(self.settings.fisher_group)
-            estimated = estimate_curvature(self.model, params, rows_of(self.latents, ids),
-                                           rows_of(self.conditioning, rows), ids, kind, self.settings.fisher)
-            layout = to_kronfluence(estimated)
-            for name in FACTOR_NAMES:  # the eigenvectors last: their file marks the artefact complete
-                if name in layout and name != "activation_eigenvectors":
-                    self.store.save_tensors(f"{folder}/{name}", layout[name])
-            self.store.save_tensors(f"{folder}/activation_eigenvectors", layout["activation_eigenvectors"])
-
         def make():
-            self.on_main(write)
+            if not self.store.exists(f"{folder}/activation_eigenvectors", ".safetensors"):
+                self._compute_curvature(kind)
             layout = {name: self.store.load_tensors(f"{folder}/{name}")[0] for name in FACTOR_NAMES
                       if self.store.exists(f"{folder}/{name}", ".safetensors")}
             return from_kronfluence(layout, kind)
         return dataclasses.replace(self.cached(f"curvature-{kind}", make), damping=damping)
+
+    def _compute_curvature(self, kind: str) -> None:
+        from .curvature import (FACTOR_NAMES, KroneckerCurvature, add_lambda, add_sums, covariance_sums, eigenbases,
+                                lambda_sums, linear_layers, sums_from_tensors, sums_to_tensors, to_kronfluence)
+
+        rows = self.fisher_rows()
+        size = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
+        chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
+        # The group's other weights (convolutions, norms) take the diagonal Fisher (methods/abu.py: preconditioner).
+        paths = linear_layers(self.model.unet, self.model.parameter_group(self.settings.fisher_group), others=True)
+        parts = f"curvature_parts/{kind}"
+
+        def part_name(stage: str, chunk: np.ndarray) -> str:
+            return f"{parts}/{stage}-{chunk[0]}-{chunk[-1]}-{len(chunk)}"
+
+        def run(stage: str, sums_of) -> dict:
+            """One pass over the chunks (only those without a saved part), then the parts added in a fixed order."""
+            pending = self.ranks.broadcast([k for k, chunk in enumerate(chunks) if not self.store.exists(
+                part_name(stage, chunk), ".safetensors")] if self.ranks.is_main else None)
+            mine = self.ranks.share(pending)
+            for k in tqdm(mine, desc=f"{kind} {stage}", unit="chunk", disable=not self.progress):
+                ids = self.caption_rows[chunks[k]]
+                sums = sums_of(rows_of(self.latents, ids), rows_of(self.conditioning, chunks[k]), ids)
+                self.store.save_tensors(part_name(stage, chunks[k]), sums_to_tensors(sums))
+            self._record_chunks(f"curvature {kind} {stage}", mine)
+            self.ranks.barrier()
+            total = None
+            for chunk in chunks:
+                total = add_sums(total, sums_from_tensors(self.store.load_tensors(part_name(stage, chunk))[0]))
+            return total
+
+        fisher = self.settings.fisher
+        factors = eigenbases(run("covariance", lambda x0, cond, ids: covariance_sums(
+            self.model, paths, x0, cond, ids, fisher)))
+        if kind == "ekfac":
+            add_lambda(factors, run("lambda", lambda x0, cond, ids: lambda_sums(self.model, factors, x0, cond, ids,
+                                                                                 fisher)))
+
+        def write():
+            layout = to_kronfluence(KroneckerCurvature(factors, kind))
+            for name in FACTOR_NAMES:  # the eigenvectors last: their file marks the artefact complete
+                if name in layout and name != "activation_eigenvectors":
+                    self.store.save_tensors(f"curvature/{kind}/{name}", layout[name])
+            self.store.save_tensors(f"curvature/{kind}/activation_eigenvectors", layout["activation_eigenvectors"])
+            shutil.rmtree(self.store.artefact_path(parts), ignore_errors=True)
+        self.on_main(write)
 
     def losses(self, name: str) -> np.ndarray:
         """(R, T, F) losses of every caption row under model.unet's current weights, chunked, resumable and split

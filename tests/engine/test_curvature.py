@@ -1,4 +1,6 @@
 """K-FAC / EK-FAC curvature (curvature.py) against direct computations on the default model's K/V layers."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -120,8 +122,8 @@ def test_abu_with_ekfac_curvature_scores_and_keeps_its_factors(model, tmp_path, 
     from unlearn_fast.engine.scoring import LossGrid
 
     data = SubsetDataset(default_dataset, range(360, 392))
-    settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64),
-                               fisher=FisherSettings(batch_size=32), chunk_rows=16)
+    settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64, noise="example"),
+                               fisher=FisherSettings(batch_size=32), chunk_rows=16)  # the paper's noise key
     attributor = Attributor(model, data, tmp_path, settings, progress=False)
     method = build_method("abu-ekfac", alpha=0.1, draws=24, batch_size=24)
     scores = run_method(method, attributor, [red_apple_query]).scores[0]
@@ -130,3 +132,59 @@ def test_abu_with_ekfac_curvature_scores_and_keeps_its_factors(model, tmp_path, 
     diagonal = run_method(build_method("abu-rise", alpha=0.1, draws=24, batch_size=24), attributor,
                           [red_apple_query]).scores[0]
     assert not np.allclose(scores, diagonal)  # another preconditioner, another ranking
+
+
+def test_the_work_directory_s_curvature_is_chunked_resumable_and_equals_one_pass(model, tmp_path, default_dataset,
+                                                                                 monkeypatch):
+    """EK-FAC over every weight of the group: both passes in chunks of rows, each chunk saved as it finishes; a run
+    killed in the second pass resumes with the missing chunks only and gives the one-pass factors; the weights no
+    Linear layer holds (here the convolutions of "all") are preconditioned by the diagonal Fisher."""
+    import unlearn_fast.curvature as curvature_module
+    from unlearn_fast.attributor import PrepareSettings
+    from unlearn_fast.data import SubsetDataset
+    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.workspace import Workspace, rows_of
+
+    data = SubsetDataset(default_dataset, range(360, 424))
+    settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False), fisher=FisherSettings(batch_size=16),
+                               fisher_group="all", chunk_rows=16)  # 4 chunks of 16 rows
+    calls = []
+    real = curvature_module.lambda_sums
+
+    def dies_on_the_third_chunk(*args, **kwargs):
+        calls.append(len(args[4]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(curvature_module, "lambda_sums", dies_on_the_third_chunk)
+    workspace = Workspace(model, data, tmp_path, settings, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        workspace.curvature("ekfac")
+    assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("covariance-*.safetensors"))) == 4
+    assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("lambda-*.safetensors"))) == 2
+    calls.clear()
+    chunked = Workspace(model, data, tmp_path, settings, progress=False).curvature("ekfac")
+    assert len(calls) == 2 and not (tmp_path / "curvature_parts" / "ekfac").exists()  # the two missing chunks
+
+    ids = workspace.caption_rows[workspace.fisher_rows()]
+    monkeypatch.setattr(curvature_module, "lambda_sums", real)
+    params = model.parameter_group("all")
+    whole = curvature_module.KroneckerCurvature(curvature_module.eigenbases(curvature_module.covariance_sums(
+        model, linear_layers(model.unet, params, others=True), rows_of(workspace.latents, ids),
+        rows_of(workspace.conditioning, workspace.fisher_rows()), ids, settings.fisher)), "ekfac")
+    curvature_module.add_lambda(whole.factors, real(model, whole.factors, rows_of(workspace.latents, ids),
+                                                    rows_of(workspace.conditioning, workspace.fisher_rows()), ids,
+                                                    settings.fisher))
+    assert set(chunked.factors) == set(whole.factors)
+    for path in whole.factors:
+        for name in ("activation_covariance", "gradient_covariance", "lambda_matrix"):
+            torch.testing.assert_close(chunked.factors[path][name], whole.factors[path][name], rtol=1e-6, atol=1e-12)
+
+    conv = next(n for n, p in params.items() if p.ndim == 4)
+    gradient = {n: torch.ones_like(p, dtype=torch.float64) for n, p in params.items()}
+    fisher = workspace.fisher
+    with pytest.raises(SettingsError, match="no factors"):
+        chunked.precondition(gradient)
+    update = dataclasses.replace(chunked, diagonal=fisher).precondition(gradient)
+    assert set(update) == set(gradient)
+    torch.testing.assert_close(update[conv], gradient[conv] / fisher[conv].double())

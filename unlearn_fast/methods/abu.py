@@ -279,12 +279,13 @@ def _reference_scores(workspace: Workspace, settings: UnlearnSettings) -> np.nda
 
 def preconditioner(workspace: Workspace, settings: UnlearnSettings):
     """What unlearning with `settings` divides by: the diagonal Fisher (damped per layer with "layer-damped"), or the
-    K-FAC / EK-FAC curvature."""
+    K-FAC / EK-FAC curvature of the group's Linear layers with the diagonal Fisher for its other weights."""
     if settings.curvature == "diagonal" or not settings.precondition:
         return workspace.fisher
     if settings.curvature == "layer-damped":
         return layer_damped(workspace.fisher, settings.curvature_damping)
-    return workspace.curvature(settings.curvature, settings.curvature_damping)
+    return dataclasses.replace(workspace.curvature(settings.curvature, settings.curvature_damping),
+                               diagonal=workspace.fisher)
 
 
 def retained_rows(workspace: Workspace, settings: UnlearnSettings):
