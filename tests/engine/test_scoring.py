@@ -8,7 +8,7 @@ from unlearn_fast import ops
 from unlearn_fast.engine.scoring import LossGrid, per_example_losses, timestep_grid
 
 N = 40
-GRID = LossGrid(seed=3, timesteps=5, flips=True, batch_size=512)
+GRID = LossGrid(seed=3, timesteps=5, noise="example", flips=True, batch_size=512)  # noise keyed by the example id
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_settings_are_validated():
 def test_fused_path_equals_reference_path_and_runs_the_cpp_ops(scored, fp32_losses):
     if "cpp" not in ops.available_backends("cpu"):
         pytest.skip("unlearn_fast._C is not built")
-    reference = per_example_losses(*scored, LossGrid(seed=3, timesteps=5, backend="reference"))
+    reference = per_example_losses(*scored, LossGrid(seed=3, timesteps=5, noise="example", backend="reference"))
     fused = per_example_losses(*scored, GRID)
     assert (ops.last_backend("noisy_input"), ops.last_backend("denoising_loss")) == ("cpp", "cpp")
     assert fused.shape == (N, 5, 2) and fused.dtype == torch.float32
@@ -77,10 +77,10 @@ def test_fused_path_equals_reference_path_and_runs_the_cpp_ops(scored, fp32_loss
 
 def test_losses_do_not_depend_on_batching_or_on_the_other_examples(scored):
     model, x0, cond, ids = scored
-    settings = LossGrid(seed=3, timesteps=5, batch_size=64)
+    settings = LossGrid(seed=3, timesteps=5, noise="example", batch_size=64)
     whole = per_example_losses(model, x0, cond, ids, settings, unet=rowwise_unet)
     order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
-    cases = [per_example_losses(model, x0, cond, ids, LossGrid(seed=3, timesteps=5, batch_size=b), unet=rowwise_unet)
+    cases = [per_example_losses(model, x0, cond, ids, LossGrid(seed=3, timesteps=5, noise="example", batch_size=b), unet=rowwise_unet)
              for b in (1, 7, 512)]
     permuted = per_example_losses(model, x0[order], cond[order], [ids[i] for i in order], settings, unet=rowwise_unet)
     cases.append(permuted[order.argsort()])
@@ -97,7 +97,7 @@ def test_batching_with_the_real_unet(scored, fp32_losses):
     (batching.MIN_UNET_ROWS), so every batch size gives the same losses (bitwise on this machine)."""
     model, x0, cond, ids = scored
     for batch, rtol in ((1, 1e-6), (7, 1e-6), (64, 1e-6)):
-        torch.testing.assert_close(per_example_losses(*scored, LossGrid(seed=3, timesteps=5, batch_size=batch)),
+        torch.testing.assert_close(per_example_losses(*scored, LossGrid(seed=3, timesteps=5, noise="example", batch_size=batch)),
                                    fp32_losses, rtol=rtol, atol=0)
     order = torch.randperm(N, generator=torch.Generator().manual_seed(1))
     permuted = per_example_losses(model, x0[order], cond[order], [ids[i] for i in order], GRID)
@@ -122,7 +122,7 @@ def test_flip_column_scores_the_mirrored_image(scored, fp32_losses):
     symmetric = torch.cat([image[..., :4], image[..., :4].flip(-1)], dim=-1)  # 8 wide
     flipped = per_example_losses(model, symmetric, cond[:1], ids[:1], GRID)[0, :, 1]
     torch.testing.assert_close(flipped, loss(symmetric), rtol=1e-5, atol=0)
-    unflipped = per_example_losses(model, x0[:1], cond[:1], ids[:1], LossGrid(seed=3, timesteps=5, flips=False))
+    unflipped = per_example_losses(model, x0[:1], cond[:1], ids[:1], LossGrid(seed=3, timesteps=5, noise="example", flips=False))
     torch.testing.assert_close(unflipped[..., 0], fp32_losses[:1, :, 0], rtol=1e-5, atol=0)  # 5 rows: see above
 
 
@@ -130,7 +130,7 @@ def test_bf16_autocast_stays_close_to_fp32(scored, fp32_losses):
     """Loose bound (fails if bf16 reorders the examples): per-row relative error ≤ 5 %, Spearman of the per-example
     mean loss ≥ 0.99, and ≥ 8 of the fp32 top 10 in the bf16 top 10. Measured on a 2-core AMD EPYC: max abs 2.8e-3,
     max rel 2.2 %, Spearman 0.9994, top 10 10/10."""
-    bf16 = per_example_losses(*scored, LossGrid(seed=3, timesteps=5, dtype="bf16"))
+    bf16 = per_example_losses(*scored, LossGrid(seed=3, timesteps=5, noise="example", dtype="bf16"))
     assert bf16.dtype == torch.float32
     relative = ((bf16 - fp32_losses).abs() / fp32_losses).max().item()
     per_example = fp32_losses.mean((1, 2)), bf16.mean((1, 2))
