@@ -101,3 +101,47 @@ def test_many_processes_never_hold_it_together(tmp_path):
     workers = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(4)]
     assert [w.wait() for w in workers] == [0] * 4
     assert counter.read_text() == "100"
+
+
+def test_a_lock_released_while_another_process_checks_it_is_never_taken_from_its_next_holder(tmp_path, monkeypatch):
+    """The race the many-processes test once hit: a waiter finds the lock file gone (just released), and a third
+    process links a new one before the waiter acts. The waiter must not remove that live lock (it used to unlink
+    whatever was at the name when its owner read as None), and an unreadable (stale) lock replaced by a live one
+    meanwhile is not removed either."""
+    from unlearn_fast.store.lock import LockOwner
+
+    path = tmp_path / "c.lock"
+    waiter, holder = FileLock(path), FileLock(path)
+    real_read = LockOwner.read.__func__
+    reads = []
+
+    def read_then_another_process_links(cls, target):
+        owner = real_read(cls, target)
+        reads.append(owner)
+        if len(reads) == 2 and not holder.held:
+            holder.try_acquire()  # between this read and whatever the waiter does next
+        return owner
+    monkeypatch.setattr(LockOwner, "read", classmethod(read_then_another_process_links))
+    waiter._remove_if_stale(path)
+    assert not holder.held or path.exists()
+    monkeypatch.setattr(LockOwner, "read", classmethod(real_read))
+    if holder.held:
+        holder.release()
+
+    path.write_text("not json")  # a stale, unreadable lock (a crash mid-way of an older version)
+    real_stat = os.stat
+    stats = []
+
+    def stat_then_replaced(target, *args, **kwargs):
+        stats.extend([target] if str(target) == str(path) else [])
+        if len(stats) == 2 and str(target) == str(path):  # under the breaker: someone already broke it and took it
+            os.unlink(path)
+            holder.try_acquire()
+        return real_stat(target, *args, **kwargs)
+    monkeypatch.setattr(os, "stat", stat_then_replaced)
+    assert waiter._remove_if_stale(path)
+    monkeypatch.setattr(os, "stat", real_stat)
+    assert holder.held and LockOwner.read(path) is not None and not waiter.try_acquire()
+    holder.release()
+    path.write_text("not json")
+    assert waiter._remove_if_stale(path) and not path.exists()  # alone, the unreadable lock is broken

@@ -125,7 +125,15 @@ class FileLock:
             tmp.unlink(missing_ok=True)
 
     def _remove_if_stale(self, target: Path) -> bool:
-        """Remove `target` if its owner is gone; True if it was (or had already gone)."""
+        """Remove `target` if its owner is gone (or it is unreadable); True if it was, or had already gone.
+
+        Only the very file found stale is removed: a lock released meanwhile is never touched (another process may
+        link a new one at that name at any moment), and under the breaker the file must still be the same one (same
+        inode, same owner) before it is unlinked; a new holder's file can only appear once the stale one is gone."""
+        try:
+            found = os.stat(target)
+        except FileNotFoundError:
+            return True  # released meanwhile: the caller tries to link it
         owner = LockOwner.read(target)
         if owner is not None and owner.is_alive():
             return False
@@ -136,8 +144,12 @@ class FileLock:
                 breaker.unlink(missing_ok=True)  # a remover that died mid-way
             return False
         try:
-            if LockOwner.read(target) == owner:  # still the stale owner's, not a new holder's
-                target.unlink(missing_ok=True)
+            try:
+                now = os.stat(target)
+            except FileNotFoundError:
+                return True
+            if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino) and LockOwner.read(target) == owner:
+                target.unlink(missing_ok=True)  # still the stale file, not a new holder's
             return True
         finally:
             breaker.unlink(missing_ok=True)
