@@ -78,7 +78,7 @@ setup(
         "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "emoji==2.16.0", "triton>=3.2; platform_system=='Linux'", "ninja",
                  "dattri==0.3.0",  # its LDS metric cross-checks ours (tests/evaluate/test_lds.py)
                  "peft==0.21.2",  # LoRA adapters (tests/models/test_lora.py)
-                 "hypothesis==6.155.2"],  # property-based tests of untrusted inputs (tests/ops/test_input_properties.py)
+                 "hypothesis==6.155.2"],  # property-based tests of untrusted inputs (tests/datasets/test_input_properties.py)
         "triton": ["triton>=3.2"],
         "pipelines": ["transformers>=4.45", "peft>=0.17"],
         "lora": ["peft>=0.17"],

@@ -102,6 +102,7 @@ def test_speed_options_apply_to_a_prepared_folder_and_keep_its_numbers(folder, t
     assert (scoring.batch_size, scoring.compile, scoring.channels_last) == (7, "reduce-overhead", False)
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     """README's first command (minus its installs), with a short sampler: the whole default set is attributed."""
     main(["demo", "--out", str(tmp_path), "--sample-steps", "5", "--quiet", "--json"])

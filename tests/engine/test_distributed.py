@@ -15,6 +15,8 @@ import pytest
 
 from unlearn_fast.store.digests import work_dir_digests
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 WORKER = str(Path(__file__).resolve().parents[1] / "distributed_worker.py")
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--chunk-rows", "4", "--threads", "1", "--quiet"]
 UNLEARN = ["--draws", "16", "--step", "alpha/N", "--alpha", "0.003"]  # α in α/N units, as written

@@ -92,6 +92,7 @@ def test_losses_do_not_depend_on_batching_or_on_the_other_examples(scored):
                                                      unet=rowwise_unet))  # the ids are the noise key
 
 
+@pytest.mark.slow
 def test_batching_with_the_real_unet(scored, fp32_losses):
     """The UNet's CPU kernels round differently below 8 rows (~4e-6 relative); UNet calls are padded to 16 rows
     (batching.MIN_UNET_ROWS), so every batch size gives the same losses (bitwise on this machine)."""

@@ -18,6 +18,8 @@ from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.query import query_from_array
 from unlearn_fast.training_run import TrainRequest
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 
 def test_job_key_is_the_recipe_and_the_removed_set():
     a = TrainRequest(data="d", exclude=[5, 2, 2], out="x", command="one")

@@ -12,6 +12,8 @@ from unlearn_fast.evaluate.exemplars import concept_exemplars
 from unlearn_fast.evaluate.groundtruth import GroundTruthSetup, customisation_scenario
 from unlearn_fast.models.adapter import DiffusionModel
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 
 def test_exemplars_are_one_concept_unlike_the_default_set(default_dataset):
     exemplars = concept_exemplars(32, 5, seed=0)

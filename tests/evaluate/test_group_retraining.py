@@ -11,6 +11,8 @@ from unlearn_fast.evaluate.group_retraining import family_of, families, group_sc
 from unlearn_fast.evaluate.metrics import ndcg_at_k, top1_group
 from unlearn_fast.groups import RULES
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 
 def test_top1_and_ndcg_by_hand():
     truth = np.array([0.02, 0.05, -0.01])

@@ -12,6 +12,8 @@ from unlearn_fast.evaluate.lds import (LDSSetup, linear_datamodeling_scores, pla
                                        subset_masks, subset_rows)
 from unlearn_fast.evaluate.profiles import PROFILES
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 
 def test_spearman_by_hand():
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 − 6·Σd² / (n(n² − 1)) = 1 − 12/60

@@ -10,6 +10,8 @@ from unlearn_fast.evaluate.planted import PlantedSetup, distinctive_image, run_p
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 
 def test_top_r_share():
     assert top_r_share(np.array([0.1, 0.9, 0.8, 0.0]), [1, 2]) == 1.0

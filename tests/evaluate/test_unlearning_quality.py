@@ -2,7 +2,11 @@
 regeneration and loss more, and a small step leaves unrelated prompts nearly as they were."""
 import json
 
+import pytest
+
 from unlearn_fast.cli import main
+
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
 
 
 def test_a_larger_step_unlearns_the_query_more_and_a_small_one_spares_unrelated_prompts(tmp_path, capsys):

@@ -46,6 +46,7 @@ def reference(model, data_folder, query, tmp_path_factory):
     return Attributor(model, open_dataset(data_folder), work, settings(), progress=False).attribute([query], UNLEARN)
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_batch_sizes_or_runs(model, data_folder, query, reference, tmp_path):
     scores = reference.scores[0]
     assert scores.shape == (40,) and np.isfinite(scores).all() and np.abs(scores).max() > 0

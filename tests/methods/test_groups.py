@@ -9,7 +9,7 @@ import pytest
 from unlearn_fast.data import DataError, SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.groups import RULE, RULES, aggregate, group_table
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # training runs: the full tier
 
 
 def planted_group_cases(n: int, copies: list[int], seed: int) -> dict[str, list[str]]:

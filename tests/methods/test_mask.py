@@ -77,6 +77,7 @@ def test_a_mask_of_ones_gives_the_scores_of_no_mask(model, default_dataset, red_
     assert not np.array_equal(scores[0], scores[2])  # the check can fail: a real mask changes the scores
 
 
+@pytest.mark.slow
 def test_each_half_of_a_composite_ranks_its_own_plant_first(two_plants, tmp_path):
     from two_plants import CAPTIONS, PREPARE, UNLEARN, composite
     from unlearn_fast.models.adapter import DiffusionModel

@@ -183,6 +183,7 @@ def planted_scores(model, root, default_dataset, unlearn: list[UnlearnSettings],
     return [attributor.attribute([query], settings).scores[0] for settings in unlearn], copies
 
 
+@pytest.mark.slow
 def test_unlearning_the_query_ranks_its_copies_first(family, tmp_path, default_dataset):
     name, folder, _ = family
     model = DiffusionModel.load(str(folder)).eval()  # a copy of its own: fine-tuning changes it

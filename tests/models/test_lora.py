@@ -18,6 +18,8 @@ from unlearn_fast.models.adapter import DiffusionModel  # noqa: E402
 from unlearn_fast.models.lora import add_lora, load_lora, save_lora  # noqa: E402
 from unlearn_fast.train import DiffusionTrainConfig, TrainingSet, train_diffusion  # noqa: E402
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 CAPTION = "green star"  # words the default vocabulary has; the copies' pattern is nothing like the emoji set
 COPIES, OTHERS = 4, 28
 

@@ -8,6 +8,8 @@ import torch
 from unlearn_fast.train import (DiffusionTrainConfig, TrainingSet, VAETrainConfig, calibrate_latent_scale,
                                 train_diffusion, train_vae)
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
+
 FAST = dict(batch_size=16, warmup_steps=2, ema_decay=0.0)
 
 

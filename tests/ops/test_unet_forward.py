@@ -52,6 +52,7 @@ def test_channels_last_gives_the_plain_losses_for_both_prediction_types():
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
+@pytest.mark.slow
 def test_compiled_pass_matches_eager_compiles_once_and_sees_swapped_weights():
     import torch._dynamo.utils
 

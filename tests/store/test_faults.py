@@ -203,6 +203,7 @@ def _limited_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_mid_run_is_one_line_releases_the_lock_and_keeps_finished_work(images, tmp_path):
     """A full disk, as a file-size limit emulates it: the first write past 20 kB fails (the latents' array)."""
     work = tmp_path / "work"

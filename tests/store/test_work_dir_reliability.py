@@ -100,6 +100,7 @@ def test_overwrite_with_matching_inputs_deletes_nothing(images, prepared, tmp_pa
 
 # ---------------------------------------------------------------------------------- 2. one output per query, lock
 
+@pytest.mark.slow
 def test_two_concurrent_queries_keep_both_outputs(images, prepared, tmp_path):
     work = copy_of(tmp_path, prepared, "work")
     command = [sys.executable, "-m", "unlearn_fast", "attribute", "--data", images, "--work-dir", str(work), *UNLEARN,
