@@ -15,33 +15,44 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .models.adapter import DiffusionModel
+from .settings import count_or_zero, knob, non_negative_float, positive_float, positive_int
+from .settings import seed as seed_type
 
 
 @dataclass
 class VAETrainConfig:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    kl_weight: float = 1e-6  # Stable Diffusion's value: a nearly deterministic autoencoder with a smooth latent space
-    seed: int = 0
+    steps: int = knob(1500, flag="--vae-steps", parse=count_or_zero,
+                      help="VAE training steps (ignored with --vae-from / --init-from)")
+    batch_size: int = knob(64, cli=False, help="images per VAE step")
+    lr: float = knob(1e-3, cli=False, help="the VAE's learning rate")
+    # Stable Diffusion's value: a nearly deterministic autoencoder with a smooth latent space
+    kl_weight: float = knob(1e-6, cli=False, help="weight of the KL term")
+    seed: int = knob(0, cli=False, help="seed of the VAE's batches (the command line's --seed)")
 
 
 @dataclass
 class DiffusionTrainConfig:
-    steps: int = 6000
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # the saved weights are the EMA weights: much better samples from short CPU trainings
-    caption_dropout: float = 0.1  # empty caption this often, for classifier-free guidance
-    unet_parameters: str = "all"  # a DiffusionModel.parameter_group name or regex: what the UNet trains
-    train_text_encoder: bool = True
+    """The diffusion stage's recipe: one declaration of every training default (`unlearn-fast train` generates its
+    flags from these fields; training_run.TrainRequest takes its defaults from them). The shipped model's recipe."""
+
+    steps: int = knob(4000, parse=positive_int, help="diffusion training steps")
+    batch_size: int = knob(128, parse=positive_int, help="images per step")
+    lr: float = knob(1e-3, parse=positive_float, help="peak learning rate (AdamW, after the warm-up)")
+    warmup_steps: int = knob(200, parse=count_or_zero, help="learning-rate warm-up steps")
+    weight_decay: float = knob(0.0, cli=False, help="AdamW's weight decay")
+    grad_clip: float = knob(1.0, cli=False, help="gradient norm clip")
+    # The saved weights are the EMA weights: much better samples from short CPU trainings.
+    ema_decay: float = knob(0.999, parse=non_negative_float, help="decay of the weights' moving average (saved)")
+    caption_dropout: float = knob(0.1, parse=non_negative_float,
+                                  help="share of captions left empty, for classifier-free guidance")
+    unet_parameters: str = knob("all", help="denoiser parameter group to train: all, kv, cross-attention, attention "
+                                            "or a regex")
+    train_text_encoder: bool = knob(True, flag="--freeze-text-encoder", negate=True,
+                                    help="freeze the text encoder (with --add-token: only the new tokens' rows train)")
     # With the text encoder frozen: train the embeddings of the last `new_token_rows` vocabulary rows (the tokens a
     # customisation added), as Custom Diffusion and textual inversion do; every other row stays as it was.
-    new_token_rows: int = 0
-    seed: int = 0
+    new_token_rows: int = knob(0, cli=False, help="vocabulary rows (the last ones) whose embeddings train")
+    seed: int = knob(0, parse=seed_type, help="seed of the initial weights, the batches and the noise")
 
 
 class TrainingSet:

@@ -29,17 +29,18 @@ class TrainRequest:
     vae_from: str | None = None
     exclude: list[int] = field(default_factory=list)
     add_tokens: list[str] = field(default_factory=list)
-    steps: int = 4000
-    vae_steps: int = 1500
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    seed: int = 0
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    unet_parameters: str = "all"
+    # The training numbers: their defaults are declared once, in train.py's configs.
+    steps: int = DiffusionTrainConfig.steps
+    vae_steps: int = VAETrainConfig.steps
+    batch_size: int = DiffusionTrainConfig.batch_size
+    lr: float = DiffusionTrainConfig.lr
+    warmup_steps: int = DiffusionTrainConfig.warmup_steps
+    seed: int = DiffusionTrainConfig.seed
+    ema_decay: float = DiffusionTrainConfig.ema_decay
+    caption_dropout: float = DiffusionTrainConfig.caption_dropout
+    unet_parameters: str = DiffusionTrainConfig.unet_parameters
     architecture: str = "unet"  # a new model's denoiser: "unet" (DDPM) or "dit" (flow matching); models/tiny.py
-    train_text_encoder: bool = True  # False: only the added tokens' embeddings train (when add_tokens are given)
+    train_text_encoder: bool = DiffusionTrainConfig.train_text_encoder  # False: only added tokens' embeddings train
     lora_rank: int = 0  # > 0: train a fresh LoRA adapter of this rank (the UNet's own weights frozen), saved in out/lora
     caption_column: str = "text"
     command: str = ""

@@ -10,11 +10,15 @@ from unlearn_fast.cli.main import _prepare_settings, _report_settings, _unlearn_
 from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
+from unlearn_fast.train import DiffusionTrainConfig, VAETrainConfig
+from unlearn_fast.training_run import TrainRequest
 from unlearn_fast.settings import (NUMBERS, ROLES, command_line_fields, default_of, flag_of, role,
                                    settings_key)
 from unlearn_fast.workspace import PrepareSettings
 
-SETTINGS = (LossGrid, FisherSettings, PrepareSettings, UnlearnSettings, ReportSettings)
+SETTINGS = (LossGrid, FisherSettings, PrepareSettings, UnlearnSettings, ReportSettings, DiffusionTrainConfig,
+            VAETrainConfig)
+VERB = {DiffusionTrainConfig: "train", VAETrainConfig: "train"}  # the verb whose flags a class generates
 
 
 def _other_value(cls, f: dataclasses.Field):
@@ -30,13 +34,12 @@ def _other_value(cls, f: dataclasses.Field):
         return True if f.metadata.get("parse") is bool else 5
     if isinstance(default, (int, float)):
         return default * 2 + 1
-    return {"group": "attention", "fisher_group": "attention", "backend": "reference"}[f.name]
+    return {"group": "attention", "fisher_group": "attention", "backend": "reference", "unet_parameters": "kv"}[f.name]
 
 
-def _attribute_option(parser, flag: str):
+def _option(parser, flag: str, verb: str = "attribute"):
     sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
-    attribute = sub.choices["attribute"]
-    return next((a for a in attribute._actions if flag in a.option_strings), None)
+    return next((a for a in sub.choices[verb]._actions if flag in a.option_strings), None)
 
 
 @pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
@@ -50,8 +53,8 @@ def test_every_field_has_one_role(cls):
 def test_every_command_line_field_appears_with_its_default_and_help(cls):
     parser = build_parser()
     for f in command_line_fields(cls):
-        action = _attribute_option(parser, flag_of(f))
-        assert action is not None, f"{cls.__name__}.{f.name}: no {flag_of(f)} on `attribute`"
+        action = _option(parser, flag_of(f), VERB.get(cls, "attribute"))
+        assert action is not None, f"{cls.__name__}.{f.name}: no {flag_of(f)} on `{VERB.get(cls, 'attribute')}`"
         assert action.default is None  # "not given": the recipe, the work directory or the dataclass decides
         assert f.metadata["help"] in action.help
         default = default_of(f)
@@ -102,3 +105,27 @@ def test_a_numbers_field_changes_the_settings_key_and_no_other_does(cls):
         changed = dataclasses.replace(default, **{f.name: _other_value(cls, f)})
         differs = settings_key(changed) != settings_key(default)
         assert differs == (role(f) == NUMBERS), f"{cls.__name__}.{f.name} ({role(f)})"
+
+
+def test_train_s_defaults_are_declared_once_in_the_training_configs(tmp_path, monkeypatch):
+    """TrainRequest (what evaluate's retraining jobs and `train` build) takes every training number's default from
+    DiffusionTrainConfig / VAETrainConfig (they once said 4,000, 6,000 and 1,500 / 2,000 steps), and `train` with no
+    flags asks for exactly those; each flag given reaches the request."""
+    import unlearn_fast.training_run as training_run
+    from unlearn_fast.cli import main
+
+    request = TrainRequest()
+    shared = [f for f in dataclasses.fields(DiffusionTrainConfig) if hasattr(request, f.name)]
+    assert len(shared) >= 9
+    for f in shared:
+        assert getattr(request, f.name) == default_of(f), f.name
+    assert request.vae_steps == VAETrainConfig().steps
+    asked = []
+    monkeypatch.setattr(training_run, "run_training", lambda request, quiet=False: asked.append(request) or {})
+    main(["train", "--out", str(tmp_path / "m"), "--quiet"])
+    main(["train", "--out", str(tmp_path / "m"), "--steps", "7", "--vae_steps", "3", "--freeze-text-encoder",
+          "--lr", "0.5", "--quiet"])
+    default, given = asked
+    fields = {f.name for f in dataclasses.fields(TrainRequest)} - {"command", "device", "out"}
+    assert {k: getattr(default, k) for k in fields} == {k: getattr(TrainRequest(), k) for k in fields}
+    assert (given.steps, given.vae_steps, given.train_text_encoder, given.lr) == (7, 3, False, 0.5)

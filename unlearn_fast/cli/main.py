@@ -48,16 +48,15 @@ def cmd_train(args) -> None:
     import torch
 
     from ..engine.device import resolve_device
+    from ..train import DiffusionTrainConfig, VAETrainConfig
     from ..training_run import TrainRequest, run_training
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    recipe = given(args, DiffusionTrainConfig)  # the flags given; TrainRequest's defaults are the configs' own
+    recipe.update({"vae_steps": value for value in given(args, VAETrainConfig).values()})
     request = TrainRequest(
         data=args.data, out=args.out, init_from=args.init_from, vae_from=args.vae_from, exclude=_read_indices(args.exclude),
-        add_tokens=args.add_token or [], steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
-        lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, ema_decay=args.ema_decay,
-        caption_dropout=args.caption_dropout,
-        unet_parameters=args.unet_parameters, train_text_encoder=not args.freeze_text_encoder,
-        architecture=args.architecture,
+        add_tokens=args.add_token or [], **recipe, architecture=args.architecture,
         caption_column=args.caption_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
         device=str(resolve_device(args.device)),
     )
@@ -420,21 +419,14 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--vae-from", help="model folder whose VAE to reuse (no VAE training): leave-K-out retraining")
     train.add_argument("--exclude", help="training indices never to show the model: '3,17,42' or a file")
     train.add_argument("--add-token", action="append", help="new word for the vocabulary, e.g. '<v1>' (repeatable)")
-    train.add_argument("--steps", type=positive_int, default=4000, help="diffusion training steps")
-    train.add_argument("--vae-steps", type=count_or_zero, default=1500, help="VAE training steps (ignored with --vae-from / "
-                       "--init-from)")
-    train.add_argument("--batch-size", type=positive_int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--warmup-steps", type=count_or_zero, default=200, help="learning-rate warm-up steps")
-    train.add_argument("--ema-decay", type=float, default=0.999)
-    train.add_argument("--caption-dropout", type=float, default=0.1)
-    train.add_argument("--unet-parameters", default="all", help="denoiser parameter group to train: all, kv, "
-                       "cross-attention, attention or a regex")
+    if wanted("train"):
+        from ..train import DiffusionTrainConfig, VAETrainConfig
+
+        add_arguments(train, DiffusionTrainConfig)
+        add_arguments(train, VAETrainConfig)
     train.add_argument("--architecture", choices=("unet", "dit"), default="unet", help="a new model's denoiser: the "
                        "default UNet (DDPM) or the tiny PixArt-style DiT trained with flow matching (ignored with "
                        "--init-from)")
-    train.add_argument("--freeze-text-encoder", action="store_true")
-    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--threads", type=count_or_zero, default=0, help="torch CPU threads (0: torch's default)")
     device_argument(train)
     train.add_argument("--quiet", action="store_true")
