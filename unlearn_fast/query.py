@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserInputError
+from .models.sampling import SamplingSettings
 
 
 class QueryError(UserInputError):
@@ -172,8 +173,8 @@ def query_from_array(image: np.ndarray, prompt: str, resolution: int, source: st
     return Query(image=image, prompt=prompt, source=source)
 
 
-def query_from_prompt(model, prompt: str, seed: int = 0, steps: int = 50, guidance: float = 3.0,
-                      progress: bool = False) -> Query:
+def query_from_prompt(model, prompt: str, seed: int = SamplingSettings.seed, steps: int = SamplingSettings.steps,
+                      guidance: float = SamplingSettings.guidance, progress: bool = False) -> Query:
     """Generate the query image with `model` (DDIM, classifier-free guidance, the given seed); progress: a bar over
     the sampling steps."""
     check_prompt(prompt, "generated query")

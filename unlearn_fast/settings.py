@@ -123,20 +123,22 @@ def command_line_fields(cls, only=None) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli") and (only is None or f.name in only)]
 
 
-def dest_of(settings_field: dataclasses.Field) -> str:
-    return flag_of(settings_field)[2:].replace("-", "_")
+def dest_of(settings_field: dataclasses.Field, flags: dict | None = None) -> str:
+    return (flags or {}).get(settings_field.name, flag_of(settings_field))[2:].replace("-", "_")
 
 
-def add_arguments(parser, cls, only=None, notes: dict | None = None) -> None:
-    """One flag per command-line field of dataclass `cls` (or of the names in `only`), each defaulting to None (so a
-    command can tell "not given" from a value), with the field's help, `notes[name]` (e.g. what a recipe changes) and
-    the field's real default."""
+def add_arguments(parser, cls, only=None, notes: dict | None = None, flags: dict | None = None,
+                  real_defaults: bool = False) -> None:
+    """One flag per command-line field of dataclass `cls` (or of the names in `only`), with the field's help,
+    `notes[name]` (e.g. what a recipe changes) and the field's real default. Each defaults to None, so that a command
+    can tell "not given" from a value (a work directory's or a recipe's value then applies), or with `real_defaults`
+    to the field's default. flags: {field name: flag} where a verb spells one otherwise (given() takes the same)."""
     for f in command_line_fields(cls, only):
-        flag, default = flag_of(f), default_of(f)
+        flag, default = (flags or {}).get(f.name, flag_of(f)), default_of(f)
         note = f"; {notes[f.name]}" if notes and f.name in notes else ""
         shown = not default if f.metadata.get("negate") else default  # what the flag's own sense is by default
         help_text = f"{f.metadata['help']} (default {_shown(shown)}{note})"
-        options = {"dest": dest_of(f), "default": None, "help": help_text}
+        options = {"dest": dest_of(f, flags), "default": default if real_defaults else None, "help": help_text}
         if f.metadata.get("negate"):
             parser.add_argument(flag, action="store_false", **options)
         elif isinstance(default, bool) or f.metadata.get("parse") is bool:
@@ -146,7 +148,7 @@ def add_arguments(parser, cls, only=None, notes: dict | None = None) -> None:
                                 choices=f.metadata.get("choices"), **options)
 
 
-def given(args: argparse.Namespace, cls, only=None) -> dict:
+def given(args: argparse.Namespace, cls, only=None, flags: dict | None = None) -> dict:
     """{field name: value} of `cls`'s command-line fields that the command line gave (add_arguments' flags)."""
-    return {f.name: getattr(args, dest_of(f)) for f in command_line_fields(cls, only)
-            if getattr(args, dest_of(f), None) is not None}
+    return {f.name: getattr(args, dest_of(f, flags)) for f in command_line_fields(cls, only)
+            if getattr(args, dest_of(f, flags), None) is not None}

@@ -6,10 +6,11 @@ import dataclasses
 import pytest
 
 from unlearn_fast.attribution import ReportSettings
-from unlearn_fast.cli.main import _prepare_settings, _report_settings, _unlearn_settings, build_parser
+from unlearn_fast.cli.main import SAMPLE_FLAGS, _prepare_settings, _report_settings, _unlearn_settings, build_parser
 from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
+from unlearn_fast.models.sampling import SamplingSettings
 from unlearn_fast.train import DiffusionTrainConfig, VAETrainConfig
 from unlearn_fast.training_run import TrainRequest
 from unlearn_fast.settings import (NUMBERS, ROLES, command_line_fields, default_of, flag_of, role,
@@ -17,8 +18,10 @@ from unlearn_fast.settings import (NUMBERS, ROLES, command_line_fields, default_
 from unlearn_fast.workspace import PrepareSettings
 
 SETTINGS = (LossGrid, FisherSettings, PrepareSettings, UnlearnSettings, ReportSettings, DiffusionTrainConfig,
-            VAETrainConfig)
+            VAETrainConfig, SamplingSettings)
 VERB = {DiffusionTrainConfig: "train", VAETrainConfig: "train"}  # the verb whose flags a class generates
+FLAGS = {SamplingSettings: SAMPLE_FLAGS}  # where `attribute` spells a flag otherwise
+REAL_DEFAULTS = {SamplingSettings}  # nothing recorded overrides them: argparse holds the real default
 
 
 def _other_value(cls, f: dataclasses.Field):
@@ -53,9 +56,11 @@ def test_every_field_has_one_role(cls):
 def test_every_command_line_field_appears_with_its_default_and_help(cls):
     parser = build_parser()
     for f in command_line_fields(cls):
-        action = _option(parser, flag_of(f), VERB.get(cls, "attribute"))
-        assert action is not None, f"{cls.__name__}.{f.name}: no {flag_of(f)} on `{VERB.get(cls, 'attribute')}`"
-        assert action.default is None  # "not given": the recipe, the work directory or the dataclass decides
+        flag = FLAGS.get(cls, {}).get(f.name, flag_of(f))
+        action = _option(parser, flag, VERB.get(cls, "attribute"))
+        assert action is not None, f"{cls.__name__}.{f.name}: no {flag} on `{VERB.get(cls, 'attribute')}`"
+        # None: "not given", the recipe, the work directory or the dataclass decides
+        assert action.default == (default_of(f) if cls in REAL_DEFAULTS else None)
         assert f.metadata["help"] in action.help
         default = default_of(f)
         shown = not default if f.metadata.get("negate") else default

@@ -12,7 +12,10 @@ import time
 
 from .. import __version__
 from ..settings import SPEED, add_arguments, command_line_fields, default_of, given, role
-from .arguments import Parser, candidate_spec, count_or_zero, device_argument, finite_float, positive_int, seed
+from .arguments import Parser, candidate_spec, count_or_zero, device_argument, positive_int
+
+
+SAMPLE_FLAGS = {"steps": "--sample-steps"}  # attribute and demo: --steps would read as the unlearning's
 
 
 def _speed_fields(cls) -> tuple[str, ...]:
@@ -394,9 +397,9 @@ def cmd_export_scores(args) -> None:
 def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
     parser.add_argument("--out", default=out)
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
-    parser.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale")
+    from ..models.sampling import SamplingSettings
+
+    add_arguments(parser, SamplingSettings, real_defaults=True)
     device_argument(parser)
 
 
@@ -483,9 +486,10 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         from ..engine.unlearn import UnlearnSettings
         from ..methods.abu_recipes import PAPER
 
-        p.add_argument("--seed", type=seed, default=0, help="seed of a generated query")
-        p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of a generated query")
-        p.add_argument("--guidance", type=finite_float, default=3.0, help="guidance scale of a generated query")
+        from ..models.sampling import SamplingSettings
+
+        generated = p.add_argument_group("a query generated from its prompt (no --image)")
+        add_arguments(generated, SamplingSettings, flags=SAMPLE_FLAGS, real_defaults=True)
         unlearning = p.add_argument_group("unlearning (METHOD.md §4)")
         unlearning.add_argument("--recipe", choices=("default", "paper"), default="default",
                                 help="AbU's settings before the options below: the package's default or the paper's "

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import SettingsError
 from .conditioning import ConditioningLayout
 from .family import COMMON_GROUPS, UNET_GROUPS, Family
+from .sampling import SamplingSettings
 from .objective import Coefficients
 from .text_side import TextSide  # noqa: F401  (re-exported: the model's text side)
 
@@ -234,7 +235,8 @@ class DiffusionModel:
 
     # ------------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, prompts: list[str] | str, seed: int | list[int] = 0, steps: int = 50, guidance: float = 3.0,
+    def generate(self, prompts: list[str] | str, seed: int | list[int] = SamplingSettings.seed,
+                 steps: int = SamplingSettings.steps, guidance: float = SamplingSettings.guidance,
                  progress: bool = False) -> np.ndarray:
         """Deterministic sampling with classifier-free guidance → uint8 images (B, H, W, 3), as the family samples
         (DDIM, eta 0, for a UNet; the pipeline's own sampler otherwise).

@@ -5,8 +5,11 @@ import os
 
 from PIL import Image, ImageDraw
 
+from ..models.sampling import SamplingSettings
 
-def sample_grid(model, prompts: list[str], out_path: str, seeds=range(4), steps: int = 50, guidance: float = 3.0,
+
+def sample_grid(model, prompts: list[str], out_path: str, seeds=range(4), steps: int = SamplingSettings.steps,
+                guidance: float = SamplingSettings.guidance,
                 scale: int = 3, label_width: int = 150) -> str:
     seeds = list(seeds)
     size = model.resolution * scale
