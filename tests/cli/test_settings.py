@@ -134,3 +134,24 @@ def test_train_s_defaults_are_declared_once_in_the_training_configs(tmp_path, mo
     fields = {f.name for f in dataclasses.fields(TrainRequest)} - {"command", "device", "out"}
     assert {k: getattr(default, k) for k in fields} == {k: getattr(TrainRequest(), k) for k in fields}
     assert (given.steps, given.vae_steps, given.train_text_encoder, given.lr) == (7, 3, False, 0.5)
+
+
+def test_a_folder_prepared_with_the_other_noise_key_says_what_to_do(tmp_path, default_image_folder):
+    """A work directory made with per-example noise (the paper's recipe, or the Python API before its default became
+    the command line's) meets the default recipe: one line naming the folder, both keys and the flags that use it as
+    it is; with those flags, or with --overwrite, the command goes on."""
+    from unlearn_fast.cli import main
+    from unlearn_fast.errors import SettingsError
+
+    work = str(tmp_path / "work")
+    main(["prepare", "--data", default_image_folder(range(360, 384)), "--work-dir", work, "--noise", "example",
+          "--timesteps", "2", "--no-flips", "--quiet"])
+    parser = build_parser()
+    with pytest.raises(SettingsError, match=r"prepared with scoring noise 'example', the default recipe scores with "
+                                            r"'shared': give --noise example \(or --recipe paper\)"):
+        _prepare_settings(parser.parse_args(["attribute", "--work-dir", work, "--prompt", "x"]))
+    for options in (["--noise", "example"], ["--recipe", "paper"]):
+        assert _prepare_settings(parser.parse_args(["attribute", "--work-dir", work, "--prompt", "x", *options])
+                                 ).scoring.noise == "example"
+    overwrite = parser.parse_args(["attribute", "--work-dir", work, "--prompt", "x", "--overwrite"])
+    assert _prepare_settings(overwrite).scoring.noise == "shared"

@@ -111,14 +111,25 @@ def _prepare_settings(args):
     from ..workspace import PrepareSettings
 
     scoring, fisher, other = given(args, LossGrid), given(args, FisherSettings), given(args, PrepareSettings)
-    # The noise key follows the recipe (a folder made for another one is refused, with what --overwrite deletes).
-    scoring.setdefault("noise", recipe_noise(getattr(args, "recipe", None) or "default"))
+    recorded = PrepareSettings.recorded_in(args.work_dir)
+    base = recorded or PrepareSettings()
+    # The noise key follows the recipe; a folder prepared with the other key is named with what to do.
+    recipe = getattr(args, "recipe", None) or "default"
+    if recorded and "noise" not in scoring and recorded.scoring.noise != recipe_noise(recipe) and not args.overwrite:
+        from ..errors import SettingsError
+
+        other_recipe = next((name for name in ("default", "paper") if recipe_noise(name) == base.scoring.noise), None)
+        raise SettingsError(
+            f"{args.work_dir} was prepared with scoring noise {base.scoring.noise!r}, the {recipe} recipe scores with "
+            f"{recipe_noise(recipe)!r}: give --noise {base.scoring.noise}"
+            + (f" (or --recipe {other_recipe})" if other_recipe and hasattr(args, "recipe") else "")
+            + " to use it as it is, or --overwrite to recompute its base losses (its latents, text and Fisher are kept)")
+    scoring.setdefault("noise", recipe_noise(recipe))
     if "seed" in scoring:
         fisher["seed"] = scoring["seed"]  # --score-seed seeds both passes
     speed = {f.name: scoring.pop(f.name, default_of(f)) for f in command_line_fields(LossGrid, _speed_fields(LossGrid))}
     if other.get("fisher_examples") == 0:  # 0 = every row
         other["fisher_examples"] = None
-    base = PrepareSettings.recorded_in(args.work_dir) or PrepareSettings()
     return dataclasses.replace(base, scoring=dataclasses.replace(base.scoring, **speed, **scoring),
                                fisher=dataclasses.replace(base.fisher, **fisher), **other)
 
