@@ -61,7 +61,10 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["unlearn_fast", "unlearn_fast.*", "triton_kernels", "triton_kernels.*"]),
+    # The Triton kernels install inside the package's namespace (unlearn_fast.triton_kernels), never as the top-level
+    # name the PyPI distribution triton-kernels also uses; the source folder stays at the top of the repository.
+    packages=find_packages(include=["unlearn_fast", "unlearn_fast.*"]) + ["unlearn_fast.triton_kernels"],
+    package_dir={"unlearn_fast.triton_kernels": "triton_kernels"},
     package_data={"unlearn_fast": ["data/default/*", "models/default/*", "models/default/*/*"]},
     include_package_data=True,
     # torch is deliberately absent: install the build you want first (CPU: pip install torch==2.13.0).

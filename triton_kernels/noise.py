@@ -89,7 +89,7 @@ def gaussian_noise_triton(
 ) -> torch.Tensor:
     """Noise of shape (B, numel) for rows (ids[b], timestep_idx[b], flips[b]); inputs are validated by ops.gaussian_noise."""
     if ids.device.type == "cpu" and isinstance(_gaussian_noise_kernel, triton.runtime.JITFunction):  # compiled, not interpreted
-        raise RuntimeError("triton_kernels.noise runs on CPU tensors only when TRITON_INTERPRET=1 was set before it was imported")
+        raise RuntimeError("unlearn_fast.triton_kernels.noise runs on CPU tensors only when TRITON_INTERPRET=1 was set before it was imported")
     out = torch.empty((ids.numel(), numel), dtype=dtype, device=ids.device)
     blocks_per_row = triton.cdiv(numel, 4 * GROUPS_PER_PROGRAM)
     grid = (ids.numel() * blocks_per_row,)

@@ -146,7 +146,7 @@ def test_cpp_matches_reference(kind, shape, layout, pred_dtype, x0_dtype):
 
 
 def test_triton_interpreter_matches_reference():
-    # TRITON_INTERPRET=1 must be set before triton_kernels is imported: run in a fresh interpreter (see test_noise.py).
+    # TRITON_INTERPRET=1 must be set before unlearn_fast.triton_kernels is imported: run in a fresh interpreter (see test_noise.py).
     pytest.importorskip("triton")
     script = textwrap.dedent(
         """

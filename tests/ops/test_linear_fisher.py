@@ -113,7 +113,7 @@ def test_cpp_is_deterministic_across_thread_counts():
 
 
 def test_triton_interpreter_matches_reference():
-    # TRITON_INTERPRET=1 must be set before triton_kernels is imported: run in a fresh interpreter (see test_noise.py).
+    # TRITON_INTERPRET=1 must be set before unlearn_fast.triton_kernels is imported: run in a fresh interpreter (see test_noise.py).
     pytest.importorskip("triton")
     script = textwrap.dedent(
         """

@@ -75,7 +75,7 @@ def test_cpp_matches_reference(dtype):
 
 
 def test_triton_interpreter_matches_reference():
-    # triton.jit picks interpreter vs compiler when triton_kernels.noise is imported, so TRITON_INTERPRET=1 must be
+    # triton.jit picks interpreter vs compiler when unlearn_fast.triton_kernels.noise is imported, so TRITON_INTERPRET=1 must be
     # set first: a fresh interpreter is the robust way, whatever this process imported already.
     pytest.importorskip("triton")
     script = textwrap.dedent(
@@ -99,7 +99,7 @@ def test_triton_interpreter_matches_reference():
 
 def test_triton_on_cpu_says_when_it_was_imported_compiled(monkeypatch):
     triton = pytest.importorskip("triton")
-    from triton_kernels import noise as triton_noise
+    from unlearn_fast.triton_kernels import noise as triton_noise
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     if isinstance(triton_noise._gaussian_noise_kernel, triton.runtime.JITFunction):

@@ -22,7 +22,7 @@ def _native(pred, x0, c_eps, c_x, seed, ids, timestep_idx, flips):
 
 
 def _triton(*args):
-    from triton_kernels.denoising_loss import denoising_loss_triton  # imported on first use: triton is optional
+    from ..triton_kernels.denoising_loss import denoising_loss_triton  # imported on first use: triton is optional
 
     return denoising_loss_triton(*args)
 

@@ -21,7 +21,7 @@ def _native(x, g, bias):
 
 
 def _triton(x, g, bias):
-    from triton_kernels.linear_fisher import linear_fisher_triton  # imported on first use: triton is optional
+    from ..triton_kernels.linear_fisher import linear_fisher_triton  # imported on first use: triton is optional
 
     return linear_fisher_triton(x, g, bias)
 

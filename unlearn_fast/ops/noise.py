@@ -23,7 +23,7 @@ def _native(seed, ids, timestep_idx, flips, numel, dtype):
 
 
 def _triton(seed, ids, timestep_idx, flips, numel, dtype):
-    from triton_kernels.noise import gaussian_noise_triton  # imported on first use: triton is optional
+    from ..triton_kernels.noise import gaussian_noise_triton  # imported on first use: triton is optional
 
     return gaussian_noise_triton(seed, ids, timestep_idx, flips, numel, dtype)
 

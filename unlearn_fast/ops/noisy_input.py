@@ -63,7 +63,7 @@ def _native(x0, a_t, s_t, seed, ids, timestep_idx, flips, out_dtype):
 
 
 def _triton(*args):
-    from triton_kernels.noisy_input import noisy_input_triton  # imported on first use: triton is optional
+    from ..triton_kernels.noisy_input import noisy_input_triton  # imported on first use: triton is optional
 
     return noisy_input_triton(*args)
 
