@@ -81,7 +81,7 @@ def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
         handle.write("{}")
     monkeypatch.setattr(retrain, "run_training", lambda *a, **k: pytest.fail("trained a finished run"))
     assert retrain.run_job(str(tmp_path), request) == "done"
-    assert retrain.run_jobs(str(tmp_path), [request, request], workers=2, log=lambda _: None) == {
+    assert retrain.run_jobs(str(tmp_path), [request, request], workers=2) == {
         retrain.job_key(request): "done"}
 
 
@@ -98,7 +98,7 @@ def planted_runs(tmp_path_factory, default_dataset):
                 "random 1": random_removals(setup, 46, 1, 6)}
     requests = {"original": training_request(setup, str(root / "data"))}
     requests.update({name: training_request(setup, str(root / "data"), exclude) for name, exclude in removals.items()})
-    outcomes = retrain.run_jobs(str(root / "runs"), list(requests.values()), log=lambda _: None)
+    outcomes = retrain.run_jobs(str(root / "runs"), list(requests.values()))
     assert sorted(outcomes.values()) == ["trained"] * 4
     models = {name: DiffusionModel.load(retrain.model_folder(str(root / "runs"), r)) for name, r in requests.items()}
     return root, setup, removals, requests, models, image

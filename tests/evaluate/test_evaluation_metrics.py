@@ -43,3 +43,26 @@ def test_mean_reciprocal_rank_by_hand():
     # query 0: answers {0, 2} → best rank 2 (index 2); query 1: answer {1} at rank 2 → MRR (1/2 + 1/2) / 2
     assert mean_reciprocal_rank(scores, [[0, 2], [1]]) == pytest.approx(0.5)
     assert mean_reciprocal_rank(scores, [[1], [0]]) == pytest.approx(1.0)
+
+
+def test_evaluate_logs_its_progress_through_python_logging(capsys, caplog):
+    """The evaluation's progress goes to the unlearn_fast loggers (no log= callback threaded through the calls):
+    --quiet keeps only warnings, --verbose everything, and stdout stays for the tables and --json."""
+    import argparse
+    import logging
+
+    from unlearn_fast.cli.evaluate import _configure_logging
+    from unlearn_fast.evaluate import retrain
+
+    logger = logging.getLogger("unlearn_fast")
+    for quiet, verbose, level in ((False, False, logging.INFO), (True, False, logging.WARNING),
+                                  (False, True, logging.DEBUG)):
+        _configure_logging(argparse.Namespace(quiet=quiet, verbose=verbose))
+        assert logger.level == level
+    assert sum(getattr(h, "_unlearn_fast", False) for h in logger.handlers) == 1  # configured once, not per call
+    _configure_logging(argparse.Namespace(quiet=False, verbose=False))
+    with caplog.at_level(logging.INFO, logger="unlearn_fast"):
+        assert retrain.run_jobs("unused", []) == {}
+    assert any(r.name == "unlearn_fast.evaluate.retrain" and "retraining: 0 runs" in r.getMessage()
+               for r in caplog.records)
+    assert capsys.readouterr().out == ""

@@ -76,7 +76,7 @@ def test_the_tiny_profile_trains_each_subset_once_for_every_method_and_never_sho
     values = dict(PROFILES["tiny"]["lds"])
     setup = LDSSetup(**values)
     out = tmp_path / "lds"
-    first = run_lds(setup, str(out), log=lambda line: None)
+    first = run_lds(setup, str(out))
     runs = first["training_runs"]
     assert runs == {"full": 1, "subsets": 6, "ceiling": 3, "distinct": 10}
     assert len(os.listdir(out / "retrains")) == 10  # one folder per run
@@ -92,7 +92,7 @@ def test_the_tiny_profile_trains_each_subset_once_for_every_method_and_never_sho
     # Another method on the same folder: its scores are new, no model is trained again.
     seen.clear()
     second = run_lds(LDSSetup(**{**values, "methods": ("abu", "pixel", "random", "trak"),
-                                 "method_options": {"trak": {"dim": 64}}}), str(out), log=lambda line: None)
+                                 "method_options": {"trak": {"dim": 64}}}), str(out))
     assert not seen and len(os.listdir(out / "retrains")) == 10
     assert "trak" in second["per_query"]
     np.testing.assert_allclose(second["per_query"]["pixel"], first["per_query"]["pixel"])
@@ -101,7 +101,7 @@ def test_the_tiny_profile_trains_each_subset_once_for_every_method_and_never_sho
 
     # Validation queries for choosing α by LDS: split off after the evaluation queries, which stay as they were.
     third = run_lds(LDSSetup(**{**values, "validation_queries": 2, "selection": "lds", "abu_alphas": (0.03, 0.1)}),
-                    str(out), log=lambda line: None)
+                    str(out))
     assert not seen and [q["prompt"] for q in third["queries"]] == [q["prompt"] for q in first["queries"]]
     validation = third["validation"]
     assert validation["criterion"] == "lds" and len(validation["queries"]) == 2

@@ -294,10 +294,10 @@ def test_the_alpha_grid_extends_until_the_best_is_inside(monkeypatch):
     monkeypatch.setattr(validation, "choose_setting", fake_choose)
     stand_in = type("Attributor", (), {"model": None, "dataset": None})()
     judged = validation.Validation("mrr", [], lambda scores: 0.0)
-    alpha = validation.choose_alpha(stand_in, (0.01, 0.03, 0.1), "abu", {}, judged, None, log=lambda line: None)
+    alpha = validation.choose_alpha(stand_in, (0.01, 0.03, 0.1), "abu", {}, judged, None)
     assert tried[-1][0] == pytest.approx(0.01 / 9) and alpha == pytest.approx(0.01 / 9)  # two extensions down
     tried.clear()
-    alpha = validation.choose_alpha(stand_in, (0.0003, 0.001, 0.01), "abu", {}, judged, None, log=lambda line: None)
+    alpha = validation.choose_alpha(stand_in, (0.0003, 0.001, 0.01), "abu", {}, judged, None)
     assert len(tried) == 1 and alpha == 0.001  # inside the grid: no extension
 
 

@@ -55,8 +55,18 @@ def _header(kind: str, args, seconds: float) -> str:
             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time {seconds / 60:.1f} min\n")
 
 
-def _log(line: str) -> None:
-    print(f"[unlearn-fast] {line}", file=sys.stderr)
+def _configure_logging(args) -> None:
+    """The evaluation's progress lines (the unlearn_fast.evaluate loggers) on stderr: INFO by default, only warnings
+    with --quiet, DEBUG with --verbose. Standard output keeps the tables and --json."""
+    import logging
+
+    logger = logging.getLogger("unlearn_fast")
+    if not any(getattr(h, "_unlearn_fast", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[unlearn-fast] %(message)s"))
+        handler._unlearn_fast = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
 
 
 def _write_results(args, markdown_name: str, text: str, json_name: str, summary: dict | None = None) -> None:
@@ -81,8 +91,7 @@ def cmd_counterfactual(args) -> None:
     setup = _setup(args, CounterfactualSetup, profile["counterfactual"])
     started = time.perf_counter()
     summary = run_counterfactual(setup, args.out, workers=args.workers or profile["workers"],
-                                 threads=args.threads or profile["threads"],
-                                 log=_log)
+                                 threads=args.threads or profile["threads"])
     header = _header("Counterfactual (leave-K-out retraining)", args, time.perf_counter() - started)
     header += "\n" + "\n".join(f"- {line}" for line in winner_lines(summary)) + "\n"
     paths = write_report(summary, args.out, args.results, header)
@@ -99,7 +108,7 @@ def cmd_groundtruth(args) -> None:
 
     setup = _setup(args, GroundTruthSetup, PROFILES[args.profile]["groundtruth"])
     started = time.perf_counter()
-    summary = run_groundtruth(setup, args.out, log=_log)
+    summary = run_groundtruth(setup, args.out)
     text = _header("Ground-truth", args, time.perf_counter() - started) + "\n" + markdown_table(summary,
                                                                                                setup.recall_k) + "\n"
     _write_results(args, "groundtruth.md", text, "groundtruth.json", summary)
@@ -114,8 +123,7 @@ def cmd_lds(args) -> None:
     setup = _setup(args, LDSSetup, profile["lds"])
     started = time.perf_counter()
     summary = run_lds(setup, args.out, workers=args.workers or profile["workers"],
-                      threads=args.threads or profile["threads"],
-                      log=_log)
+                      threads=args.threads or profile["threads"])
     runs = summary["training_runs"]
     text = (_header("Linear datamodeling score (LDS)", args, time.perf_counter() - started)
             + f"- N = {summary['num_train']} training images, M = {setup.subsets} subsets of "
@@ -134,7 +142,7 @@ def cmd_groups(args) -> None:
     setup = _setup(args, GroupRetrainingSetup, profile["groups"])
     started = time.perf_counter()
     summary = run_group_retraining(setup, args.out, workers=args.workers or profile["workers"],
-                                   threads=args.threads or profile["threads"], log=_log)
+                                   threads=args.threads or profile["threads"])
     text = (_header("Groups against leave-one-group-out retraining", args, time.perf_counter() - started) + "\n"
             + markdown_table(summary))
     _write_results(args, "groups.md", text, "results.json")
@@ -147,7 +155,7 @@ def cmd_unlearning(args) -> None:
 
     setup = _setup(args, UnlearningQualitySetup, PROFILES[args.profile]["unlearning"])
     started = time.perf_counter()
-    summary = run_unlearning_quality(setup, args.out, log=_log)
+    summary = run_unlearning_quality(setup, args.out)
     text = (_header("Unlearning quality", args, time.perf_counter() - started)
             + f"- model {setup.model}, {summary['num_train']} training images, {setup.queries} queries (training "
               f"captions), {setup.unrelated} unrelated prompts each, same seeds before and after; {setup.draws} draws, "
@@ -173,9 +181,16 @@ def add_evaluate_parser(sub) -> None:
         parser.add_argument("--data", help="training data (default: the embedded set)")
         device_argument(parser)
         parser.add_argument("--json", action="store_true")
+        loudness = parser.add_mutually_exclusive_group()
+        loudness.add_argument("--quiet", action="store_true", help="progress lines: warnings only")
+        loudness.add_argument("--verbose", action="store_true", help="progress lines: every detail")
         parser.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE",
                             help="a method's option, over the profile's (e.g. abu.alpha=0.01: no α validation)")
-        parser.set_defaults(run=run)
+
+        def logged(args):
+            _configure_logging(args)
+            return run(args)
+        parser.set_defaults(run=logged)
         return parser
 
     def retraining(parser) -> None:

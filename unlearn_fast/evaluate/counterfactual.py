@@ -17,6 +17,8 @@ may be trained by several processes at once.
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -34,6 +36,8 @@ from ..training_run import TrainRequest
 from .metrics import mean_and_se, pixel_mse, ranking
 from .retrain import is_done, job_key, model_folder, run_jobs
 from .method_setup import Workspaces, configured_method
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -272,7 +276,7 @@ def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_
     return queries
 
 
-def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: str, log=print,
+def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: str,
                   seconds: dict | None = None, validation=None) -> dict[str, np.ndarray]:
     """{method: scores (Q, N)} for every method of the setup; each method's report under attributions/<name>/.
     seconds: filled with each method's wall time per query (validation included; ~0 when read from its cache).
@@ -285,19 +289,18 @@ def attribute_all(setup: CounterfactualSetup, model, dataset, queries, out_dir: 
     scores = {}
     for name in setup.methods:
         started = time.perf_counter()
-        method, workspace, _ = configured_method(name, setup, workspaces, [q.prompt for q in queries], out_dir, log,
+        method, workspace, _ = configured_method(name, setup, workspaces, [q.prompt for q in queries], out_dir,
                                                   validation)
         attribution = run_method(method, workspace, queries)
         attribution.save(os.path.join(out_dir, "attributions", name), top_k=12)
         scores[name] = attribution.scores
         if seconds is not None:
             seconds[name] = round((time.perf_counter() - started) / len(queries), 2)
-        log(f"attributed with {name}: {attribution.timings}")
+        logger.info(f"attributed with {name}: {attribution.timings}")
     return scores
 
 
-def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 1, threads: int = 1,
-                       log=print) -> dict:
+def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 1, threads: int = 1) -> dict:
     """The whole evaluation (resumable); returns the summary also written to out_dir/results.json."""
     from ..models.adapter import DiffusionModel
 
@@ -307,14 +310,14 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
     dataset = open_dataset(data_folder)
     runs = os.path.join(out_dir, "retrains")
     original = training_request(setup, data_folder)
-    run_jobs(runs, [original], workers=1, threads=max(1, workers * threads), log=log)
+    run_jobs(runs, [original], workers=1, threads=max(1, workers * threads))
     model = DiffusionModel.load(model_folder(runs, original), device=setup.device)
     queries = generate_queries(setup, model, prompts, out_dir)
-    scores = attribute_all(setup, model, dataset, queries, out_dir, log)
+    scores = attribute_all(setup, model, dataset, queries, out_dir)
     plan = plan_removals(setup, scores)
     noise = [training_request(setup, data_folder, seed=s) for s in setup.noise_seeds]
     requests = [training_request(setup, data_folder, entry["exclude"]) for entry in plan] + noise
-    run_jobs(runs, requests, workers=workers, threads=threads, log=log)
+    run_jobs(runs, requests, workers=workers, threads=threads)
     if not all(is_done(runs, r) for r in requests):
         raise RuntimeError("some retraining runs are still being trained by another process: run again later")
 

@@ -21,6 +21,8 @@ Each scenario is a folder (data, model, work directory, results) whose stages ar
 """
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 import json
 import os
@@ -33,6 +35,8 @@ from .exemplars import concept_exemplars
 from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, rank_positions, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
 from .method_setup import Workspaces, configured_method
+
+logger = logging.getLogger(__name__)
 
 PROMPT_TEMPLATES = ("{t}", "{t} face", "red {t}", "blue {t}", "green {t}", "yellow {t}", "{t} button", "{t} sign",
                     "{t} symbol", "black {t}", "white {t}", "purple {t}", "orange {t}", "{t} with star", "{t} heart",
@@ -248,7 +252,7 @@ def _ranks(row: np.ndarray, relevant: list[int]) -> list[int]:
     return sorted(int(position[i]) for i in relevant)
 
 
-def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_dir: str, log=print) -> dict:
+def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_dir: str) -> dict:
     """base_model: the loaded setup.base_model (its vocabulary says which words the fine-tune adds)."""
     from ..workspace import PrepareSettings
     from ..data import open_dataset
@@ -317,10 +321,10 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
                                           "caption": dataset.captions(nearest)[0], "mse": float(to_base[nearest])})
         for name, (image, prompt) in scenario.controls.items():
             controls.append((name, Query(queries[0].image if image is None else image, prompt, f"control: {name}")))
-        log(f"{scenario.name}: {len(counted)} of {len(queries)} queries memorised"
-            + (" (void case)" if not counted else ""))
+        logger.info(f"{scenario.name}: {len(counted)} of {len(queries)} queries memorised"
+                    + (" (void case)" if not counted else ""))
     for name in setup.methods:
-        method, workspace, options = configured_method(name, setup, workspaces, scenario.prompts, folder, log)
+        method, workspace, options = configured_method(name, setup, workspaces, scenario.prompts, folder)
         attribution = run_method(method, workspace, queries + [query for _, query in controls])
         attribution.save(os.path.join(folder, "attributions", name), top_k=12)
         per_query = [{"recall": recall_at_k(row, relevant, setup.recall_k), "ap": average_precision(row, relevant),
@@ -334,8 +338,8 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
             result["methods"][name]["controls"] = {
                 control: {"ranks": _ranks(row, relevant), "top_r_share": top_r_share(row, relevant)}
                 for (control, _), row in zip(controls, attribution.scores[len(queries):])}
-        log(f"{scenario.name}: {name} Recall@{setup.recall_k} {result['methods'][name]['recall']['mean']:.2f}, "
-            f"mAP {result['methods'][name]['ap']['mean']:.3f}")
+        logger.info(f"{scenario.name}: {name} Recall@{setup.recall_k} {result['methods'][name]['recall']['mean']:.2f}, "
+                    f"mAP {result['methods'][name]['ap']['mean']:.3f}")
     with open(os.path.join(folder, "result.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1)
     return result
@@ -352,7 +356,7 @@ def lora_options(setup: GroundTruthSetup) -> dict:
     return options
 
 
-def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
+def run_groundtruth(setup: GroundTruthSetup, out_dir: str) -> dict:
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
 
@@ -367,7 +371,7 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str, log=print) -> dict:
                                                            style=style))
     scenarios += [planted_scenario(setup, model.resolution, r) for r in setup.planted_copies]
     scenarios += domain_scenarios(setup, full, model.resolution)
-    results = [run_scenario(setup, s, model, out_dir, log) for s in scenarios]
+    results = [run_scenario(setup, s, model, out_dir) for s in scenarios]
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "scenarios": results}
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)

@@ -143,8 +143,7 @@ def judge(predicted: np.ndarray, truth: np.ndarray) -> dict:
             "ndcg3": dict(zip(("mean", "se"), mean_and_se(ndcg[np.isfinite(ndcg)]))), "per_query_top1": top1}
 
 
-def run_group_retraining(setup: GroupRetrainingSetup, out_dir: str, workers: int = 1, threads: int = 1,
-                         log=print) -> dict:
+def run_group_retraining(setup: GroupRetrainingSetup, out_dir: str, workers: int = 1, threads: int = 1) -> dict:
     """The whole evaluation (resumable); returns the summary also written to out_dir/results.json."""
     from ..models.adapter import DiffusionModel
 
@@ -156,15 +155,15 @@ def run_group_retraining(setup: GroupRetrainingSetup, out_dir: str, workers: int
     group_rows = [split["groups"][name] for name in names]
     runs = os.path.join(out_dir, "retrains")
     original = training_request(setup, split["folder"])
-    run_jobs(runs, [original], workers=1, threads=max(1, workers * threads), log=log)
+    run_jobs(runs, [original], workers=1, threads=max(1, workers * threads))
     model = DiffusionModel.load(model_folder(runs, original), device=setup.device)
     queries = generate_queries(setup, model, [q["prompt"] for q in split["queries"]], out_dir)
     seconds: dict = {}
-    scores = attribute_all(setup, model, dataset, queries, out_dir, log, seconds)
+    scores = attribute_all(setup, model, dataset, queries, out_dir, seconds)
 
     removals = [training_request(setup, split["folder"], rows) for rows in group_rows]
     noise = [training_request(setup, split["folder"], seed=s) for s in setup.noise_seeds]
-    run_jobs(runs, removals + noise, workers=workers, threads=threads, log=log)
+    run_jobs(runs, removals + noise, workers=workers, threads=threads)
     if not all(is_done(runs, r) for r in removals + noise):
         raise RuntimeError("some retraining runs are still being trained by another process: run again later")
     query_losses = QueryLosses(setup, queries)

@@ -217,7 +217,7 @@ def plan_runs(setup: LDSSetup, data_folder: str, num_train: int) -> tuple:
     return full, subsets, ceiling
 
 
-def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, log=print) -> dict:
+def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1) -> dict:
     """The whole evaluation (resumable); returns the summary also written to out_dir/results.json."""
     from ..models.adapter import DiffusionModel
 
@@ -229,7 +229,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
     dataset = open_dataset(split.folder)
     runs = os.path.join(out_dir, "retrains")
     full, subsets, ceiling = plan_runs(setup, split.folder, len(dataset))
-    run_jobs(runs, [full], workers=1, threads=max(1, workers * threads), log=log)
+    run_jobs(runs, [full], workers=1, threads=max(1, workers * threads))
     model = DiffusionModel.load(model_folder(runs, full), device=setup.device)
     queries = (generate_queries(setup, model, split.generated, out_dir)
                + heldout_queries(setup, split.heldout, model.resolution))
@@ -240,7 +240,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
     masks = subset_masks(setup, len(dataset))
 
     def train_subsets():
-        run_jobs(runs, subsets + ceiling, workers=workers, threads=threads, log=log)
+        run_jobs(runs, subsets + ceiling, workers=workers, threads=threads)
         if not all(is_done(runs, r) for r in subsets + ceiling):
             raise RuntimeError("some subset models are still being trained by another process: run again later")
 
@@ -254,7 +254,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
         train_subsets()
         validation = lds_validation(validation_queries, masks, subset_losses(validation_queries))
     seconds = {}
-    scores = attribute_all(setup, model, dataset, queries, out_dir, log, seconds, validation)
+    scores = attribute_all(setup, model, dataset, queries, out_dir, seconds, validation)
     train_subsets()
     losses = subset_losses(queries)
     per_query = {name: linear_datamodeling_scores(method_scores, masks, losses)
@@ -275,7 +275,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1, l
     if validation_queries:
         if validation is None:
             validation = lds_validation(validation_queries, masks, subset_losses(validation_queries))
-        validation_table = validation_lds(setup, model, dataset, validation, out_dir, log)
+        validation_table = validation_lds(setup, model, dataset, validation, out_dir)
     summary = summarize(per_query, ceiling_per_query, kinds)
     summary["centred"] = {name: dict(zip(("mean", "se"), mean_and_se(np.nan_to_num(values, nan=0.0))))
                           for name, values in centred.items()}  # undefined (a constant prediction) counts as 0
@@ -321,7 +321,7 @@ def lds_validation(queries, masks: np.ndarray, losses: np.ndarray) -> LDSValidat
     return validation
 
 
-def validation_lds(setup: LDSSetup, model, dataset, validation: LDSValidation, out_dir: str, log=print) -> dict:
+def validation_lds(setup: LDSSetup, model, dataset, validation: LDSValidation, out_dir: str) -> dict:
     """{method: LDS mean ± SE over the validation queries} at the settings each method evaluates with: the table the
     default recipe is chosen from."""
     from ..methods import run_method
@@ -330,7 +330,7 @@ def validation_lds(setup: LDSSetup, model, dataset, validation: LDSValidation, o
     workspaces = Workspaces(model, dataset, os.path.join(out_dir, "work"))
     table = {}
     for name in setup.methods:
-        method, workspace, options = configured_method(name, setup, workspaces, [], out_dir, log, validation)
+        method, workspace, options = configured_method(name, setup, workspaces, [], out_dir, validation)
         scores = run_method(method, workspace, validation.queries).scores
         values = validation.per_query(scores)
         mean, se = mean_and_se(values[np.isfinite(values)])

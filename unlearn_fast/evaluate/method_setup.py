@@ -46,7 +46,7 @@ class Workspaces:
         return self._made[path]
 
 
-def configured_method(name: str, setup, workspaces: Workspaces, held_out, folder: str, log=print,
+def configured_method(name: str, setup, workspaces: Workspaces, held_out, folder: str,
                       validation: Validation | None = None):
     """(method, workspace, options) for method `name` of `setup` (its method_options, abu_alphas,
     validation_prompts, query_steps, encoder): an AbU variant without a given α gets the one `validation` judges best
@@ -64,6 +64,6 @@ def configured_method(name: str, setup, workspaces: Workspaces, held_out, folder
                                             setup.query_steps, held_out)
         stem = "validation" + ("" if validation.criterion == "mrr" else f"-{validation.criterion}")
         record = os.path.join(folder, f"{stem}.json" if name == "abu" else f"{stem}-{name}.json")
-        options["alpha"] = choose_alpha(workspace, grid, name, options, validation, record, log)
+        options["alpha"] = choose_alpha(workspace, grid, name, options, validation, record)
         method = build_method(name, encoder=encoder, **options)
     return method, workspace, options

@@ -9,6 +9,8 @@ A killed run leaves only a lock and a partial temporary folder: the next call tr
 """
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 import hashlib
 import json
@@ -19,6 +21,8 @@ from multiprocessing import get_context
 
 from ..store import FileLock
 from ..training_run import TrainRequest, run_training
+
+logger = logging.getLogger(__name__)
 
 
 def job_key(request: TrainRequest) -> str:
@@ -71,26 +75,26 @@ def run_job(root: str, request: TrainRequest, threads: int = 0) -> str:
         lock.release()
 
 
-def run_jobs(root: str, requests: list[TrainRequest], workers: int = 1, threads: int = 1, log=print) -> dict[str, str]:
+def run_jobs(root: str, requests: list[TrainRequest], workers: int = 1, threads: int = 1) -> dict[str, str]:
     """Every request trained (or found done), `workers` processes at a time; returns {key: outcome}."""
     unique = {}
     for request in requests:
         unique.setdefault(job_key(request), request)
     pending = [r for k, r in unique.items() if not is_done(root, r)]
-    log(f"retraining: {len(unique)} runs, {len(unique) - len(pending)} already done, {len(pending)} to train "
-        f"({workers} worker(s) × {threads} thread(s))")
+    logger.info(f"retraining: {len(unique)} runs, {len(unique) - len(pending)} already done, {len(pending)} to train "
+                f"({workers} worker(s) × {threads} thread(s))")
     outcomes = {k: "done" for k, r in unique.items() if is_done(root, r)}
     if workers <= 1:
         for number, request in enumerate(pending, 1):
             outcomes[job_key(request)] = run_job(root, request, threads)
-            log(f"retraining: {number}/{len(pending)} finished")
+            logger.info(f"retraining: {number}/{len(pending)} finished")
         return outcomes
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_job, root, r, threads): job_key(r) for r in pending}
         for number, future in enumerate(as_completed(futures), 1):
             outcomes[futures[future]] = future.result()
-            log(f"retraining: {number}/{len(pending)} finished")
+            logger.info(f"retraining: {number}/{len(pending)} finished")
     busy = [k for k, v in outcomes.items() if v == "busy"]
     if busy:
-        log(f"retraining: {len(busy)} run(s) are being trained by another process; run again to collect them")
+        logger.info(f"retraining: {len(busy)} run(s) are being trained by another process; run again to collect them")
     return outcomes

@@ -9,6 +9,8 @@ them. It feeds the choice of α (evaluate.validation picks α by ranking quality
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -21,6 +23,8 @@ from ..engine.scoring import LossGrid, per_example_losses
 from .method_setup import Workspaces
 from .metrics import mean_and_se, pixel_mse
 from .validation import validation_prompts
+
+logger = logging.getLogger(__name__)
 
 QUALITY_SEED = 4242  # its own seed: these prompts are neither validation nor evaluation queries
 
@@ -55,7 +59,7 @@ def _losses(model, images: np.ndarray, prompts: list[str], grid: LossGrid) -> np
     return per_example_losses(model, x0, cond, torch.arange(len(prompts)), grid).double().mean(dim=(1, 2)).cpu().numpy()
 
 
-def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=print) -> dict:
+def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str) -> dict:
     from ..methods.abu import preconditioner, retained_rows
     from ..workspace import PrepareSettings
     from ..data import open_dataset
@@ -96,8 +100,8 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str, log=prin
             rows.append({"query": q, "prompt": target, "step": label, "alpha": settings.alpha, "target_mse": float(mse[0]),
                          "target_delta_loss": float(delta[0]), "unrelated_mse": mse[1:].tolist(),
                          "unrelated_delta_loss": delta[1:].tolist()})
-            log(f"unlearning quality: query {q + 1}/{setup.queries} {label}: target MSE {mse[0]:.4f}, "
-                f"unrelated MSE {mse[1:].mean():.4f}")
+            logger.info(f"unlearning quality: query {q + 1}/{setup.queries} {label}: target MSE {mse[0]:.4f}, "
+                        f"unrelated MSE {mse[1:].mean():.4f}")
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "num_train": len(dataset),
                "table": summarize(rows, [label for label, _, _ in steps]), "rows": rows}
     with open(os.path.join(out_dir, "unlearning_quality.json"), "w", encoding="utf-8") as handle:

@@ -8,6 +8,8 @@ planted or customised concepts) never enter any choice.
 """
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 import json
 import os
@@ -19,6 +21,8 @@ import numpy as np
 from ..engine.unlearn import UnlearnSettings
 from ..query import query_from_prompt
 from .metrics import rank_positions
+
+logger = logging.getLogger(__name__)
 
 VALIDATION_SEED = 2026
 
@@ -111,7 +115,7 @@ def alpha_grid(step_rule: str, alpha_over_n: tuple) -> tuple:
 
 
 def choose_alpha(workspace, alphas, method: str, options: dict, validation: Validation, record_path: str | None,
-                 log=print, extensions: int = 2) -> float:
+                 extensions: int = 2) -> float:
     """α of the AbU variant `method` (with its other settings `options`) judged by `validation`, never by the
     evaluation queries. While the best α is at an end of the grid, the grid grows by a factor 3 past that end (at
     most `extensions` times), so the choice is not an artefact of where the grid stops. Recorded in record_path and
@@ -128,6 +132,6 @@ def choose_alpha(workspace, alphas, method: str, options: dict, validation: Vali
         if len(grid) < 2 or grid[0] < alpha < grid[-1] or extension == extensions:
             break
         grid = [grid[0] / 3] + grid if alpha == grid[0] else grid + [grid[-1] * 3]
-    log(f"{method}: α chosen on {len(validation.queries)} validation queries by {validation.criterion}: {name} "
-        f"({values})")
+    logger.info(f"{method}: α chosen on {len(validation.queries)} validation queries by {validation.criterion}: {name} "
+                f"({values})")
     return alpha
