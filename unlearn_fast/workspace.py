@@ -351,23 +351,13 @@ class Workspace:
     def _compute_fisher(self) -> None:
         rows = self.fisher_rows()
         params = self.model.parameter_group(self.settings.fisher_group)
-        # Chunks are whole blocks of MIN_UNET_ROWS rows: F has the same bits for any chunking (engine/batching.py).
-        size = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
-        chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
-        pending = self.ranks.broadcast([k for k, chunk in enumerate(chunks) if not self.store.exists(
-            self._fisher_part_name(chunk), ".safetensors")] if self.ranks.is_main else None)
-        mine = self.ranks.share(pending)
-        for k in tqdm(mine, desc="fisher", unit="chunk", disable=not self.progress):
-            ids = self.caption_rows[chunks[k]]
-            sums = fisher_sums(self.model, params, rows_of(self.latents, ids), rows_of(self.conditioning, chunks[k]),
-                               ids, self.settings.fisher)
-            self.store.save_tensors(self._fisher_part_name(chunks[k]), {n: v.cpu() for n, v in sums.items()})
-        self._record_chunks("fisher", mine)
+        parts = self._summed_parts("fisher_parts", "fisher", lambda x0, cond, ids: {
+            n: v.cpu() for n, v in fisher_sums(self.model, params, x0, cond, ids, self.settings.fisher).items()})
 
         def write():
             total = None
-            for chunk in chunks:  # a fixed order: every part is read back from its file, whoever computed it
-                part = self.store.load_tensors(self._fisher_part_name(chunk))[0]
+            for name in parts:  # a fixed order: every part is read back from its file, whoever computed it
+                part = self.store.load_tensors(name)[0]
                 total = part if total is None else {n: total[n] + part[n] for n in part}
             fisher = finish_fisher(total, len(rows) * self.settings.fisher.samples_per_example,
                                    self.settings.fisher.damping)
@@ -377,9 +367,24 @@ class Workspace:
             shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
         self.on_main(write)
 
-    @staticmethod
-    def _fisher_part_name(rows: np.ndarray) -> str:
-        return f"fisher_parts/{rows[0]}-{rows[-1]}-{len(rows)}"
+    def _summed_parts(self, folder: str, desc: str, compute) -> list[str]:
+        """A resumable pass of sums over the Fisher's rows: compute(x0, cond, example_ids) -> {name: tensor} for each
+        chunk of rows that has no saved part yet, split over the ranks, each part saved as folder/<first>-<last>-<n>
+        when it finishes. Returns every part's name in a fixed order (whichever rank computed it), once all exist.
+        Chunks are whole blocks of MIN_UNET_ROWS rows: the Fisher has the same bits for any chunking (batching.py)."""
+        rows = self.fisher_rows()
+        size = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
+        chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
+        names = [f"{folder}/{chunk[0]}-{chunk[-1]}-{len(chunk)}" for chunk in chunks]
+        pending = self.ranks.broadcast([k for k, name in enumerate(names) if not self.store.exists(
+            name, ".safetensors")] if self.ranks.is_main else None)
+        mine = self.ranks.share(pending)
+        for k in tqdm(mine, desc=desc, unit="chunk", disable=not self.progress):
+            ids = self.caption_rows[chunks[k]]
+            self.store.save_tensors(names[k], compute(rows_of(self.latents, ids), rows_of(self.conditioning, chunks[k]),
+                                                      ids))
+        self._record_chunks(desc, mine)  # gathers over the ranks: every part exists after it
+        return names
 
     def fisher_rows(self) -> np.ndarray:
         """The caption rows the Fisher (and the Kronecker curvature) average over: all, or a seeded subset."""
@@ -410,33 +415,18 @@ class Workspace:
         from .curvature import (FACTOR_NAMES, KroneckerCurvature, add_lambda, add_sums, covariance_sums, eigenbases,
                                 lambda_sums, linear_layers, sums_from_tensors, sums_to_tensors, to_kronfluence)
 
-        rows = self.fisher_rows()
-        size = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
-        chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
         # The group's other weights (convolutions, norms) take the diagonal Fisher (methods/abu.py: preconditioner).
         paths = linear_layers(self.model.unet, self.model.parameter_group(self.settings.fisher_group), others=True)
-        parts = f"curvature_parts/{kind}"
-
-        def part_name(stage: str, chunk: np.ndarray) -> str:
-            return f"{parts}/{stage}-{chunk[0]}-{chunk[-1]}-{len(chunk)}"
+        fisher, parts = self.settings.fisher, f"curvature_parts/{kind}"
 
         def run(stage: str, sums_of) -> dict:
-            """One pass over the chunks (only those without a saved part), then the parts added in a fixed order."""
-            pending = self.ranks.broadcast([k for k, chunk in enumerate(chunks) if not self.store.exists(
-                part_name(stage, chunk), ".safetensors")] if self.ranks.is_main else None)
-            mine = self.ranks.share(pending)
-            for k in tqdm(mine, desc=f"{kind} {stage}", unit="chunk", disable=not self.progress):
-                ids = self.caption_rows[chunks[k]]
-                sums = sums_of(rows_of(self.latents, ids), rows_of(self.conditioning, chunks[k]), ids)
-                self.store.save_tensors(part_name(stage, chunks[k]), sums_to_tensors(sums))
-            self._record_chunks(f"curvature {kind} {stage}", mine)
-            self.ranks.barrier()
+            """One resumable pass (its parts under curvature_parts/<kind>/<stage>/), its parts added in a fixed order."""
             total = None
-            for chunk in chunks:
-                total = add_sums(total, sums_from_tensors(self.store.load_tensors(part_name(stage, chunk))[0]))
+            for name in self._summed_parts(f"{parts}/{stage}", f"{kind} {stage}",
+                                           lambda x0, cond, ids: sums_to_tensors(sums_of(x0, cond, ids))):
+                total = add_sums(total, sums_from_tensors(self.store.load_tensors(name)[0]))
             return total
 
-        fisher = self.settings.fisher
         factors = eigenbases(run("covariance", lambda x0, cond, ids: covariance_sums(
             self.model, paths, x0, cond, ids, fisher)))
         if kind == "ekfac":

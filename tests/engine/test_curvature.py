@@ -160,8 +160,8 @@ def test_the_work_directory_s_curvature_is_chunked_resumable_and_equals_one_pass
     workspace = Workspace(model, data, tmp_path, settings, progress=False)
     with pytest.raises(KeyboardInterrupt):
         workspace.curvature("ekfac")
-    assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("covariance-*.safetensors"))) == 4
-    assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("lambda-*.safetensors"))) == 2
+    assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("covariance/*.safetensors"))) == 4
+    assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("lambda/*.safetensors"))) == 2
     calls.clear()
     chunked = Workspace(model, data, tmp_path, settings, progress=False).curvature("ekfac")
     assert len(calls) == 2 and not (tmp_path / "curvature_parts" / "ekfac").exists()  # the two missing chunks
