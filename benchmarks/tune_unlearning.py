@@ -14,6 +14,7 @@ Fisher that covers every group they unlearn.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -101,8 +102,7 @@ def main() -> None:
             position[attribution.order(q)] = np.arange(1, len(dataset) + 1)
             ranks.append(int(position[truth].min()))
         ranks = np.array(ranks)
-        described = vars(unlearn.unlearn) if hasattr(unlearn, "unlearn") else vars(unlearn) if not methods else {}
-        results[name] = {"settings": {k: v for k, v in described.items() if not k.startswith("_")}, "ranks": ranks.tolist(),
+        results[name] = {"settings": unlearn.settings() if methods else dataclasses.asdict(unlearn), "ranks": ranks.tolist(),
                          "mrr": float((1.0 / ranks).mean()), "hits_at_10": int((ranks <= 10).sum()),
                          "median_rank": float(np.median(ranks)), "seconds": round(time.perf_counter() - started, 1)}
         print(name, results[name], flush=True)

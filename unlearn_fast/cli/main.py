@@ -11,7 +11,7 @@ import sys
 import time
 
 from .. import __version__
-from ..settings import SPEED, add_arguments, command_line_fields, default_of, given, role
+from ..settings import SPEED, add_arguments, command_line_fields, given, role
 from .arguments import Parser, candidate_spec, count_or_zero, device_argument, positive_int
 
 
@@ -118,16 +118,17 @@ def _prepare_settings(args):
     if recorded and "noise" not in scoring and recorded.scoring.noise != recipe_noise(recipe) and not args.overwrite:
         from ..errors import SettingsError
 
-        other_recipe = next((name for name in ("default", "paper") if recipe_noise(name) == base.scoring.noise), None)
+        other_recipe = next((name for name in ("default", "paper") if recipe_noise(name) == recorded.scoring.noise),
+                            None)
         raise SettingsError(
-            f"{args.work_dir} was prepared with scoring noise {base.scoring.noise!r}, the {recipe} recipe scores with "
-            f"{recipe_noise(recipe)!r}: give --noise {base.scoring.noise}"
+            f"{args.work_dir} was prepared with scoring noise {recorded.scoring.noise!r}, the {recipe} recipe scores "
+            f"with {recipe_noise(recipe)!r}: give --noise {recorded.scoring.noise}"
             + (f" (or --recipe {other_recipe})" if other_recipe and hasattr(args, "recipe") else "")
             + " to use it as it is, or --overwrite to recompute its base losses (its latents, text and Fisher are kept)")
     scoring.setdefault("noise", recipe_noise(recipe))
     if "seed" in scoring:
         fisher["seed"] = scoring["seed"]  # --score-seed seeds both passes
-    speed = {f.name: scoring.pop(f.name, default_of(f)) for f in command_line_fields(LossGrid, _speed_fields(LossGrid))}
+    speed = {name: scoring.pop(name, getattr(LossGrid, name)) for name in _speed_fields(LossGrid)}
     if other.get("fisher_examples") == 0:  # 0 = every row
         other["fisher_examples"] = None
     return dataclasses.replace(base, scoring=dataclasses.replace(base.scoring, **speed, **scoring),

@@ -17,9 +17,8 @@ may be trained by several processes at once.
 """
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 

@@ -21,10 +21,9 @@ Each scenario is a folder (data, model, work directory, results) whose stages ar
 """
 from __future__ import annotations
 
-import logging
-
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 

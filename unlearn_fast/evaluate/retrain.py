@@ -9,11 +9,10 @@ A killed run leaves only a lock and a partial temporary folder: the next call tr
 """
 from __future__ import annotations
 
-import logging
-
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed

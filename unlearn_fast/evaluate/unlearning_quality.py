@@ -9,9 +9,8 @@ them. It feeds the choice of α (evaluate.validation picks α by ranking quality
 """
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 

@@ -8,10 +8,9 @@ planted or customised concepts) never enter any choice.
 """
 from __future__ import annotations
 
-import logging
-
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
