@@ -17,6 +17,7 @@ from unlearn_fast.attributor import PrepareSettings
 from unlearn_fast.data import open_dataset
 from unlearn_fast.evaluate.planted import PlantedSetup, run_planted
 from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.methods.abu_recipes import PAPER
 
@@ -32,10 +33,10 @@ def main() -> None:
     # The paper's recipe (step α/N, noise keyed per image), as results/planted.md was recorded with.
     paper = {k: v for k, v in PAPER.items() if k != "noise"}
     defaults = UnlearnSettings(**paper)
-    methods = {f"AbU (Fisher; S={defaults.steps}, α={defaults.alpha}, M={defaults.draws})": defaults}
+    methods = {f"AbU (Fisher; S={defaults.steps}, α={defaults.step.alpha}, M={defaults.draws})": defaults}
     for alpha in (1.0, 100.0, 1e4):
-        methods[f"SGD ascent (α={alpha:g}, M={defaults.draws})"] = UnlearnSettings(**{**paper, "alpha": alpha},
-                                                                                   precondition=False)
+        methods[f"SGD ascent (α={alpha:g}, M={defaults.draws})"] = UnlearnSettings(
+            **{**paper, "step": AlphaOverN(alpha)}, precondition=False)
     setup = PlantedSetup(copies=args.copies, finetune_steps=args.finetune_steps)
     settings = PrepareSettings(scoring=LossGrid(timesteps=4, flips=True, batch_size=128, noise=PAPER["noise"]))
     started = time.perf_counter()

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import open_dataset
 from unlearn_fast.models.adapter import DiffusionModel
@@ -34,25 +35,26 @@ from unlearn_fast.engine.unlearn import UnlearnSettings
 RESERVED = {"red apple", "grinning face", "cat face", "flag: Japan", "thumbs up"}
 
 CANDIDATES = {
-    "paper MSCOCO (S=1, α=0.01), M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.01, draws=500),
-    "S=1, α=0.01, M=2000": UnlearnSettings(step="alpha/N", steps=1, alpha=0.01, draws=2000),
-    "S=1, α=0.1, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.1, draws=500),
-    "S=1, α=0.03, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.03, draws=500),
-    "S=1, α=0.3, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=0.3, draws=500),
-    "S=1, α=1, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=1.0, draws=500),
-    "S=1, α=0.1, M=2000": UnlearnSettings(step="alpha/N", steps=1, alpha=0.1, draws=2000),
-    "paper SD (S=100→10, α=0.1, M=160)": UnlearnSettings(step="alpha/N", steps=10, alpha=0.1, draws=160),
-    "SGD, α=100, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=100.0, draws=500, precondition=False),
-    "SGD, α=10000, M=500": UnlearnSettings(step="alpha/N", steps=1, alpha=1e4, draws=500, precondition=False),
+    "paper MSCOCO (S=1, α=0.01), M=500": UnlearnSettings(step=AlphaOverN(0.01), steps=1, draws=500),
+    "S=1, α=0.01, M=2000": UnlearnSettings(step=AlphaOverN(0.01), steps=1, draws=2000),
+    "S=1, α=0.1, M=500": UnlearnSettings(step=AlphaOverN(0.1), steps=1, draws=500),
+    "S=1, α=0.03, M=500": UnlearnSettings(step=AlphaOverN(0.03), steps=1, draws=500),
+    "S=1, α=0.3, M=500": UnlearnSettings(step=AlphaOverN(0.3), steps=1, draws=500),
+    "S=1, α=1, M=500": UnlearnSettings(step=AlphaOverN(1.0), steps=1, draws=500),
+    "S=1, α=0.1, M=2000": UnlearnSettings(step=AlphaOverN(0.1), steps=1, draws=2000),
+    "paper SD (S=100→10, α=0.1, M=160)": UnlearnSettings(step=AlphaOverN(0.1), steps=10, draws=160),
+    "SGD, α=100, M=500": UnlearnSettings(step=AlphaOverN(100.0), steps=1, draws=500, precondition=False),
+    "SGD, α=10000, M=500": UnlearnSettings(step=AlphaOverN(1e4), steps=1, draws=500, precondition=False),
 }
 
 
 def _method(spec: str):
-    """A registry method from NAME or NAME@ALPHA (an AbU variant's step in its step rule's unit)."""
+    """A registry method from NAME or NAME@VALUE (an AbU variant at VALUE in its own step rule's unit)."""
     from unlearn_fast.methods import build_method
 
-    name, _, alpha = spec.partition("@")
-    return build_method(name, **({"alpha": float(alpha)} if alpha else {}))
+    name, _, value = spec.partition("@")
+    method = build_method(name)
+    return build_method(name, step=method.unlearn.step.with_value(float(value))) if value else method
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ def compute(work: Path, query_image: np.ndarray | None = None) -> dict[str, np.n
     from unlearn_fast.attributor import Attributor
     from unlearn_fast.data import SubsetDataset, open_dataset
     from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.step_rules import AlphaOverN
     from unlearn_fast.engine.unlearn import UnlearnSettings
     from unlearn_fast.methods import build_method, run_method
     from unlearn_fast.models.adapter import DiffusionModel
@@ -46,7 +47,7 @@ def compute(work: Path, query_image: np.ndarray | None = None) -> dict[str, np.n
         settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=True, seed=3, noise=noise), fisher_examples=16)
         attributor = Attributor(model, data, work / noise, settings, progress=False)
         attributor.prepare()
-        out[f"abu_{noise}"] = attributor.attribute([query], UnlearnSettings(step="alpha/N", alpha=0.003, draws=16)).scores
+        out[f"abu_{noise}"] = attributor.attribute([query], UnlearnSettings(step=AlphaOverN(0.003), draws=16)).scores
         out[f"base_losses_{noise}"] = np.asarray(attributor.base_losses)
     out["dtrak"] = run_method(build_method("dtrak"), attributor.workspace, [query]).scores
     return out

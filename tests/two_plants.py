@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.evaluate.planted import AugmentedDataset, distinctive_image, seeded_subset
@@ -16,7 +17,7 @@ from unlearn_fast.workspace import PrepareSettings
 CAPTIONS = ("zorblat quadrille", "vexmor plinthgrave")
 COPIES, BASE = 8, 200
 # α/N's step as test_planted.py sizes it for N ≈ 208 (α = 0.1 was chosen at N = 3,953)
-UNLEARN = UnlearnSettings(step="alpha/N", alpha=0.1 * (BASE + 2 * COPIES) / 3953, draws=200)
+UNLEARN = UnlearnSettings(step=AlphaOverN(0.1 * (BASE + 2 * COPIES)) / 3953, draws=200)
 PREPARE = PrepareSettings(scoring=LossGrid(timesteps=4, flips=True, batch_size=128))
 
 

@@ -86,14 +86,18 @@ def role(settings_field: dataclasses.Field) -> str | None:
 
 def settings_key(settings, leave_out=()) -> dict:
     """The fields of a settings dataclass that change the numbers (role "numbers"): what keys and manifests record.
-    Fields at their IMPLICIT value are left out (so keys made before the field existed stay valid)."""
-    key = {}
+    Fields at their IMPLICIT value are left out (so keys made before the field existed stay valid). A value with
+    key_items() (a step rule) is recorded as those items."""
+    items = {}
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        if role(f) != NUMBERS or f.name in leave_out or (f.name in IMPLICIT and value == IMPLICIT[f.name]):
+        if role(f) != NUMBERS or f.name in leave_out:
             continue
-        key[f.name] = settings_key(value) if dataclasses.is_dataclass(value) else value
-    return key
+        if hasattr(value, "key_items"):  # a typed value recorded as plain items (a step rule: its rule and number)
+            items.update(value.key_items())
+        else:
+            items[f.name] = settings_key(value) if dataclasses.is_dataclass(value) else value
+    return {name: value for name, value in items.items() if not (name in IMPLICIT and value == IMPLICIT[name])}
 
 
 def flag_of(settings_field: dataclasses.Field) -> str:

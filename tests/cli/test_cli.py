@@ -61,8 +61,8 @@ def test_evaluate_set_puts_method_options_over_the_profiles():
     from unlearn_fast.errors import SettingsError
 
     base = {"dtrak": {"dim": 2048}}
-    merged = _method_options(base, ["abu.alpha=0.01", "dtrak.dim=512", "abu.group=attention", "abu.cap=true"])
-    assert merged == {"dtrak": {"dim": 512}, "abu": {"alpha": 0.01, "group": "attention", "cap": True}}
+    merged = _method_options(base, ["abu.step=alpha/N:0.01", "dtrak.dim=512", "abu.group=attention", "abu.cap=true"])
+    assert merged == {"dtrak": {"dim": 512}, "abu": {"step": "alpha/N:0.01", "group": "attention", "cap": True}}
     assert base == {"dtrak": {"dim": 2048}}  # the profile itself is left alone
     with pytest.raises(SettingsError, match="METHOD.KEY=VALUE"):
         _method_options(base, ["alpha=0.01"])
@@ -84,4 +84,4 @@ def test_help_and_version_import_neither_torch_nor_diffusers():
     assert f"unlearn-fast {__version__}" in out and "attribute" in out and "evaluate" in out
     verb = subprocess.run([sys.executable, "-m", "unlearn_fast", "attribute", "--help"], capture_output=True,
                           text=True, check=True).stdout
-    assert "--unlearn-steps" in verb and "--fisher-group" in verb and "(default 7.5e-06" in verb
+    assert "--unlearn-steps" in verb and "--fisher-group" in verb and "(default fixed:7.5e-06" in verb

@@ -10,7 +10,7 @@ from unlearn_fast.cli import main
 from unlearn_fast.data import SubsetDataset, export_imagefolder
 
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--quiet"]
-UNLEARN = ["--draws", "16", "--step", "alpha/N", "--alpha", "0.001"]  # α in α/N units, as written
+UNLEARN = ["--draws", "16", "--step", "alpha/N:0.001"]  # α in α/N units, as written
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,9 @@ def test_bad_input_is_named_and_loses_nothing(folder, tmp_path, capsys):
                                          r"  setting 'scoring': was \{[^\n]*'timesteps': 2\}, now \{[^\n]*'timesteps': 3\}\n"
                                          r"use another"):  # other settings than the folder was prepared with
         main(["prepare", "--data", folder, "--work-dir", str(work), "--timesteps", "3", "--quiet"])
-    with pytest.raises(SystemExit, match=r"unlearn-fast attribute: unlearning produced NaN/inf .* smaller alpha"):
+    with pytest.raises(SystemExit, match=r"unlearn-fast attribute: unlearning produced NaN/inf .* smaller step \(now --step alpha/N:1e\+40\)"):
         main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "red apple", "--sample-steps", "2",
-              "--alpha", "1e40", "--draws", "4", "--quiet"])
+              "--step", "alpha/N:1e40", "--draws", "4", "--quiet"])
     with pytest.raises(SystemExit, match=r"unlearn-fast attribute: the Fisher lacks .* group 'attention'"):
         main(["attribute", "--data", folder, "--work-dir", str(work), "--prompt", "red apple", "--sample-steps", "2",
               "--group", "attention", "--draws", "4", "--quiet"])

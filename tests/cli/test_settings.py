@@ -27,6 +27,8 @@ REAL_DEFAULTS = {SamplingSettings}  # nothing recorded overrides them: argparse 
 def _other_value(cls, f: dataclasses.Field):
     """A valid value of field `f` other than its default."""
     default = default_of(f)
+    if hasattr(default, "with_value"):  # a step rule: the same rule at another number (RULE:VALUE on the command line)
+        return default.with_value(default.value * 2)
     if dataclasses.is_dataclass(default):
         return dataclasses.replace(default, seed=default.seed + 1)
     if f.metadata.get("choices"):

@@ -125,11 +125,11 @@ def test_abu_with_ekfac_curvature_scores_and_keeps_its_factors(model, tmp_path, 
     settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64, noise="example"),
                                fisher=FisherSettings(batch_size=32), chunk_rows=16)  # the paper's noise key
     attributor = Attributor(model, data, tmp_path, settings, progress=False)
-    method = build_method("abu-ekfac", alpha=0.1, draws=24, batch_size=24)
+    method = build_method("abu-ekfac", step="rise:0.1", draws=24, batch_size=24)
     scores = run_method(method, attributor, [red_apple_query]).scores[0]
     assert np.isfinite(scores).all() and np.abs(scores).max() > 0
     assert (tmp_path / "curvature" / "ekfac" / "lambda_matrix.safetensors").exists()
-    diagonal = run_method(build_method("abu-rise", alpha=0.1, draws=24, batch_size=24), attributor,
+    diagonal = run_method(build_method("abu-rise", step="rise:0.1", draws=24, batch_size=24), attributor,
                           [red_apple_query]).scores[0]
     assert not np.allclose(scores, diagonal)  # another preconditioner, another ranking
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, n
 
 WORKER = str(Path(__file__).resolve().parents[1] / "distributed_worker.py")
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--chunk-rows", "4", "--threads", "1", "--quiet"]
-UNLEARN = ["--draws", "16", "--step", "alpha/N", "--alpha", "0.003"]  # α in α/N units, as written
+UNLEARN = ["--draws", "16", "--step", "alpha/N:0.003"]  # α in α/N units, as written
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from unlearn_fast.engine.step_rules import FixedStep
 from unlearn_fast import ops
 from unlearn_fast.attributor import Attributor
 from unlearn_fast.data.dataset import SubsetDataset
@@ -33,7 +34,7 @@ plg = importlib.import_module("unlearn_fast.ops.projected_linear_gradient")  # t
 two_stage_module = importlib.import_module("unlearn_fast.methods.abu_two_stage")
 
 N = 24
-SETTINGS = UnlearnSettings(steps=1, step="fixed", alpha=2e-5, draws=16)  # one small step: where stage 1 is exact
+SETTINGS = UnlearnSettings(steps=1, step=FixedStep(2e-5), draws=16)  # one small step: where stage 1 is exact
 
 
 # ------------------------------------------------------------------------------------------------ the fused op
@@ -159,7 +160,7 @@ def test_stage1_scores_are_the_product_over_an_images_rows(setting):
     vectors = np.stack([method.query_vector(workspace, q) for q in queries]).astype(np.float64)
     per_row = features @ vectors.T  # (R, 2, Q)
     rows = workspace.caption_rows
-    expected = np.stack([[SETTINGS.alpha * per_row[rows == i, :, q].mean(0).max() for i in range(N)]
+    expected = np.stack([[SETTINGS.step.size * per_row[rows == i, :, q].mean(0).max() for i in range(N)]
                          for q in range(2)])
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
@@ -168,7 +169,7 @@ def test_stage1_is_the_first_order_loss_change_of_a_small_step(setting):
     """The linearisation's claim: for one small step, τ¹ is the exact rise of each image's loss (mean over flips, the
     rule stage 1 linearises), up to the projection and second-order terms."""
     workspace, queries = setting
-    small = dataclasses.replace(SETTINGS, alpha=1e-7)
+    small = dataclasses.replace(SETTINGS, step=FixedStep(1e-7))
     linear = LinearisedAbU(small, dim=4096, flips="mean").score(workspace, queries)
     larger_flip = LinearisedAbU(small, dim=4096).score(workspace, queries)
     exact = attribute_by_unlearning(workspace, queries, small)

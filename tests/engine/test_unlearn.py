@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast import ops
 from unlearn_fast.engine.fisher import FisherSettings, estimate_fisher, keyed_timesteps, load_fisher, save_fisher
 from unlearn_fast.engine.scoring import LossGrid, per_example_losses
@@ -80,7 +81,7 @@ def manual_update(model, fisher, xq, cq, settings, N):
     noise = ops.gaussian_noise(settings.seed, 0, d, 0, xq.shape[1:])
     loss = model.loss(xq.expand(len(d), -1, -1, -1), cq.expand(len(d), -1, -1), t, noise).mean()
     grads = torch.autograd.grad(loss, list(params.values()))
-    return {n: settings.alpha / N * g.double() / (fisher[n].double() if settings.precondition else 1.0)
+    return {n: settings.step.scale(N) * g.double() / (fisher[n].double() if settings.precondition else 1.0)
             for n, g in zip(params, grads)}
 
 
@@ -92,7 +93,7 @@ def deltas(model, unet):
 def test_unlearn_update_is_the_preconditioned_ascent_step(setup, fisher):
     model, _, _, _, xq, cq = setup
     before = {n: p.detach().clone() for n, p in model.unet.state_dict().items()}
-    settings = UnlearnSettings(step="alpha/N", alpha=0.01, draws=20, batch_size=7)
+    settings = UnlearnSettings(step=AlphaOverN(0.01), draws=20, batch_size=7)
     unet = unlearn(model, fisher, xq, cq, settings, num_train=6)
     assert all(torch.equal(p, before[n]) for n, p in model.unet.state_dict().items())  # the original is untouched
     change, kv = deltas(model, unet), model.parameter_group("kv")
@@ -111,7 +112,7 @@ def test_unlearn_update_is_the_preconditioned_ascent_step(setup, fisher):
 def test_unlearning_raises_the_query_loss(setup, fisher):
     model, _, _, _, xq, cq = setup
     grid = LossGrid(timesteps=10, flips=False)
-    unet = unlearn(model, fisher, xq, cq, UnlearnSettings(step="alpha/N", alpha=0.05, draws=64, steps=2), num_train=6)
+    unet = unlearn(model, fisher, xq, cq, UnlearnSettings(step=AlphaOverN(0.05), draws=64, steps=2), num_train=6)
     before = per_example_losses(model, xq, cq, [0], grid).mean()
     after = per_example_losses(model, xq, cq, [0], grid, unet=unet).mean()
     assert after > before * 1.01
@@ -120,7 +121,7 @@ def test_unlearning_raises_the_query_loss(setup, fisher):
 def test_sgd_baseline_and_settings_override_of_n(setup, fisher):
     model, _, _, _, xq, cq = setup
     # A large α: the SGD step is ~1e4 times smaller than the Fisher-preconditioned one, below float32 resolution.
-    settings = UnlearnSettings(step="alpha/N", alpha=1000.0, draws=16, precondition=False, num_train=2)
+    settings = UnlearnSettings(step=AlphaOverN(1000.0), draws=16, precondition=False, num_train=2)
     change = deltas(model, unlearn(model, fisher, xq, cq, settings, num_train=6))
     expected = manual_update(model, fisher, xq, cq, settings, 2)
     for n in expected:
@@ -130,7 +131,7 @@ def test_sgd_baseline_and_settings_override_of_n(setup, fisher):
 def test_overflow_raises_a_clear_error(setup):
     model, _, _, _, xq, cq = setup
     zeros = {n: torch.zeros_like(p) for n, p in model.parameter_group("kv").items()}
-    with pytest.raises(FloatingPointError, match=r"NaN/inf in .*attn2\.to_[kv]\.weight at step 0.*alpha \(now 0.02\)"):
-        unlearn(model, zeros, xq, cq, UnlearnSettings(step="alpha/N", draws=4, alpha=0.02), num_train=6)
+    with pytest.raises(FloatingPointError, match=r"NaN/inf in .*attn2\.to_[kv]\.weight at step 0.*smaller step \(now --step alpha/N:0.02\)"):
+        unlearn(model, zeros, xq, cq, UnlearnSettings(step=AlphaOverN(0.02), draws=4), num_train=6)
     with pytest.raises(ValueError, match="training-set size"):
-        unlearn(model, zeros, xq, cq, UnlearnSettings(step="alpha/N", draws=4))
+        unlearn(model, zeros, xq, cq, UnlearnSettings(step=AlphaOverN(), draws=4))

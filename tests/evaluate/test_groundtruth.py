@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from unlearn_fast.data import load_pixels
+from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.errors import SettingsError
 from unlearn_fast.evaluate.exemplars import concept_exemplars
 from unlearn_fast.evaluate.groundtruth import GroundTruthSetup, customisation_scenario
@@ -48,6 +49,8 @@ def test_the_cli_scores_every_method_on_every_scenario(tmp_path):
         n, relevant = scenario["num_train"], scenario["relevant"]
         assert relevant == list(range(n - len(relevant), n))  # the exemplars / copies come after the base images
         assert sorted(scenario["methods"]) == ["abu", "pixel", "random"]
+        # No --set: the default AbU runs its own step (the tiny profile validates none; see test_step_grids.py).
+        assert scenario["methods"]["abu"]["settings"]["step"] == str(UnlearnSettings().step) == "fixed:7.5e-06"
         for values in scenario["methods"].values():
             assert len(values["per_query"]) == len(scenario["prompts"])
             assert all(0 <= q["recall"] <= 1 and 0 < q["ap"] <= 1 for q in values["per_query"])

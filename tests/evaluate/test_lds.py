@@ -99,8 +99,8 @@ def test_the_tiny_profile_trains_each_subset_once_for_every_method_and_never_sho
     with open(out / "results.json") as handle:
         assert json.load(handle)["training_runs"]["distinct"] == 10
 
-    # Validation queries for choosing α by LDS: split off after the evaluation queries, which stay as they were.
-    third = run_lds(LDSSetup(**{**values, "validation_queries": 2, "selection": "lds", "abu_alphas": (0.03, 0.1)}),
+    # Validation queries for choosing the step by LDS: split off after the evaluation queries, which stay as they were.
+    third = run_lds(LDSSetup(**{**values, "validation_queries": 2, "selection": "lds", "abu_step_factors": (0.3, 1.0)}),
                     str(out))
     assert not seen and [q["prompt"] for q in third["queries"]] == [q["prompt"] for q in first["queries"]]
     validation = third["validation"]
@@ -109,6 +109,6 @@ def test_the_tiny_profile_trains_each_subset_once_for_every_method_and_never_sho
     with open(out / "validation-lds.json") as handle:
         record = json.load(handle)
     assert record["criterion"] == "lds" and record["chosen"] == max(record["values"], key=record["values"].get)
-    assert validation["table"]["abu"]["options"]["alpha"] == pytest.approx(float(record["chosen"].split("=")[1]), rel=1e-5)
+    assert validation["table"]["abu"]["options"]["step"] == record["chosen"]  # RULE:VALUE, the rule's own unit
     chosen = validation["table"]["abu"]["mean"]
     assert chosen == pytest.approx(record["values"][record["chosen"]])  # the table reports the chosen setting

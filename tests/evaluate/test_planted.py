@@ -5,6 +5,7 @@ full-size comparison)."""
 import numpy as np
 import pytest
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.attributor import PrepareSettings
 from unlearn_fast.evaluate.planted import PlantedSetup, distinctive_image, run_planted, top_r_share
 from unlearn_fast.engine.scoring import LossGrid
@@ -36,8 +37,8 @@ def planted(tmp_path_factory, default_dataset):
     # The step is α/N · ĝ/F: α = 0.1 was chosen for N = 3,953; the same step at N = 208 needs α scaled by 208/3,953
     # (α = 0.1 here leaves every training image's loss ~1.0 higher: the model is destroyed, not unlearned).
     alpha = 0.1 * 208 / 3953
-    methods = {"fisher": UnlearnSettings(step="alpha/N", alpha=alpha, draws=200),
-               "sgd": UnlearnSettings(step="alpha/N", alpha=100.0, draws=200, precondition=False)}
+    methods = {"fisher": UnlearnSettings(step=AlphaOverN(alpha), draws=200),
+               "sgd": UnlearnSettings(step=AlphaOverN(100.0), draws=200, precondition=False)}
     settings = PrepareSettings(scoring=LossGrid(timesteps=4, flips=True, batch_size=128))
     return run_planted("default", default_dataset, setup, str(tmp_path_factory.mktemp("planted")), settings, methods)
 

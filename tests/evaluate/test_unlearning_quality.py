@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, n
 
 def test_a_larger_step_unlearns_the_query_more_and_a_small_one_spares_unrelated_prompts(tmp_path, capsys):
     main(["evaluate", "unlearning", "--profile", "tiny", "--out", str(tmp_path / "uq"), "--json",
-          "--variants", "abu-rise", "--set", "abu-rise.alpha=0.5"])
+          "--variants", "abu-rise", "--set", "abu-rise.step=rise:0.5"])
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     table = {row["step"]: row for row in rows}
     small, large = table["α=0.01"], table["α=1"]

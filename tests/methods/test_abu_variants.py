@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from unlearn_fast.engine.step_rules import AlphaOverN, FixedStep, LossRise
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.errors import SettingsError
@@ -15,7 +16,7 @@ from unlearn_fast.score_rules import calibrate, loss_change_scores
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.unlearn import RISE_TOLERANCE, UnlearnSettings, query_gradient, query_loss, unlearn
 
-UNLEARN = dict(step="alpha/N", alpha=1e-4, draws=24, batch_size=24)
+UNLEARN = dict(step=AlphaOverN(1e-4), draws=24, batch_size=24)
 
 
 def settings(noise: str = "example") -> PrepareSettings:
@@ -66,7 +67,7 @@ def test_calibration_subtracts_the_references_mean_and_divides_by_their_spread()
 
 
 def test_unknown_rules_are_refused_naming_the_choices():
-    with pytest.raises(SettingsError, match="step must be one of"):
+    with pytest.raises(SettingsError, match="step: expected RULE.* one of fixed, alpha/N, rise"):
         UnlearnSettings(step="newton")
     with pytest.raises(SettingsError, match="score must be one of"):
         UnlearnSettings(score="zscore")
@@ -89,7 +90,7 @@ def test_the_paper_recipe_is_one_alpha_over_n_step_along_the_preconditioned_grad
     g = query_gradient(model, fresh, {n: copies[n] for n in params}, x0, cond, paper, 0)
     after = dict(unet.named_parameters())
     for name, p in params.items():
-        expected = (p.double() + (paper.alpha / 40) * (g[name] / fisher[name].double())).float()
+        expected = (p.double() + (paper.step.alpha / 40) * (g[name] / fisher[name].double())).float()
         torch.testing.assert_close(after[name], expected, rtol=0, atol=0)
 
 
@@ -109,7 +110,7 @@ def test_the_fixed_step_is_alpha_whatever_n_and_alpha_over_n_where_they_meet(mod
     params = model.parameter_group("kv")
     fisher = {n: torch.rand_like(p) + 0.5 for n, p in params.items()}
     x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
-    fixed = UnlearnSettings(step="fixed", alpha=1e-4 / 40, draws=24, batch_size=24)
+    fixed = UnlearnSettings(step=FixedStep(1e-4 / 40), draws=24, batch_size=24)
     records = [{}, {}]
     small, large = (unlearn(model, fisher, x0, cond, fixed, num_train=n, record=r) for n, r in zip((40, 4000), records))
     paper = unlearn(model, fisher, x0, cond, UnlearnSettings(**UNLEARN), num_train=40)
@@ -122,9 +123,11 @@ def test_the_fixed_step_is_alpha_whatever_n_and_alpha_over_n_where_they_meet(mod
 
 
 def test_a_label_names_the_same_method_at_other_settings():
-    small, large = build_method("abu-fixed@small", alpha=1e-6), build_method("abu-fixed@large", alpha=1e-5)
-    assert (small.unlearn.step, small.unlearn.alpha, small.noise) == ("fixed", 1e-6, "shared")
-    assert large.unlearn.alpha == 1e-5 and large.settings() == {**small.settings(), "alpha": 1e-5}
+    small, large = build_method("abu-fixed@small", step="fixed:1e-6"), build_method("abu-fixed@large", step="fixed:1e-5")
+    assert (small.unlearn.step, small.noise) == (FixedStep(1e-6), "shared")
+    assert large.unlearn.step == FixedStep(1e-5) and large.settings() == {**small.settings(), "step": "fixed:1e-05"}
+    with pytest.raises(SettingsError, match=r"alpha is gone: give step=RULE:VALUE .* --set abu.step=alpha/N:0.01"):
+        build_method("abu", alpha=0.01)
     with pytest.raises(SettingsError, match="unknown method 'abux'"):
         build_method("abux@small")
 
@@ -134,7 +137,7 @@ def test_the_rise_step_raises_the_querys_loss_by_alpha_whatever_n(model, query):
     params = model.parameter_group("kv")
     fisher = {n: torch.full_like(p, 1e-3) for n, p in params.items()}
     x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
-    rise = UnlearnSettings(step="rise", alpha=0.2, draws=32, batch_size=32)
+    rise = UnlearnSettings(step=LossRise(0.2), draws=32, batch_size=32)
     before = query_loss(model, model.unet, x0, cond, rise, 0)
     records = []
     for n in (40, 4000):
@@ -145,14 +148,14 @@ def test_the_rise_step_raises_the_querys_loss_by_alpha_whatever_n(model, query):
         records.append(record["steps"][0])
     assert records[0] == records[1]  # the step does not depend on N
     alpha_over_n = {}
-    unlearn(model, fisher, x0, cond, UnlearnSettings(step="alpha/N", alpha=0.2, draws=32, batch_size=32), num_train=40,
+    unlearn(model, fisher, x0, cond, UnlearnSettings(step=AlphaOverN(0.2), draws=32, batch_size=32), num_train=40,
             record=alpha_over_n)
     assert alpha_over_n["steps"][0]["scale"] == pytest.approx(0.2 / 40)
 
 
 def test_the_rise_steps_loss_does_not_depend_on_the_batch_size(model, query):
     x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
-    losses = {b: query_loss(model, model.unet, x0, cond, UnlearnSettings(step="rise", draws=24, batch_size=b), 0)
+    losses = {b: query_loss(model, model.unet, x0, cond, UnlearnSettings(step=LossRise(), draws=24, batch_size=b), 0)
               for b in (5, 24, 128)}
     assert len(set(losses.values())) == 1, losses
 
@@ -164,7 +167,7 @@ def test_the_untrained_loss_is_the_mean_squared_target_on_the_rise_draws(model, 
     from unlearn_fast.engine.unlearn import RISE_DRAWS, untrained_loss
 
     x0 = model.encode_images(query.image[None])
-    cap = UnlearnSettings(step="alpha/N", alpha=0.1, draws=8, batch_size=8, cap=True)
+    cap = UnlearnSettings(step=AlphaOverN(0.1), draws=8, batch_size=8, cap=True)
     d = torch.arange(8, 8 + RISE_DRAWS)
     noise = ops.gaussian_noise(cap.seed, 0, d, 0, x0.shape[1:])
     t = keyed_timesteps(cap.seed, 0, d, model.scheduler.config.num_train_timesteps)
@@ -178,7 +181,7 @@ def test_the_cap_stops_a_long_step_at_the_untrained_models_loss_and_leaves_a_sho
     params = model.parameter_group("kv")
     fisher = {n: torch.full_like(p, 1e-3) for n, p in params.items()}
     x0, cond = model.encode_images(query.image[None]), model.encode_text([query.prompt])
-    long = UnlearnSettings(step="alpha/N", alpha=50.0, draws=16, batch_size=16)
+    long = UnlearnSettings(step=AlphaOverN(50.0), draws=16, batch_size=16)
     cap = untrained_loss(model, x0, cond, long, 0)
     assert query_loss(model, unlearn(model, fisher, x0, cond, long, num_train=1), x0, cond, long, 0) > cap
     record = {}
@@ -188,9 +191,9 @@ def test_the_cap_stops_a_long_step_at_the_untrained_models_loss_and_leaves_a_sho
     assert record["steps"][0]["capped"] and after <= cap
     assert 0 < record["steps"][0]["scale"] < 50.0
     # The bisection's last interval is 50 / 2^CAP_BISECTIONS wide: one more such step passes the cap.
-    beyond = UnlearnSettings(**{**long.__dict__, "alpha": record["steps"][0]["scale"] + 50.0 / 2 ** CAP_BISECTIONS})
+    beyond = UnlearnSettings(**{**long.__dict__, "step": AlphaOverN(record["steps"][0]["scale"] + 50.0 / 2 ** CAP_BISECTIONS)})
     assert query_loss(model, unlearn(model, fisher, x0, cond, beyond, num_train=1), x0, cond, long, 0) > cap
-    short = UnlearnSettings(step="alpha/N", alpha=1e-4, draws=16, batch_size=16)
+    short = UnlearnSettings(step=AlphaOverN(1e-4), draws=16, batch_size=16)
     plain = dict(unlearn(model, fisher, x0, cond, short, num_train=1).named_parameters())
     kept = dict(unlearn(model, fisher, x0, cond, UnlearnSettings(**{**short.__dict__, "cap": True}),
                         num_train=1).named_parameters())
@@ -211,7 +214,7 @@ def test_retained_rows_are_descended_on_by_hand(model, query, default_dataset):
     rows = [3, 7, 11]
     x0_r = model.encode_images(load_pixels(default_dataset, model.resolution, rows))
     cond_r = model.encode_text([default_dataset.captions(i)[0] for i in rows])
-    keep = UnlearnSettings(step="alpha/N", alpha=1e-3, draws=16, batch_size=2, retain=3)
+    keep = UnlearnSettings(step=AlphaOverN(1e-3), draws=16, batch_size=2, retain=3)
     fresh = copy.deepcopy(model.unet)
     copies = dict(fresh.named_parameters())
     group = {n: copies[n] for n in params}
@@ -229,7 +232,7 @@ def test_retained_rows_are_descended_on_by_hand(model, query, default_dataset):
     g = query_gradient(model, fresh, group, x0, cond, keep, 0)
     after = dict(unet.named_parameters())
     for name, p in params.items():
-        expected = (p.double() + (keep.alpha / 10) * ((g[name] - kept[name]) / fisher[name].double())).float()
+        expected = (p.double() + (keep.step.alpha / 10) * ((g[name] - kept[name]) / fisher[name].double())).float()
         torch.testing.assert_close(after[name], expected, rtol=0, atol=0)
 
 
@@ -279,26 +282,28 @@ def test_calibrated_scores_reuse_the_reference_queries_and_the_querys_unlearning
     assert len(folders()) == 4 and not np.allclose(normalised, raw)
 
 
-# ----------------------------------------------------------------------------------------------- α on validation
-def test_the_alpha_grid_extends_until_the_best_is_inside(monkeypatch):
+# -------------------------------------------------------------------------------------------- steps on validation
+def test_the_step_grid_extends_until_the_best_is_inside_and_keeps_its_rule(monkeypatch):
     from unlearn_fast.evaluate import validation
 
     tried = []
 
     def fake_choose(attributor, make_method, candidates, validation_set, record_path, identity):
-        tried.append(sorted(candidates.values()))
-        mrr = {name: -abs(np.log(value / 0.001)) for name, value in candidates.items()}  # best at α = 0.001
+        tried.append(sorted(rule.value for rule in candidates.values()))
+        assert {type(rule) for rule in candidates.values()} == {AlphaOverN} and identity["rule"] == "alpha/N"
+        mrr = {name: -abs(np.log(rule.value / 0.001)) for name, rule in candidates.items()}  # best at α = 0.001
         best = max(mrr, key=mrr.get)
         return best, candidates[best], mrr
 
     monkeypatch.setattr(validation, "choose_setting", fake_choose)
     stand_in = type("Attributor", (), {"model": None, "dataset": None})()
     judged = validation.Validation("mrr", [], lambda scores: 0.0)
-    alpha = validation.choose_alpha(stand_in, (0.01, 0.03, 0.1), "abu", {}, judged, None)
-    assert tried[-1][0] == pytest.approx(0.01 / 9) and alpha == pytest.approx(0.01 / 9)  # two extensions down
+    chosen = validation.choose_step(stand_in, AlphaOverN(0.03), (1 / 3, 1.0, 3.0), "abu-paper", {}, judged, None)
+    # two extensions down (each grid value rounded to 3 significant digits)
+    assert tried[-1][0] == pytest.approx(0.01 / 9, rel=1e-3) and chosen.alpha == pytest.approx(0.01 / 9, rel=1e-3)
     tried.clear()
-    alpha = validation.choose_alpha(stand_in, (0.0003, 0.001, 0.01), "abu", {}, judged, None)
-    assert len(tried) == 1 and alpha == 0.001  # inside the grid: no extension
+    chosen = validation.choose_step(stand_in, AlphaOverN(0.001), (0.3, 1.0, 10.0), "abu-paper", {}, judged, None)
+    assert len(tried) == 1 and chosen == AlphaOverN(0.001)  # inside the grid: no extension
 
 
 def test_the_command_line_builds_the_variants_settings():
@@ -308,13 +313,14 @@ def test_the_command_line_builds_the_variants_settings():
         args = build_parser().parse_args(["attribute", "--work-dir", "w", "--prompt", "x", *options])
         return _unlearn_settings(args)
 
-    assert parsed() == UnlearnSettings() == UnlearnSettings(step="fixed", alpha=7.5e-6)  # the Python API's default is
+    assert parsed() == UnlearnSettings() == UnlearnSettings(step=FixedStep(7.5e-6))  # the Python API's default is
     # the command line's: a fixed, validated step …
-    assert parsed("--recipe", "paper") == UnlearnSettings(step="alpha/N", alpha=0.1)  # … and the paper's, as it ran before
-    chosen = parsed("--step", "rise", "--score", "calibrated", "--references", "3", "--spread", "--curvature",
-                    "ekfac", "--alpha", "0.3")
-    assert (chosen.step, chosen.score, chosen.references, chosen.spread, chosen.curvature, chosen.alpha) == \
-        ("rise", "calibrated", 3, True, "ekfac", 0.3)
+    assert parsed("--recipe", "paper") == UnlearnSettings(step=AlphaOverN(0.1))  # … and the paper's, as it ran before
+    chosen = parsed("--step", "rise:0.3", "--score", "calibrated", "--references", "3", "--spread", "--curvature",
+                    "ekfac")
+    assert (chosen.step, chosen.score, chosen.references, chosen.spread, chosen.curvature) == \
+        (LossRise(0.3), "calibrated", 3, True, "ekfac")
+    assert parsed("--step", "rise").step == LossRise() and parsed("--step", "fixed=2e-6").step == FixedStep(2e-6)
     mucs = parsed("--cap", "--retain", "32")
     assert (mucs.cap, mucs.retain) == (True, 32) and parsed().cap is False
     args = build_parser().parse_args(["prepare", "--work-dir", "w", "--noise", "shared"])

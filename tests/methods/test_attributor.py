@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast import workspace as workspace_module
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
@@ -18,7 +19,7 @@ from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.store import StoreMismatchError
 from unlearn_fast.engine.unlearn import UnlearnSettings
 
-UNLEARN = UnlearnSettings(step="alpha/N", steps=2, alpha=1e-4, draws=24, batch_size=24)
+UNLEARN = UnlearnSettings(step=AlphaOverN(1e-4), steps=2, draws=24, batch_size=24)
 
 
 def settings(batch: int = 64, chunk_rows: int = 16) -> PrepareSettings:
@@ -126,10 +127,10 @@ def test_work_dir_of_another_model_is_refused_and_kept(model, data_folder, query
     assert after == before  # nothing finished was touched
 
 
-def test_nan_after_unlearning_names_alpha_and_keeps_prepared_work(model, data_folder, query, reference):
+def test_nan_after_unlearning_names_the_step_and_keeps_prepared_work(model, data_folder, query, reference):
     work = Attributor(model, open_dataset(data_folder), reference.work_dir, progress=False)
-    with pytest.raises(FloatingPointError, match=r"smaller alpha \(now 1e\+40\)"):
-        work.attribute([query], UnlearnSettings(step="alpha/N", steps=1, alpha=1e40, draws=8))
+    with pytest.raises(FloatingPointError, match=r"smaller step \(now --step alpha/N:1e\+40\)"):
+        work.attribute([query], UnlearnSettings(step=AlphaOverN(1e40), steps=1, draws=8))
     np.testing.assert_array_equal(work.base_losses, np.load(f"{reference.work_dir}/losses_base/data.npy"))
     again = work.attribute([query], UNLEARN)  # the earlier query's results are still there and still the same
     np.testing.assert_array_equal(again.scores, reference.scores)
@@ -166,7 +167,7 @@ def test_outputs(reference, tmp_path):
     html = open(paths["report"], encoding="utf-8").read()
     assert html.count("<figure>") == 5 and "red apple" in html
     record = json.load(open(tmp_path / "attribution.json"))
-    assert record["queries"][0]["unlearn"]["alpha"] == UNLEARN.alpha
+    assert record["queries"][0]["unlearn"]["step"] == str(UNLEARN.step) == "alpha/N:0.0001"
 
 
 def test_report_reloads_from_its_folder(reference, tmp_path):
@@ -258,7 +259,7 @@ def test_unlearning_and_query_generation_show_progress(model, data_folder, query
     attributor = Attributor(model, open_dataset(data_folder), tmp_path / "work", settings(), progress=True)
     attributor.prepare()
     capfd.readouterr()
-    attributor.attribute([query], UnlearnSettings(step="alpha/N", steps=2, alpha=1e-4, draws=8, batch_size=4))
+    attributor.attribute([query], UnlearnSettings(step=AlphaOverN(1e-4), steps=2, draws=8, batch_size=4))
     err = capfd.readouterr().err
     assert f"unlearn {query.key[:8]}" in err and "16/16" in err and "draw/s" in err
     query_from_prompt(model, "red apple", steps=3, progress=True)
@@ -267,5 +268,5 @@ def test_unlearning_and_query_generation_show_progress(model, data_folder, query
     assert "generate" not in capfd.readouterr().err
     quiet = Attributor(model, open_dataset(data_folder), tmp_path / "quiet", settings(), progress=False)
     capfd.readouterr()
-    quiet.attribute([query], UnlearnSettings(step="alpha/N", steps=1, alpha=1e-4, draws=8, batch_size=4))
+    quiet.attribute([query], UnlearnSettings(step=AlphaOverN(1e-4), steps=1, draws=8, batch_size=4))
     assert "unlearn" not in capfd.readouterr().err

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.engine.scoring import LossGrid
@@ -67,7 +68,7 @@ def test_a_mask_of_ones_gives_the_scores_of_no_mask(model, default_dataset, red_
     folder = tmp_path / "data"
     export_imagefolder(SubsetDataset(default_dataset, range(360, 384)), str(folder))
     settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64))
-    unlearn = UnlearnSettings(step="alpha/N", steps=1, alpha=1e-4, draws=16, batch_size=16)
+    unlearn = UnlearnSettings(step=AlphaOverN(1e-4), steps=1, draws=16, batch_size=16)
     attributor = Attributor(model, open_dataset(str(folder)), tmp_path / "work", settings, progress=False)
     ones = red_apple_query.with_mask(np.ones((32, 32)), "ones")
     half = np.zeros((32, 32))

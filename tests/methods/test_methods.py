@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.methods.abu import attribute_by_unlearning
 from unlearn_fast.workspace import Workspace
 from unlearn_fast.data import load_pixels
@@ -123,7 +124,7 @@ def test_run_method_caches_and_reports_like_abu(setting, tmp_path):
 
 def test_abu_through_run_method_is_attribution_by_unlearning_stored_once(setting):
     workspace, _, queries = setting
-    abu = AbU(unlearn=UnlearnSettings(step="alpha/N", alpha=1e-4, draws=16))
+    abu = AbU(unlearn=UnlearnSettings(step=AlphaOverN(1e-4), draws=16))
     via_method = run_method(abu, workspace, queries[:1])
     direct = attribute_by_unlearning(workspace, queries[:1], abu.unlearn)
     np.testing.assert_array_equal(via_method.scores, direct.scores)
@@ -132,7 +133,8 @@ def test_abu_through_run_method_is_attribution_by_unlearning_stored_once(setting
 
 
 def test_build_method_names_the_problem():
-    assert isinstance(build_method("abu", alpha=0.05), AbU) and build_method("abu", alpha=0.05).unlearn.alpha == 0.05
+    assert isinstance(build_method("abu", step="alpha/N:0.05"), AbU)
+    assert build_method("abu", step="alpha/N:0.05").unlearn.step == AlphaOverN(0.05)
     assert build_method("trak").output == "loss" and build_method("dtrak").output == "sqnorm"
     with pytest.raises(SettingsError, match="unknown method 'clip'"):
         build_method("clip")

@@ -19,6 +19,7 @@ from PIL import Image
 
 from family_objectives import official_training_loss, tiny_dit_training_loss
 from tiny_pipelines import build_pipeline_folder
+from unlearn_fast.engine.step_rules import LossRise
 from unlearn_fast.engine.fisher_hooks import _vmap_fisher, diagonal_fisher
 from unlearn_fast.engine.scoring import LossGrid, per_example_losses
 from unlearn_fast.engine.unlearn import UnlearnSettings
@@ -40,7 +41,7 @@ FAMILIES = {
 # (the response to reference queries subtracted). With raw scores the tiny SDXL and Flux models move every image's
 # loss alike under the step (the raw score's hub effect, METHOD.md) and the copies fall to ranks 11-13 and 8-10 of 24
 # after 200 fine-tune steps; benchmarks/family_planted.py measures both rules (benchmarks/README.md, "Model families").
-PLANTED = UnlearnSettings(step="rise", alpha=0.5, draws=16, score="calibrated", references=4)
+PLANTED = UnlearnSettings(step=LossRise(0.5), draws=16, score="calibrated", references=4)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny sizes: a second thread only waits
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 pytest.importorskip("peft")
 
+from unlearn_fast.engine.step_rules import LossRise
 from unlearn_fast.data import SubsetDataset, load_pixels, open_dataset  # noqa: E402
 from unlearn_fast.engine.scoring import LossGrid  # noqa: E402
 from unlearn_fast.engine.unlearn import UnlearnSettings  # noqa: E402
@@ -81,7 +82,7 @@ def test_attribution_over_the_lora_training_images_ranks_the_copies_first(lora_s
     query = query_from_array(distinctive_image(32, 3), CAPTION, 32)
     # The "rise" step (the query's loss rises by half) means the same for any adapter's scale; α/N = 0.01/32 here
     # overshoots until every image's loss rises alike and the copies drown.
-    unlearn = UnlearnSettings(step="rise", alpha=0.5, draws=32, group="lora")
+    unlearn = UnlearnSettings(step=LossRise(0.5), draws=32, group="lora")
     scores = attributor.attribute([query], unlearn).scores[0]
     top = np.argsort(-scores)[:COPIES].tolist()
     assert set(top) == set(range(OTHERS, OTHERS + COPIES)), (top, scores)

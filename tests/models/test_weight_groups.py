@@ -160,17 +160,6 @@ def test_a_lora_fine_tune_saves_the_adapter_beside_an_unchanged_base_unet(exempl
     assert lora and any(float(p.detach().abs().max()) > 0 for n, p in lora.items() if "lora_B" in n)  # B trained off zero
 
 
-def test_each_step_rules_validation_grid_holds_the_defaults_step():
-    from unlearn_fast.evaluate.groundtruth import GroundTruthSetup
-    from unlearn_fast.evaluate.validation import RISE_ALPHAS, alpha_grid
-    from unlearn_fast.engine.unlearn import UnlearnSettings
-
-    default = UnlearnSettings()
-    assert default.step == "fixed" and default.alpha in alpha_grid("fixed", GroundTruthSetup().abu_alphas)
-    assert alpha_grid("rise", (0.01,)) == RISE_ALPHAS
-    assert alpha_grid("alpha/N", (0.01, 0.1)) == (0.01, 0.1)
-
-
 def test_validation_customises_on_another_family_and_other_exemplars(default_dataset):
     from unlearn_fast.evaluate.groundtruth import (GroundTruthSetup, customisation_scenario,
                                                    domain_customisation_scenario)

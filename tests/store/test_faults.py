@@ -23,7 +23,7 @@ from unlearn_fast.cli import main
 from unlearn_fast.data import SubsetDataset, export_imagefolder
 
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--quiet"]
-UNLEARN = ["--draws", "8", "--step", "alpha/N", "--alpha", "0.001", "--sample-steps", "2"]  # α in α/N units
+UNLEARN = ["--draws", "8", "--step", "alpha/N:0.001", "--sample-steps", "2"]  # α in α/N units
 PROMPT = ["--prompt", "red apple"]
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.cli import main
 from unlearn_fast.data import SubsetDataset, export_imagefolder
 
 FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--quiet"]
-UNLEARN = ["--draws", "8", "--step", "alpha/N", "--alpha", "0.001", "--sample-steps", "2"]  # α in α/N units
+UNLEARN = ["--draws", "8", "--step", "alpha/N:0.001", "--sample-steps", "2"]  # α in α/N units
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +175,11 @@ def test_the_api_checks_settings_against_the_model_before_recording(images, tmp_
 
 @pytest.mark.parametrize("bad, culprit", [
     (["--top-k", "-5"], "argument --top-k: expected an integer >= 1, got '-5'"),
-    (["--alpha", "0"], "argument --alpha: expected a finite number > 0, got '0'"),
-    (["--alpha", "-0.1"], "argument --alpha: expected a finite number > 0, got '-0.1'"),
-    (["--alpha", "nan"], "argument --alpha: expected a finite number > 0, got 'nan'"),
+    (["--step", "fixed:0"], "argument --step: the fixed step rule's size must be a finite number > 0, got 0.0"),
+    (["--step", "alpha/N:-0.1"], "argument --step: the alpha/N step rule's alpha must be a finite number > 0"),
+    (["--step", "rise:nan"], "argument --step: the rise step rule's factor must be a finite number > 0, got nan"),
+    (["--step", "newton"], "argument --step: expected RULE[:VALUE] with RULE one of fixed, alpha/N, rise"),
+    (["--alpha", "0.1"], "--alpha is gone: give --step RULE:VALUE"),
     (["--draws", "0"], "argument --draws: expected an integer >= 1, got '0'"),
     (["--group", "attention"], "the Fisher lacks"),
     (["--out", "OTHER"], "holds other files (notes.txt) and no attribution.json"),
@@ -200,8 +203,10 @@ def test_unlearning_settings_are_checked_in_the_api_too():
     from unlearn_fast.engine.unlearn import UnlearnSettings
 
     for alpha in (0.0, -0.1, float("nan"), float("inf")):
-        with pytest.raises(SettingsError, match="alpha must be a finite step size > 0"):
-            UnlearnSettings(step="alpha/N", alpha=alpha)
+        with pytest.raises(SettingsError, match="alpha must be a finite number > 0"):
+            UnlearnSettings(step=AlphaOverN(alpha))
+    with pytest.raises(SettingsError, match="step: expected a number after fixed:"):
+        UnlearnSettings(step="fixed:large")
 
 
 # ------------------------------------------------------------------------------------- 4. one-line errors
@@ -293,7 +298,7 @@ def test_prompts_longer_than_the_text_encoder_reads_are_warned_about(images, tmp
                             PrepareSettings(scoring=LossGrid(timesteps=1, flips=False)), progress=False)
     pixels = np.array(Image.open(root / rows[0]["file_name"]).convert("RGB"))
     attributor.attribute([query_from_array(pixels, " ".join(["cat face"] * 9), 32)],
-                         UnlearnSettings(step="alpha/N", draws=4, alpha=1e-3))
+                         UnlearnSettings(step=AlphaOverN(1e-3), draws=4))
     log = (tmp_path / "work" / "log.txt").read_text()
     assert (f"warning: 1 of 16 captions are longer than the text encoder's 16 tokens and are cut to it (first: "
             f"{rows[3]['file_name']} ({root / 'metadata.jsonl'} line 4)") in log

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import unlearn_fast
+from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.attributor import Attributor
 from unlearn_fast.data import open_dataset
 from unlearn_fast.engine.fisher import FisherSettings
@@ -17,7 +18,7 @@ from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.engine.weight_swap import swapped_weights
 from unlearn_fast.workspace import PrepareSettings, Workspace
 
-UNLEARN = UnlearnSettings(step="alpha/N", alpha=3e-3, draws=16, batch_size=16)
+UNLEARN = UnlearnSettings(step=AlphaOverN(3e-3), draws=16, batch_size=16)
 
 
 def settings() -> PrepareSettings:

@@ -25,10 +25,21 @@ class Parser(argparse.ArgumentParser):
         return dashed + equals + value if dashed in self._option_string_actions else arg
 
 
+class RetiredFlag(argparse.Action):
+    """A flag that no longer exists: one line naming what replaced it (argparse alone would only say 'unrecognized')."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is gone: give {self.replacement}")
+
+
 # The checked number types are declared with the settings (settings.py); the verbs import them from here too.
 from ..settings import count_or_zero, finite_float, non_negative_float, positive_float, positive_int, seed
 
-__all__ = ["Parser", "candidate_spec", "count_or_zero", "device_argument", "finite_float", "non_negative_float",
+__all__ = ["Parser", "RetiredFlag", "candidate_spec", "count_or_zero", "device_argument", "finite_float", "non_negative_float",
            "positive_float", "positive_int", "seed"]
 
 

@@ -1,6 +1,7 @@
 """``unlearn-fast evaluate counterfactual|groundtruth|lds|groups|unlearning``: the evaluation harness from the command line."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -8,7 +9,7 @@ import shutil
 import sys
 import time
 
-from .arguments import count_or_zero, device_argument, positive_int, seed
+from .arguments import RetiredFlag, count_or_zero, device_argument, positive_float, positive_int, seed
 
 
 def _setup(args, setup_class, profile: dict):
@@ -36,7 +37,7 @@ def _method_options(base: dict, assignments: list[str]) -> dict:
         target, equals, text = assignment.partition("=")
         method, dot, key = target.partition(".")
         if not (equals and dot and method and key):
-            raise SettingsError(f"--set {assignment!r}: expected METHOD.KEY=VALUE, e.g. abu.alpha=0.01")
+            raise SettingsError(f"--set {assignment!r}: expected METHOD.KEY=VALUE, e.g. abu.step=alpha/N:0.01")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -185,7 +186,7 @@ def add_evaluate_parser(sub) -> None:
         loudness.add_argument("--quiet", action="store_true", help="progress lines: warnings only")
         loudness.add_argument("--verbose", action="store_true", help="progress lines: every detail")
         parser.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE",
-                            help="a method's option, over the profile's (e.g. abu.alpha=0.01: no α validation)")
+                            help="a method's option, over the profile's (e.g. abu.step=fixed:2.4e-6: no step validation)")
 
         def logged(args):
             _configure_logging(args)
@@ -193,13 +194,21 @@ def add_evaluate_parser(sub) -> None:
         parser.set_defaults(run=logged)
         return parser
 
+    def step_factors(parser) -> None:
+        parser.add_argument("--abu-step-factors", type=positive_float, nargs="+",
+                            help="AbU's step candidates as multiples of each variant's own step, in its rule's unit "
+                                 "(validation picks; 1 alone: the variant's own step)")
+        parser.add_argument("--abu-alphas", action=RetiredFlag, help=argparse.SUPPRESS,
+                            replacement="--abu-step-factors (multiples of each variant's own step) or --set "
+                                        "abu.step=RULE:VALUE")
+
     def retraining(parser) -> None:
         """What the verbs that train models from scratch on subsets share."""
         parser.add_argument("--base-model", help="model whose VAE every run shares (default: the embedded one)")
         parser.add_argument("--train-images", type=positive_int, help="N: size of the seeded training subset")
         parser.add_argument("--methods", nargs="+", help="abu dtrak trak pixel feature random")
         parser.add_argument("--steps", type=positive_int, help="training steps of every run")
-        parser.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
+        step_factors(parser)
         parser.add_argument("--encoder", help="local CLIP/DINO folder: the feature method (and ΔG's feature distance)")
         parser.add_argument("--workers", type=count_or_zero, default=0, help="training processes at once")
         parser.add_argument("--threads", type=count_or_zero, default=0, help="torch threads per process")
@@ -255,7 +264,7 @@ def add_evaluate_parser(sub) -> None:
     groups.add_argument("--queries-per-group", type=positive_int, help="held-out members of each family: the queries")
     groups.add_argument("--other-images", type=count_or_zero, help="training images from outside the families")
     groups.add_argument("--steps", type=positive_int, help="training steps of every run")
-    groups.add_argument("--abu-alphas", type=float, nargs="+", help="AbU α candidates (validation picks)")
+    step_factors(groups)
     groups.add_argument("--workers", type=count_or_zero, default=0, help="training processes at once")
     groups.add_argument("--threads", type=count_or_zero, default=0, help="torch threads per process")
 
@@ -264,6 +273,6 @@ def add_evaluate_parser(sub) -> None:
     unlearning.add_argument("--model", help="model folder (default: the embedded one)")
     unlearning.add_argument("--queries", type=positive_int)
     unlearning.add_argument("--unrelated", type=positive_int, help="unrelated prompts per query (≥ 10 in the cpu profile)")
-    unlearning.add_argument("--alphas", type=float, nargs="*", help="α of the paper's step rule (none: only variants)")
-    unlearning.add_argument("--variants", nargs="+", help="AbU variants too, at α from --set NAME.alpha=…")
+    unlearning.add_argument("--alphas", type=float, nargs="*", help="α of the α/N step rule (the paper's; none: only variants)")
+    unlearning.add_argument("--variants", nargs="+", help="AbU variants too, at their own step or --set NAME.step=…")
     unlearning.add_argument("--group", help="weights to unlearn (default kv)")

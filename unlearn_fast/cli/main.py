@@ -12,7 +12,7 @@ import time
 
 from .. import __version__
 from ..settings import SPEED, add_arguments, command_line_fields, given, role
-from .arguments import Parser, candidate_spec, count_or_zero, device_argument, positive_int
+from .arguments import Parser, RetiredFlag, candidate_spec, count_or_zero, device_argument, positive_int
 
 
 SAMPLE_FLAGS = {"steps": "--sample-steps"}  # attribute and demo: --steps would read as the unlearning's
@@ -507,8 +507,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
                                 help="AbU's settings before the options below: the package's default or the paper's "
                                 "(README, 'AbU variants')")
         add_arguments(unlearning, UnlearnSettings, notes={
-            "alpha": f"--recipe paper: {PAPER['alpha']:g} with --step {PAPER['step']}",
             "step": f"--recipe paper: {PAPER['step']}", "group": "with --lora: lora; with --base-model: changed"})
+        unlearning.add_argument("--alpha", action=RetiredFlag, help=argparse.SUPPRESS,
+                                replacement="--step RULE:VALUE (fixed:7.5e-6, alpha/N:0.1 or rise:0.1)")
         add_arguments(p, ReportSettings)
 
     prepare = sub.add_parser("prepare", help="encode the training set, estimate the Fisher and the base losses")

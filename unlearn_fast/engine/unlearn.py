@@ -2,12 +2,8 @@
 
     repeat `steps` times:  θ ← θ + s · ĝ / F,   ĝ = mean over `draws` (t, ε) of ∇θ L(ẑ, θ)
 
-The step s follows a rule (STEP_RULES):
-    "alpha/N"  s = α / N (the paper): its effect shrinks as the training set grows, so α chosen at one N does not
-               transfer to another
-    "fixed"    s = α: the same step for any N (α is then a learning rate, of the size α/N had where it was chosen)
-    "rise"     s such that the query's own loss rises by the factor α, L(ẑ; θ + s·u) = (1 + α) · L(ẑ; θ): a short line
-               search on fresh draws of the query alone (u = ĝ / F), so the step means the same thing for any N
+The step s follows a typed rule (engine/step_rules.py): a fixed size whatever N (the default), α/N (the paper), or the
+step that raises the query's own loss by a factor (a short line search on fresh draws of the query alone, u = ĝ / F).
 
 Two options of MUCS (machine unlearning for copyright, which forgets by ascent on the forgotten data while it keeps
 the rest):
@@ -29,6 +25,7 @@ the retained rows' loss and the training rows' scoring are unchanged.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -43,9 +40,8 @@ from .fisher_hooks import summed_gradient
 from ..score_rules import REFERENCE_RULES, SCORE_RULES
 from ..settings import SPEED, count_or_zero, knob, positive_float, positive_int
 from ..settings import seed as seed_type
+from .step_rules import AlphaOverN, FixedStep, LossRise, StepRule, parse_step_rule, step_rule
 
-
-STEP_RULES = ("alpha/N", "fixed", "rise")
 RISE_DRAWS = 128  # query draws the "rise" line search measures its loss on
 RISE_TOLERANCE = 0.1  # accept a step whose rise is within 10 % of the target
 RISE_EVALUATIONS = 8
@@ -56,19 +52,19 @@ RETAIN_KEY = 1 << 20  # retained row r uses draw key RETAIN_KEY + r
 @dataclass
 class UnlearnSettings:
     """group: the weights changed (a DiffusionModel.parameter_group name or regex). precondition=False: plain SGD
-    ascent (θ += α/N · ĝ), the baseline METHOD.md says falls to chance. num_train: N in α/N, overriding the caller's
-    training-set size. step: the step rule (STEP_RULES; α's meaning follows it). score: how losses become scores
+    ascent (θ += s · ĝ), the baseline METHOD.md says falls to chance. num_train: N in α/N, overriding the caller's
+    training-set size. step: the step rule and its number (step_rules: FixedStep, AlphaOverN, LossRise). score: how losses become scores
     (score_rules.SCORE_RULES); references and spread: the reference queries of the "calibrated" rule. curvature:
     the preconditioner (curvature.CURVATURES: the diagonal Fisher, or K-FAC / EK-FAC factors of the group's Linear
     layers, damped by curvature_damping × their mean eigenvalue). cap, retain: MUCS's cap at an untrained model's
     loss and its descent on `retain` seeded training rows per step (module docstring)."""
 
     steps: int = knob(1, help="ascent steps S", flag="--unlearn-steps", parse=positive_int)
-    # The package's default (abu_recipes): a fixed step chosen on validation plants at N = 200, 1,000 and 3,940
-    # (benchmarks/README.md, "The step rule chosen on validation plants"); the paper's recipe is α/N with α = 0.1.
-    alpha: float = knob(7.5e-6, parse=positive_float,
-                        help="step size α, read by the step rule: the step itself with --step fixed, the step times "
-                             "N with --step alpha/N, the relative rise of the query's loss with --step rise")
+    # The package's default: a fixed step (its value and how it was chosen: step_rules.FixedStep).
+    step: StepRule = knob(FixedStep(), parse=parse_step_rule,
+                          help="step rule and its number: fixed:SIZE (the step itself, whatever N), alpha/N:ALPHA "
+                               "(the paper's α, divided by N) or rise:FACTOR (the step that raises the query's loss "
+                               "by that factor); a rule alone takes its default number")
     draws: int = knob(500, help="(t, ε) draws M per step", parse=positive_int)
     batch_size: int = knob(64, role=SPEED, flag="--unlearn-batch-size", parse=positive_int,
                            help="draws per backward")
@@ -78,8 +74,6 @@ class UnlearnSettings:
     precondition: bool = knob(True, flag="--sgd", negate=True,
                               help="plain gradient ascent, no Fisher (a baseline); the flag turns preconditioning off")
     num_train: int | None = knob(None, cli=False, help="N in α/N, overriding the training set's size")
-    step: str = knob("fixed", choices=STEP_RULES, help="step rule: α/N (the paper), α itself whatever N, or the step "
-                                                       "that raises the query's loss by the factor α")
     score: str = knob("raw", choices=SCORE_RULES,
                       help="raw loss change (the paper's), relative change (L_after − L_before)/(L_after + "
                            "L_before), change minus that of reference queries, or change divided by the image's "
@@ -96,8 +90,7 @@ class UnlearnSettings:
                        help="descend on this many seeded training rows per step while ascending on the query (MUCS)")
 
     def __post_init__(self):
-        if self.step not in STEP_RULES:
-            raise SettingsError(f"step must be one of {STEP_RULES}, got {self.step!r}")
+        self.step = step_rule(self.step)
         if self.curvature not in CURVATURES:
             raise SettingsError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
         if not (isinstance(self.curvature_damping, (int, float)) and self.curvature_damping > 0):
@@ -116,13 +109,15 @@ class UnlearnSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SettingsError(f"unlearning {name} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise SettingsError(f"alpha must be a finite step size > 0, got {self.alpha!r} (0 changes no weight and "
-                                "scores every image 0; a negative step would make the query more likely, not less)")
         if not isinstance(self.retain, int) or self.retain < 0:
             raise SettingsError(f"retain must be an integer >= 0 (training rows per step), got {self.retain!r}")
         if self.num_train is not None and (not isinstance(self.num_train, int) or self.num_train < 1):
             raise SettingsError(f"num_train must be >= 1 or None, got {self.num_train!r}")
+
+
+    def as_record(self) -> dict:
+        """The fields as JSON-ready values (the step rule as RULE:VALUE text, as the command line writes it)."""
+        return {**dataclasses.asdict(self), "step": str(self.step)}
 
 
 def _query_draws(model, x0_query, cond_query, settings: UnlearnSettings, step: int, first: int, stop: int):
@@ -194,34 +189,34 @@ def untrained_loss(model, x0_query, cond_query, settings: UnlearnSettings, step:
     return _mean_over_measure_draws(model, x0_query, cond_query, settings, step, per_row)
 
 
-def _set_step(params: dict, start: dict, update: dict, scale: float, step: int, alpha: float) -> None:
+def _set_step(params: dict, start: dict, update: dict, scale: float, step: int, rule: StepRule) -> None:
     with torch.no_grad():
         for name, p in params.items():
             new = (start[name] + scale * update[name]).to(p.dtype)
             if not torch.isfinite(new).all():
                 raise FloatingPointError(f"unlearning produced NaN/inf in {name} at step {step}: try a smaller "
-                                         f"alpha (now {alpha})")
+                                         f"step (now --step {rule})")
             p.copy_(new)
 
 
 def _rise_scale(model, unet, params, start, update, gradient, x0_query, cond_query, settings, step, record,
                 weight=None) -> float:
-    """The step s along `update` that raises the query's loss by the factor α (within RISE_TOLERANCE): start from the
-    first-order guess s = α·L / (ĝ·u), then rescale by the ratio of target to achieved rise (a secant step in log s)."""
+    """The step s along `update` that raises the query's loss by the rule's factor f (within RISE_TOLERANCE): start
+    from the first-order guess s = f·L / (ĝ·u), then rescale by the ratio of target to achieved rise (a secant step in log s)."""
     before = query_loss(model, unet, x0_query, cond_query, settings, step, weight)
     slope = sum(float((gradient[n] * update[n]).sum()) for n in params)
     if not slope > 0:
         raise FloatingPointError(f"step {step}: the query's gradient gives no ascent direction (ĝ·u = {slope:g})")
-    target = settings.alpha * before
+    target = settings.step.factor * before
     scale, rise = target / slope, 0.0
     for _ in range(RISE_EVALUATIONS):
-        _set_step(params, start, update, scale, step, settings.alpha)
+        _set_step(params, start, update, scale, step, settings.step)
         rise = query_loss(model, unet, x0_query, cond_query, settings, step, weight) - before
         if abs(rise - target) <= RISE_TOLERANCE * target:
             break
         scale *= min(4.0, max(0.25, target / rise)) if rise > 0 else 4.0
     else:
-        _set_step(params, start, update, scale, step, settings.alpha)
+        _set_step(params, start, update, scale, step, settings.step)
         rise = query_loss(model, unet, x0_query, cond_query, settings, step, weight) - before
     if record is not None:
         record.setdefault("steps", []).append({"scale": scale, "loss_before": before, "rise": rise / before})
@@ -237,11 +232,11 @@ def _capped_scale(model, unet, params, start, update, scale, x0_query, cond_quer
         low, high = 0.0, scale
         for _ in range(CAP_BISECTIONS):
             middle = (low + high) / 2
-            _set_step(params, start, update, middle, step, settings.alpha)
+            _set_step(params, start, update, middle, step, settings.step)
             low, high = (middle, high) if query_loss(model, unet, x0_query, cond_query, settings, step, weight) <= cap \
                 else (low, middle)
         scale = low
-        _set_step(params, start, update, scale, step, settings.alpha)
+        _set_step(params, start, update, scale, step, settings.step)
     if record is not None and record.get("steps"):
         record["steps"][-1].update(cap=cap, capped=after > cap, scale=scale)
     return scale
@@ -260,7 +255,7 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
     on_draws(count): called after each batch of the query's draws (a progress bar over steps × draws)."""
 
     N = settings.num_train or num_train
-    if settings.step == "alpha/N" and not N:
+    if isinstance(settings.step, AlphaOverN) and not N:
         raise ValueError("unlearn needs the training-set size N (num_train argument or settings.num_train)")
     if x0_query.ndim != 4 or len(x0_query) != 1 or cond_query.ndim < 2 or len(cond_query) != 1:
         raise ValueError(f"unlearn takes one query: x0 (1, C, h, w) and one conditioning row (1, ...), got "
@@ -293,12 +288,12 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
             update = {name: g[name] / fisher[name].to(p.device, torch.float64) if settings.precondition else g[name]
                       for name, p in params.items()}
         start = {name: p.detach().double().clone() for name, p in params.items()}
-        if settings.step == "rise":
+        if isinstance(settings.step, LossRise):
             scale = _rise_scale(model, unet, params, start, update, ascent, x0_query, cond_query, settings, step,
                                 record, weight)
         else:
-            scale = settings.alpha / N if settings.step == "alpha/N" else settings.alpha
-            _set_step(params, start, update, scale, step, settings.alpha)
+            scale = settings.step.scale(N)
+            _set_step(params, start, update, scale, step, settings.step)
             if record is not None:
                 record.setdefault("steps", []).append({"scale": scale})
         if settings.cap:

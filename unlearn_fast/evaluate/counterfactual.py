@@ -28,6 +28,7 @@ import torch
 from ..data import open_dataset
 from ..data.dataset import SubsetDataset
 from ..data.export import export_imagefolder
+from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from ..engine.scoring import LossGrid, per_example_losses
@@ -65,8 +66,8 @@ class CounterfactualSetup:
     loss_timesteps: int = 50
     encoder: str | None = None
     method_options: dict = field(default_factory=dict)  # {method name: {setting: value}}
-    # AbU's α is chosen among these on validation prompts (training captions) unless method_options gives one.
-    abu_alphas: tuple[float, ...] = (0.01, 0.03, 0.1)
+    # AbU's step is chosen on validation prompts (training captions) unless method_options gives one.
+    abu_step_factors: tuple[float, ...] = GRID_FACTORS  # AbU's step validated at its value × these
     validation_prompts: int = 4
     device: str = "cpu"  # where every run trains and every model is measured ("cpu", "cuda", "cuda:N")
 

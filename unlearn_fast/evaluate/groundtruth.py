@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from .exemplars import concept_exemplars
 from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, rank_positions, recall_at_k
@@ -87,7 +88,7 @@ class GroundTruthSetup:
     seed: int = 0
     query_steps: int = 50
     recall_k: int = 10
-    abu_alphas: tuple[float, ...] = (0.01, 0.03, 0.1)
+    abu_step_factors: tuple[float, ...] = GRID_FACTORS  # AbU's step validated at its value × these
     validation_prompts: int = 3
     method_options: dict = field(default_factory=dict)
     device: str = "cpu"  # where the fine-tunes train and the attributions run
@@ -329,7 +330,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
         per_query = [{"recall": recall_at_k(row, relevant, setup.recall_k), "ap": average_precision(row, relevant),
                       "top_r_share": top_r_share(row, relevant), "ranks": _ranks(row, relevant),
                       "counted": q in counted} for q, row in enumerate(attribution.scores[:len(queries)])]
-        result["methods"][name] = {"options": options, "per_query": per_query,
+        result["methods"][name] = {"options": options, "settings": method.settings(), "per_query": per_query,
                                    **{m: dict(zip(("mean", "se"), mean_and_se([p[m] for p in per_query
                                                                                if p["counted"]])))
                                       for m in ("recall", "ap", "top_r_share")}}

@@ -27,6 +27,7 @@ import numpy as np
 from ..data import open_dataset
 from ..data.dataset import SubsetDataset
 from ..data.export import export_imagefolder
+from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from ..groups import RULE, RULES, aggregate
 from .counterfactual import (QueryLosses, attribute_all, generate_queries, query_losses_under, record_setup,
@@ -61,7 +62,7 @@ class GroupRetrainingSetup:
     loss_timesteps: int = 50
     encoder: str | None = None
     method_options: dict = field(default_factory=dict)
-    abu_alphas: tuple[float, ...] = (0.01, 0.03, 0.1)
+    abu_step_factors: tuple[float, ...] = GRID_FACTORS  # AbU's step validated at its value × these
     validation_prompts: int = 4
     device: str = "cpu"
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..data import load_pixels, open_dataset
 from ..data.dataset import SubsetDataset
 from ..data.export import export_imagefolder
+from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from .counterfactual import QueryLosses, attribute_all, generate_queries, record_setup, training_request
@@ -69,7 +70,7 @@ class LDSSetup:
     loss_timesteps: int = 50
     encoder: str | None = None
     method_options: dict = field(default_factory=dict)
-    abu_alphas: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
+    abu_step_factors: tuple[float, ...] = GRID_FACTORS  # AbU's step validated at its value × these
     validation_prompts: int = 4
     device: str = "cpu"
 
@@ -224,7 +225,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1) -
     os.makedirs(out_dir, exist_ok=True)
     # Methods (and their options: each method's scores are cached under its own key) may be added to a folder.
     record_setup(setup, out_dir, free=("methods", "method_options", "encoder", "validation_queries", "selection",
-                                       "abu_alphas"))
+                                       "abu_step_factors"))
     split = split_data(setup, out_dir)
     dataset = open_dataset(split.folder)
     runs = os.path.join(out_dir, "retrains")
@@ -378,9 +379,9 @@ def markdown_table(summary: dict) -> str:
     validation = summary.get("validation")
     if validation:
         lines += ["", f"Validation queries ({len(validation['queries'])}, split off before the evaluation queries and "
-                      f"never evaluated on; AbU's α chosen by {validation['criterion']}): LDS at the settings above",
-                  "", "| method | LDS validation (n) | α |", "|---|---:|---:|"]
+                      f"never evaluated on; AbU's step chosen by {validation['criterion']}): LDS at the settings above",
+                  "", "| method | LDS validation (n) | step |", "|---|---:|---:|"]
         for name, row in validation["table"].items():
-            alpha = row["options"].get("alpha", "")
-            lines.append(f"| {name} | {format_mean_se(row['mean'], row['se'], 3)} ({row['n']}) | {alpha} |")
+            step = row["options"].get("step", "")
+            lines.append(f"| {name} | {format_mean_se(row['mean'], row['se'], 3)} ({row['n']}) | {step} |")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .validation import Validation, alpha_grid, caption_validation, choose_alpha
+from .validation import Validation, caption_validation, choose_step
 
 
 def prepared_settings(settings, overrides: dict):
@@ -48,22 +48,23 @@ class Workspaces:
 
 def configured_method(name: str, setup, workspaces: Workspaces, held_out, folder: str,
                       validation: Validation | None = None):
-    """(method, workspace, options) for method `name` of `setup` (its method_options, abu_alphas,
-    validation_prompts, query_steps, encoder): an AbU variant without a given α gets the one `validation` judges best
-    (None: MRR on training captions, never the `held_out` prompts), recorded in folder/validation[-lds][-<name>].json."""
+    """(method, workspace, options) for method `name` of `setup` (its method_options, abu_step_factors,
+    validation_prompts, query_steps, encoder): an AbU variant without a given step gets, among its own step rule at
+    its value × abu_step_factors, the one `validation` judges best (None: MRR on training captions, never the
+    `held_out` prompts), recorded in folder/validation[-lds][-<name>].json."""
     from ..methods import AbU, build_method
 
     options = dict(setup.method_options.get(name, {}))
     encoder = getattr(setup, "encoder", None)
     method = build_method(name, encoder=encoder, **options)
     workspace = workspaces(method.prepare_overrides())
-    if isinstance(method, AbU) and "alpha" not in options and len(setup.abu_alphas) > 1:
-        grid = alpha_grid(method.unlearn.step, setup.abu_alphas)
+    if isinstance(method, AbU) and "step" not in options and len(setup.abu_step_factors) > 1:
         if validation is None:
             validation = caption_validation(workspace.model, workspace.dataset, setup.validation_prompts,
                                             setup.query_steps, held_out)
         stem = "validation" + ("" if validation.criterion == "mrr" else f"-{validation.criterion}")
         record = os.path.join(folder, f"{stem}.json" if name == "abu" else f"{stem}-{name}.json")
-        options["alpha"] = choose_alpha(workspace, grid, name, options, validation, record)
+        options["step"] = str(choose_step(workspace, method.unlearn.step, setup.abu_step_factors, name, options,
+                                          validation, record))
         method = build_method(name, encoder=encoder, **options)
     return method, workspace, options

@@ -96,7 +96,7 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str) -> dict:
                 after = model.generate(batch, seed=seeds, steps=setup.sample_steps, guidance=setup.guidance)
                 loss_after = _losses(model, before, batch, grid)
             mse, delta = pixel_mse(after, before), loss_after - loss_before
-            rows.append({"query": q, "prompt": target, "step": label, "alpha": settings.alpha, "target_mse": float(mse[0]),
+            rows.append({"query": q, "prompt": target, "step": label, "rule": str(settings.step), "target_mse": float(mse[0]),
                          "target_delta_loss": float(delta[0]), "unrelated_mse": mse[1:].tolist(),
                          "unrelated_delta_loss": delta[1:].tolist()})
             logger.info(f"unlearning quality: query {q + 1}/{setup.queries} {label}: target MSE {mse[0]:.4f}, "
@@ -112,16 +112,17 @@ def _steps(setup: UnlearningQualitySetup) -> list[tuple[str, object, dict]]:
     """(label, UnlearnSettings, preparation overrides) of every step measured: the paper's rule at each α, then each
     named variant (a Fisher over a larger group is its own preparation)."""
     from ..methods.abu import AbU
+    from ..engine.step_rules import AlphaOverN
     from ..engine.unlearn import UnlearnSettings
 
-    steps = [(f"α={alpha:g}", UnlearnSettings(step="alpha/N", alpha=alpha, draws=setup.draws, group=setup.group,
+    steps = [(f"α={alpha:g}", UnlearnSettings(step=AlphaOverN(alpha), draws=setup.draws, group=setup.group,
                                               seed=setup.seed),
               {} if setup.group == "kv" else {"fisher_group": setup.group}) for alpha in setup.alphas]
     for name in setup.variants:
         options = {"draws": setup.draws, "seed": setup.seed, **setup.method_options.get(name, {})}
         variant = AbU.variant(name, **options)
         overrides = {k: v for k, v in variant.prepare_overrides().items() if k != "noise"}  # no scoring here
-        steps.append((f"{name} (α={variant.unlearn.alpha:g})", variant.unlearn, overrides))
+        steps.append((f"{name} ({variant.unlearn.step})", variant.unlearn, overrides))
     return steps
 
 
@@ -130,7 +131,7 @@ def summarize(rows: list[dict], labels) -> list[dict]:
     table = []
     for label in labels:
         chosen = [r for r in rows if r["step"] == label]
-        entry = {"step": label, "alpha": chosen[0]["alpha"] if chosen else None, "queries": len(chosen)}
+        entry = {"step": label, "rule": chosen[0]["rule"] if chosen else None, "queries": len(chosen)}
         for key, values in [("target_mse", [r["target_mse"] for r in chosen]),
                             ("target_delta_loss", [r["target_delta_loss"] for r in chosen]),
                             ("unrelated_mse", [float(np.mean(r["unrelated_mse"])) for r in chosen]),

@@ -17,7 +17,6 @@ from typing import Callable
 
 import numpy as np
 
-from ..engine.unlearn import UnlearnSettings
 from ..query import query_from_prompt
 from .metrics import rank_positions
 
@@ -74,6 +73,13 @@ def caption_validation(model, dataset, count: int, steps: int = 50, exclude_prom
     return Validation("mrr", [query for query, _ in validation], lambda scores: mean_reciprocal_rank(scores, answers))
 
 
+def _recorded(value):
+    """A candidate as JSON: a step rule as its RULE:VALUE text, another dataclass as its fields."""
+    if hasattr(value, "key_items"):
+        return str(value)
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
 def choose_setting(workspace, make_method, candidates: dict, validation: Validation, record_path: str | None = None,
                    identity: dict | None = None):
     """The candidate (by name) whose scores `validation` judges best; `make_method(value)` builds the method.
@@ -96,41 +102,30 @@ def choose_setting(workspace, make_method, candidates: dict, validation: Validat
         with open(record_path, "w", encoding="utf-8") as handle:
             json.dump({"criterion": validation.criterion, "chosen": chosen, "values": values, "identity": identity,
                        "prompts": [q.prompt for q in validation.queries],
-                       "candidates": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-                                      for k, v in candidates.items()}}, handle, indent=1)
+                       "candidates": {k: _recorded(v) for k, v in candidates.items()}}, handle, indent=1)
     return chosen, candidates[chosen], values
 
 
-RISE_ALPHAS = (0.03, 0.1, 0.3, 1.0)  # relative rises of the query's loss (the "rise" step rule)
-# Fixed steps (the "fixed" rule): the default recipe's own step and half-decades around it (0.1×, ≈0.32×, 1×, 3.2×),
-# so a validation of the default's rule always holds the default's step (7.5e-7, 2.4e-6, 7.5e-6, 2.4e-5 today).
-FIXED_STEPS = tuple(float(f"{UnlearnSettings.alpha * factor:.3g}") for factor in (0.1, 0.32, 1.0, 3.2))
-
-
-def alpha_grid(step_rule: str, alpha_over_n: tuple) -> tuple:
-    """The α candidates of a validation in the unit of `step_rule`: `alpha_over_n` (the harness's grid) for "alpha/N",
-    FIXED_STEPS for "fixed", RISE_ALPHAS for "rise"."""
-    return {"rise": RISE_ALPHAS, "fixed": FIXED_STEPS}.get(step_rule, tuple(alpha_over_n))
-
-
-def choose_alpha(workspace, alphas, method: str, options: dict, validation: Validation, record_path: str | None,
-                 extensions: int = 2) -> float:
-    """α of the AbU variant `method` (with its other settings `options`) judged by `validation`, never by the
-    evaluation queries. While the best α is at an end of the grid, the grid grows by a factor 3 past that end (at
-    most `extensions` times), so the choice is not an artefact of where the grid stops. Recorded in record_path and
-    read back from there."""
+def choose_step(workspace, step_rule, factors, method: str, options: dict, validation: Validation,
+                record_path: str | None, extensions: int = 2):
+    """The step of the AbU variant `method` (with its other settings `options`) judged by `validation`, never by the
+    evaluation queries: among `step_rule` at value × `factors` (step_rules.grid, so the grid is in the rule's own unit
+    and holds its value). While the best is at an end of the grid, the grid grows by a factor 3 past that end (at most
+    `extensions` times), so the choice is not an artefact of where the grid stops. Recorded in record_path and read
+    back from there."""
     from ..methods import build_method
 
-    others = {k: v for k, v in options.items() if k != "alpha"}
-    identity = {k: v for k, v in build_method(method, **others).settings().items() if k != "alpha"}
-    grid = sorted(alphas)
+    others = {k: v for k, v in options.items() if k != "step"}
+    identity = {k: v for k, v in build_method(method, **others).settings().items() if k != "step"}
+    identity["rule"] = step_rule.rule
+    grid = sorted(step_rule.grid(factors), key=lambda rule: rule.value)
     for extension in range(extensions + 1):
-        candidates = {f"alpha={a:g}": a for a in grid}
-        name, alpha, values = choose_setting(workspace, lambda a: build_method(method, alpha=a, **others), candidates,
-                                             validation, record_path, identity)
-        if len(grid) < 2 or grid[0] < alpha < grid[-1] or extension == extensions:
+        candidates = {str(rule): rule for rule in grid}
+        name, chosen, values = choose_setting(workspace, lambda rule: build_method(method, step=rule, **others),
+                                              candidates, validation, record_path, identity)
+        if len(grid) < 2 or grid[0].value < chosen.value < grid[-1].value or extension == extensions:
             break
-        grid = [grid[0] / 3] + grid if alpha == grid[0] else grid + [grid[-1] * 3]
-    logger.info(f"{method}: α chosen on {len(validation.queries)} validation queries by {validation.criterion}: {name} "
-                f"({values})")
-    return alpha
+        grid = [*grid[0].grid((1 / 3,)), *grid] if chosen == grid[0] else [*grid, *grid[-1].grid((3,))]
+    logger.info(f"{method}: step chosen on {len(validation.queries)} validation queries by {validation.criterion}: "
+                f"{name} ({values})")
+    return chosen

@@ -55,6 +55,9 @@ class AbU(AttributionMethod):
         """The variant `name` (abu_recipes.VARIANTS), with `options` (UnlearnSettings fields or noise) on top."""
         if name not in VARIANTS:
             raise SettingsError(f"unknown AbU variant {name!r}; choose from {', '.join(VARIANTS)}")
+        if "alpha" in options:
+            raise SettingsError(f"method {name!r}: alpha is gone: give step=RULE:VALUE (fixed:7.5e-6, alpha/N:0.1 or "
+                                f"rise:0.1), e.g. --set {name}.step=alpha/N:{options['alpha']}")
         values = {**VARIANTS[name], **options}
         noise = values.pop("noise", LossGrid.noise)
         try:
@@ -63,7 +66,7 @@ class AbU(AttributionMethod):
             raise SettingsError(f"method {name!r}: {error}") from None
 
     def settings(self) -> dict:
-        return {**dataclasses.asdict(self.unlearn), "noise": self.noise}
+        return {**self.unlearn.as_record(), "noise": self.noise}
 
     def prepare_overrides(self) -> dict:
         """What the work directory's PrepareSettings must say for this variant (beyond the defaults)."""
@@ -96,7 +99,7 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
         records = _attribute_all(workspace, queries, settings)
         scores = [_scores(workspace, query, settings, record["folder"]) for query, record in zip(queries, records)]
         model_folder = getattr(workspace.model, "folder", None)  # set by DiffusionModel.load
-        records = [{**record, "unlearn": dataclasses.asdict(settings),
+        records = [{**record, "unlearn": settings.as_record(),
                     **({"model": str(model_folder)} if model_folder else {})} for record in records]
     return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=workspace.dataset,
                        work_dir=str(workspace.store.path), timings=dict(workspace.timings),

@@ -10,7 +10,7 @@ product:
 
 L̄_n is the row's mean loss over the work directory's scoring grid with the scoring pass's own noise, and ĝ is
 engine.unlearn.query_gradient (unlearning's first ĝ, in the query's region when it has a mask), so τ¹ linearises what
-the exact rescoring measures. s is the step's scale (α/N, α for "fixed", 1 for "rise": units only). The exact score
+the exact rescoring measures. s is the step's scale (α/N, the fixed size, 1 for the loss-rise rule: units only). The exact score
 takes the larger of an image's two flips: flips="max" keeps one ψ per row and flip (L̄ over the timesteps) and takes
 the larger τ¹ likewise; flips="mean" keeps one per row (L̄ over both flips; half the bytes). Ψ (R, F, dim) is a
 chunked float16 array in the work directory (resumable, split over the ranks): a query costs one ĝ and one
@@ -43,9 +43,8 @@ PRODUCT_ROWS = 4096  # feature rows read (and widened to float32) at a time: bou
 
 def step_scale(settings: UnlearnSettings, num_train: int) -> float:
     """s of the first-order expansion: the step's scale (1 where a line search finds it)."""
-    if settings.step == "alpha/N":
-        return settings.alpha / (settings.num_train or num_train)
-    return settings.alpha if settings.step == "fixed" else 1.0
+    scale = settings.step.scale(settings.num_train or num_train)
+    return 1.0 if scale is None else scale
 
 
 def feature_product(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -100,7 +99,7 @@ class LinearisedAbU(AttributionMethod):
                                 f"{self.unlearn.curvature!r}")
 
     def settings(self) -> dict:
-        return {**dataclasses.asdict(self.unlearn), "noise": self.noise, "dim": self.dim,
+        return {**self.unlearn.as_record(), "noise": self.noise, "dim": self.dim,
                 "projection_seed": self.projection_seed, "flips": self.flips}
 
     def prepare_overrides(self) -> dict:

@@ -7,15 +7,15 @@ or two things each.
 """
 from __future__ import annotations
 
+from ..engine.step_rules import AlphaOverN, FixedStep, LossRise
+
 # The package's default IS the dataclasses' defaults (UnlearnSettings, LossGrid): scoring noise shared by every image
-# at a timestep, chosen by LDS on the LDS run's validation queries (N = 400), and a fixed step s = 7.5e-6, the size
-# α = 0.003 gives α/N at N = 400, chosen on validation plants at N = 200, 1,000 and 3,940 (benchmarks/README.md,
-# "Choosing AbU's default" and "Is the default N-independent?"). Issue 28's validation winner over every weight lost
+# at a timestep, chosen by LDS on the LDS run's validation queries (N = 400), and a fixed step (step_rules.FixedStep;
+# benchmarks/README.md, "Choosing AbU's default" and "Is the default N-independent?"). Issue 28's validation winner over every weight lost
 # the own-caption validation prompts to hub images, so K/V stays ("Issue 28" there).
 DEFAULT: dict = {}
-# The paper's recipe as this package ran it before issue 13: step α/N with α = 0.1 (chosen on validation prompts,
-# benchmarks/results/tuning.md; the paper's MSCOCO value is 0.01), noise keyed per example.
-PAPER = {"noise": "example", "step": "alpha/N", "alpha": 0.1}
+# The paper's recipe as this package ran it before issue 13: step α/N (step_rules.AlphaOverN), noise keyed per example.
+PAPER = {"noise": "example", "step": AlphaOverN(0.1)}
 
 # name -> settings that differ from the dataclasses' defaults ("noise" is the work directory's scoring noise key).
 VARIANTS = {
@@ -33,16 +33,17 @@ VARIANTS = {
     "abu-all-sensitivity": {**DEFAULT, "group": "all", "score": "sensitivity"},
     "abu-all-normalised": {**DEFAULT, "group": "all", "score": "normalised"},
     "abu-all-layer-damped": {**DEFAULT, "group": "all", "curvature": "layer-damped"},
-    "abu-rise": {**PAPER, "step": "rise"},
-    "abu-fixed": {**PAPER, "noise": "shared", "step": "fixed"},
+    "abu-rise": {**PAPER, "step": LossRise(0.1)},
+    "abu-fixed": {**PAPER, "noise": "shared", "step": FixedStep(0.1)},
     "abu-3steps": {**PAPER, "steps": 3, "draws": 200},
     "abu-attention": {**PAPER, "group": "attention"},
     "abu-shared-noise": {**PAPER, "noise": "shared"},
     "abu-cap": {**PAPER, "cap": True},
     "abu-retain": {**PAPER, "retain": 64},
-    # Kronecker curvature changes the step's scale: with the rise rule, α keeps its meaning across preconditioners.
-    "abu-kfac": {**PAPER, "curvature": "kfac", "step": "rise"},
-    "abu-ekfac": {**PAPER, "curvature": "ekfac", "step": "rise"},
+    # Kronecker curvature changes the step's scale: with the rise rule, the step keeps its meaning across
+    # preconditioners.
+    "abu-kfac": {**PAPER, "curvature": "kfac", "step": LossRise(0.1)},
+    "abu-ekfac": {**PAPER, "curvature": "ekfac", "step": LossRise(0.1)},
 }
 
 RECIPES = {"paper": PAPER, "default": DEFAULT}

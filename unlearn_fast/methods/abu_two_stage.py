@@ -136,7 +136,7 @@ class TwoStageAbU(AttributionMethod):
         return cls(abu.unlearn, candidates=candidates, noise=abu.noise, front=front)
 
     def settings(self) -> dict:
-        return {**dataclasses.asdict(self.unlearn), "noise": self.noise, "candidates": str(self.candidates),
+        return {**self.unlearn.as_record(), "noise": self.noise, "candidates": str(self.candidates),
                 "front": self.front.key}
 
     def prepare_overrides(self) -> dict:

@@ -86,7 +86,7 @@ def _trust_text(trust: dict) -> str:
 
 
 def _settings_text(settings: dict) -> str:
-    keys = ("group", "steps", "alpha", "draws", "seed", "precondition")
+    keys = ("group", "steps", "step", "alpha", "draws", "seed", "precondition")
     return ", ".join(f"{k} {settings[k]}" for k in keys if k in settings)
 
 
