@@ -99,7 +99,7 @@ def collect() -> dict[str, dict[str, str]]:
 
 
 def _paper_step(name: str) -> bool:
-    from unlearn_fast.methods.abu_recipes import VARIANTS
+    from unlearn_fast.methods.abu.recipes import VARIANTS
 
     settings = VARIANTS.get(name)
     return settings is not None and not set(settings) - {"score", "references", "spread", "noise"}

@@ -19,7 +19,7 @@ from unlearn_fast.evaluate.planted import PlantedSetup, run_planted
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.engine.unlearn import UnlearnSettings
-from unlearn_fast.methods.abu_recipes import PAPER
+from unlearn_fast.methods.abu.recipes import PAPER
 
 
 def main() -> None:

@@ -80,8 +80,8 @@ def machine() -> dict:
 def cmd_table(args) -> None:
     from unlearn_fast.data import open_dataset
     from unlearn_fast.methods import build_method
-    from unlearn_fast.methods.abu import attribute_by_unlearning
-    from unlearn_fast.methods.abu_recipes import recipe_noise
+    from unlearn_fast.methods.abu.method import attribute_by_unlearning
+    from unlearn_fast.methods.abu.recipes import recipe_noise
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.workspace import PrepareSettings, Workspace
     import dataclasses
@@ -180,7 +180,7 @@ def summary(results: dict) -> str:
 
 
 def cmd_product(args) -> None:
-    from unlearn_fast.methods.abu_linear import feature_product
+    from unlearn_fast.methods.projector import feature_product
 
     path = Path(args.scratch) / f"features-{args.rows}x{args.dim}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def main() -> None:
     table.add_argument("--validation", type=int, default=4)
     table.add_argument("--evaluation", type=int, default=8)
     table.add_argument("--dim", type=int, default=4096)
-    table.add_argument("--flips", default="max", choices=("max", "mean"), help="stage 1's flips (abu_linear)")
+    table.add_argument("--flips", default="max", choices=("max", "mean"), help="stage 1's flips (methods/abu/linear.py)")
     table.add_argument("--front", default="linear+latent", help="the two-stage front (registry: linear, latent, "
                        "pixel, joined by +)")
     table.add_argument("--summary", action="store_true", help="print the tables of --out and stop")

@@ -17,7 +17,7 @@ from unlearn_fast.workspace import PrepareSettings
 CAPTIONS = ("zorblat quadrille", "vexmor plinthgrave")
 COPIES, BASE = 8, 200
 # α/N's step as test_planted.py sizes it for N ≈ 208 (α = 0.1 was chosen at N = 3,953)
-UNLEARN = UnlearnSettings(step=AlphaOverN(0.1 * (BASE + 2 * COPIES)) / 3953, draws=200)
+UNLEARN = UnlearnSettings(step=AlphaOverN(0.1 * (BASE + 2 * COPIES) / 3953), draws=200)
 PREPARE = PrepareSettings(scoring=LossGrid(timesteps=4, flips=True, batch_size=128))
 
 

@@ -4,7 +4,7 @@
     attribute:  query ─ unlearn (Fisher-preconditioned ascent) ─ losses after ─ τ = after − before ─ rank   (AbU)
 
 A thin facade: the shared artefacts live in the Workspace (workspace.py) and attribution by unlearning is the AbU
-method (methods/abu.py), which stands on the Workspace like every other method. The Attributor keeps the README's
+method (methods/abu/method.py), which stands on the Workspace like every other method. The Attributor keeps the README's
 API in one place: construct, prepare, attribute, write the outputs.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from .attribution import Attribution, ReportSettings
 from .data.content import DigestCache
 from .data.dataset import CaptionedImages
 from .engine.distributed import Ranks
-from .methods import abu
-from .methods.abu_two_stage import TwoStageAbU, resolve_candidates
+from .methods.abu import method as abu
+from .methods.abu.two_stage import TwoStageAbU, resolve_candidates
 from .models.adapter import DiffusionModel
 from .query import Query
 from .engine.unlearn import UnlearnSettings
@@ -81,7 +81,7 @@ class Attributor:
                   candidates=None, controls: bool = False) -> Attribution:
         """Scores (queries, N) for each query; every query's unlearned weights and losses are resumable artefacts.
         group_by: a metadata field (groups.py), checked on every training image before any work. candidates: None
-        (exact: every image rescored), a count or share ("10%") for the two-stage query (methods/abu_two_stage.py),
+        (exact: every image rescored), a count or share ("10%") for the two-stage query (methods/abu/two_stage.py),
         or "auto" (exact below a measured size, and for settings the two-stage query cannot take: a score rule
         other than raw, Kronecker curvature). controls: also measure each answer's trust signals (trust.py: its
         specificity against reference queries, and how much of its top 10 the prompt alone and the image alone

@@ -34,7 +34,7 @@ def trust_signals(workspace, queries: list[Query], scores: np.ndarray, settings:
                   controls: bool = False) -> list[dict]:
     """Per query q (scores[q]: its scores as shown): {"specificity", "hub_correlation", "references"} and, with
     controls, {"caption_only", "image_only", "control_prompt"} (shares of the top 10)."""
-    from .methods import abu
+    from .methods.abu import method as abu
 
     references = abu.reference_queries(workspace, settings.references)
     raw = dataclasses.replace(settings, score="raw", spread=False)

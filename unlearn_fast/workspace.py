@@ -399,7 +399,7 @@ class Workspace:
         in kronfluence's layout under curvature/<kind>/ (one safetensors file per factor name). Both passes (the
         covariances, then EK-FAC's eigenvalues in their eigenbasis) run in the Fisher's chunks of rows, each chunk's
         sums saved as it finishes and split over the ranks: a killed run resumes with the missing chunks only."""
-        from .curvature import FACTOR_NAMES, from_kronfluence
+        from .engine.curvature import FACTOR_NAMES, from_kronfluence
 
         folder = f"curvature/{kind}"
 
@@ -412,10 +412,10 @@ class Workspace:
         return dataclasses.replace(self.cached(f"curvature-{kind}", make), damping=damping)
 
     def _compute_curvature(self, kind: str) -> None:
-        from .curvature import (FACTOR_NAMES, KroneckerCurvature, add_lambda, add_sums, covariance_sums, eigenbases,
+        from .engine.curvature import (FACTOR_NAMES, KroneckerCurvature, add_lambda, add_sums, covariance_sums, eigenbases,
                                 lambda_sums, linear_layers, sums_from_tensors, sums_to_tensors, to_kronfluence)
 
-        # The group's other weights (convolutions, norms) take the diagonal Fisher (methods/abu.py: preconditioner).
+        # The group's other weights (convolutions, norms) take the diagonal Fisher (methods/abu/method.py: preconditioner).
         paths = linear_layers(self.model.unet, self.model.parameter_group(self.settings.fisher_group), others=True)
         fisher, parts = self.settings.fisher, f"curvature_parts/{kind}"
 

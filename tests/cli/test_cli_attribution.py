@@ -117,7 +117,7 @@ def test_a_new_folder_s_fisher_covers_the_group_the_command_unlearns(tmp_path):
     """A new work directory's Fisher covers --group, else the recipe's group; the demo's too (it used to keep K/V's,
     so `demo --group image` stopped at the Fisher check)."""
     from unlearn_fast.cli.main import _resolve_sources, _unlearn_settings, build_parser, demo_settings
-    from unlearn_fast.methods.abu_recipes import recipe_group
+    from unlearn_fast.methods.abu.recipes import recipe_group
 
     args = build_parser().parse_args(["demo", "--out", str(tmp_path), "--group", "image"])
     assert demo_settings(args, _unlearn_settings(args)).fisher_group == "image"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearn_fast import ops
-from unlearn_fast.curvature import (
+from unlearn_fast.engine.curvature import (
     KroneckerCurvature,
     covariance_sums,
     eigenbases,
@@ -139,7 +139,7 @@ def test_the_work_directory_s_curvature_is_chunked_resumable_and_equals_one_pass
     """EK-FAC over every weight of the group: both passes in chunks of rows, each chunk saved as it finishes; a run
     killed in the second pass resumes with the missing chunks only and gives the one-pass factors; the weights no
     Linear layer holds (here the convolutions of "all") are preconditioned by the diagonal Fisher."""
-    import unlearn_fast.curvature as curvature_module
+    import unlearn_fast.engine.curvature as curvature_module
     from unlearn_fast.attributor import PrepareSettings
     from unlearn_fast.data import SubsetDataset
     from unlearn_fast.engine.scoring import LossGrid

@@ -1,4 +1,4 @@
-"""The two-stage AbU query: stage 1 (projected, preconditioned per-row gradients; methods/abu_linear.py) against an
+"""The two-stage AbU query: stage 1 (projected, preconditioned per-row gradients; methods/abu/linear.py) against an
 explicit per-example gradient times a dense projection, stage 2 (exact AbU on candidates) against exact AbU, and the
 projected Linear-gradient op against its reference."""
 import dataclasses
@@ -19,8 +19,8 @@ from unlearn_fast.errors import SettingsError
 from unlearn_fast.methods import AttributionMethod, LinearisedAbU, TwoStageAbU, build_method
 from unlearn_fast.methods.latent_similarity import LatentCosine
 from unlearn_fast.methods.rank_union import RankUnion
-from unlearn_fast.methods.abu import attribute_by_unlearning
-from unlearn_fast.methods.abu_two_stage import candidate_count, combine, resolve_candidates
+from unlearn_fast.methods.abu.method import attribute_by_unlearning
+from unlearn_fast.methods.abu.two_stage import candidate_count, combine, resolve_candidates
 from unlearn_fast.methods.rank_union import ranking
 from unlearn_fast.methods.projector import SparseProjector
 from unlearn_fast.models.adapter import DiffusionModel
@@ -31,7 +31,7 @@ from unlearn_fast.workspace import PrepareSettings, Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 plg = importlib.import_module("unlearn_fast.ops.projected_linear_gradient")  # the module (ops exports the function)
-two_stage_module = importlib.import_module("unlearn_fast.methods.abu_two_stage")
+two_stage_module = importlib.import_module("unlearn_fast.methods.abu.two_stage")
 
 N = 24
 SETTINGS = UnlearnSettings(steps=1, step=FixedStep(2e-5), draws=16)  # one small step: where stage 1 is exact

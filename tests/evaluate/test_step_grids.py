@@ -13,7 +13,7 @@ from unlearn_fast.evaluate.group_retraining import GroupRetrainingSetup
 from unlearn_fast.evaluate.lds import LDSSetup
 from unlearn_fast.evaluate.profiles import PROFILES
 from unlearn_fast.methods import build_method
-from unlearn_fast.methods.abu_recipes import VARIANTS
+from unlearn_fast.methods.abu.recipes import VARIANTS
 from unlearn_fast.settings import settings_key
 
 SETUPS = (CounterfactualSetup, GroundTruthSetup, LDSSetup, GroupRetrainingSetup)

@@ -24,4 +24,4 @@ def test_a_larger_step_unlearns_the_query_more_and_a_small_one_spares_unrelated_
     assert (tmp_path / "uq" / "unlearning_quality.md").read_text().count("\n| ") == 4  # header, two α, one variant
     # The rise rule raises the query's own loss by about α = 50 % on its line-search draws; measured here on other
     # draws and on the regenerated image, it must at least raise it.
-    assert table["abu-rise (α=0.5)"]["target_delta_loss"]["mean"] > 0
+    assert table["abu-rise (rise:0.5)"]["target_delta_loss"]["mean"] > 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from unlearn_fast.engine.step_rules import AlphaOverN
-from unlearn_fast.methods.abu import attribute_by_unlearning
+from unlearn_fast.methods.abu.method import attribute_by_unlearning
 from unlearn_fast.workspace import Workspace
 from unlearn_fast.data import load_pixels
 from unlearn_fast.data.dataset import SubsetDataset

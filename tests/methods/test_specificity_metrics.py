@@ -88,7 +88,7 @@ def _fake_workspace(monkeypatch, score_of):
     """trust_signals over a stand-in for the unlearning: score_of(query) -> (N,) scores."""
     from types import SimpleNamespace
 
-    from unlearn_fast.methods import abu
+    from unlearn_fast.methods.abu import method as abu
     from unlearn_fast.query import Query
 
     rng = np.random.default_rng(3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_fast.curvature import layer_damped
+from unlearn_fast.engine.curvature import layer_damped
 from unlearn_fast.errors import SettingsError
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.models.changed import changed_group, changed_tensors, weight_changes

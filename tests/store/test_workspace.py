@@ -70,7 +70,7 @@ def test_queries_scored_in_one_sweep_match_each_query_scored_alone(model, data, 
     assert len({tuple(row) for row in attribution.scores}) == 3  # three different rankings, not one
     # asked again, with one new query: the known ones are read back, only the new one is unlearned and scored
     again = Workspace(model, open_dataset(data), tmp_path / "together", settings(), progress=False)
-    from unlearn_fast.methods.abu import attribute_by_unlearning
+    from unlearn_fast.methods.abu.method import attribute_by_unlearning
 
     first = attribute_by_unlearning(again, queries[:2], UNLEARN)
     np.testing.assert_array_equal(first.scores, attribution.scores[:2])

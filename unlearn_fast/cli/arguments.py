@@ -48,7 +48,7 @@ def candidate_spec(text: str) -> str:
     if text.strip().lower() in ("auto", "exact"):
         return text.strip().lower()
     from ..errors import SettingsError
-    from ..methods.abu_two_stage import parse_candidates
+    from ..methods.abu.two_stage import parse_candidates
 
     try:
         parse_candidates(text)

@@ -107,7 +107,7 @@ def _prepare_settings(args):
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
     from ..engine.fisher import FisherSettings
     from ..engine.scoring import LossGrid
-    from ..methods.abu_recipes import recipe_noise
+    from ..methods.abu.recipes import recipe_noise
     from ..workspace import PrepareSettings
 
     scoring, fisher, other = given(args, LossGrid), given(args, FisherSettings), given(args, PrepareSettings)
@@ -179,7 +179,7 @@ def _resolve_sources(args) -> None:
         if hasattr(args, "group") and args.group is None:
             args.group = "changed"
     if recorded is None and getattr(args, "fisher_group", None) is None:
-        from ..methods.abu_recipes import recipe_group
+        from ..methods.abu.recipes import recipe_group
 
         # A new folder: the Fisher covers the group asked to unlearn, else the recipe's.
         args.fisher_group = getattr(args, "group", None) or recipe_group(getattr(args, "recipe", None) or "default")
@@ -255,7 +255,7 @@ def _queries(args, model) -> list:
 def _unlearn_settings(args):
     """The recipe's settings (the dataclass defaults for "default"), then every option the command line gave."""
     from ..engine.unlearn import UnlearnSettings
-    from ..methods.abu_recipes import RECIPES
+    from ..methods.abu.recipes import RECIPES
 
     recipe = {k: v for k, v in RECIPES[args.recipe].items() if k != "noise"}
     return UnlearnSettings(**{**recipe, **given(args, UnlearnSettings)})
@@ -358,7 +358,7 @@ def demo_settings(args, unlearning):
     parsed `args` and `unlearning` settings: their speed options, the recipe's noise key and a Fisher over the group
     the demo unlearns."""
     from ..engine.scoring import LossGrid
-    from ..methods.abu_recipes import recipe_noise
+    from ..methods.abu.recipes import recipe_noise
     from ..workspace import PrepareSettings
 
     settings = PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
@@ -462,7 +462,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     def work_arguments(p):
         from ..engine.fisher import FisherSettings
         from ..engine.scoring import LossGrid
-        from ..methods.abu_recipes import recipe_group, recipe_noise
+        from ..methods.abu.recipes import recipe_group, recipe_noise
         from ..workspace import PrepareSettings
 
         p.add_argument("--model", help="model folder ('default': the shipped emoji model), a diffusers pipeline "
@@ -496,7 +496,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     def query_arguments(p):
         from ..attribution import ReportSettings
         from ..engine.unlearn import UnlearnSettings
-        from ..methods.abu_recipes import PAPER
+        from ..methods.abu.recipes import PAPER
 
         from ..models.sampling import SamplingSettings
 

@@ -33,7 +33,7 @@ import torch
 
 from .. import ops
 from .batching import pad_rows
-from ..curvature import CURVATURES, KroneckerCurvature
+from .curvature import CURVATURES, KroneckerCurvature
 from ..errors import SettingsError, check_seed
 from .fisher import keyed_timesteps
 from .fisher_hooks import summed_gradient

@@ -347,7 +347,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
 
 def lora_options(setup: GroundTruthSetup) -> dict:
     """setup.method_options with group "lora" for every AbU variant that would unlearn the K/V."""
-    from ..methods.abu_recipes import VARIANTS
+    from ..methods.abu.recipes import VARIANTS
 
     options = {name: dict(values) for name, values in setup.method_options.items()}
     for name in setup.methods:

@@ -59,7 +59,7 @@ def _losses(model, images: np.ndarray, prompts: list[str], grid: LossGrid) -> np
 
 
 def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str) -> dict:
-    from ..methods.abu import preconditioner, retained_rows
+    from ..methods.abu.method import preconditioner, retained_rows
     from ..workspace import PrepareSettings
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
@@ -111,7 +111,7 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str) -> dict:
 def _steps(setup: UnlearningQualitySetup) -> list[tuple[str, object, dict]]:
     """(label, UnlearnSettings, preparation overrides) of every step measured: the paper's rule at each α, then each
     named variant (a Fisher over a larger group is its own preparation)."""
-    from ..methods.abu import AbU
+    from ..methods.abu.method import AbU
     from ..engine.step_rules import AlphaOverN
     from ..engine.unlearn import UnlearnSettings
 

@@ -1,7 +1,5 @@
 """Attribution methods behind one interface (base.AttributionMethod): AbU and the baselines it is judged against."""
-from .abu import AbU
-from .abu_linear import LinearisedAbU
-from .abu_two_stage import TwoStageAbU
+from .abu import AbU, LinearisedAbU, TwoStageAbU
 from .base import AttributionMethod, run_method
 from .dtrak import DTRAK, GradientKernel, TRAKLoss
 from .pixel import PixelCosine

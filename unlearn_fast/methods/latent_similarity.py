@@ -19,9 +19,8 @@ import torch
 from ..ops.noisy_input_reference import mirrored
 from ..query import Query
 from ..workspace import Workspace, rows_of
-from .abu_linear import feature_product
 from .base import AttributionMethod
-from .projector import SparseProjector
+from .projector import SparseProjector, feature_product
 
 
 @dataclass

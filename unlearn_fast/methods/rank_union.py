@@ -1,6 +1,6 @@
 """Several first stages as one: images in the order of their best rank under any of them (ties: the first front's
 rank), so the top C holds each front's top ~C/k. The two-stage query's default front is AbU's linearisation united
-with a latent neighbour search (abu_linear.py, latent_similarity.py: each finds what the other misses).
+with a latent neighbour search (abu/linear.py, latent_similarity.py: each finds what the other misses).
 
 Scores are −(position in that order): integers, exact in float32 below 2^24 images; only their order means anything.
 """

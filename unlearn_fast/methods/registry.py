@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from ..errors import SettingsError
-from .abu import AbU
-from .abu_linear import LinearisedAbU
-from .abu_recipes import VARIANTS
-from .abu_two_stage import TwoStageAbU
+from .abu.method import AbU
+from .abu.linear import LinearisedAbU
+from .abu.recipes import VARIANTS
+from .abu.two_stage import TwoStageAbU
 from .latent_similarity import LatentCosine
 from .rank_union import RankUnion
 from .base import AttributionMethod
@@ -56,7 +56,7 @@ def _staged(name: str, candidates="25%", front: str = "linear+latent", dim: int 
             flips: str = "max", **options) -> AttributionMethod:
     """abu-two-stage (candidates: C, a count or a share; front: its first stage, FRONTS joined by "+") or abu-linear
     (stage 1's linearisation alone), both over the default AbU with `options` (UnlearnSettings fields or noise) on top;
-    dim, projection_seed, flips: the linearisation's (abu_linear)."""
+    dim, projection_seed, flips: the linearisation's (methods/abu/linear.py)."""
     abu = AbU.variant("abu", **options)
     linear = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, noise=abu.noise, flips=flips)
     if name == "abu-linear":

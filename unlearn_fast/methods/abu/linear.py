@@ -21,48 +21,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..engine.projected_gradients import check_linear, projected_gradients
-from ..engine.scoring import NOISE_KEYS, LossGrid
-from ..engine.unlearn import UnlearnSettings, query_gradient
-from ..errors import SettingsError
-from ..query import Query
-from ..workspace import Workspace, rows_of
-from .abu import abu_overrides, check_noise, check_unlearning, query_inputs
-from .base import AttributionMethod
-from .projector import SparseProjector
+from ...engine.projected_gradients import check_linear, projected_gradients
+from ...engine.scoring import NOISE_KEYS, LossGrid
+from ...engine.unlearn import UnlearnSettings, query_gradient
+from ...errors import SettingsError
+from ...query import Query
+from ...workspace import Workspace, rows_of
+from .method import abu_overrides, check_noise, check_unlearning, query_inputs
+from ..base import AttributionMethod
+from ..projector import SparseProjector, feature_product
 
 FLIPS = ("max", "mean")  # per row and flip, the larger τ¹ (as the exact score); or one feature per row
-PRODUCT_ROWS = 4096  # feature rows read (and widened to float32) at a time: bounds memory, not the numbers
 
 
 def step_scale(settings: UnlearnSettings, num_train: int) -> float:
     """s of the first-order expansion: the step's scale (1 where a line search finds it)."""
     scale = settings.step.scale(settings.num_train or num_train)
     return 1.0 if scale is None else scale
-
-
-def feature_product(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """features (R, dim) float16 (a memmap: read PRODUCT_ROWS rows at a time) times vectors (Q, dim): (R, Q) float32.
-
-    Each block is widened into one reused float32 buffer: a fresh tensor per block costs its page faults, which made
-    the product 3.3× slower at a million rows (benchmarks/README.md, "Two-stage queries")."""
-    weights = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).T
-    out = torch.empty(len(features), len(vectors), dtype=torch.float32)
-    buffer = torch.empty(min(PRODUCT_ROWS, len(features)), features.shape[1], dtype=torch.float32)
-    with warnings.catch_warnings():  # a read-only memmap: torch warns it may not write to it, and it does not
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for start in range(0, len(features), PRODUCT_ROWS):
-            block = torch.from_numpy(np.asarray(features[start:start + PRODUCT_ROWS]))
-            widened = buffer[:len(block)]
-            widened.copy_(block)
-            torch.mm(widened, weights, out=out[start:start + len(block)])
-    return out.numpy()
 
 
 def mean_per_image(per_row: np.ndarray, rows: np.ndarray, num_images: int) -> np.ndarray:

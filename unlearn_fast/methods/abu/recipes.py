@@ -7,7 +7,7 @@ or two things each.
 """
 from __future__ import annotations
 
-from ..engine.step_rules import AlphaOverN, FixedStep, LossRise
+from ...engine.step_rules import AlphaOverN, FixedStep, LossRise
 
 # The package's default IS the dataclasses' defaults (UnlearnSettings, LossGrid): scoring noise shared by every image
 # at a timestep, chosen by LDS on the LDS run's validation queries (N = 400), and a fixed step (step_rules.FixedStep;
@@ -51,13 +51,13 @@ RECIPES = {"paper": PAPER, "default": DEFAULT}
 
 def recipe_noise(recipe: str = "default") -> str:
     """The scoring noise key a work directory needs for `recipe` (RECIPES)."""
-    from ..engine.scoring import LossGrid
+    from ...engine.scoring import LossGrid
 
     return RECIPES[recipe].get("noise", LossGrid.noise)
 
 
 def recipe_group(recipe: str = "default") -> str:
     """The weights `recipe` unlearns, so the group a new work directory's Fisher covers."""
-    from ..engine.unlearn import UnlearnSettings
+    from ...engine.unlearn import UnlearnSettings
 
     return RECIPES[recipe].get("group", UnlearnSettings.group)

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
-from .engine.batching import MIN_UNET_ROWS, pad_rows
-from .engine.device import module_device, to_device
-from .errors import SettingsError
-from .engine.fisher import FisherSettings, keyed_timesteps
-from .engine.fisher_hooks import capture_linear_io, linear_rows, only_these_require_grad, split_linear
+from .. import ops
+from .batching import MIN_UNET_ROWS, pad_rows
+from .device import module_device, to_device
+from ..errors import SettingsError
+from .fisher import FisherSettings, keyed_timesteps
+from .fisher_hooks import capture_linear_io, linear_rows, only_these_require_grad, split_linear
 
 CURVATURES = ("diagonal", "layer-damped", "kfac", "ekfac")
 FACTOR_NAMES = ("activation_covariance", "gradient_covariance", "activation_eigenvectors", "activation_eigenvalues",

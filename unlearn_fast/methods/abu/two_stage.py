@@ -1,7 +1,7 @@
 """Two-stage AbU: a cheap first stage ranks every training image, exact AbU re-ranks the top C (FastGDA's plan, with
 the first stage AbU's own linearisation instead of a network distilled per data set).
 
-    stage 1:  the front's scores (N,) per query: by default AbU's linearisation (abu_linear.py: one ĝ and one product
+    stage 1:  the front's scores (N,) per query: by default AbU's linearisation (abu/linear.py: one ĝ and one product
               over precomputed projected gradients) united with a latent neighbour search (latent_similarity.py), as
               the linearisation misses memorised copies (rank_union.py); any AttributionMethod can stand in (D-TRAK,
               pixel, a distilled embedding)
@@ -27,19 +27,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..attribution import Attribution
-from ..engine.scoring import LossGrid
-from ..engine.unlearn import UnlearnSettings
-from ..errors import SettingsError
-from ..query import Query
-from ..score_rules import loss_change_scores
-from ..workspace import Workspace
-from .abu import (abu_overrides, check_noise, check_unlearning, query_folder, query_record, save_query,
+from ...attribution import Attribution
+from ...engine.scoring import LossGrid
+from ...engine.unlearn import UnlearnSettings
+from ...errors import SettingsError
+from ...query import Query
+from ...score_rules import loss_change_scores
+from ...workspace import Workspace
+from .method import (abu_overrides, check_noise, check_unlearning, query_folder, query_record, save_query,
                   unlearned_weights)
-from .abu_linear import LinearisedAbU
-from .base import AttributionMethod
-from .latent_similarity import LatentCosine
-from .rank_union import RankUnion, ranking
+from .linear import LinearisedAbU
+from ..base import AttributionMethod
+from ..latent_similarity import LatentCosine
+from ..rank_union import RankUnion, ranking
 
 
 # `--candidates auto` (benchmarks/README.md, "Two-stage queries"): the smallest share whose mean top-10 AND top-100

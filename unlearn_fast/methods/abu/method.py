@@ -19,17 +19,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution import Attribution
-from ..curvature import layer_damped
-from ..errors import SettingsError
-from ..query import Query
-from ..score_rules import REFERENCE_RULES, by_sensitivity, calibrate, loss_change_scores
-from ..engine.scoring import NOISE_KEYS, LossGrid
-from ..engine.unlearn import UnlearnSettings, unlearn
-from ..settings import settings_key
-from ..workspace import Workspace, rows_of
-from .abu_recipes import VARIANTS
-from .base import AttributionMethod
+from ...attribution import Attribution
+from ...engine.curvature import layer_damped
+from ...errors import SettingsError
+from ...query import Query
+from ...score_rules import REFERENCE_RULES, by_sensitivity, calibrate, loss_change_scores
+from ...engine.scoring import NOISE_KEYS, LossGrid
+from ...engine.unlearn import UnlearnSettings, unlearn
+from ...settings import settings_key
+from ...workspace import Workspace, rows_of
+from .recipes import VARIANTS
+from ..base import AttributionMethod
 
 # Unlearning settings that change how scores are read from the losses, not the unlearned weights or the losses after:
 # every score rule of one unlearning shares its query folder.
@@ -52,7 +52,7 @@ class AbU(AttributionMethod):
 
     @classmethod
     def variant(cls, name: str, **options) -> "AbU":
-        """The variant `name` (abu_recipes.VARIANTS), with `options` (UnlearnSettings fields or noise) on top."""
+        """The variant `name` (recipes.VARIANTS), with `options` (UnlearnSettings fields or noise) on top."""
         if name not in VARIANTS:
             raise SettingsError(f"unknown AbU variant {name!r}; choose from {', '.join(VARIANTS)}")
         if "alpha" in options:
@@ -251,7 +251,7 @@ def _scores(workspace: Workspace, query: Query, settings: UnlearnSettings, folde
 def reference_queries(workspace: Workspace, count: int) -> list[Query]:
     """The calibrated score's reference queries: images the model generates from `count` training captions drawn
     with REFERENCE_SEED (each with its own seed), stored in the work directory so every query reuses them."""
-    from ..query import query_from_array, query_from_prompt
+    from ...query import query_from_array, query_from_prompt
 
     dataset, store = workspace.dataset, workspace.store
     captions = sorted({c for i in range(len(dataset)) for c in dataset.captions(i)})
