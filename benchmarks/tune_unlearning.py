@@ -72,7 +72,7 @@ def main() -> None:
 
     methods = {spec: _method(spec) for spec in args.methods or ()}
     abus = [m for m in methods.values() if hasattr(m, "unlearn")]
-    noise = {m.noise for m in abus} or {"example"}
+    noise = {m.preparation.get("noise", LossGrid.noise) for m in abus} or {"example"}
     if len(noise) > 1:
         raise SystemExit(f"--methods: the AbU variants need different scoring noise keys {sorted(noise)}")
     groups = {m.unlearn.group for m in abus if m.unlearn.precondition} - {"kv"}

@@ -94,8 +94,7 @@ class Attributor:
         if count is None:
             attribution = abu.attribute_by_unlearning(self.workspace, queries, settings)
         else:
-            two_stage = TwoStageAbU(settings, candidates=count,
-                                    noise=self.workspace.settings.scoring.noise)
+            two_stage = TwoStageAbU(settings, candidates=count)
             attribution = two_stage.attribute(self.workspace, queries)
         attribution.group_by = group_by
         if controls or settings.score in REFERENCE_RULES:

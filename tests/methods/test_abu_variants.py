@@ -124,7 +124,7 @@ def test_the_fixed_step_is_alpha_whatever_n_and_alpha_over_n_where_they_meet(mod
 
 def test_a_label_names_the_same_method_at_other_settings():
     small, large = build_method("abu-fixed@small", step="fixed:1e-6"), build_method("abu-fixed@large", step="fixed:1e-5")
-    assert (small.unlearn.step, small.noise) == (FixedStep(1e-6), "shared")
+    assert (small.unlearn.step, small.preparation) == (FixedStep(1e-6), {"noise": "shared"})
     assert large.unlearn.step == FixedStep(1e-5) and large.settings() == {**small.settings(), "step": "fixed:1e-05"}
     with pytest.raises(SettingsError, match=r"alpha is gone: give step=RULE:VALUE .* --set abu.step=alpha/N:0.01"):
         build_method("abu", alpha=0.01)

@@ -19,6 +19,7 @@ import torch
 from .. import ops
 from ..errors import SettingsError
 from ..ops.noisy_input_reference import mirrored
+from .scoring import noise_ids
 from .fisher_hooks import capture_linear_io, linear_rows, only_these_require_grad, split_linear
 
 
@@ -41,7 +42,7 @@ def projected_gradients(model, params: dict, projector, scale: dict | None, x0: 
     steps = grid.timestep_values(model.num_timesteps).to(x0.device)
     views = 2 if grid.flips else 1
     per_row = len(steps) * views
-    ids = torch.zeros_like(example_ids) if grid.noise == "shared" else example_ids
+    ids = noise_ids(example_ids, grid.noise)
     n = len(x0)
     # UNet row r = (example, timestep, flip) in C order, as the scoring pass orders them
     example = torch.arange(n, device=x0.device).repeat_interleave(per_row)

@@ -133,6 +133,13 @@ def per_example_losses(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tens
 
 
 @torch.no_grad()
+def noise_ids(example_ids, noise: str) -> torch.Tensor:
+    """The ids the noise is keyed by (ops.gaussian_noise): each row's example id, or 0 for every row when the noise is
+    "shared" (every image sees the same noise at a timestep and flip: NOISE_KEYS)."""
+    ids = torch.as_tensor(example_ids, dtype=torch.int64)
+    return torch.zeros_like(ids) if noise == "shared" else ids
+
+
 def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor, example_ids,
                          settings: LossGrid, weight_sets: list[dict[str, torch.Tensor]], *,
                          unet: torch.nn.Module | None = None, progress: bool = False) -> torch.Tensor:
@@ -141,9 +148,7 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
     [q] with the same bits as per_example_losses under weight_sets[q] ({} = the UNet's own weights)."""
     unet = unet if unet is not None else model.unet
     device = module_device(unet)  # x0 and cond may stay on the CPU: one batch at a time goes to the UNet's device
-    ids = torch.as_tensor(example_ids, dtype=torch.int64)
-    if settings.noise == "shared":
-        ids = torch.zeros_like(ids)
+    ids = noise_ids(example_ids, settings.noise)
     if x0.ndim != 4 or len(cond) != len(x0) or ids.shape != (len(x0),):
         raise ValueError(f"per_example_losses needs x0 (N, C, h, w) with one cond and one example id per row, got x0 "
                          f"{tuple(x0.shape)}, cond {tuple(cond.shape)}, example_ids {tuple(ids.shape)}")

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..attribution import Attribution
+from ..errors import SettingsError
 from ..query import Query
 from ..workspace import Workspace
 
@@ -39,7 +40,9 @@ class AttributionMethod(ABC):
         return {}
 
     def check(self, workspace: Workspace) -> None:
-        """Refuse, before any work, settings this work directory cannot serve (SettingsError); default: none."""
+        """Refuse, before any work, settings this work directory cannot serve (SettingsError); default: a work
+        directory prepared otherwise than prepare_overrides() asks (check_prepared)."""
+        check_prepared(workspace, self.name, self.prepare_overrides())
 
     @abstractmethod
     def score(self, workspace: Workspace, queries: list[Query]) -> np.ndarray:
@@ -49,6 +52,16 @@ class AttributionMethod(ABC):
         """The scores as an Attribution, cached per query under methods/<key>/. A method that keeps its own per-query
         artefacts (AbU: its query folders) overrides this, so nothing is stored twice."""
         return _cached_attribution(self, workspace, queries)
+
+
+def check_prepared(workspace: Workspace, method: str, needs: dict) -> None:
+    """A SettingsError, before any work, when the work directory was prepared with another scoring noise key than
+    `needs` (PrepareSettings overrides) names. The noise itself is the work directory's (its PrepareSettings): methods
+    read it there. The Fisher's group is checked by the unlearning, which may use a subset of it."""
+    noise, prepared = needs.get("noise"), workspace.settings.scoring.noise
+    if noise is not None and noise != prepared:
+        raise SettingsError(f"{method} scores with noise {noise!r}, the work directory {workspace.store.path} was "
+                            f"prepared with {prepared!r} (prepare --noise {noise} in another folder)")
 
 
 def run_method(method: AttributionMethod, workspace: Workspace, queries: list[Query] | Query) -> Attribution:

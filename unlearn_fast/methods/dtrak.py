@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, vmap
 
 from .. import ops
 from ..errors import SettingsError
-from ..engine.scoring import NOISE_KEYS, timestep_grid
+from ..engine.scoring import NOISE_KEYS, noise_ids, timestep_grid
 from ..workspace import Workspace, rows_of
 from .base import AttributionMethod
 from .projector import SparseProjector
@@ -64,11 +64,10 @@ class GradientKernel(AttributionMethod):
                 if k != "block" and not (k == "noise" and v == "example")}
 
     # ---------------------------------------------------------------------------------------------- features
-    def features(self, model, x0: torch.Tensor, cond: torch.Tensor, noise_ids: torch.Tensor) -> torch.Tensor:
-        """φ (B, dim) float64 for rows x0 (B, C, h, w), cond (B, L, D), keyed by noise_ids (B,)."""
+    def features(self, model, x0: torch.Tensor, cond: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor:
+        """φ (B, dim) float64 for rows x0 (B, C, h, w), cond (B, L, D), the noise keyed by example_ids (B,)."""
         params = model.parameter_group(self.group)
-        if self.noise == "shared":
-            noise_ids = torch.zeros_like(noise_ids)
+        keys = noise_ids(example_ids, self.noise).to(x0.device)
         projection = self._cached_projection(params)
         device = x0.device
         t = timestep_grid(model.num_timesteps, self.timesteps).to(device)
@@ -88,7 +87,7 @@ class GradientKernel(AttributionMethod):
         detached = {n: p.detach() for n, p in params.items()}
         for start in range(0, len(x0), self.block):
             rows = slice(start, start + self.block)
-            ids = noise_ids[rows]
+            ids = keys[rows]
             noise = ops.gaussian_noise(self.seed, ids.repeat_interleave(len(t)), steps.repeat(len(ids)), 0,
                                        x0.shape[1:], device=device).view(len(ids), len(t), *x0.shape[1:])
             with torch.no_grad(), warnings.catch_warnings():  # torch.func.grad differentiates anyway

@@ -58,7 +58,7 @@ def _staged(name: str, candidates="25%", front: str = "linear+latent", dim: int 
     (stage 1's linearisation alone), both over the default AbU with `options` (UnlearnSettings fields or noise) on top;
     dim, projection_seed, flips: the linearisation's (methods/abu/linear.py)."""
     abu = AbU.variant("abu", **options)
-    linear = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, noise=abu.noise, flips=flips)
+    linear = LinearisedAbU(abu.unlearn, dim=dim, projection_seed=projection_seed, preparation=abu.preparation, flips=flips)
     if name == "abu-linear":
         return linear
     makers = {"linear": lambda: linear, "latent": LatentCosine, "pixel": PixelCosine}

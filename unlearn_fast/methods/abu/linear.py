@@ -18,7 +18,6 @@ matrix-vector product over Ψ.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -27,13 +26,12 @@ import numpy as np
 import torch
 
 from ...engine.projected_gradients import check_linear, projected_gradients
-from ...engine.scoring import NOISE_KEYS, LossGrid
 from ...engine.unlearn import UnlearnSettings, query_gradient
 from ...errors import SettingsError
 from ...query import Query
 from ...workspace import Workspace, rows_of
-from .method import abu_overrides, check_noise, check_unlearning, query_inputs
-from ..base import AttributionMethod
+from .method import abu_overrides, check_preparation, check_unlearning, query_inputs
+from ..base import AttributionMethod, check_prepared
 from ..projector import SparseProjector, feature_product
 
 FLIPS = ("max", "mean")  # per row and flip, the larger τ¹ (as the exact score); or one feature per row
@@ -58,20 +56,19 @@ def mean_per_image(per_row: np.ndarray, rows: np.ndarray, num_images: int) -> np
 @dataclass
 class LinearisedAbU(AttributionMethod):
     """unlearn: the AbU settings being linearised (group, preconditioning, step rule, the query's draws); dim,
-    projection_seed: the projection; noise: the scoring noise key the work directory must have."""
+    projection_seed: the projection; preparation: what the work directory must be prepared with (AbU.preparation)."""
 
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     dim: int = 4096
     projection_seed: int = 0
-    noise: str = LossGrid.noise
+    preparation: dict = field(default_factory=dict)
     flips: str = "max"
     name: str = "abu-linear"
 
     def __post_init__(self):
         if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
             raise SettingsError(f"{self.name}: dim must be an integer >= 1, got {self.dim!r}")
-        if self.noise not in NOISE_KEYS:
-            raise SettingsError(f"noise must be one of {NOISE_KEYS}, got {self.noise!r}")
+        check_preparation(self.name, self.preparation)
         if self.flips not in FLIPS:
             raise SettingsError(f"{self.name}: flips must be one of {FLIPS}, got {self.flips!r}")
         if self.unlearn.curvature != "diagonal":
@@ -79,11 +76,11 @@ class LinearisedAbU(AttributionMethod):
                                 f"{self.unlearn.curvature!r}")
 
     def settings(self) -> dict:
-        return {**self.unlearn.as_record(), "noise": self.noise, "dim": self.dim,
+        return {**self.unlearn.as_record(), **self.preparation, "dim": self.dim,
                 "projection_seed": self.projection_seed, "flips": self.flips}
 
     def prepare_overrides(self) -> dict:
-        return abu_overrides(self.noise, self.unlearn)
+        return abu_overrides(self.preparation, self.unlearn)
 
     @property
     def features_key(self) -> str:
@@ -94,7 +91,7 @@ class LinearisedAbU(AttributionMethod):
 
     def check(self, workspace: Workspace) -> None:
         """Before any work: the noise the work directory was prepared with, the Fisher's group, Linear layers only."""
-        check_noise(workspace, self.name, self.noise)
+        check_prepared(workspace, self.name, self.preparation)
         check_unlearning(workspace, self.unlearn)
         check_linear(workspace.model.unet, workspace.model.parameter_group(self.unlearn.group))
 

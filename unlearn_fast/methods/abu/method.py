@@ -29,7 +29,7 @@ from ...engine.unlearn import UnlearnSettings, unlearn
 from ...settings import settings_key
 from ...workspace import Workspace, rows_of
 from .recipes import VARIANTS
-from ..base import AttributionMethod
+from ..base import AttributionMethod, check_prepared
 
 # Unlearning settings that change how scores are read from the losses, not the unlearned weights or the losses after:
 # every score rule of one unlearning shares its query folder.
@@ -40,15 +40,16 @@ REFERENCE_SEED = 4242  # the calibrated score's reference queries: generations f
 
 @dataclass
 class AbU(AttributionMethod):
-    """noise: the scoring noise key the work directory must be prepared with (scoring.NOISE_KEYS)."""
+    """unlearn: how each query is unlearned and scored. preparation: what the work directory must be prepared with
+    for this variant (PrepareSettings overrides: the paper's recipe scores with noise per example, {"noise":
+    "example"}); {} = any work directory. The scoring noise itself is the work directory's."""
 
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
-    noise: str = LossGrid.noise
+    preparation: dict = field(default_factory=dict)
     name: str = "abu"
 
     def __post_init__(self):
-        if self.noise not in NOISE_KEYS:
-            raise SettingsError(f"noise must be one of {NOISE_KEYS}, got {self.noise!r}")
+        check_preparation(self.name, self.preparation)
 
     @classmethod
     def variant(cls, name: str, **options) -> "AbU":
@@ -59,24 +60,28 @@ class AbU(AttributionMethod):
             raise SettingsError(f"method {name!r}: alpha is gone: give step=RULE:VALUE (fixed:7.5e-6, alpha/N:0.1 or "
                                 f"rise:0.1), e.g. --set {name}.step=alpha/N:{options['alpha']}")
         values = {**VARIANTS[name], **options}
-        noise = values.pop("noise", LossGrid.noise)
+        preparation = {key: values.pop(key) for key in PREPARATION_KEYS if key in values}
         try:
-            return cls(UnlearnSettings(**values), noise=noise, name=name)
+            return cls(UnlearnSettings(**values), preparation=preparation, name=name)
         except TypeError as error:
             raise SettingsError(f"method {name!r}: {error}") from None
 
     def settings(self) -> dict:
-        return {**self.unlearn.as_record(), "noise": self.noise}
+        return {**self.unlearn.as_record(), **self.preparation}
 
     def prepare_overrides(self) -> dict:
         """What the work directory's PrepareSettings must say for this variant (beyond the defaults)."""
-        return abu_overrides(self.noise, self.unlearn)
+        return abu_overrides(self.preparation, self.unlearn)
+
+    def check(self, workspace: Workspace) -> None:
+        check_prepared(workspace, self.name, self.preparation)
+        check_unlearning(workspace, self.unlearn)
 
     def score(self, workspace: Workspace, queries) -> np.ndarray:
         return self.attribute(workspace, queries).scores
 
     def attribute(self, workspace: Workspace, queries) -> Attribution:
-        check_noise(workspace, self.name, self.noise)
+        self.check(workspace)
         # Each query is cached in its own folder (unlearned weights, losses after, scores): records point there.
         return attribute_by_unlearning(workspace, list(queries), self.unlearn)
 
@@ -106,20 +111,25 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
                        data_fingerprint=workspace.data_fingerprint())
 
 
-def abu_overrides(noise: str, settings: UnlearnSettings) -> dict:
-    """The PrepareSettings fields an AbU-based method needs beyond the defaults: its noise key, the Fisher's group."""
-    overrides = {} if noise == LossGrid.noise else {"noise": noise}
+PREPARATION_KEYS = ("noise",)  # the preparation a variant may ask for (its other options are UnlearnSettings fields)
+
+
+def check_preparation(method: str, preparation: dict) -> None:
+    """A SettingsError for a preparation an AbU method cannot ask for."""
+    unknown = [key for key in preparation if key not in PREPARATION_KEYS]
+    if unknown:
+        raise SettingsError(f"{method}: preparation {unknown[0]!r} is not one of {PREPARATION_KEYS}")
+    if "noise" in preparation and preparation["noise"] not in NOISE_KEYS:
+        raise SettingsError(f"{method}: noise must be one of {NOISE_KEYS}, got {preparation['noise']!r}")
+
+
+def abu_overrides(preparation: dict, settings: UnlearnSettings) -> dict:
+    """The PrepareSettings fields an AbU-based method needs beyond the defaults: its preparation (less what the
+    default preparation already is), the Fisher's group."""
+    overrides = {k: v for k, v in preparation.items() if not (k == "noise" and v == LossGrid.noise)}
     if settings.group != "kv" and settings.precondition:
         overrides["fisher_group"] = settings.group
     return overrides
-
-
-def check_noise(workspace: Workspace, method: str, noise: str) -> None:
-    """A SettingsError, before any work, when the work directory was prepared with another scoring noise key."""
-    prepared = workspace.settings.scoring.noise
-    if prepared != noise:
-        raise SettingsError(f"{method} scores with noise {noise!r}, the work directory {workspace.store.path} was "
-                            f"prepared with {prepared!r} (prepare --noise {noise} in another folder)")
 
 
 def check_unlearning(workspace: Workspace, settings: UnlearnSettings) -> None:

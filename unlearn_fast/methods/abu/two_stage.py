@@ -20,7 +20,6 @@ the candidates, the scores and the record, so a resumed run repeats nothing.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,16 +27,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...attribution import Attribution
-from ...engine.scoring import LossGrid
 from ...engine.unlearn import UnlearnSettings
 from ...errors import SettingsError
 from ...query import Query
 from ...score_rules import loss_change_scores
 from ...workspace import Workspace
-from .method import (abu_overrides, check_noise, check_unlearning, query_folder, query_record, save_query,
+from .method import (abu_overrides, check_unlearning, query_folder, query_record, save_query,
                   unlearned_weights)
 from .linear import LinearisedAbU
-from ..base import AttributionMethod
+from ..base import AttributionMethod, check_prepared
 from ..latent_similarity import LatentCosine
 from ..rank_union import RankUnion, ranking
 
@@ -114,12 +112,12 @@ def combine(exact: np.ndarray, front: np.ndarray, candidates: np.ndarray) -> np.
 
 @dataclass
 class TwoStageAbU(AttributionMethod):
-    """unlearn, noise: exact AbU's settings (stage 2; the raw score rule). candidates: C, a count or a share ("25%").
+    """unlearn, preparation: exact AbU's settings (stage 2; the raw score rule). candidates: C, a count or a share ("25%").
     front: stage 1 (None: LinearisedAbU of the same settings united with LatentCosine)."""
 
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     candidates: int | float | str = "25%"
-    noise: str = LossGrid.noise
+    preparation: dict = field(default_factory=dict)
     front: AttributionMethod | None = None
     name: str = "abu-two-stage"
 
@@ -128,23 +126,23 @@ class TwoStageAbU(AttributionMethod):
         if self.unlearn.score != "raw":
             raise SettingsError(f"the two-stage AbU re-ranks with the raw score rule, got score {self.unlearn.score!r}")
         if self.front is None:
-            self.front = RankUnion((LinearisedAbU(self.unlearn, noise=self.noise), LatentCosine()))
+            self.front = RankUnion((LinearisedAbU(self.unlearn, preparation=self.preparation), LatentCosine()))
 
     @classmethod
     def of(cls, abu, candidates, front: AttributionMethod | None = None) -> "TwoStageAbU":
-        """The two-stage form of an AbU method (methods.AbU: its unlearning settings and noise)."""
-        return cls(abu.unlearn, candidates=candidates, noise=abu.noise, front=front)
+        """The two-stage form of an AbU method (methods.AbU: its unlearning settings and preparation)."""
+        return cls(abu.unlearn, candidates=candidates, preparation=abu.preparation, front=front)
 
     def settings(self) -> dict:
-        return {**self.unlearn.as_record(), "noise": self.noise, "candidates": str(self.candidates),
+        return {**self.unlearn.as_record(), **self.preparation, "candidates": str(self.candidates),
                 "front": self.front.key}
 
     def prepare_overrides(self) -> dict:
-        return {**self.front.prepare_overrides(), **abu_overrides(self.noise, self.unlearn)}
+        return {**self.front.prepare_overrides(), **abu_overrides(self.preparation, self.unlearn)}
 
     def check(self, workspace: Workspace) -> None:
-        """Before any work (SettingsError): the noise, the Fisher's group, and the front's own checks."""
-        check_noise(workspace, self.name, self.noise)
+        """Before any work (SettingsError): the preparation, the Fisher's group, and the front's own checks."""
+        check_prepared(workspace, self.name, self.preparation)
         check_unlearning(workspace, self.unlearn)
         self.front.check(workspace)
 
