@@ -205,6 +205,7 @@ def memory_one(n: int, timesteps: int) -> None:
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.score_rules import loss_change_scores
     from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.methods.abu.artefacts import fit_base_losses
     from unlearn_fast.workspace import PrepareSettings, Workspace
 
     torch.set_num_threads(2)
@@ -273,11 +274,12 @@ def memory_one(n: int, timesteps: int) -> None:
             array.consolidate()
         workspace.store.save_json("text_truncated", {"rows": [], "max_tokens": model.text.max_tokens})
         ingest = time.perf_counter() - started
+        workspace.prepare()  # reads back the latents and text written above (nothing left to compute)
         stand_in = StandIn(model.latent_shape[0], text_shape[1])
         stand_in.config = model.unet.config  # the shapes the adapter reads
         model.unet = stand_in
         started = time.perf_counter()
-        before = workspace.base_losses
+        before = fit_base_losses(workspace)
         base_s = time.perf_counter() - started
         weights = {"conv.weight": model.unet.conv.weight.detach() * 1.01}
         started = time.perf_counter()

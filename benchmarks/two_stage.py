@@ -50,7 +50,7 @@ def average_precision(order: np.ndarray, relevant: set, k: int) -> float:
 
 
 def compare(scores: np.ndarray, exact: np.ndarray) -> dict:
-    from unlearn_fast.methods.rank_union import ranking
+    from unlearn_fast.ranking import ranking
 
     order, truth = ranking(scores), ranking(exact)
     return {"top10": overlap(order, truth, 10), "top100": overlap(order, truth, 100),

@@ -27,8 +27,8 @@ import numpy as np
 from .data.content import DATA_INPUTS, DigestCache, data_fingerprints
 from .data.dataset import CaptionedImages
 from .errors import OutputError, SettingsError
-from .evaluate.metrics import ranking
-from .settings import PRESENTATION, knob, positive_int
+from .ranking import ranking
+from .report.settings import ReportSettings
 from .store.integrity import read_listed, write_folder_sums
 
 RECORD = "attribution.json"
@@ -41,13 +41,6 @@ def check_output_folder(out_dir: str) -> None:
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, RECORD)):
         raise OutputError(f"output folder {out_dir} holds other files ({', '.join(sorted(os.listdir(out_dir))[:3])}) "
                           f"and no {RECORD}: give an empty or new folder")
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """How an attribution is shown: never part of what is computed."""
-
-    top_k: int = knob(16, role=PRESENTATION, parse=positive_int, help="training images shown per query in the report")
 
 
 def check_top_k(top_k) -> int:

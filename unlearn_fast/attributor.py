@@ -17,6 +17,7 @@ from .data.content import DigestCache
 from .data.dataset import CaptionedImages
 from .engine.distributed import Ranks
 from .methods.abu import method as abu
+from .methods.abu.method import AbU
 from .methods.abu.two_stage import TwoStageAbU, resolve_candidates
 from .models.adapter import DiffusionModel
 from .query import Query
@@ -66,15 +67,18 @@ class Attributor:
 
     @property
     def fisher(self) -> dict[str, torch.Tensor]:
-        return self.workspace.fisher
+        """AbU's Fisher, as prepare() made it (NotPreparedError before)."""
+        return self.workspace.prepared("fisher")
 
     @property
     def base_losses(self) -> np.ndarray:
-        return self.workspace.base_losses
+        """AbU's losses before unlearning, as prepare() made them (NotPreparedError before)."""
+        return self.workspace.prepared("base_losses")
 
-    def prepare(self) -> "Attributor":
-        """Compute (or resume) every per-model artefact; those already complete are skipped."""
-        self.workspace.prepare()
+    def prepare(self, methods=None) -> "Attributor":
+        """Compute (or resume) what `methods` stand on (None: the default AbU's Fisher and base losses, beside the
+        latents and text conditioning every method reads); artefacts already complete are read back."""
+        self.workspace.prepare([AbU()] if methods is None else methods)
         return self
 
     def attribute(self, queries: list[Query] | Query, settings: UnlearnSettings = None, group_by: str | None = None,

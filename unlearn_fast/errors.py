@@ -14,6 +14,10 @@ class OutputError(UserInputError):
     """An output folder that cannot be written (it holds other files) or read back (it is not an attribution)."""
 
 
+class NotPreparedError(RuntimeError):
+    """An artefact read before the phase that makes it ran (Workspace.prepare): reading never starts a computation."""
+
+
 SEED_LIMIT = 2**63  # seeds key 64-bit counter hashes and torch generators
 
 

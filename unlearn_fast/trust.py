@@ -19,7 +19,8 @@ import dataclasses
 import numpy as np
 
 from .engine.unlearn import UnlearnSettings
-from .evaluate.metrics import ranking, spearman
+from .evaluate.metrics import spearman
+from .ranking import ranking
 from .query import Query, query_from_array
 
 TOP = 10

@@ -1,7 +1,8 @@
 """The Workspace: what every attribution method stands on, once per (model, training set, settings).
 
     model + data ─ binding (content of weights, images, captions; settings) ─ work directory
-                 ─ caption rows ─ latents x0 ─ text conditioning ─ Fisher (+ Kronecker curvature) ─ base losses
+                 ─ caption rows ─ latents x0 ─ text conditioning      (prepare: every method stands on these)
+                 ─ each method's own artefacts (AttributionMethod.prepare: AbU's Fisher and base losses, methods/abu/)
 
 Every artefact lives in the work directory (store.WorkDir), bound to the CONTENT of its inputs and the settings that
 change numbers; batch sizes and backends are left out of that binding because they never change a result. Every
@@ -15,27 +16,23 @@ shared. Methods (methods/) read the Workspace and never the Attributor, the thin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .engine.batching import MIN_UNET_ROWS
 from .data.content import DATA_INPUTS, DigestCache, data_fingerprints
 from .data.dataset import CaptionedImages, DataError, load_pixels
-from .data.preprocess import POLICIES, PreprocessPlan
+from .data.preprocess import PreprocessPlan
+from .engine.batching import MIN_UNET_ROWS
 from .engine.distributed import Ranks, ranks_from_environment
-from .errors import SettingsError
-from .engine.fisher import FisherSettings, finish_fisher, fisher_metadata, fisher_sums
+from .engine.scoring import losses_under_weights
+from .errors import NotPreparedError
 from .models.adapter import DiffusionModel
-from .engine.scoring import LossGrid, losses_under_weights
-from .settings import IMPLICIT, SPEED, count_or_zero, knob, positive_int, settings_key
+from .prepare_settings import PrepareSettings
 from .store import Binding, WorkDir, read_manifest
 
 # What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
@@ -58,60 +55,6 @@ DEPENDS = {
 def rows_of(array: np.ndarray, index) -> torch.Tensor:
     """Some rows of a (memmapped) array as a tensor: only those rows are read."""
     return torch.from_numpy(np.array(array[index]))  # a writable copy of just these rows
-
-
-@dataclass(frozen=True)
-class PrepareSettings:
-    """What prepare computes. scoring: the loss grid used before AND after unlearning (so it is fixed per work
-    directory). fisher_group: the parameters the Fisher covers (unlearning may use this group or a subset).
-    fisher_examples: how many caption rows (a seeded random subset) the Fisher averages over; None = all.
-    chunk_rows: caption rows per resumable chunk (speed and resume granularity only). preprocess: how training images
-    that are not RGB at the model's resolution are treated (data/preprocess.py: "resize-crop" or "refuse")."""
-
-    scoring: LossGrid = knob(default_factory=LossGrid, cli=False, help="the loss grid (LossGrid)")
-    fisher: FisherSettings = knob(default_factory=FisherSettings, cli=False, help="the Fisher (FisherSettings)")
-    fisher_group: str = knob("kv", help="parameters the Fisher covers")
-    fisher_examples: int | None = knob(None, parse=count_or_zero, help="caption rows the Fisher averages over, a "
-                                       "seeded subset (none or 0: every row)")
-    chunk_rows: int = knob(1024, role=SPEED, parse=positive_int, help="caption rows per resumable chunk, the unit a "
-                           "pass splits over torchrun's ranks (an array keeps the chunking it was made with)")
-    preprocess: str = knob("resize-crop", choices=POLICIES, help="training images that are not RGB at the model's "
-                           "resolution: resize the shorter side and centre-crop as diffusers' training scripts do, or "
-                           "refuse them (either way, stated in the log)")
-
-    def manifest(self) -> dict:
-        """What the work directory is bound to: every field of role "numbers" (settings.settings_key)."""
-        return settings_key(self)
-
-    def validate(self, model: DiffusionModel) -> None:
-        """Every setting checked against the model before anything is computed or recorded (SettingsError)."""
-        self.scoring.timestep_values(model.num_timesteps)
-        if self.fisher_examples is not None and (not isinstance(self.fisher_examples, int) or self.fisher_examples < 1):
-            raise SettingsError(f"fisher_examples must be a number of rows >= 1, or None for every row (0 on the "
-                                f"command line); got {self.fisher_examples!r}")
-        if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
-            raise SettingsError(f"chunk_rows must be >= 1, got {self.chunk_rows!r}")
-        if self.preprocess not in POLICIES:
-            raise SettingsError(f"preprocess must be one of {POLICIES}, got {self.preprocess!r}")
-        model.parameter_group(self.fisher_group)
-
-    @classmethod
-    def recorded_in(cls, work_dir) -> "PrepareSettings | None":
-        """The settings work_dir's manifest records (default batch sizes), or None for a new folder."""
-        manifest = read_manifest(work_dir)
-        return cls.from_manifest(manifest["settings"]) if manifest else None
-
-    @classmethod
-    def from_manifest(cls, numbers: dict, scoring_batch: int = 512, fisher_batch: int = 64) -> "PrepareSettings":
-        """The settings a work directory was prepared with (its manifest), with the given batch sizes."""
-        # A missing "noise" is the implicit "example" (IMPLICIT), not LossGrid's default.
-        scoring = {"noise": IMPLICIT["noise"], **numbers["scoring"]}
-        if isinstance(scoring.get("timesteps"), list):
-            scoring["timesteps"] = tuple(scoring["timesteps"])
-        return cls(scoring=LossGrid(**scoring, batch_size=scoring_batch),
-                   fisher=FisherSettings(**numbers["fisher"], batch_size=fisher_batch),
-                   fisher_group=numbers["fisher_group"], fisher_examples=numbers["fisher_examples"],
-                   preprocess=numbers.get("preprocess", "resize-crop"))
 
 
 class Workspace:
@@ -143,7 +86,6 @@ class Workspace:
         self.timings: dict[str, float] = {}
         self.chunks_by_rank: dict[str, list[list[int]]] = {}  # pass -> the chunk indices each rank computed
         self._cache: dict[str, object] = {}
-        self._prepared = False
         if self.ranks.is_main:  # one process binds the folder; the others wait for it, then use what it recorded
             binding = self._binding(digest_cache if digest_cache is not None else DigestCache())
             deleted = self.store.bind(binding, overwrite=overwrite)
@@ -274,29 +216,44 @@ class Workspace:
                 self.log(f"{name}: chunks by rank " + "; ".join(f"{r}: {c}" for r, c in enumerate(by_rank)))
 
     # ----------------------------------------------------------------------------------------------- prepare
-    def prepare(self) -> "Workspace":
-        """Compute (or resume) every per-model artefact; those already complete are skipped."""
-        if not self._prepared:  # once per Workspace: later calls would only log 0 s phases over the real timings
-            with self.locked():  # shared artefacts: one command at a time writes (or resumes) them
-                self.phase("latents", lambda: self.latents)
-                self.phase("text", lambda: self.conditioning)
-                self.phase("fisher", lambda: self.fisher)
-                self.phase("base_losses", lambda: self.base_losses)
-            self._prepared = True
+    def prepare(self, methods=()) -> "Workspace":
+        """Compute (or resume) what every method stands on (caption rows, latents, text conditioning), then what each
+        of `methods` needs beyond it (AttributionMethod.prepare: AbU's Fisher and base losses); artefacts already
+        complete are read back. Every rank calls it (its passes are split over the ranks)."""
+        with self.locked():  # shared artefacts: one command at a time writes (or resumes) them
+            self.cached("caption_rows", self._caption_rows)
+            self.once("latents", self._latents)
+            self.once("text", self._conditioning)
+            for method in methods:
+                method.prepare(self)
         return self
+
+    def once(self, name: str, make):
+        """make() as the phase `name` (timed and logged) once per Workspace; its result kept as the artefact `name`."""
+        if name not in self._cache:
+            self._cache[name] = self.phase(name, make)
+        return self._cache[name]
+
+    def prepared(self, name: str):
+        """The artefact `name` made by prepare(); a NotPreparedError before it (reading never starts a computation)."""
+        if name not in self._cache:
+            raise NotPreparedError(f"the work directory {self.store.path}: {name} is read before prepare() made it; "
+                                   "call workspace.prepare() (or Attributor.prepare()) first")
+        return self._cache[name]
 
     @property
     def caption_rows(self) -> np.ndarray:
         """Example index of each caption row: an image with k captions has k rows (scored separately, averaged)."""
-        def make():
-            def write():
-                if not self.store.exists("caption_rows", ".npy"):
-                    n = len(self.dataset)
-                    counts = np.fromiter((len(self.dataset.captions(i)) for i in range(n)), np.int64, n)
-                    self.store.save_npy("caption_rows", np.repeat(np.arange(n), counts))
-            self.on_main(write)
-            return self.store.load_npy("caption_rows")
-        return self.cached("caption_rows", make)
+        return self.prepared("caption_rows")
+
+    def _caption_rows(self) -> np.ndarray:
+        def write():
+            if not self.store.exists("caption_rows", ".npy"):
+                n = len(self.dataset)
+                counts = np.fromiter((len(self.dataset.captions(i)) for i in range(n)), np.int64, n)
+                self.store.save_npy("caption_rows", np.repeat(np.arange(n), counts))
+        self.on_main(write)
+        return self.store.load_npy("caption_rows")
 
     def row_captions(self, start: int, stop: int) -> list[str]:
         """The captions of caption rows [start, stop) (read from the data set, never all at once)."""
@@ -309,70 +266,44 @@ class Workspace:
     def latents(self) -> np.ndarray:
         """x0 (N, C, h, w) of every training image (VAE posterior mean × scaling factor, or pixels): a read-only
         memmap, so a training set larger than memory is read a chunk at a time (rows_of)."""
+        return self.prepared("latents")
+
+    def _latents(self) -> np.ndarray:
         def encode(start, stop):
             return self.model.encode_images(load_pixels(self.dataset, self.model.resolution, range(start, stop)))
-        return self.cached("latents", lambda: self.chunked_pass(
-            "latents", (len(self.dataset), *self.model.latent_shape), encode))
+        return self.chunked_pass("latents", (len(self.dataset), *self.model.latent_shape), encode)
 
     @property
     def conditioning(self) -> np.ndarray:
         """Text conditioning (R, L, D), one row per caption row (a read-only memmap)."""
-        def make():
-            rows = self.caption_rows
-            shape = tuple(self.model.encode_text(self.row_captions(0, 1)).shape[1:])
-            block = max(self.settings.chunk_rows, 4096)
+        return self.prepared("text")
 
-            def write():
-                if not self.store.exists("text_truncated", ".json"):
-                    cut = [start + k for start in range(0, len(rows), block)
-                           for k in self.model.truncated_prompts(self.row_captions(start, start + block))]
-                    self.store.save_json("text_truncated", {"rows": cut, "max_tokens": self.model.text.max_tokens})
-            self.on_main(write)
-            cut = self.store.load_json("text_truncated")["rows"]
-            if cut:
-                first = int(rows[cut[0]])
-                self.log(f"warning: {len(cut)} of {len(rows)} captions are longer than the text encoder's "
-                         f"{self.model.text.max_tokens} tokens and are cut to it (first: {self.dataset.where(first)}: "
-                         f"{self.row_captions(cut[0], cut[0] + 1)[0][:80]!r})")
-            return self.chunked_pass("text", (len(rows), *shape),
-                                     lambda a, b: self.model.encode_text(self.row_captions(a, b)))
-        return self.cached("text", make)
-
-    @property
-    def fisher(self) -> dict[str, torch.Tensor]:
-        """F + λ over the Fisher group: float64 sums per chunk of rows (resumable, split over the ranks), added in
-        chunk order, so F has the same bits for any world size; then the mean."""
-        def make():
-            if not self.store.exists("fisher", ".safetensors"):
-                self._compute_fisher()
-            return self.store.load_tensors("fisher")[0]
-        return self.cached("fisher", make)
-
-    def _compute_fisher(self) -> None:
-        rows = self.fisher_rows()
-        params = self.model.parameter_group(self.settings.fisher_group)
-        parts = self._summed_parts("fisher_parts", "fisher", lambda x0, cond, ids: {
-            n: v.cpu() for n, v in fisher_sums(self.model, params, x0, cond, ids, self.settings.fisher).items()})
+    def _conditioning(self) -> np.ndarray:
+        rows = self.caption_rows
+        shape = tuple(self.model.encode_text(self.row_captions(0, 1)).shape[1:])
+        block = max(self.settings.chunk_rows, 4096)
 
         def write():
-            total = None
-            for name in parts:  # a fixed order: every part is read back from its file, whoever computed it
-                part = self.store.load_tensors(name)[0]
-                total = part if total is None else {n: total[n] + part[n] for n in part}
-            fisher = finish_fisher(total, len(rows) * self.settings.fisher.samples_per_example,
-                                   self.settings.fisher.damping)
-            meta = {"group": self.settings.fisher_group, "rows": len(rows),
-                    "model_fingerprint": self.model.fingerprint(self.model_fingerprints)}
-            self.store.save_tensors("fisher", fisher, fisher_metadata(self.settings.fisher, meta))  # load_fisher reads it
-            shutil.rmtree(self.store.artefact_path("fisher_parts"), ignore_errors=True)
+            if not self.store.exists("text_truncated", ".json"):
+                cut = [start + k for start in range(0, len(rows), block)
+                       for k in self.model.truncated_prompts(self.row_captions(start, start + block))]
+                self.store.save_json("text_truncated", {"rows": cut, "max_tokens": self.model.text.max_tokens})
         self.on_main(write)
+        cut = self.store.load_json("text_truncated")["rows"]
+        if cut:
+            first = int(rows[cut[0]])
+            self.log(f"warning: {len(cut)} of {len(rows)} captions are longer than the text encoder's "
+                     f"{self.model.text.max_tokens} tokens and are cut to it (first: {self.dataset.where(first)}: "
+                     f"{self.row_captions(cut[0], cut[0] + 1)[0][:80]!r})")
+        return self.chunked_pass("text", (len(rows), *shape),
+                                 lambda a, b: self.model.encode_text(self.row_captions(a, b)))
 
-    def _summed_parts(self, folder: str, desc: str, compute) -> list[str]:
-        """A resumable pass of sums over the Fisher's rows: compute(x0, cond, example_ids) -> {name: tensor} for each
-        chunk of rows that has no saved part yet, split over the ranks, each part saved as folder/<first>-<last>-<n>
-        when it finishes. Returns every part's name in a fixed order (whichever rank computed it), once all exist.
-        Chunks are whole blocks of MIN_UNET_ROWS rows: the Fisher has the same bits for any chunking (batching.py)."""
-        rows = self.fisher_rows()
+    def summed_pass(self, folder: str, desc: str, rows: np.ndarray, compute) -> list[str]:
+        """A resumable pass of sums over the caption rows `rows` (sorted): compute(x0, cond, example_ids) ->
+        {name: tensor} for each chunk of rows that has no saved part yet, split over the ranks, each part saved as
+        folder/<first>-<last>-<n> when it finishes. Returns every part's name in a fixed order (whichever rank
+        computed it), once all exist. Chunks are whole blocks of MIN_UNET_ROWS rows: sums of per-row terms have the
+        same bits for any chunking (batching.py)."""
         size = max(1, self.settings.chunk_rows // MIN_UNET_ROWS) * MIN_UNET_ROWS
         chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
         names = [f"{folder}/{chunk[0]}-{chunk[-1]}-{len(chunk)}" for chunk in chunks]
@@ -385,62 +316,6 @@ class Workspace:
                                                       ids))
         self._record_chunks(desc, mine)  # gathers over the ranks: every part exists after it
         return names
-
-    def fisher_rows(self) -> np.ndarray:
-        """The caption rows the Fisher (and the Kronecker curvature) average over: all, or a seeded subset."""
-        rows = np.arange(len(self.caption_rows))
-        chosen = self.settings.fisher_examples
-        if chosen is not None and chosen < len(rows):  # a seeded subset: F is an expectation, not a sum
-            rows = np.sort(np.random.default_rng(self.settings.fisher.seed).choice(rows, chosen, replace=False))
-        return rows
-
-    def curvature(self, kind: str, damping: float = 0.1):
-        """K-FAC or EK-FAC factors (curvature.py) of the Fisher group's Linear layers over the Fisher's rows, stored
-        in kronfluence's layout under curvature/<kind>/ (one safetensors file per factor name). Both passes (the
-        covariances, then EK-FAC's eigenvalues in their eigenbasis) run in the Fisher's chunks of rows, each chunk's
-        sums saved as it finishes and split over the ranks: a killed run resumes with the missing chunks only."""
-        from .engine.curvature import FACTOR_NAMES, from_kronfluence
-
-        folder = f"curvature/{kind}"
-
-        def make():
-            if not self.store.exists(f"{folder}/activation_eigenvectors", ".safetensors"):
-                self._compute_curvature(kind)
-            layout = {name: self.store.load_tensors(f"{folder}/{name}")[0] for name in FACTOR_NAMES
-                      if self.store.exists(f"{folder}/{name}", ".safetensors")}
-            return from_kronfluence(layout, kind)
-        return dataclasses.replace(self.cached(f"curvature-{kind}", make), damping=damping)
-
-    def _compute_curvature(self, kind: str) -> None:
-        from .engine.curvature import (FACTOR_NAMES, KroneckerCurvature, add_lambda, add_sums, covariance_sums, eigenbases,
-                                lambda_sums, linear_layers, sums_from_tensors, sums_to_tensors, to_kronfluence)
-
-        # The group's other weights (convolutions, norms) take the diagonal Fisher (methods/abu/method.py: preconditioner).
-        paths = linear_layers(self.model.unet, self.model.parameter_group(self.settings.fisher_group), others=True)
-        fisher, parts = self.settings.fisher, f"curvature_parts/{kind}"
-
-        def run(stage: str, sums_of) -> dict:
-            """One resumable pass (its parts under curvature_parts/<kind>/<stage>/), its parts added in a fixed order."""
-            total = None
-            for name in self._summed_parts(f"{parts}/{stage}", f"{kind} {stage}",
-                                           lambda x0, cond, ids: sums_to_tensors(sums_of(x0, cond, ids))):
-                total = add_sums(total, sums_from_tensors(self.store.load_tensors(name)[0]))
-            return total
-
-        factors = eigenbases(run("covariance", lambda x0, cond, ids: covariance_sums(
-            self.model, paths, x0, cond, ids, fisher)))
-        if kind == "ekfac":
-            add_lambda(factors, run("lambda", lambda x0, cond, ids: lambda_sums(self.model, factors, x0, cond, ids,
-                                                                                 fisher)))
-
-        def write():
-            layout = to_kronfluence(KroneckerCurvature(factors, kind))
-            for name in FACTOR_NAMES:  # the eigenvectors last: their file marks the artefact complete
-                if name in layout and name != "activation_eigenvectors":
-                    self.store.save_tensors(f"curvature/{kind}/{name}", layout[name])
-            self.store.save_tensors(f"curvature/{kind}/activation_eigenvectors", layout["activation_eigenvectors"])
-            shutil.rmtree(self.store.artefact_path(parts), ignore_errors=True)
-        self.on_main(write)
 
     def losses(self, name: str) -> np.ndarray:
         """(R, T, F) losses of every caption row under model.unet's current weights, chunked, resumable and split
@@ -481,8 +356,3 @@ class Workspace:
         steps = len(grid.timestep_values(self.model.num_timesteps))
         empty = np.zeros((0, steps, 2 if grid.flips else 1), np.float32)
         return np.concatenate([parts[start] for start, _ in blocks]) if blocks else empty
-
-    @property
-    def base_losses(self) -> np.ndarray:
-        """L(z, θ0): computed once per work directory and reused by every query (a read-only memmap)."""
-        return self.cached("base_losses", lambda: self.losses("losses_base"))

@@ -18,6 +18,7 @@ from unlearn_fast.engine.curvature import (
     to_kronfluence,
 )
 from unlearn_fast.errors import SettingsError
+from unlearn_fast.methods.abu.artefacts import fisher_rows, fit_curvature, fit_fisher
 from unlearn_fast.engine.fisher import FisherSettings, keyed_timesteps
 
 
@@ -140,6 +141,7 @@ def test_the_work_directory_s_curvature_is_chunked_resumable_and_equals_one_pass
     killed in the second pass resumes with the missing chunks only and gives the one-pass factors; the weights no
     Linear layer holds (here the convolutions of "all") are preconditioned by the diagonal Fisher."""
     import unlearn_fast.engine.curvature as curvature_module
+    import unlearn_fast.methods.abu.artefacts as abu_artefacts
     from unlearn_fast.attributor import PrepareSettings
     from unlearn_fast.data import SubsetDataset
     from unlearn_fast.engine.scoring import LossGrid
@@ -156,24 +158,24 @@ def test_the_work_directory_s_curvature_is_chunked_resumable_and_equals_one_pass
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(curvature_module, "lambda_sums", dies_on_the_third_chunk)
+    monkeypatch.setattr(abu_artefacts, "lambda_sums", dies_on_the_third_chunk)  # where the pass calls it
     workspace = Workspace(model, data, tmp_path, settings, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        workspace.curvature("ekfac")
+        fit_curvature(workspace.prepare(), "ekfac")
     assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("covariance/*.safetensors"))) == 4
     assert len(list((tmp_path / "curvature_parts" / "ekfac").glob("lambda/*.safetensors"))) == 2
     calls.clear()
-    chunked = Workspace(model, data, tmp_path, settings, progress=False).curvature("ekfac")
+    chunked = fit_curvature(Workspace(model, data, tmp_path, settings, progress=False).prepare(), "ekfac")
     assert len(calls) == 2 and not (tmp_path / "curvature_parts" / "ekfac").exists()  # the two missing chunks
 
-    ids = workspace.caption_rows[workspace.fisher_rows()]
-    monkeypatch.setattr(curvature_module, "lambda_sums", real)
+    ids = workspace.caption_rows[fisher_rows(workspace)]
+    monkeypatch.setattr(abu_artefacts, "lambda_sums", real)
     params = model.parameter_group("all")
     whole = curvature_module.KroneckerCurvature(curvature_module.eigenbases(curvature_module.covariance_sums(
         model, linear_layers(model.unet, params, others=True), rows_of(workspace.latents, ids),
-        rows_of(workspace.conditioning, workspace.fisher_rows()), ids, settings.fisher)), "ekfac")
+        rows_of(workspace.conditioning, fisher_rows(workspace)), ids, settings.fisher)), "ekfac")
     curvature_module.add_lambda(whole.factors, real(model, whole.factors, rows_of(workspace.latents, ids),
-                                                    rows_of(workspace.conditioning, workspace.fisher_rows()), ids,
+                                                    rows_of(workspace.conditioning, fisher_rows(workspace)), ids,
                                                     settings.fisher))
     assert set(chunked.factors) == set(whole.factors)
     for path in whole.factors:
@@ -182,7 +184,7 @@ def test_the_work_directory_s_curvature_is_chunked_resumable_and_equals_one_pass
 
     conv = next(n for n, p in params.items() if p.ndim == 4)
     gradient = {n: torch.ones_like(p, dtype=torch.float64) for n, p in params.items()}
-    fisher = workspace.fisher
+    fisher = fit_fisher(workspace)
     with pytest.raises(SettingsError, match="no factors"):
         chunked.precondition(gradient)
     update = dataclasses.replace(chunked, diagonal=fisher).precondition(gradient)

@@ -19,9 +19,10 @@ from unlearn_fast.errors import SettingsError
 from unlearn_fast.methods import AttributionMethod, LinearisedAbU, TwoStageAbU, build_method
 from unlearn_fast.methods.latent_similarity import LatentCosine
 from unlearn_fast.methods.rank_union import RankUnion
+from unlearn_fast.methods.abu.artefacts import fit_base_losses, fit_fisher
 from unlearn_fast.methods.abu.method import attribute_by_unlearning
 from unlearn_fast.methods.abu.two_stage import candidate_count, combine, resolve_candidates
-from unlearn_fast.methods.rank_union import ranking
+from unlearn_fast.ranking import ranking
 from unlearn_fast.methods.projector import SparseProjector
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.ops.noisy_input_reference import mirrored
@@ -102,6 +103,7 @@ def setting(default_dataset, tmp_path_factory):
     settings = PrepareSettings(scoring=dataclasses.replace(PrepareSettings().scoring, timesteps=4, batch_size=40),
                                chunk_rows=10)  # 3 chunks, the last one partial
     workspace = Workspace(model, dataset, tmp_path_factory.mktemp("two_stage"), settings, progress=False)
+    workspace.prepare([LinearisedAbU(SETTINGS)])  # the Fisher and base losses the stage-1 checks read
     pixels = load_pixels(dataset, model.resolution)
     queries = [query_from_array(pixels[k], dataset.captions(k)[0], model.resolution) for k in (4, 19)]
     return workspace, queries
@@ -132,7 +134,7 @@ def _explicit_feature(workspace, method, row, flips=(0, 1)):
     projector = SparseProjector(params, method.dim, method.projection_seed)
     total = torch.zeros(method.dim, dtype=torch.float64)
     for (name, _), g in zip(params.items(), grads):
-        scaled = g.double() * workspace.fisher[name].double().rsqrt()
+        scaled = g.double() * fit_fisher(workspace)[name].double().rsqrt()
         bucket, sign = projector.buckets[name]
         total += dense_projection(bucket, sign, method.dim) @ scaled.flatten()
     return total
@@ -173,7 +175,7 @@ def test_stage1_is_the_first_order_loss_change_of_a_small_step(setting):
     linear = LinearisedAbU(small, dim=4096, flips="mean").score(workspace, queries)
     larger_flip = LinearisedAbU(small, dim=4096).score(workspace, queries)
     exact = attribute_by_unlearning(workspace, queries, small)
-    base, rows = np.asarray(workspace.base_losses, np.float64), workspace.caption_rows
+    base, rows = np.asarray(fit_base_losses(workspace), np.float64), workspace.caption_rows
     for q, record in enumerate(exact.records):
         after = np.asarray(workspace.losses(f"{record['folder']}/losses_after"), np.float64)
         change = (after - base).mean((1, 2))

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from unlearn_fast.evaluate.metrics import average_precision, mean_and_se, ranking, recall_at_k
+from unlearn_fast.evaluate.metrics import average_precision, mean_and_se, recall_at_k
+from unlearn_fast.ranking import ranking
 from unlearn_fast.evaluate.validation import mean_reciprocal_rank
 
 

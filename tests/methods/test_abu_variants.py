@@ -257,7 +257,7 @@ def test_a_variant_refuses_a_work_dir_prepared_with_another_noise_key(model, twi
 def test_dtrak_with_shared_noise_gives_identical_images_identical_features(model, twins, tmp_path):
     attributor = Attributor(model, open_dataset(twins), tmp_path, settings(), progress=False)
     shared = build_method("dtrak-shared-noise", dim=64, timesteps=2, group="kv")
-    features = np.asarray(shared.training_features(attributor.workspace))
+    features = np.asarray(shared.training_features(attributor.workspace.prepare()))
     scale = np.abs(features).max()
     assert np.abs(features[0] - features[23]).max() < 1e-5 * scale  # equal up to float rounding (batch position)
     per_example_method = build_method("dtrak", dim=64, timesteps=2, group="kv")

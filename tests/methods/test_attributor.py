@@ -10,6 +10,7 @@ from PIL import Image
 
 from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast import workspace as workspace_module
+from unlearn_fast.methods.abu import artefacts as abu_artefacts
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.engine.fisher import FisherSettings
@@ -90,7 +91,7 @@ def test_killed_pass_resumes_to_the_same_scores(model, data_folder, query, refer
 
 def test_killed_fisher_resumes_to_the_same_scores(model, data_folder, query, reference, tmp_path, monkeypatch):
     """The Fisher is summed in chunks of 16 rows (3 for 40 images), each stored: a resumed run computes the rest."""
-    real, calls, armed = workspace_module.fisher_sums, [], [True]
+    real, calls, armed = abu_artefacts.fisher_sums, [], [True]
 
     def dies(*args, **kwargs):
         calls.append(len(args[2]))
@@ -98,7 +99,7 @@ def test_killed_fisher_resumes_to_the_same_scores(model, data_folder, query, ref
             raise KeyboardInterrupt("injected kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(workspace_module, "fisher_sums", dies)
+    monkeypatch.setattr(abu_artefacts, "fisher_sums", dies)
     with pytest.raises(KeyboardInterrupt):
         Attributor(model, open_dataset(data_folder), tmp_path, settings(), progress=False).attribute([query], UNLEARN)
     assert len([p for p in (tmp_path / "fisher_parts").iterdir() if p.suffix != ".sum"]) == 1

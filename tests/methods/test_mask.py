@@ -17,7 +17,7 @@ from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.engine.scoring import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
-from unlearn_fast.evaluate.metrics import rank_positions
+from unlearn_fast.ranking import rank_positions
 from unlearn_fast.methods.abu.method import query_folder
 from unlearn_fast.query import QueryError, latent_weight, query_from_array, read_mask
 

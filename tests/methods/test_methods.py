@@ -24,7 +24,7 @@ N = 24
 def setting(default_dataset, tmp_path_factory):
     model = DiffusionModel.load("default")
     dataset = SubsetDataset(default_dataset, range(100, 100 + N))
-    workspace = Workspace(model, dataset, tmp_path_factory.mktemp("methods"), progress=False)
+    workspace = Workspace(model, dataset, tmp_path_factory.mktemp("methods"), progress=False).prepare()
     pixels = load_pixels(dataset, model.resolution)
     queries = [query_from_array(pixels[5], dataset.captions(5)[0], model.resolution),
                query_from_array(pixels[17], dataset.captions(17)[0], model.resolution)]

@@ -203,6 +203,7 @@ def test_settings_and_cached_runs(clip_folder, tmp_path, attributor, dataset):
     work = WorkDir(tmp_path / "work")
     work.bind(Binding(inputs={"model": "model", "data": dataset.fingerprint()}, settings={}))
     with_store = SimpleNamespace(**vars(attributor), store=work, on_main=lambda write: write(),  # one process
+                                 prepare=lambda methods=(): with_store,
                                  data_fingerprint=lambda: None)
     queries = _queries(dataset, [1, 12])
     first = run_method(method, with_store, queries)

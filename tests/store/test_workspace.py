@@ -79,11 +79,30 @@ def test_queries_scored_in_one_sweep_match_each_query_scored_alone(model, data, 
 
 def test_methods_import_the_workspace_never_the_attributor():
     root = Path(unlearn_fast.__file__).parent
-    for path in sorted((root / "methods").glob("*.py")) + [root / "workspace.py"]:
+    for path in sorted((root / "methods").rglob("*.py")) + [root / "workspace.py"]:
         tree = ast.parse(path.read_text())
         imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert not any(name.split(".")[-1] in ("attributor", "evaluate", "cli") for name in imported), path.name
+
+
+def test_prepare_makes_only_what_the_methods_read_and_a_read_never_computes(model, data, tmp_path):
+    """The Workspace holds what every method stands on; AbU's Fisher and base losses are AbU's (methods/abu/), made
+    only when an AbU method is prepared. Reading an artefact before its phase ran is an error, not a computation."""
+    from unlearn_fast.errors import NotPreparedError
+    from unlearn_fast.methods import AbU, PixelCosine
+
+    workspace = Workspace(model, open_dataset(data), tmp_path, settings(), progress=False)
+    with pytest.raises(NotPreparedError, match="latents is read before prepare"):
+        workspace.latents
+    assert not (tmp_path / "latents").exists()  # the read started nothing
+    workspace.prepare([PixelCosine()])
+    assert workspace.latents.shape[0] == 20 and {"latents", "text"} <= set(workspace.timings)
+    assert not list(tmp_path.glob("fisher*")) and not (tmp_path / "losses_base").exists()
+    assert "fisher" not in workspace.timings
+    workspace.prepare([AbU()])
+    assert (tmp_path / "fisher.safetensors").is_file() and (tmp_path / "losses_base").is_dir()
+    assert {"fisher", "base_losses"} <= set(workspace.timings)
 
 
 def test_a_folder_recorded_without_a_noise_key_reopens_with_per_example_noise():

@@ -105,10 +105,10 @@ def _threads(args) -> None:
 def _prepare_settings(args):
     """PrepareSettings from the command line: numeric options not given keep the work directory's values (or the
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
-    from ..engine.fisher import FisherSettings
+    from ..engine.fisher_settings import FisherSettings
     from ..engine.scoring import LossGrid
     from ..methods.abu.recipes import recipe_noise
-    from ..workspace import PrepareSettings
+    from ..prepare_settings import PrepareSettings
 
     scoring, fisher, other = given(args, LossGrid), given(args, FisherSettings), given(args, PrepareSettings)
     recorded = PrepareSettings.recorded_in(args.work_dir)
@@ -254,7 +254,7 @@ def _queries(args, model) -> list:
 
 def _unlearn_settings(args):
     """The recipe's settings (the dataclass defaults for "default"), then every option the command line gave."""
-    from ..engine.unlearn import UnlearnSettings
+    from ..engine.unlearn_settings import UnlearnSettings
     from ..methods.abu.recipes import RECIPES
 
     recipe = {k: v for k, v in RECIPES[args.recipe].items() if k != "noise"}
@@ -262,7 +262,7 @@ def _unlearn_settings(args):
 
 
 def _report_settings(args):
-    from ..attribution import ReportSettings
+    from ..report.settings import ReportSettings
 
     return ReportSettings(**given(args, ReportSettings))
 
@@ -359,7 +359,7 @@ def demo_settings(args, unlearning):
     the demo unlearns."""
     from ..engine.scoring import LossGrid
     from ..methods.abu.recipes import recipe_noise
-    from ..workspace import PrepareSettings
+    from ..prepare_settings import PrepareSettings
 
     settings = PrepareSettings(scoring=LossGrid(timesteps=3, flips=False, batch_size=128), fisher_examples=1024)
     speed = given(args, LossGrid, ("compile", "channels_last"))
@@ -460,10 +460,10 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     grid.set_defaults(run=cmd_grid)
 
     def work_arguments(p):
-        from ..engine.fisher import FisherSettings
+        from ..engine.fisher_settings import FisherSettings
         from ..engine.scoring import LossGrid
         from ..methods.abu.recipes import recipe_group, recipe_noise
-        from ..workspace import PrepareSettings
+        from ..prepare_settings import PrepareSettings
 
         p.add_argument("--model", help="model folder ('default': the shipped emoji model), a diffusers pipeline "
                        "folder of any supported family (README: Model families); default: the one the work "
@@ -494,8 +494,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     def query_arguments(p):
-        from ..attribution import ReportSettings
-        from ..engine.unlearn import UnlearnSettings
+        from ..report.settings import ReportSettings
+        from ..engine.unlearn_settings import UnlearnSettings
         from ..methods.abu.recipes import PAPER
 
         from ..models.sampling import SamplingSettings
@@ -546,7 +546,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     report.add_argument("attribution", help="folder written by attribute")
     report.add_argument("--out", help="where to write (default: the same folder)")
     if wanted("report"):
-        from ..attribution import ReportSettings
+        from ..report.settings import ReportSettings
 
         add_arguments(report, ReportSettings)
     report.add_argument("--group-by", help="a metadata field to rank groups by (default: the attribution's own)")

@@ -29,7 +29,6 @@ from ..errors import SettingsError
 from .fisher import FisherSettings, keyed_timesteps
 from .fisher_hooks import capture_linear_io, linear_rows, only_these_require_grad, split_linear
 
-CURVATURES = ("diagonal", "layer-damped", "kfac", "ekfac")
 FACTOR_NAMES = ("activation_covariance", "gradient_covariance", "activation_eigenvectors", "activation_eigenvalues",
                 "gradient_eigenvectors", "gradient_eigenvalues", "lambda_matrix")
 

@@ -7,7 +7,7 @@ depend on the batch size, the order of the examples or how the training set is s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -18,29 +18,8 @@ from tqdm.auto import tqdm
 from .. import ops
 from .batching import MIN_UNET_ROWS, pad_rows
 from .device import module_device, to_device
-from ..errors import SettingsError, check_seed
 from .fisher_hooks import diagonal_fisher
-from ..settings import SPEED, knob, non_negative_float, positive_int
-
-
-@dataclass
-class FisherSettings:
-    """samples_per_example: (t, ε) draws per example. batch_size: rows per backward (rounded down to a multiple of
-    batching.MIN_UNET_ROWS, at least one block); changes speed, never F.
-    damping: λ added to the returned F so unlearning never divides by ~0 (METHOD.md §2: optional, the reference has
-    none; λ = 0 gives the raw Fisher). backend: fisher_hooks backend ("auto", "cpp", "cuda", "triton", "reference")."""
-
-    samples_per_example: int = knob(1, flag="--fisher-samples", parse=positive_int,
-                                    help="(t, ε) draws per image for the Fisher")
-    batch_size: int = knob(64, role=SPEED, cli=False, help="rows per backward")
-    seed: int = knob(0, cli=False, help="the Fisher's noise seed (the command line's --score-seed sets it)")
-    damping: float = knob(1e-8, parse=non_negative_float, help="λ added to the Fisher")
-    backend: str = knob("auto", role=SPEED, cli=False, help="fisher_hooks backend")
-
-    def __post_init__(self):
-        if self.samples_per_example < 1 or self.batch_size < 1 or self.damping < 0:
-            raise SettingsError(f"FisherSettings needs samples_per_example, batch_size >= 1 and damping >= 0: {self}")
-        check_seed(self.seed, "the Fisher's seed (--score-seed)")
+from .fisher_settings import FisherSettings
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

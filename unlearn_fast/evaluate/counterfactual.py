@@ -33,7 +33,8 @@ from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from ..engine.scoring import LossGrid, per_example_losses
 from ..training_run import TrainRequest
-from .metrics import mean_and_se, pixel_mse, ranking
+from ..ranking import ranking
+from .metrics import mean_and_se, pixel_mse
 from .retrain import is_done, job_key, model_folder, run_jobs
 from .method_setup import Workspaces, configured_method
 

@@ -32,7 +32,8 @@ import numpy as np
 from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from .exemplars import concept_exemplars
-from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, rank_positions, recall_at_k
+from ..ranking import rank_positions
+from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
 from .method_setup import Workspaces, configured_method
 

@@ -5,18 +5,7 @@ import math
 
 import numpy as np
 
-
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Indices by decreasing score, ties by index, NaN last: reproducible on every platform (Attribution.order)."""
-    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
-    return np.lexsort((np.arange(len(scores)), -scores))
-
-
-def rank_positions(scores: np.ndarray) -> np.ndarray:
-    """The 1-based rank of every index in ranking(scores)."""
-    position = np.empty(len(scores), dtype=np.int64)
-    position[ranking(scores)] = np.arange(1, len(scores) + 1)
-    return position
+from ..ranking import ranking  # the judges rank as the reports do
 
 
 def pixel_mse(image: np.ndarray, others: np.ndarray) -> np.ndarray:

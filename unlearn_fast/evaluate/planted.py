@@ -15,7 +15,8 @@ from PIL import Image
 
 from ..data.dataset import CaptionedImages, Example, SubsetDataset
 from ..data.export import export_imagefolder
-from .metrics import rank_positions, recall_at_k
+from ..ranking import rank_positions
+from .metrics import recall_at_k
 
 
 @dataclass
@@ -114,11 +115,12 @@ def run_planted(base_model: str, base: CaptionedImages, setup: PlantedSetup, out
                 methods: dict, quiet: bool = True) -> tuple[PlantedResult, dict]:
     """Build the set, fine-tune, generate the query from the caption, attribute it with each of `methods`
     ({name: UnlearnSettings}). Returns the result and {name: Attribution}. Every stage is skipped if already done."""
-    from ..attributor import Attributor
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
+    from ..methods.abu.method import attribute_by_unlearning
     from ..query import query_from_prompt
     from ..training_run import TrainRequest, run_training
+    from ..workspace import Workspace
 
     starting = DiffusionModel.load(base_model)  # its resolution and vocabulary
     data_dir, model_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "model")
@@ -136,11 +138,11 @@ def run_planted(base_model: str, base: CaptionedImages, setup: PlantedSetup, out
         finetune = {k: v for k, v in json.load(handle).items() if k in ("first_loss", "final_loss", "train_seconds")}
     model = DiffusionModel.load(model_dir)
     query = query_from_prompt(model, setup.caption, seed=setup.query_seed, steps=setup.query_steps)
-    attributor = Attributor(model, dataset, os.path.join(out_dir, "work"), prepare_settings, progress=not quiet)
+    workspace = Workspace(model, dataset, os.path.join(out_dir, "work"), prepare_settings, progress=not quiet)
     result = PlantedResult(planted=planted, chance=len(planted) / len(dataset), finetune=finetune)
     attributions = {}
     for name, settings in methods.items():
-        attribution = attributor.attribute([query], settings)
+        attribution = attribute_by_unlearning(workspace, [query], settings)
         position = rank_positions(attribution.scores[0])
         result.shares[name] = top_r_share(attribution.scores[0], planted)
         result.ranks[name] = sorted(int(position[i]) for i in planted)

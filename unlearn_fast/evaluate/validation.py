@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..query import query_from_prompt
-from .metrics import rank_positions
+from ..ranking import rank_positions
 
 logger = logging.getLogger(__name__)
 

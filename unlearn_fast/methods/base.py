@@ -39,6 +39,10 @@ class AttributionMethod(ABC):
         """PrepareSettings fields the work directory must have for this method ({} = any work directory)."""
         return {}
 
+    def prepare(self, workspace: Workspace) -> None:
+        """Compute (or resume) what this method reads from the work directory beyond the Workspace's shared artefacts
+        (Workspace.prepare calls it, on every rank); default: nothing."""
+
     def check(self, workspace: Workspace) -> None:
         """Refuse, before any work, settings this work directory cannot serve (SettingsError); default: a work
         directory prepared otherwise than prepare_overrides() asks (check_prepared)."""
@@ -77,6 +81,7 @@ def _cached_attribution(method: AttributionMethod, workspace: Workspace, queries
     missing = [q for q in queries if not store.exists(f"{folder}/{q.key}", ".npy")]
     started = time.perf_counter()
     if missing:
+        workspace.prepare([method])
         fresh = np.asarray(method.score(workspace, missing), dtype=np.float32)
         if fresh.shape != (len(missing), n):
             raise ValueError(f"method {method.name} returned scores of shape {fresh.shape}, expected "

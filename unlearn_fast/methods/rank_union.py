@@ -10,14 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ranking import ranking
 from ..workspace import Workspace
 from .base import AttributionMethod
-
-
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Indices by decreasing score, ties by index, NaN last (as Attribution ranks)."""
-    keyed = np.where(np.isnan(scores), -np.inf, scores)
-    return np.lexsort((np.arange(len(scores)), np.isnan(scores), -keyed))
 
 
 def positions(scores: np.ndarray) -> np.ndarray:
@@ -44,6 +39,10 @@ class RankUnion(AttributionMethod):
         for front in self.fronts:
             overrides.update(front.prepare_overrides())
         return overrides
+
+    def prepare(self, workspace: Workspace) -> None:
+        for front in self.fronts:
+            front.prepare(workspace)
 
     def check(self, workspace: Workspace) -> None:
         for front in self.fronts:

@@ -1,8 +1,16 @@
-"""Attribution by unlearning: the exact method (method.py), its recipes and variants (recipes.py), its linearisation
-(linear.py) and the two-stage query that pairs them (two_stage.py)."""
-from .linear import LinearisedAbU
-from .method import AbU, attribute_by_unlearning
-from .recipes import DEFAULT, PAPER, RECIPES, VARIANTS
-from .two_stage import TwoStageAbU
+"""Attribution by unlearning: the exact method (method.py) and its artefacts as named phases (artefacts.py), its
+recipes and variants (recipes.py), its linearisation (linear.py) and the two-stage query that pairs them
+(two_stage.py). Names are loaded on first use, so recipes.py stays light for the command line."""
+from importlib import import_module
 
-__all__ = ["AbU", "DEFAULT", "LinearisedAbU", "PAPER", "RECIPES", "TwoStageAbU", "VARIANTS", "attribute_by_unlearning"]
+_HOMES = {"AbU": ".method", "attribute_by_unlearning": ".method", "LinearisedAbU": ".linear",
+          "TwoStageAbU": ".two_stage", "DEFAULT": ".recipes", "PAPER": ".recipes", "RECIPES": ".recipes",
+          "VARIANTS": ".recipes"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name], __name__), name)

@@ -30,6 +30,7 @@ from ...engine.unlearn import UnlearnSettings, query_gradient
 from ...errors import SettingsError
 from ...query import Query
 from ...workspace import Workspace, rows_of
+from .artefacts import fit_fisher
 from .method import abu_overrides, check_preparation, check_unlearning, query_inputs
 from ..base import AttributionMethod, check_prepared
 from ..projector import SparseProjector, feature_product
@@ -89,6 +90,10 @@ class LinearisedAbU(AttributionMethod):
                    "precondition": self.unlearn.precondition, "flips": self.flips}
         return hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest()[:8]
 
+    def prepare(self, workspace: Workspace) -> None:
+        if self.unlearn.precondition:  # Ψ is scaled by F^(-1/2); it reads no base losses
+            workspace.once("fisher", lambda: fit_fisher(workspace))
+
     def check(self, workspace: Workspace) -> None:
         """Before any work: the noise the work directory was prepared with, the Fisher's group, Linear layers only."""
         check_prepared(workspace, self.name, self.preparation)
@@ -100,7 +105,7 @@ class LinearisedAbU(AttributionMethod):
         def make():
             model = workspace.model
             params = model.parameter_group(self.unlearn.group)
-            scale = ({n: workspace.fisher[n].to(model.device, torch.float64).rsqrt().float() for n in params}
+            scale = ({n: fit_fisher(workspace)[n].to(model.device, torch.float64).rsqrt().float() for n in params}
                      if self.unlearn.precondition else None)
             return params, SparseProjector(params, self.dim, self.projection_seed), scale
         return workspace.cached(f"abu-linear-{self.features_key}", make)

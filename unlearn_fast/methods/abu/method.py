@@ -28,6 +28,7 @@ from ...engine.scoring import NOISE_KEYS, LossGrid
 from ...engine.unlearn import UnlearnSettings, unlearn
 from ...settings import settings_key
 from ...workspace import Workspace, rows_of
+from .artefacts import fit_base_losses, fit_curvature, fit_fisher, prepare_abu
 from .recipes import VARIANTS
 from ..base import AttributionMethod, check_prepared
 
@@ -73,6 +74,9 @@ class AbU(AttributionMethod):
         """What the work directory's PrepareSettings must say for this variant (beyond the defaults)."""
         return abu_overrides(self.preparation, self.unlearn)
 
+    def prepare(self, workspace: Workspace) -> None:
+        prepare_abu(workspace)
+
     def check(self, workspace: Workspace) -> None:
         check_prepared(workspace, self.name, self.preparation)
         check_unlearning(workspace, self.unlearn)
@@ -100,7 +104,7 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
                           f"{workspace.model.text.max_tokens} tokens: it is cut to them, as the model read it when "
                           "generating")
     with workspace.locked():
-        workspace.prepare()
+        workspace.prepare([AbU(settings)])
         records = _attribute_all(workspace, queries, settings)
         scores = [_scores(workspace, query, settings, record["folder"]) for query, record in zip(queries, records)]
         model_folder = getattr(workspace.model, "folder", None)  # set by DiffusionModel.load
@@ -168,7 +172,7 @@ def _attribute_all(workspace: Workspace, queries: list[Query], settings: Unlearn
         unlearned_weights(workspace, queries[q], settings, folders[q], records[q]) for q in todo])
     after = workspace.phase("score", lambda: workspace.losses_under(
         [f"{folders[q]}/losses_after" for q in todo], weights))
-    base, rows = workspace.base_losses, workspace.caption_rows  # read on every rank: collective when not yet cached
+    base, rows = fit_base_losses(workspace), workspace.caption_rows  # on every rank: collective when not yet made
 
     def finish():
         for q, losses in zip(todo, after):
@@ -242,7 +246,7 @@ def _scores(workspace: Workspace, query: Query, settings: UnlearnSettings, folde
         # read by every rank: both are collective passes under torchrun (complete here, so they only read)
         if settings.score == "normalised":
             after = workspace.losses(f"{folder}/losses_after")
-            base, rows = workspace.base_losses, workspace.caption_rows
+            base, rows = fit_base_losses(workspace), workspace.caption_rows
         else:
             references = _reference_scores(workspace, settings)
 
@@ -294,11 +298,11 @@ def preconditioner(workspace: Workspace, settings: UnlearnSettings):
     """What unlearning with `settings` divides by: the diagonal Fisher (damped per layer with "layer-damped"), or the
     K-FAC / EK-FAC curvature of the group's Linear layers with the diagonal Fisher for its other weights."""
     if settings.curvature == "diagonal" or not settings.precondition:
-        return workspace.fisher
+        return fit_fisher(workspace)
     if settings.curvature == "layer-damped":
-        return layer_damped(workspace.fisher, settings.curvature_damping)
-    return dataclasses.replace(workspace.curvature(settings.curvature, settings.curvature_damping),
-                               diagonal=workspace.fisher)
+        return layer_damped(fit_fisher(workspace), settings.curvature_damping)
+    return dataclasses.replace(fit_curvature(workspace, settings.curvature, settings.curvature_damping),
+                               diagonal=fit_fisher(workspace))
 
 
 def retained_rows(workspace: Workspace, settings: UnlearnSettings):

@@ -34,10 +34,12 @@ from ...score_rules import loss_change_scores
 from ...workspace import Workspace
 from .method import (abu_overrides, check_unlearning, query_folder, query_record, save_query,
                   unlearned_weights)
+from .artefacts import fit_base_losses, prepare_abu
 from .linear import LinearisedAbU
 from ..base import AttributionMethod, check_prepared
 from ..latent_similarity import LatentCosine
-from ..rank_union import RankUnion, ranking
+from ..rank_union import RankUnion
+from ...ranking import ranking
 
 
 # `--candidates auto` (benchmarks/README.md, "Two-stage queries"): the smallest share whose mean top-10 AND top-100
@@ -140,6 +142,10 @@ class TwoStageAbU(AttributionMethod):
     def prepare_overrides(self) -> dict:
         return {**self.front.prepare_overrides(), **abu_overrides(self.preparation, self.unlearn)}
 
+    def prepare(self, workspace: Workspace) -> None:
+        prepare_abu(workspace)
+        self.front.prepare(workspace)
+
     def check(self, workspace: Workspace) -> None:
         """Before any work (SettingsError): the preparation, the Fisher's group, and the front's own checks."""
         check_prepared(workspace, self.name, self.preparation)
@@ -156,7 +162,7 @@ class TwoStageAbU(AttributionMethod):
         queries = [queries] if isinstance(queries, Query) else list(queries)
         self.check(workspace)
         with workspace.locked():
-            workspace.prepare()
+            workspace.prepare([self])
             records = [self._attribute_one(workspace, query) for query in queries]
         scores = np.stack([workspace.store.load_npy(f"{record['folder']}/scores") for record in records])
         return Attribution(scores=scores, queries=queries, records=records, dataset=workspace.dataset,
@@ -186,7 +192,7 @@ class TwoStageAbU(AttributionMethod):
         rows = workspace.caption_rows
         picked = np.flatnonzero(np.isin(rows, candidates))  # every caption row of every candidate, in order
         after = workspace.losses_of_rows(weights, picked)
-        exact = loss_change_scores(np.asarray(workspace.base_losses[picked]), after, rows[picked], n)
+        exact = loss_change_scores(np.asarray(fit_base_losses(workspace)[picked]), after, rows[picked], n)
         timings["rescore"] = round(time.perf_counter() - started, 3)
         workspace.log(f"query {query.key}: stage 1 {timings['stage1']:.1f} s, unlearn {timings['unlearn']:.1f} s, "
                       f"{len(picked)} caption rows of {count} candidates rescored in {timings['rescore']:.1f} s")
