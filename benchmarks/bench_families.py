@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from tiny_pipelines import FAMILIES, build_pipeline_folder  # noqa: E402
-from unlearn_fast.engine.scoring import LossGrid, per_example_losses  # noqa: E402
+from unlearn_fast.engine.scoring import PATHS, LossGrid, per_example_losses  # noqa: E402
 from unlearn_fast.models.adapter import DiffusionModel  # noqa: E402
 
 ROWS, TIMESTEPS, BATCH = 64, 4, 128
@@ -42,10 +42,10 @@ def family_inputs(request, tmp_path_factory):
     return request.param, model, x0, cond, list(range(ROWS))
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_family_scoring_pass(benchmark, family_inputs, backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_family_scoring_pass(benchmark, family_inputs, path):
     name, model, x0, cond, ids = family_inputs
-    settings = LossGrid(timesteps=TIMESTEPS, flips=True, batch_size=BATCH, backend=backend)
+    settings = LossGrid(timesteps=TIMESTEPS, flips=True, batch_size=BATCH, path=path)
     benchmark.group = f"{name}: scoring pass, {ROWS} latents x {TIMESTEPS} timesteps x 2 flips"
     benchmark.pedantic(lambda: per_example_losses(model, x0, cond, ids, settings), rounds=3, warmup_rounds=1)
     benchmark.extra_info.update(family=model.family.name, objective=model.prediction_type,

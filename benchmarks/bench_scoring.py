@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.scoring import PATHS, LossGrid, per_example_losses
 
 IMAGES, TIMESTEPS, BATCH = 256, 10, 512
 
@@ -29,9 +29,9 @@ def inputs():
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_scoring_pass(benchmark, inputs, backend, dtype):
-    settings = LossGrid(timesteps=TIMESTEPS, flips=False, batch_size=BATCH, dtype=dtype, backend=backend)
+@pytest.mark.parametrize("path", PATHS)
+def test_scoring_pass(benchmark, inputs, path, dtype):
+    settings = LossGrid(timesteps=TIMESTEPS, flips=False, batch_size=BATCH, dtype=dtype, path=path)
     benchmark.group = f"scoring pass, {IMAGES} images x {TIMESTEPS} timesteps, batch {BATCH}"
     # bf16 is emulated on CPUs without AVX-512 BF16 (~10x slower than fp32): one round keeps the suite short there.
     rounds = 3 if dtype == "fp32" else 1
@@ -53,17 +53,17 @@ def test_scoring_pass(benchmark, inputs, backend, dtype):
 # than fp32 above), and compiling a 57 M-parameter UNet takes minutes on 2 cores, so the CPU rows are fp32 eager.
 ON_GPU = torch.cuda.is_available()
 MSCOCO_ROWS, MSCOCO_BATCH = (16384, 1024) if ON_GPU else (64, 32)
-MSCOCO_PATHS = {  # name: (backend, dtype, compile mode, channels_last)
-    "reference fp32 loop": ("reference", "fp32", "none", False),
-    "fused fp32": ("auto", "fp32", "none", False),
-    "fused fp32, channels_last": ("auto", "fp32", "none", True),
+MSCOCO_PATHS = {  # name: (LossGrid.path, dtype, compile mode, channels_last)
+    "reference fp32 loop": ("stored-noise", "fp32", "none", False),
+    "fused fp32": ("fused", "fp32", "none", False),
+    "fused fp32, channels_last": ("fused", "fp32", "none", True),
 }
 if ON_GPU:
     MSCOCO_PATHS |= {
-        "fused bf16 autocast, channels_last": ("auto", "bf16", "none", True),
-        "fused bf16, channels_last, compile": ("auto", "bf16", "default", True),
-        "fused bf16, channels_last, compile max-autotune": ("auto", "bf16", "max-autotune", True),
-        "fused bf16, channels_last, compile + CUDA graphs": ("auto", "bf16", "reduce-overhead", True),
+        "fused bf16 autocast, channels_last": ("fused", "bf16", "none", True),
+        "fused bf16, channels_last, compile": ("fused", "bf16", "default", True),
+        "fused bf16, channels_last, compile max-autotune": ("fused", "bf16", "max-autotune", True),
+        "fused bf16, channels_last, compile + CUDA graphs": ("fused", "bf16", "reduce-overhead", True),
     }
 _mscoco_losses = {}
 
@@ -89,8 +89,8 @@ def test_mscoco_scoring_pass(benchmark, mscoco, path):
     import time
 
     model, x0, cond, ids, gflop = mscoco
-    backend, dtype, mode, channels_last = MSCOCO_PATHS[path]
-    settings = LossGrid(timesteps=2, flips=False, batch_size=MSCOCO_BATCH, dtype=dtype, backend=backend,
+    loss_path, dtype, mode, channels_last = MSCOCO_PATHS[path]
+    settings = LossGrid(timesteps=2, flips=False, batch_size=MSCOCO_BATCH, dtype=dtype, path=loss_path,
                         compile=mode, channels_last=channels_last)
     rows = len(ids) * 2
     benchmark.group = f"scoring pass, MSCOCO UNet, {rows} image-timesteps, batch {MSCOCO_BATCH}"

@@ -61,7 +61,7 @@ def main() -> None:
                                                                                               time.gmtime())}
     fused, t_fused = scores(model, dataset, os.path.join(args.work_dir, "fused"), grid, "auto", query)
     reference, t_ref = scores(model, dataset, os.path.join(args.work_dir, "reference"),
-                              dataclasses.replace(grid, backend="reference"), "reference", query)
+                              dataclasses.replace(grid, path="stored-noise"), "reference", query)
     record["fused_vs_reference"] = compare(fused, reference) | {"images": len(dataset), "seconds": [t_fused, t_ref]}
 
     chosen = np.sort(np.random.default_rng(0).choice(len(dataset), args.bf16_images, replace=False))

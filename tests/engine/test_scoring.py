@@ -59,15 +59,15 @@ def test_timestep_grid_is_cell_midpoints():
 
 
 def test_settings_are_validated():
-    for kwargs, message in ({"dtype": "fp16"}, "dtype"), ({"backend": "cpp"}, "backend"), ({"batch_size": 0}, "batch"):
+    for kwargs, message in ({"dtype": "fp16"}, "dtype"), ({"path": "reference"}, "path"), ({"batch_size": 0}, "batch"):
         with pytest.raises(ValueError, match=message):
             LossGrid(**kwargs)
 
 
-def test_fused_path_equals_reference_path_and_runs_the_cpp_ops(scored, fp32_losses):
+def test_fused_path_equals_stored_noise_path_and_runs_the_cpp_ops(scored, fp32_losses):
     if "cpp" not in ops.available_backends("cpu"):
         pytest.skip("unlearn_fast._C is not built")
-    reference = per_example_losses(*scored, LossGrid(seed=3, timesteps=5, noise="example", backend="reference"))
+    reference = per_example_losses(*scored, LossGrid(seed=3, timesteps=5, noise="example", path="stored-noise"))
     fused = per_example_losses(*scored, GRID)
     assert (ops.last_backend("noisy_input"), ops.last_backend("denoising_loss")) == ("cpp", "cpp")
     assert fused.shape == (N, 5, 2) and fused.dtype == torch.float32

@@ -31,7 +31,7 @@ from unlearn_fast.query import query_from_array
 from unlearn_fast.workspace import PrepareSettings, Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-plg = importlib.import_module("unlearn_fast.ops.projected_linear_gradient")  # the module (ops exports the function)
+plg = importlib.import_module("unlearn_fast.ops.projected_linear_gradient_blocked")
 two_stage_module = importlib.import_module("unlearn_fast.methods.abu.two_stage")
 
 N = 24

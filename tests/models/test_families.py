@@ -114,7 +114,7 @@ def test_fused_path_equals_the_reference_and_does_not_depend_on_the_batch(family
     for batch_size in (1, 7):
         other = LossGrid(timesteps=3, flips=True, seed=2, batch_size=batch_size)
         torch.testing.assert_close(per_example_losses(model, x0, cond, ids, other), fused, rtol=0, atol=0)
-    reference = per_example_losses(model, x0, cond, ids, LossGrid(timesteps=3, flips=True, seed=2, backend="reference"))
+    reference = per_example_losses(model, x0, cond, ids, LossGrid(timesteps=3, flips=True, seed=2, path="stored-noise"))
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
 
 

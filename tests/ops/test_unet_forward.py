@@ -77,10 +77,10 @@ def test_compiled_pass_matches_eager_compiles_once_and_sees_swapped_weights():
     assert torch.equal(per_example_losses(model, x0, cond, ids, eager), reference)  # originals are back
 
 
-def test_reference_path_ignores_the_plan():
+def test_stored_noise_path_ignores_the_plan():
     model = small_model()
     x0, cond, ids = inputs(4)
-    grid = LossGrid(timesteps=2, backend="reference", channels_last=True, compile="default")
+    grid = LossGrid(timesteps=2, path="stored-noise", channels_last=True, compile="default")
     per_example_losses(model, x0, cond, ids, grid)
     assert model.unet.conv_in.weight.is_contiguous()  # the oracle runs the UNet as it was given
     assert "_unlearn_fast_forwards" not in model.unet.__dict__

@@ -27,7 +27,7 @@ from .weight_swap import swapped_weights
 
 DTYPES = ("fp32", "bf16")
 
-BACKENDS = ("auto", "reference")
+PATHS = ("fused", "stored-noise")  # LossGrid.path: how the losses are computed (the ops backend is chosen per op)
 
 # "example": a row's noise is keyed by its example id too (the paper); "shared": only by (seed, timestep, flip), so
 # identical images get identical losses (and scores), still independent of batching and sharding.
@@ -53,8 +53,9 @@ class LossGrid:
     seed: noise seed. timesteps: a count (→ timestep_grid) or explicit timesteps in [0, T). flips: also score the
     mirrored image (with its own noise). batch_size: rows (example × timestep × flip) per UNet call; it changes speed,
     never the losses. dtype: "fp32" (TF32 off on GPUs too), or "bf16" autocast around the UNet (losses still reduced
-    in fp32). backend: "auto" (fused ops: noise regenerated in-kernel, never stored) or "reference" (stored noise,
-    torch.flip, model.loss: what the paper's code does; the oracle). compile, channels_last: how the UNet is run
+    in fp32). path: "fused" (ops.noisy_input → UNet → ops.denoising_loss: noise regenerated in-kernel, never stored) or
+    "stored-noise" (ops.gaussian_noise stored, torch.flip, model.loss: what the paper's code does; the oracle); PATHS.
+    Both use the fastest ops backend (ops.available_backends()), which gives the same noise bits on every backend. compile, channels_last: how the UNet is run
     (unet_forward.ForwardPlan; speed only). With compile, every call is padded to batch_size rows (one graph).
     noise: "shared" (one noise per timestep and flip for every example, so identical images score alike: the
     package's default) or "example" (keyed by example id, timestep and flip: the paper's); NOISE_KEYS.
@@ -65,8 +66,8 @@ class LossGrid:
     flips: bool = knob(True, help="also score the mirrored image, keep the larger change")
     batch_size: int = knob(512, role=SPEED, parse=positive_int, help="UNet rows per call")
     dtype: str = knob("fp32", choices=DTYPES, help="UNet precision when scoring")
-    backend: str = knob("auto", role=SPEED, cli=False, choices=BACKENDS,
-                        help="fused ops, or the stored-noise reference (the oracle)")
+    path: str = knob("fused", role=SPEED, cli=False, choices=PATHS,
+                     help="fused ops (noise regenerated in-kernel), or stored noise and model.loss (the oracle)")
     compile: str = knob("none", role=SPEED, choices=COMPILE_MODES, help="torch.compile the UNet for the scoring "
                         "passes (reduce-overhead: CUDA graphs); pays a one-off compile per process")
     channels_last: bool | None = knob(None, role=SPEED, parse=bool,
@@ -79,8 +80,8 @@ class LossGrid:
         self.forward_plan  # validates compile
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.backend not in BACKENDS:
-            raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.path not in PATHS:
+            raise SettingsError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.noise not in NOISE_KEYS:
             raise SettingsError(f"noise must be one of {NOISE_KEYS}, got {self.noise!r}")
         if self.batch_size < 1:
@@ -101,7 +102,7 @@ class LossGrid:
         return steps
 
 
-def _reference_losses(model, unet, x0, cond, ids, t, flips, settings):
+def _stored_noise_losses(model, unet, x0, cond, ids, t, flips, settings):
     # The same noise bits on every ops backend, so the fastest one is used: this path differs only in storing it.
     # The oracle calls the UNet as it is (eager, its own memory format): the plan's speed-ups are not applied.
     noise = ops.gaussian_noise(settings.seed, ids, t, flips, x0.shape[1:], device=x0.device)
@@ -159,7 +160,7 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
     example = torch.arange(n).repeat_interleave(steps * views)
     step = torch.arange(steps).repeat_interleave(views).repeat(n)
     flip = torch.arange(views).repeat(n * steps)
-    fused = settings.backend == "auto"
+    fused = settings.path == "fused"
     forward = unet_forward(model, unet, settings.forward_plan, device) if fused else None
     minimum = settings.batch_size if fused and settings.compile != "none" else 0  # a compiled UNet sees one shape
     losses = torch.empty(len(weight_sets), len(example), dtype=torch.float32, device=device)
@@ -182,7 +183,7 @@ def losses_under_weights(model: DiffusionModel, x0: torch.Tensor, cond: torch.Te
                         if row_weight is not None:
                             batch_losses = batch_losses * row_weight
                     else:
-                        batch_losses = _reference_losses(model, unet, x, c, i, t, f, settings)
+                        batch_losses = _stored_noise_losses(model, unet, x, c, i, t, f, settings)
                 losses[q, start:start + count] = batch_losses[:count]
     return losses.view(len(weight_sets), n, steps, views).to(x0.device)
 

@@ -1,6 +1,9 @@
 """Low-level ops: one function per fused op, dispatching to CUDA / Triton / C++ / a PyTorch reference.
 
-Every op takes backend="auto" | "cpp" | "cuda" | "triton" | "reference"; last_backend(op_name) says which one ran.
+Every fused op takes backend="auto" | "cpp" | "cuda" | "triton" | "reference" (projected_linear_gradient: "auto" |
+"blocked" | "reference"); last_backend(op_name) says which one ran. Which function each backend runs is data in
+registry.py; each op is also a torch.library custom op torch.ops.unlearn_fast.<op> (library.py), so torch.compile
+traces through it.
 """
 from ._backend import BackendUnavailableError, available_backends, last_backend
 from .denoising_loss import denoising_loss

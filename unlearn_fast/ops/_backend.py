@@ -1,4 +1,6 @@
-"""Backend selection shared by every op: the native extension (C++/OpenMP, CUDA), Triton, or the PyTorch reference.
+"""Backend selection for the fused ops: the native extension (C++/OpenMP, CUDA), Triton, or the PyTorch reference.
+
+registry.py says which function each backend runs; this module says which backend can run here.
 
 backend="auto" picks, for CUDA tensors: the CUDA extension if built, else Triton if importable, else the reference;
 for CPU tensors: the C++ extension if built, else the reference. Triton runs on CPU tensors only when asked for
@@ -84,9 +86,14 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         if reason is not None:
             raise BackendUnavailableError(f"{op}: backend {backend!r} is unavailable: {reason}")
         chosen = backend
+    record(op, chosen, device)
+    return chosen
+
+
+def record(op: str, chosen: str, device: torch.device) -> None:
+    """Note that `op` runs on `chosen`, for last_backend(op)."""
     _last_backend[op] = chosen
     _log.debug("%s: %s backend on %s", op, chosen, device)
-    return chosen
 
 
 def last_backend(op: str) -> str | None:

@@ -4,7 +4,7 @@ target = c_eps·ε + c_x·x0', with ε and the mirrored x0' exactly those of noi
 x_t = noisy_input(...); pred = model(x_t, t, c); denoising_loss(pred, ...) never writes the noise to memory. The
 coefficients say what the model predicts (the model layer computes them): epsilon (1, 0), v-prediction (a_t, −s_t),
 flow matching (1, −1). Spec in denoising_loss_reference.py (the oracle); fast paths in csrc/ (C++/OpenMP, CUDA) and
-triton_kernels/.
+triton_kernels/, registered in registry.py; the op is the torch.library custom op unlearn_fast::denoising_loss.
 """
 from __future__ import annotations
 
@@ -12,22 +12,24 @@ import math
 
 import torch
 
-from . import _backend
-from .denoising_loss_reference import denoising_loss_reference
+from . import registry
+from .library import NAMESPACE, seed_from_int64
+from .noise import check_keys
 from .noisy_input import check_float_tensor, fused_inputs
 
 
-def _native(pred, x0, c_eps, c_x, seed, ids, timestep_idx, flips):
-    return _backend.native().denoising_loss(pred, x0, c_eps, c_x, seed, ids, timestep_idx, flips)
+@torch.library.custom_op(f"{NAMESPACE}::denoising_loss", mutates_args=())
+def _denoising_loss_op(pred: torch.Tensor, x0: torch.Tensor, c_eps: torch.Tensor, c_x: torch.Tensor, seed: int,
+                       ids: torch.Tensor, timestep_idx: torch.Tensor, flips: torch.Tensor,
+                       backend: str) -> torch.Tensor:
+    check_keys(ids, timestep_idx, flips)
+    return registry.run("denoising_loss", backend, x0.device, pred, x0, c_eps, c_x, seed_from_int64(seed), ids,
+                        timestep_idx, flips)
 
 
-def _triton(*args):
-    from ..triton_kernels.denoising_loss import denoising_loss_triton  # imported on first use: triton is optional
-
-    return denoising_loss_triton(*args)
-
-
-_IMPLEMENTATIONS = {"reference": denoising_loss_reference, "cpp": _native, "cuda": _native, "triton": _triton}
+@_denoising_loss_op.register_fake
+def _(pred, x0, c_eps, c_x, seed, ids, timestep_idx, flips, backend):
+    return x0.new_empty((x0.shape[0],), dtype=torch.float32)
 
 
 def _check_coefficient(name: str, value, x0: torch.Tensor) -> None:
@@ -75,5 +77,4 @@ def denoising_loss(
         raise ValueError(f"pred is on {pred.device} but x0 is on {x0.device}")
     if math.prod(x0.shape[1:]) == 0:
         raise ValueError(f"x0 and pred samples must not be empty (the mean is undefined), got shape {tuple(x0.shape)}")
-    chosen = _backend.resolve("denoising_loss", backend, x0.device)
-    return _IMPLEMENTATIONS[chosen](pred, *inputs)
+    return _denoising_loss_op(pred, *inputs, backend)

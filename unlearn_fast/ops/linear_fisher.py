@@ -1,32 +1,33 @@
 """linear_fisher_diag: the diagonal Fisher of a Linear layer from its inputs and output gradients, without ever
 holding the (N, d_out, d_in) per-example gradients.
 
-Spec in linear_fisher_reference.py (the oracle); fast paths in csrc/ (C++/OpenMP, CUDA) and triton_kernels/, each
-computing one output tile at a time: per example, the gradient tile g_n^T x_n in registers, squared and accumulated.
+Spec in linear_fisher_reference.py (the oracle); fast paths in csrc/ (C++/OpenMP, CUDA) and triton_kernels/
+(registered in registry.py; the op is the torch.library custom op unlearn_fast::linear_fisher_diag), each computing
+one output tile at a time: per example, the gradient tile g_n^T x_n in registers, squared and accumulated.
 unlearn_fast.engine.fisher_hooks.diagonal_fisher feeds it from hooks on a model's Linear layers.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _backend
-from .linear_fisher_reference import linear_fisher_reference
+from . import registry
+from .library import NAMESPACE
 from .noisy_input import FLOAT_DTYPES
 
 _MAX_D_OUT = 65535 * 32  # the CUDA grid's y dimension holds the output tiles
 
 
-def _native(x, g, bias):
-    return _backend.native().linear_fisher_diag(x, g, bias)
+# A custom op returns tensors, not None: [weight_sq] or [weight_sq, bias_sq], made a pair again by linear_fisher_diag.
+@torch.library.custom_op(f"{NAMESPACE}::linear_fisher_diag", mutates_args=())
+def _linear_fisher_diag_op(x: torch.Tensor, g: torch.Tensor, bias: bool, backend: str) -> list[torch.Tensor]:
+    weight_sq, bias_sq = registry.run("linear_fisher_diag", backend, x.device, x, g, bias)
+    return [weight_sq, bias_sq] if bias else [weight_sq]
 
 
-def _triton(x, g, bias):
-    from ..triton_kernels.linear_fisher import linear_fisher_triton  # imported on first use: triton is optional
-
-    return linear_fisher_triton(x, g, bias)
-
-
-_IMPLEMENTATIONS = {"reference": linear_fisher_reference, "cpp": _native, "cuda": _native, "triton": _triton}
+@_linear_fisher_diag_op.register_fake
+def _(x, g, bias, backend):
+    weight_sq = x.new_empty((g.shape[2], x.shape[2]), dtype=torch.float32)
+    return [weight_sq, x.new_empty((g.shape[2],), dtype=torch.float32)] if bias else [weight_sq]
 
 
 def linear_fisher_diag(
@@ -57,5 +58,5 @@ def linear_fisher_diag(
                          f"{g.device}")
     if x.shape[2] == 0 or not 0 < g.shape[2] <= _MAX_D_OUT:
         raise ValueError(f"d_in must be >= 1 and d_out in [1, {_MAX_D_OUT}], got {x.shape[2]} and {g.shape[2]}")
-    chosen = _backend.resolve("linear_fisher_diag", backend, x.device)
-    return _IMPLEMENTATIONS[chosen](x, g, bool(bias))
+    weight_sq, *bias_sq = _linear_fisher_diag_op(x, g, bool(bias), backend)
+    return weight_sq, (bias_sq[0] if bias else None)

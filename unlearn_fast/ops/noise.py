@@ -1,7 +1,8 @@
 """gaussian_noise: N(0, 1) noise that is a pure function of (seed, example id, timestep index, flip, element index).
 
 Noise is never stored and never depends on batch size, batch position, device, backend or shard: any worker
-regenerates it. Spec in noise_reference.py (the oracle); fast paths in csrc/ (C++/OpenMP, CUDA) and triton_kernels/.
+regenerates it. Spec in noise_reference.py (the oracle); fast paths in csrc/ (C++/OpenMP, CUDA) and triton_kernels/,
+registered in registry.py; the op is the torch.library custom op unlearn_fast::gaussian_noise (library.py).
 """
 from __future__ import annotations
 
@@ -11,28 +12,20 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _backend
-from .noise_reference import gaussian_noise_reference
+from . import registry
+from .library import NAMESPACE, seed_from_int64, seed_to_int64
 
 _MAX_NUMEL = 1 << 34  # the element counter word holds element // 4 < 2**32
 _DTYPES = (torch.float32, torch.float64)
-
-
-def _native(seed, ids, timestep_idx, flips, numel, dtype):
-    return _backend.native().gaussian_noise(seed, ids, timestep_idx, flips, numel, dtype)
-
-
-def _triton(seed, ids, timestep_idx, flips, numel, dtype):
-    from ..triton_kernels.noise import gaussian_noise_triton  # imported on first use: triton is optional
-
-    return gaussian_noise_triton(seed, ids, timestep_idx, flips, numel, dtype)
-
-
-_IMPLEMENTATIONS = {"reference": gaussian_noise_reference, "cpp": _native, "cuda": _native, "triton": _triton}
+KEY_UPPER_BOUNDS = {"example_ids": 2**32, "timestep_indices": 2**32, "flips": 2}
 
 
 def _per_sample(name: str, value, device: torch.device, upper: int) -> torch.Tensor | int:
-    """An int (broadcast later) or a 1-D int64 tensor on `device`, with every value in [0, upper)."""
+    """An int in [0, upper) (broadcast later) or a 1-D int64 tensor on `device`, its values checked by check_keys.
+
+    Tensor values are checked inside the custom op, where they are real: reading them here would break a
+    torch.compile graph.
+    """
     if isinstance(value, numbers.Integral):
         if not 0 <= value < upper:
             raise ValueError(f"{name} must be in [0, {upper}), got {value}")
@@ -46,12 +39,29 @@ def _per_sample(name: str, value, device: torch.device, upper: int) -> torch.Ten
         raise ValueError(f"{name} must be an int or 1-D, got shape {tuple(value.shape)}")
     if value.is_floating_point() or value.is_complex():
         raise ValueError(f"{name} must have an integer or bool dtype, got {value.dtype}")
-    value = value.to(device=device, dtype=torch.int64)
-    bad = (value < 0) | (value >= upper)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name} must be in [0, {upper}), got {int(value[i])} at position {i}")
-    return value
+    return value.to(device=device, dtype=torch.int64)
+
+
+def check_keys(ids: torch.Tensor, timestep_idx: torch.Tensor, flips: torch.Tensor) -> None:
+    """ValueError naming the first key out of its range (KEY_UPPER_BOUNDS), and where."""
+    for (name, upper), value in zip(KEY_UPPER_BOUNDS.items(), (ids, timestep_idx, flips)):
+        bad = (value < 0) | (value >= upper)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name} must be in [0, {upper}), got {int(value[i])} at position {i}")
+
+
+@torch.library.custom_op(f"{NAMESPACE}::gaussian_noise", mutates_args=())
+def _gaussian_noise_op(seed: int, ids: torch.Tensor, timestep_idx: torch.Tensor, flips: torch.Tensor, numel: int,
+                       dtype: torch.dtype, backend: str) -> torch.Tensor:
+    check_keys(ids, timestep_idx, flips)
+    return registry.run("gaussian_noise", backend, ids.device, seed_from_int64(seed), ids, timestep_idx, flips, numel,
+                        dtype)
+
+
+@_gaussian_noise_op.register_fake
+def _(seed, ids, timestep_idx, flips, numel, dtype, backend):
+    return ids.new_empty((ids.shape[0], numel), dtype=dtype)
 
 
 def gaussian_noise(
@@ -93,8 +103,7 @@ def gaussian_noise(
         device = next((v.device for v in inputs.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
     device = torch.device(device)
 
-    uppers = {"example_ids": 2**32, "timestep_indices": 2**32, "flips": 2}
-    rows = {name: _per_sample(name, value, device, uppers[name]) for name, value in inputs.items()}
+    rows = {name: _per_sample(name, value, device, KEY_UPPER_BOUNDS[name]) for name, value in inputs.items()}
     lengths = {name: len(v) for name, v in rows.items() if isinstance(v, torch.Tensor)}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"example_ids, timestep_indices and flips must have the same length, got {lengths}")
@@ -104,6 +113,6 @@ def gaussian_noise(
         for v in rows.values()
     )
 
-    chosen = _backend.resolve("gaussian_noise", backend, device)
-    out = _IMPLEMENTATIONS[chosen](seed, ids.contiguous(), steps.contiguous(), flip.contiguous(), numel, dtype)
+    out = _gaussian_noise_op(seed_to_int64(seed), ids.contiguous(), steps.contiguous(), flip.contiguous(), numel, dtype,
+                             backend)
     return out.view(batch, *shape)

@@ -2,7 +2,8 @@
 
 eps is exactly gaussian_noise(seed, example_ids, timestep_indices, flips, (C, H, W)) and x0' is x0 mirrored along W on
 flipped rows, read mirrored in place. Spec in noisy_input_reference.py (the oracle); fast paths in csrc/ (C++/OpenMP,
-CUDA) and triton_kernels/. denoising_loss scores a prediction against the same eps with the same inputs.
+CUDA) and triton_kernels/, registered in registry.py; the op is the torch.library custom op unlearn_fast::noisy_input.
+denoising_loss scores a prediction against the same eps with the same inputs.
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import numbers
 
 import torch
 
-from . import _backend
-from .noise import _per_sample
-from .noisy_input_reference import noisy_input_reference
+from . import registry
+from .library import NAMESPACE, seed_from_int64, seed_to_int64
+from .noise import _per_sample, check_keys
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_NUMEL = 1 << 34  # the element counter word of the noise holds element // 4 < 2**32
@@ -32,7 +33,8 @@ def check_float_tensor(name: str, value, shape: tuple[int, ...] | None = None) -
 
 
 def fused_inputs(x0, a_t, s_t, seed, example_ids, timestep_indices, flips):
-    """Validated inputs of the fused noise ops: x0 as given, a_t and s_t float32 (B,), ids/steps/flips int64 (B,)."""
+    """Inputs of the fused noise ops: x0 as given, a_t and s_t float32 (B,), the seed as an int64 (library.py),
+    ids/steps/flips int64 (B,) (their values checked inside the op by check_keys)."""
     x0 = check_float_tensor("x0", x0)
     batch, device = x0.shape[0], x0.device
     if math.prod(x0.shape[1:]) > _MAX_NUMEL:
@@ -55,20 +57,21 @@ def fused_inputs(x0, a_t, s_t, seed, example_ids, timestep_indices, flips):
         elif len(value) != batch:
             raise ValueError(f"{name} must have length {batch} (one per row of x0), got shape {tuple(value.shape)}")
         keys.append(value.contiguous())
-    return x0, a_t.contiguous(), s_t.contiguous(), int(seed), *keys
+    return x0, a_t.contiguous(), s_t.contiguous(), seed_to_int64(int(seed)), *keys
 
 
-def _native(x0, a_t, s_t, seed, ids, timestep_idx, flips, out_dtype):
-    return _backend.native().noisy_input(x0, a_t, s_t, seed, ids, timestep_idx, flips, out_dtype)
+@torch.library.custom_op(f"{NAMESPACE}::noisy_input", mutates_args=())
+def _noisy_input_op(x0: torch.Tensor, a_t: torch.Tensor, s_t: torch.Tensor, seed: int, ids: torch.Tensor,
+                    timestep_idx: torch.Tensor, flips: torch.Tensor, out_dtype: torch.dtype,
+                    backend: str) -> torch.Tensor:
+    check_keys(ids, timestep_idx, flips)
+    return registry.run("noisy_input", backend, x0.device, x0, a_t, s_t, seed_from_int64(seed), ids, timestep_idx,
+                        flips, out_dtype)
 
 
-def _triton(*args):
-    from ..triton_kernels.noisy_input import noisy_input_triton  # imported on first use: triton is optional
-
-    return noisy_input_triton(*args)
-
-
-_IMPLEMENTATIONS = {"reference": noisy_input_reference, "cpp": _native, "cuda": _native, "triton": _triton}
+@_noisy_input_op.register_fake
+def _(x0, a_t, s_t, seed, ids, timestep_idx, flips, out_dtype, backend):
+    return x0.new_empty(x0.shape, dtype=out_dtype)  # contiguous, as every backend returns it
 
 
 def noisy_input(
@@ -103,5 +106,4 @@ def noisy_input(
     out_dtype = x0.dtype if out_dtype is None else out_dtype
     if out_dtype not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {out_dtype}")
-    chosen = _backend.resolve("noisy_input", backend, x0.device)
-    return _IMPLEMENTATIONS[chosen](*inputs, out_dtype)
+    return _noisy_input_op(*inputs, out_dtype, backend)

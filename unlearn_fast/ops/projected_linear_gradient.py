@@ -1,38 +1,32 @@
 """projected_linear_gradient: P · vec(s ⊙ g_nᵀx_n) per example for a Linear layer, without ever holding the
 (N, d_out, d_in) per-example gradients or a dense projection.
 
-Spec in projected_linear_gradient_reference.py (the oracle). The fast path walks the input features in blocks: per
-block it forms only the (N, d_out, block) slab of Σ_tokens g ⊗ x (one batched matmul), scales it by s and the signs,
-and scatters it into the `dim` buckets (index_add, float64 sums). Memory: one slab (SLAB_BYTES), whatever d_in.
-It is plain PyTorch (batched matmul + index_add), so it runs on every device; there is no native kernel yet, so the
-op has two backends, "blocked" and "reference", outside the native/Triton registry (ops/_backend.py).
+Spec in projected_linear_gradient_reference.py (the oracle); the fast path is projected_linear_gradient_blocked.py:
+the input features in blocks, one (N, d_out, block) slab at a time. It is plain PyTorch (batched matmul + index_add),
+so it runs on every device; there is no native kernel yet, so the op has two backends, "blocked" and "reference"
+(registry.py). The op is the torch.library custom op unlearn_fast::projected_linear_gradient.
 engine/projected_gradients.py feeds it from hooks on a model's Linear layers (stage 1 of the two-stage AbU).
 """
 from __future__ import annotations
 
 import torch
 
+from . import registry
+from .library import NAMESPACE
 from .noisy_input import FLOAT_DTYPES
-from .projected_linear_gradient_reference import projected_linear_gradient_reference
 
-BACKENDS = ("auto", "blocked", "reference")
-SLAB_BYTES = 8 * 2**20  # the (N, d_out, block) float32 slab of per-example gradients
+BACKENDS = registry.backends("projected_linear_gradient")
 
 
-def _blocked(x, g, bucket, sign, dim, scale):
-    n, d_out, d_in = x.shape[0], g.shape[2], x.shape[2]
-    out = torch.zeros(n, dim, dtype=torch.float64, device=x.device)
-    weight = sign.reshape(d_out, d_in).float()
-    if scale is not None:
-        weight = weight * scale.float()
-    bucket = bucket.reshape(d_out, d_in)
-    gt = g.float().transpose(1, 2)  # (N, d_out, T): the slab is one bmm per block
-    block = max(1, min(d_in, SLAB_BYTES // (4 * max(1, n * d_out))))
-    for start in range(0, d_in, block):
-        cols = slice(start, start + block)
-        slab = torch.bmm(gt, x[:, :, cols].float()) * weight[:, cols]  # (N, d_out, block)
-        out.index_add_(1, bucket[:, cols].reshape(-1), slab.reshape(n, -1).double())
-    return out
+@torch.library.custom_op(f"{NAMESPACE}::projected_linear_gradient", mutates_args=())
+def _projected_linear_gradient_op(x: torch.Tensor, g: torch.Tensor, bucket: torch.Tensor, sign: torch.Tensor, dim: int,
+                                  scale: torch.Tensor | None, backend: str) -> torch.Tensor:
+    return registry.run("projected_linear_gradient", backend, x.device, x, g, bucket, sign, dim, scale)
+
+
+@_projected_linear_gradient_op.register_fake
+def _(x, g, bucket, sign, dim, scale, backend):
+    return x.new_empty((x.shape[0], dim), dtype=torch.float64)
 
 
 def projected_linear_gradient(x: torch.Tensor, g: torch.Tensor, bucket: torch.Tensor, sign: torch.Tensor, dim: int,
@@ -69,6 +63,4 @@ def projected_linear_gradient(x: torch.Tensor, g: torch.Tensor, bucket: torch.Te
                          f"{sign.numel()}")
     if scale is not None and tuple(scale.shape) != (d_out, d_in):
         raise ValueError(f"scale must have shape ({d_out}, {d_in}), got {tuple(scale.shape)}")
-    if backend == "reference":
-        return projected_linear_gradient_reference(x, g, bucket, sign, dim, scale)
-    return _blocked(x, g, bucket, sign, dim, scale)
+    return _projected_linear_gradient_op(x, g, bucket, sign, dim, scale, backend)
