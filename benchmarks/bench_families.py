@@ -17,7 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from tiny_pipelines import FAMILIES, build_pipeline_folder  # noqa: E402
-from unlearn_fast.engine.scoring import PATHS, LossGrid, per_example_losses  # noqa: E402
+from unlearn_fast.engine.loss_grid import PATHS, LossGrid  # noqa: E402
+from unlearn_fast.engine.scoring import per_example_losses
 from unlearn_fast.models.adapter import DiffusionModel  # noqa: E402
 
 ROWS, TIMESTEPS, BATCH = 64, 4, 128

@@ -9,7 +9,9 @@
 import pytest
 import torch
 
-from unlearn_fast.engine.scoring import PATHS, LossGrid, per_example_losses
+from unlearn_fast.engine.loss_grid import PATHS, LossGrid
+
+from unlearn_fast.engine.scoring import per_example_losses
 
 IMAGES, TIMESTEPS, BATCH = 256, 10, 512
 

@@ -16,7 +16,7 @@ import torch
 from unlearn_fast.attributor import PrepareSettings
 from unlearn_fast.data import open_dataset
 from unlearn_fast.evaluate.planted import PlantedSetup, run_planted
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.methods.abu.recipes import PAPER

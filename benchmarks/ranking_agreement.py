@@ -21,7 +21,7 @@ from unlearn_fast.data import SubsetDataset, open_dataset
 from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.query import query_from_prompt
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

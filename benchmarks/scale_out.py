@@ -99,7 +99,7 @@ def sweep(images: int, queries: int) -> None:
     from unlearn_fast.data import SubsetDataset, load_pixels, open_dataset
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.query import query_from_array
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.engine.unlearn import UnlearnSettings
     from unlearn_fast.workspace import PrepareSettings
 
@@ -155,7 +155,8 @@ def _unet_rows_per_s() -> float:
     import torch
 
     from unlearn_fast.models.adapter import DiffusionModel
-    from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+    from unlearn_fast.engine.loss_grid import LossGrid
+    from unlearn_fast.engine.scoring import per_example_losses
 
     torch.set_num_threads(2)
     model = DiffusionModel.load("default")
@@ -204,7 +205,7 @@ def memory_one(n: int, timesteps: int) -> None:
     from unlearn_fast.data.dataset import CaptionedImages
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.score_rules import loss_change_scores
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.methods.abu.artefacts import fit_base_losses
     from unlearn_fast.workspace import PrepareSettings, Workspace
 

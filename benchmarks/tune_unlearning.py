@@ -27,7 +27,7 @@ from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import open_dataset
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.query import query_from_prompt
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.evaluate.validation import VALIDATION_SEED, validation_prompts
 from unlearn_fast.engine.unlearn import UnlearnSettings
 

@@ -28,7 +28,7 @@ def compute(work: Path, query_image: np.ndarray | None = None) -> dict[str, np.n
     another CPU rounds differently in generation does not reach the scores' comparison."""
     from unlearn_fast.attributor import Attributor
     from unlearn_fast.data import SubsetDataset, open_dataset
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.engine.step_rules import AlphaOverN
     from unlearn_fast.engine.unlearn import UnlearnSettings
     from unlearn_fast.methods import build_method, run_method

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unlearn_fast.engine.step_rules import AlphaOverN
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.evaluate.planted import AugmentedDataset, distinctive_image, seeded_subset
 from unlearn_fast.workspace import PrepareSettings

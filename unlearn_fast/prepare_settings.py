@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .data.preprocess import POLICIES
 from .engine.fisher_settings import FisherSettings
-from .engine.scoring import LossGrid
+from .engine.loss_grid import LossGrid
 from .errors import SettingsError
 from .settings import IMPLICIT, SPEED, count_or_zero, knob, positive_int, settings_key
 

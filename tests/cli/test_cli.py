@@ -85,3 +85,19 @@ def test_help_and_version_import_neither_torch_nor_diffusers():
     verb = subprocess.run([sys.executable, "-m", "unlearn_fast", "attribute", "--help"], capture_output=True,
                           text=True, check=True).stdout
     assert "--unlearn-steps" in verb and "--fisher-group" in verb and "(default fixed:7.5e-06" in verb
+
+
+@pytest.mark.parametrize("verb", ["attribute", "prepare", "demo", "report", "generate", "grid", "verify",
+                                  "export-data", "export-scores", "train", "evaluate"])
+def test_a_verb_s_help_imports_neither_torch_nor_diffusers(verb):
+    """The settings dataclasses the flags are generated from live in light modules (engine/loss_grid.py,
+    engine/unlearn_settings.py, prepare_settings.py, ...), so a verb's --help loads no engine either."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom unlearn_fast.cli import main\ntry:\n"
+            f"    main([{verb!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("LOADED []"), out[-300:]
+    assert "--help" in out

@@ -8,7 +8,7 @@ import pytest
 from unlearn_fast.attribution import ReportSettings
 from unlearn_fast.cli.main import SAMPLE_FLAGS, _prepare_settings, _report_settings, _unlearn_settings, build_parser
 from unlearn_fast.engine.fisher import FisherSettings
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.models.sampling import SamplingSettings
 from unlearn_fast.train import DiffusionTrainConfig, VAETrainConfig

@@ -120,7 +120,7 @@ def test_abu_with_ekfac_curvature_scores_and_keeps_its_factors(model, tmp_path, 
     from unlearn_fast.attributor import Attributor, PrepareSettings
     from unlearn_fast.data import SubsetDataset
     from unlearn_fast.methods import build_method, run_method
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
 
     data = SubsetDataset(default_dataset, range(360, 392))
     settings = PrepareSettings(scoring=LossGrid(timesteps=2, flips=False, batch_size=64, noise="example"),
@@ -144,7 +144,7 @@ def test_the_work_directory_s_curvature_is_chunked_resumable_and_equals_one_pass
     import unlearn_fast.methods.abu.artefacts as abu_artefacts
     from unlearn_fast.attributor import PrepareSettings
     from unlearn_fast.data import SubsetDataset
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.workspace import Workspace, rows_of
 
     data = SubsetDataset(default_dataset, range(360, 424))

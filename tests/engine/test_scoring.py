@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from unlearn_fast import ops
-from unlearn_fast.engine.scoring import LossGrid, per_example_losses, timestep_grid
+from unlearn_fast.engine.loss_grid import LossGrid, timestep_grid
+from unlearn_fast.engine.scoring import per_example_losses
 
 N = 40
 GRID = LossGrid(seed=3, timesteps=5, noise="example", flips=True, batch_size=512)  # noise keyed by the example id

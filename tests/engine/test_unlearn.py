@@ -6,7 +6,8 @@ import torch
 from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast import ops
 from unlearn_fast.engine.fisher import FisherSettings, estimate_fisher, keyed_timesteps, load_fisher, save_fisher
-from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.loss_grid import LossGrid
+from unlearn_fast.engine.scoring import per_example_losses
 from unlearn_fast.engine.unlearn import UnlearnSettings, unlearn
 
 

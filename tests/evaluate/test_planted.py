@@ -8,7 +8,7 @@ import pytest
 from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.attributor import PrepareSettings
 from unlearn_fast.evaluate.planted import PlantedSetup, distinctive_image, run_planted, top_r_share
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 
 pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one

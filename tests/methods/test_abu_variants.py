@@ -13,7 +13,7 @@ from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.methods import build_method, run_method
 from unlearn_fast.methods.abu.method import query_folder
 from unlearn_fast.score_rules import calibrate, loss_change_scores
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.engine.unlearn import RISE_TOLERANCE, UnlearnSettings, query_gradient, query_loss, unlearn
 
 UNLEARN = dict(step=AlphaOverN(1e-4), draws=24, batch_size=24)

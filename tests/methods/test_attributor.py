@@ -16,7 +16,7 @@ from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
 from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.query import QueryError, query_from_array, query_from_file
 from unlearn_fast.score_rules import loss_change_scores
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.store import StoreMismatchError
 from unlearn_fast.engine.unlearn import UnlearnSettings
 

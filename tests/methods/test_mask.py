@@ -15,7 +15,7 @@ from PIL import Image
 from unlearn_fast.engine.step_rules import AlphaOverN
 from unlearn_fast.attributor import Attributor, PrepareSettings
 from unlearn_fast.data import SubsetDataset, export_imagefolder, open_dataset
-from unlearn_fast.engine.scoring import LossGrid
+from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.ranking import rank_positions
 from unlearn_fast.methods.abu.method import query_folder

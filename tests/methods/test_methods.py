@@ -14,7 +14,7 @@ from unlearn_fast.methods.projector import SparseProjector
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.ops import gaussian_noise
 from unlearn_fast.query import query_from_array
-from unlearn_fast.engine.scoring import timestep_grid
+from unlearn_fast.engine.loss_grid import timestep_grid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 
 N = 24

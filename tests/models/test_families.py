@@ -21,7 +21,8 @@ from family_objectives import official_training_loss, tiny_dit_training_loss
 from tiny_pipelines import build_pipeline_folder
 from unlearn_fast.engine.step_rules import LossRise
 from unlearn_fast.engine.fisher_hooks import _vmap_fisher, diagonal_fisher
-from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.loss_grid import LossGrid
+from unlearn_fast.engine.scoring import per_example_losses
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.models.tiny import new_tiny_model

@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 
 from unlearn_fast.engine.step_rules import LossRise
 from unlearn_fast.data import SubsetDataset, load_pixels, open_dataset  # noqa: E402
-from unlearn_fast.engine.scoring import LossGrid  # noqa: E402
+from unlearn_fast.engine.loss_grid import LossGrid  # noqa: E402
 from unlearn_fast.engine.unlearn import UnlearnSettings  # noqa: E402
 from unlearn_fast.evaluate.planted import distinctive_image  # noqa: E402
 from unlearn_fast.models.adapter import DiffusionModel  # noqa: E402

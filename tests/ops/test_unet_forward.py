@@ -10,7 +10,8 @@ import torch
 
 from unlearn_fast.engine.device import resolve_device
 from unlearn_fast.errors import SettingsError
-from unlearn_fast.engine.scoring import LossGrid, per_example_losses
+from unlearn_fast.engine.loss_grid import LossGrid
+from unlearn_fast.engine.scoring import per_example_losses
 from unlearn_fast.engine.unet_forward import ForwardPlan, precision, unet_forward
 from unlearn_fast.engine.weight_swap import swapped_weights
 

@@ -255,7 +255,7 @@ def test_a_negative_seed_is_refused_before_the_work_directory_exists(images, tmp
 
 def test_the_python_api_refuses_a_negative_seed_when_the_settings_are_made():
     from unlearn_fast.engine.fisher import FisherSettings
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.engine.unlearn import UnlearnSettings
     from unlearn_fast.errors import SettingsError
 

@@ -161,7 +161,7 @@ def test_the_api_checks_settings_against_the_model_before_recording(images, tmp_
     from unlearn_fast.data import open_dataset
     from unlearn_fast.errors import SettingsError
     from unlearn_fast.models.adapter import DiffusionModel
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
 
     model = DiffusionModel.load("default")
     for bad, message in [(PrepareSettings(scoring=LossGrid(timesteps=0)), r"timestep count must be in \[1, 1000\]"),
@@ -255,7 +255,7 @@ def test_converted_and_resized_training_images_are_counted_or_refused(tmp_path, 
     from unlearn_fast.attributor import Attributor, PrepareSettings
     from unlearn_fast.data import DataError, open_dataset
     from unlearn_fast.models.adapter import DiffusionModel
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
 
     root = tmp_path / "mixed"
     export_imagefolder(SubsetDataset(default_dataset, range(360, 366)), str(root))
@@ -285,7 +285,7 @@ def test_prompts_longer_than_the_text_encoder_reads_are_warned_about(images, tmp
     from unlearn_fast.data import open_dataset
     from unlearn_fast.models.adapter import DiffusionModel
     from unlearn_fast.query import query_from_array
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.engine.unlearn import UnlearnSettings
 
     root = tmp_path / "long"
@@ -311,7 +311,7 @@ def test_a_command_whose_folder_was_rebound_meanwhile_stops_before_writing(image
     from unlearn_fast.attributor import Attributor, PrepareSettings
     from unlearn_fast.data import open_dataset
     from unlearn_fast.models.adapter import DiffusionModel
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.store import StoreMismatchError
 
     model = DiffusionModel.load("default")

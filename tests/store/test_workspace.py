@@ -13,7 +13,8 @@ from unlearn_fast.attributor import Attributor
 from unlearn_fast.data import open_dataset
 from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.query import query_from_array
-from unlearn_fast.engine.scoring import LossGrid, losses_under_weights, per_example_losses
+from unlearn_fast.engine.loss_grid import LossGrid
+from unlearn_fast.engine.scoring import losses_under_weights, per_example_losses
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.engine.weight_swap import swapped_weights
 from unlearn_fast.workspace import PrepareSettings, Workspace
@@ -108,7 +109,7 @@ def test_prepare_makes_only_what_the_methods_read_and_a_read_never_computes(mode
 def test_a_folder_recorded_without_a_noise_key_reopens_with_per_example_noise():
     """Per-example noise, the value folders had before the key existed, is left out of the record; reading a record
     back must give it, not LossGrid's default (shared): else an old folder would silently score with other noise."""
-    from unlearn_fast.engine.scoring import LossGrid
+    from unlearn_fast.engine.loss_grid import LossGrid
     from unlearn_fast.workspace import PrepareSettings
 
     example = PrepareSettings(scoring=LossGrid(noise="example"))

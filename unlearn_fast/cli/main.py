@@ -106,7 +106,7 @@ def _prepare_settings(args):
     """PrepareSettings from the command line: numeric options not given keep the work directory's values (or the
     defaults for a new one); the speed options (batch size, compile, channels_last) always come from the command."""
     from ..engine.fisher_settings import FisherSettings
-    from ..engine.scoring import LossGrid
+    from ..engine.loss_grid import LossGrid
     from ..methods.abu.recipes import recipe_noise
     from ..prepare_settings import PrepareSettings
 
@@ -357,7 +357,7 @@ def demo_settings(args, unlearning):
     still put the prompt's own training image in the top 10 every time (benchmarks/results/tuning.md). From the demo's
     parsed `args` and `unlearning` settings: their speed options, the recipe's noise key and a Fisher over the group
     the demo unlearns."""
-    from ..engine.scoring import LossGrid
+    from ..engine.loss_grid import LossGrid
     from ..methods.abu.recipes import recipe_noise
     from ..prepare_settings import PrepareSettings
 
@@ -461,7 +461,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
     def work_arguments(p):
         from ..engine.fisher_settings import FisherSettings
-        from ..engine.scoring import LossGrid
+        from ..engine.loss_grid import LossGrid
         from ..methods.abu.recipes import recipe_group, recipe_noise
         from ..prepare_settings import PrepareSettings
 
@@ -568,7 +568,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=count_or_zero, default=0)
     device_argument(demo)
     if wanted("demo"):
-        from ..engine.scoring import LossGrid
+        from ..engine.loss_grid import LossGrid
 
         add_arguments(demo, LossGrid, only=("compile", "channels_last"))
     demo.add_argument("--quiet", action="store_true")

@@ -10,32 +10,11 @@ here because each output is reduced to losses before the next call.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ..errors import SettingsError
-
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-
-
-@dataclass(frozen=True)
-class ForwardPlan:
-    """compile: a torch.compile mode or "none". channels_last: NHWC activations and weights (what cuDNN's and
-    oneDNN's fastest convolutions want); None = on for CUDA, off for CPU. Both change speed, not what is computed
-    (results agree to float32 rounding: tests/ops/test_unet_forward.py)."""
-
-    compile: str = "none"
-    channels_last: bool | None = None
-
-    def __post_init__(self):
-        if self.compile not in COMPILE_MODES:
-            raise SettingsError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
-
-    def uses_channels_last(self, device: torch.device) -> bool:
-        return self.channels_last if self.channels_last is not None else device.type == "cuda"
-
+from .forward_plan import ForwardPlan
 
 class _ForwardCache(dict):
     """Prepared forwards kept on their UNet; a deep copy of the UNet (unlearn's working copy) starts with none."""

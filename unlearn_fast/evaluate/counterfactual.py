@@ -31,7 +31,8 @@ from ..data.export import export_imagefolder
 from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
-from ..engine.scoring import LossGrid, per_example_losses
+from ..engine.loss_grid import LossGrid
+from ..engine.scoring import per_example_losses
 from ..training_run import TrainRequest
 from ..ranking import ranking
 from .metrics import mean_and_se, pixel_mse

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import SettingsError
-from ..engine.scoring import LossGrid, per_example_losses
+from ..engine.loss_grid import LossGrid
+from ..engine.scoring import per_example_losses
 from .method_setup import Workspaces
 from .metrics import mean_and_se, pixel_mse
 from .validation import validation_prompts

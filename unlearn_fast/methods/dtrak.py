@@ -22,7 +22,8 @@ from torch.func import functional_call, grad, vmap
 
 from .. import ops
 from ..errors import SettingsError
-from ..engine.scoring import NOISE_KEYS, noise_ids, timestep_grid
+from ..engine.loss_grid import NOISE_KEYS, timestep_grid
+from ..engine.scoring import noise_ids
 from ..workspace import Workspace, rows_of
 from .base import AttributionMethod
 from .projector import SparseProjector

@@ -24,7 +24,7 @@ from ...engine.curvature import layer_damped
 from ...errors import SettingsError
 from ...query import Query
 from ...score_rules import REFERENCE_RULES, by_sensitivity, calibrate, loss_change_scores
-from ...engine.scoring import NOISE_KEYS, LossGrid
+from ...engine.loss_grid import NOISE_KEYS, LossGrid
 from ...engine.unlearn import UnlearnSettings, unlearn
 from ...settings import settings_key
 from ...workspace import Workspace, rows_of

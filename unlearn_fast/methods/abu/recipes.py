@@ -51,13 +51,13 @@ RECIPES = {"paper": PAPER, "default": DEFAULT}
 
 def recipe_noise(recipe: str = "default") -> str:
     """The scoring noise key a work directory needs for `recipe` (RECIPES)."""
-    from ...engine.scoring import LossGrid
+    from ...engine.loss_grid import LossGrid
 
     return RECIPES[recipe].get("noise", LossGrid.noise)
 
 
 def recipe_group(recipe: str = "default") -> str:
     """The weights `recipe` unlearns, so the group a new work directory's Fisher covers."""
-    from ...engine.unlearn import UnlearnSettings
+    from ...engine.unlearn_settings import UnlearnSettings
 
     return RECIPES[recipe].get("group", UnlearnSettings.group)
