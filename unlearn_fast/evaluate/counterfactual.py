@@ -32,9 +32,9 @@ from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from ..engine.scoring import LossGrid, per_example_losses
-from ..training_run import TrainRequest
+from ..training.run import TrainRequest
 from .metrics import mean_and_se, pixel_mse, ranking
-from .retrain import is_done, job_key, model_folder, run_jobs
+from ..training.retraining import is_done, job_key, model_folder, run_jobs
 from .method_setup import Workspaces, configured_method
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from ..models.text_encoder import split_words
 from .counterfactual import QueryLosses, attribute_all, generate_queries, record_setup, training_request
 from .metrics import (centred_linear_datamodeling_scores, hub_correlation, hub_share, linear_datamodeling_scores,
                       mean_and_se, spearman)
-from .retrain import is_done, job_key, model_folder, run_jobs
+from ..training.retraining import is_done, job_key, model_folder, run_jobs
 from .validation import Validation
 
 KINDS = ("generated", "held-out")

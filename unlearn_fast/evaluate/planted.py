@@ -118,7 +118,7 @@ def run_planted(base_model: str, base: CaptionedImages, setup: PlantedSetup, out
     from ..data import open_dataset
     from ..models.adapter import DiffusionModel
     from ..query import query_from_prompt
-    from ..training_run import TrainRequest, run_training
+    from ..training.run import TrainRequest, run_training
 
     starting = DiffusionModel.load(base_model)  # its resolution and vocabulary
     data_dir, model_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "model")
