@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from unlearn_fast.models.tiny import new_tiny_model
-from unlearn_fast.train import DiffusionTrainConfig, TrainingSet, VAETrainConfig, train_diffusion, train_vae
+from unlearn_fast.training.config import TrainingConfig
+from unlearn_fast.training.trainer import TrainingSet, train_diffusion, train_vae
 
 CAPTIONS = [("red apple",), ("cat face",), ("grinning face",), ("flag: Japan",)]
 
@@ -24,7 +25,7 @@ def test_diffusion_train_step(benchmark, model, batch_size):
     x0 = torch.randn(batch_size * 2, *model.latent_shape)
     data = TrainingSet(x0, CAPTIONS * (len(x0) // len(CAPTIONS)))
     steps = 5
-    config = DiffusionTrainConfig(steps=steps, batch_size=batch_size, warmup_steps=1)
+    config = TrainingConfig(steps=steps, batch_size=batch_size, warmup_steps=1)
     benchmark.group = "train step"
     benchmark.pedantic(train_diffusion, args=(model, data, config), kwargs={"quiet": True}, rounds=3, warmup_rounds=1)
     benchmark.extra_info.update(steps_per_round=steps, seconds_per_step=benchmark.stats.stats.mean / steps,
@@ -38,7 +39,7 @@ def test_vae_train_step(benchmark, model, batch_size):
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size * 2, 32, 32, 3), dtype=np.uint8)
     steps = 5
     benchmark.group = "train step"
-    benchmark.pedantic(train_vae, args=(model.vae, pixels, VAETrainConfig(steps=steps, batch_size=batch_size)),
+    benchmark.pedantic(train_vae, args=(model.vae, pixels, TrainingConfig(vae_steps=steps, vae_batch_size=batch_size)),
                        kwargs={"quiet": True}, rounds=3, warmup_rounds=1)
     benchmark.extra_info.update(steps_per_round=steps, seconds_per_step=benchmark.stats.stats.mean / steps,
                                 batch_size=batch_size, threads=torch.get_num_threads())

@@ -32,7 +32,7 @@ class TwoPlants:
 def build_two_plants(base, out_dir: str) -> TwoPlants:
     from unlearn_fast.data.export import export_imagefolder
     from unlearn_fast.models.adapter import DiffusionModel
-    from unlearn_fast.training_run import TrainRequest, run_training
+    from unlearn_fast.training.run import TrainRequest, run_training
 
     images = (distinctive_image(32, 0), distinctive_image(32, 3))
     base = seeded_subset(base, BASE, 0)

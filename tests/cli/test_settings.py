@@ -11,17 +11,16 @@ from unlearn_fast.engine.fisher import FisherSettings
 from unlearn_fast.engine.loss_grid import LossGrid
 from unlearn_fast.engine.unlearn import UnlearnSettings
 from unlearn_fast.models.sampling import SamplingSettings
-from unlearn_fast.train import DiffusionTrainConfig, VAETrainConfig
-from unlearn_fast.training_run import TrainRequest
 from unlearn_fast.settings import (NUMBERS, ROLES, command_line_fields, default_of, flag_of, role,
                                    settings_key)
+from unlearn_fast.training.config import TrainingConfig
 from unlearn_fast.workspace import PrepareSettings
 
-SETTINGS = (LossGrid, FisherSettings, PrepareSettings, UnlearnSettings, ReportSettings, DiffusionTrainConfig,
-            VAETrainConfig, SamplingSettings)
-VERB = {DiffusionTrainConfig: "train", VAETrainConfig: "train"}  # the verb whose flags a class generates
+SETTINGS = (LossGrid, FisherSettings, PrepareSettings, UnlearnSettings, ReportSettings, TrainingConfig,
+            SamplingSettings)
+VERB = {TrainingConfig: "train"}  # the verb whose flags a class generates
 FLAGS = {SamplingSettings: SAMPLE_FLAGS}  # where `attribute` spells a flag otherwise
-REAL_DEFAULTS = {SamplingSettings}  # nothing recorded overrides them: argparse holds the real default
+REAL_DEFAULTS = {SamplingSettings, TrainingConfig}  # nothing recorded overrides them: argparse holds the real default
 
 
 def _other_value(cls, f: dataclasses.Field):
@@ -112,30 +111,6 @@ def test_a_numbers_field_changes_the_settings_key_and_no_other_does(cls):
         changed = dataclasses.replace(default, **{f.name: _other_value(cls, f)})
         differs = settings_key(changed) != settings_key(default)
         assert differs == (role(f) == NUMBERS), f"{cls.__name__}.{f.name} ({role(f)})"
-
-
-def test_train_s_defaults_are_declared_once_in_the_training_configs(tmp_path, monkeypatch):
-    """TrainRequest (what evaluate's retraining jobs and `train` build) takes every training number's default from
-    DiffusionTrainConfig / VAETrainConfig (they once said 4,000, 6,000 and 1,500 / 2,000 steps), and `train` with no
-    flags asks for exactly those; each flag given reaches the request."""
-    import unlearn_fast.training_run as training_run
-    from unlearn_fast.cli import main
-
-    request = TrainRequest()
-    shared = [f for f in dataclasses.fields(DiffusionTrainConfig) if hasattr(request, f.name)]
-    assert len(shared) >= 9
-    for f in shared:
-        assert getattr(request, f.name) == default_of(f), f.name
-    assert request.vae_steps == VAETrainConfig().steps
-    asked = []
-    monkeypatch.setattr(training_run, "run_training", lambda request, quiet=False: asked.append(request) or {})
-    main(["train", "--out", str(tmp_path / "m"), "--quiet"])
-    main(["train", "--out", str(tmp_path / "m"), "--steps", "7", "--vae_steps", "3", "--freeze-text-encoder",
-          "--lr", "0.5", "--quiet"])
-    default, given = asked
-    fields = {f.name for f in dataclasses.fields(TrainRequest)} - {"command", "device", "out"}
-    assert {k: getattr(default, k) for k in fields} == {k: getattr(TrainRequest(), k) for k in fields}
-    assert (given.steps, given.vae_steps, given.train_text_encoder, given.lr) == (7, 3, False, 0.5)
 
 
 def test_a_folder_prepared_with_the_other_noise_key_says_what_to_do(tmp_path, default_image_folder):

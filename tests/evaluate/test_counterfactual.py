@@ -1,5 +1,5 @@
-"""The leave-K-out harness on a toy scale: removal plans, retraining artefacts (skippable, parallel-safe), and the
-counterfactual effect itself on ground truth by construction (removing planted copies hurts more than random)."""
+"""The leave-K-out harness on a toy scale: removal plans and the counterfactual effect itself on ground truth by
+construction (removing planted copies hurts more than random). The retraining jobs it runs: tests/training."""
 import json
 import os
 import subprocess
@@ -10,37 +10,15 @@ import pytest
 
 from unlearn_fast.data.dataset import SubsetDataset
 from unlearn_fast.data.export import export_imagefolder
-from unlearn_fast.evaluate import retrain
 from unlearn_fast.evaluate.counterfactual import (CounterfactualSetup, QueryLosses, plan_removals, random_removals,
                                                   removal_sizes, training_request)
 from unlearn_fast.evaluate.planted import AugmentedDataset, distinctive_image
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.query import query_from_array
-from unlearn_fast.training_run import TrainRequest
+from unlearn_fast.training import retraining
+from unlearn_fast.training.run import TrainRequest
 
 pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
-
-
-def test_job_key_is_the_recipe_and_the_removed_set():
-    a = TrainRequest(data="d", exclude=[5, 2, 2], out="x", command="one")
-    assert retrain.job_key(a) == retrain.job_key(TrainRequest(data="d", exclude=[2, 5], out="y", command="two"))
-    assert retrain.job_key(a) != retrain.job_key(TrainRequest(data="d", exclude=[2, 6]))
-    assert retrain.job_key(a) != retrain.job_key(TrainRequest(data="d", exclude=[2, 5], seed=1))
-    on_gpu = TrainRequest(data="d", exclude=[2, 5], device="cuda")
-    assert retrain.job_key(a) != retrain.job_key(on_gpu)  # a GPU run is another run (float rounding differs)
-
-
-def test_a_cpu_runs_key_is_the_key_it_had_before_requests_named_a_device():
-    """Folders of retrains made before TrainRequest.device existed must still be found (no silent retraining)."""
-    import dataclasses
-    import hashlib
-    import json
-
-    request = TrainRequest(data="d", exclude=[9, 3], steps=7)
-    recipe = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("out", "command", "device")}
-    recipe["exclude"] = [3, 9]
-    before = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    assert retrain.job_key(request) == before
 
 
 def test_plan_removes_each_methods_top_k_and_shared_random_draws():
@@ -58,33 +36,6 @@ def test_plan_removes_each_methods_top_k_and_shared_random_draws():
     assert random_removals(setup, 10, 0, 3) != random_removals(setup, 10, 1, 3)
 
 
-def test_a_job_locked_by_a_live_process_is_left_to_it(tmp_path):
-    """run_job takes each job's lock with store.FileLock (tests/store/test_lock.py): held elsewhere, the job is 'busy'."""
-    request = TrainRequest(data="d", exclude=[1])
-    os.makedirs(os.path.join(str(tmp_path), retrain.job_key(request)))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unlearn_fast.store import FileLock\n"
-                               "assert FileLock(sys.argv[1]).try_acquire()\nprint('held', flush=True)\ntime.sleep(30)",
-                               os.path.join(str(tmp_path), retrain.job_key(request)) + ".lock"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        assert retrain.run_job(str(tmp_path), request) == "busy"
-    finally:
-        holder.kill()
-
-
-def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
-    request = TrainRequest(data="d", exclude=[1])
-    folder = retrain.model_folder(str(tmp_path), request)
-    os.makedirs(folder)
-    with open(os.path.join(folder, "training.json"), "w") as handle:
-        handle.write("{}")
-    monkeypatch.setattr(retrain, "run_training", lambda *a, **k: pytest.fail("trained a finished run"))
-    assert retrain.run_job(str(tmp_path), request) == "done"
-    assert retrain.run_jobs(str(tmp_path), [request, request], workers=2) == {
-        retrain.job_key(request): "done"}
-
-
 @pytest.fixture(scope="module")
 def planted_runs(tmp_path_factory, default_dataset):
     """40 default images + 6 copies of a distinctive image; the original model and three leave-6-out retrains."""
@@ -98,16 +49,16 @@ def planted_runs(tmp_path_factory, default_dataset):
                 "random 1": random_removals(setup, 46, 1, 6)}
     requests = {"original": training_request(setup, str(root / "data"))}
     requests.update({name: training_request(setup, str(root / "data"), exclude) for name, exclude in removals.items()})
-    outcomes = retrain.run_jobs(str(root / "runs"), list(requests.values()))
+    outcomes = retraining.run_jobs(str(root / "runs"), list(requests.values()))
     assert sorted(outcomes.values()) == ["trained"] * 4
-    models = {name: DiffusionModel.load(retrain.model_folder(str(root / "runs"), r)) for name, r in requests.items()}
+    models = {name: DiffusionModel.load(retraining.model_folder(str(root / "runs"), r)) for name, r in requests.items()}
     return root, setup, removals, requests, models, image
 
 
 def test_retrained_runs_record_exactly_their_removed_images(planted_runs):
     root, _, removals, requests, _, _ = planted_runs
     for name, exclude in removals.items():
-        folder = retrain.model_folder(str(root / "runs"), requests[name])
+        folder = retraining.model_folder(str(root / "runs"), requests[name])
         with open(os.path.join(folder, "training.json")) as handle:
             record = json.load(handle)
         assert record["request"]["exclude"] == sorted(exclude) and record["num_excluded"] == len(exclude)

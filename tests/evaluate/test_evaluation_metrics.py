@@ -53,7 +53,7 @@ def test_evaluate_logs_its_progress_through_python_logging(capsys, caplog):
     import logging
 
     from unlearn_fast.cli.evaluate import _configure_logging
-    from unlearn_fast.evaluate import retrain
+    from unlearn_fast.training import retraining
 
     logger = logging.getLogger("unlearn_fast")
     for quiet, verbose, level in ((False, False, logging.INFO), (True, False, logging.WARNING),
@@ -63,7 +63,7 @@ def test_evaluate_logs_its_progress_through_python_logging(capsys, caplog):
     assert sum(getattr(h, "_unlearn_fast", False) for h in logger.handlers) == 1  # configured once, not per call
     _configure_logging(argparse.Namespace(quiet=False, verbose=False))
     with caplog.at_level(logging.INFO, logger="unlearn_fast"):
-        assert retrain.run_jobs("unused", []) == {}
-    assert any(r.name == "unlearn_fast.evaluate.retrain" and "retraining: 0 runs" in r.getMessage()
+        assert retraining.run_jobs("unused", []) == {}
+    assert any(r.name == "unlearn_fast.training.retraining" and "retraining: 0 runs" in r.getMessage()
                for r in caplog.records)
     assert capsys.readouterr().out == ""

@@ -62,17 +62,17 @@ def test_subsets_are_seeded_halves_and_the_plan_names_each_run_once(tmp_path):
 
 def test_the_tiny_profile_trains_each_subset_once_for_every_method_and_never_shows_a_removed_row(tmp_path,
                                                                                               monkeypatch):
-    from unlearn_fast import train
+    from unlearn_fast.training import trainer
 
     seen = []  # (rows the training set allows, rows a step was given)
-    original = train.TrainingSet.batch
+    original = trainer.TrainingSet.batch
 
     def recording(self, indices, generator):
         x0, captions, kept = original(self, indices, generator)
         seen.append((self.keep.clone(), indices[kept].clone()))
         return x0, captions, kept
 
-    monkeypatch.setattr(train.TrainingSet, "batch", recording)
+    monkeypatch.setattr(trainer.TrainingSet, "batch", recording)
     values = dict(PROFILES["tiny"]["lds"])
     setup = LDSSetup(**values)
     out = tmp_path / "lds"

@@ -149,7 +149,8 @@ def planted_set(root, model, default_dataset, steps: int = 200, copies: int = 3,
     under "zebra stripes"; the model fine-tuned on it (denoiser only, briefly), so the copies are training data."""
     from unlearn_fast.data import SubsetDataset, load_pixels
     from unlearn_fast.evaluate.planted import distinctive_image
-    from unlearn_fast.train import DiffusionTrainConfig, TrainingSet, train_diffusion
+    from unlearn_fast.training.config import TrainingConfig
+    from unlearn_fast.training.trainer import TrainingSet, train_diffusion
 
     root.mkdir(parents=True, exist_ok=True)
     base = SubsetDataset(default_dataset, range(1000, 1000 + others))
@@ -161,8 +162,8 @@ def planted_set(root, model, default_dataset, steps: int = 200, copies: int = 3,
         Image.fromarray(image).save(root / f"{i:03d}.png")
         rows.append({"file_name": f"{i:03d}.png", "text": caption})
     (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = DiffusionTrainConfig(steps=steps, batch_size=12, lr=1e-3, warmup_steps=5, ema_decay=0.0,
-                                  train_text_encoder=False, caption_dropout=0.0)
+    config = TrainingConfig(steps=steps, batch_size=12, lr=1e-3, warmup_steps=5, ema_decay=0.0,
+                            train_text_encoder=False, caption_dropout=0.0)
     train_diffusion(model, TrainingSet(model.encode_images(np.stack(pixels)), [(c,) for c in captions]), config,
                     quiet=True)
     model.eval()

@@ -17,7 +17,8 @@ from unlearn_fast.engine.unlearn import UnlearnSettings  # noqa: E402
 from unlearn_fast.evaluate.planted import distinctive_image  # noqa: E402
 from unlearn_fast.models.adapter import DiffusionModel  # noqa: E402
 from unlearn_fast.models.lora import add_lora, load_lora, save_lora  # noqa: E402
-from unlearn_fast.train import DiffusionTrainConfig, TrainingSet, train_diffusion  # noqa: E402
+from unlearn_fast.training.config import TrainingConfig  # noqa: E402
+from unlearn_fast.training.trainer import TrainingSet, train_diffusion  # noqa: E402
 
 pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
 
@@ -43,8 +44,8 @@ def lora_set(tmp_path_factory, default_dataset):
     model = DiffusionModel.load("default")
     add_lora(model, rank=4, seed=0)
     x0 = model.encode_images(np.stack(pixels))
-    config = DiffusionTrainConfig(steps=150, batch_size=16, lr=3e-3, warmup_steps=10, ema_decay=0.0,
-                                  unet_parameters="lora", train_text_encoder=False, caption_dropout=0.0)
+    config = TrainingConfig(steps=150, batch_size=16, lr=3e-3, warmup_steps=10, ema_decay=0.0,
+                            unet_parameters="lora", train_text_encoder=False, caption_dropout=0.0)
     train_diffusion(model, TrainingSet(x0, [(c,) for c in captions]), config, quiet=True)
     trained = {n: p.detach().clone() for n, p in model.unet.named_parameters() if "lora_" in n}
     return images, save_lora(model, str(root / "lora")), trained

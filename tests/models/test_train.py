@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_fast.train import (DiffusionTrainConfig, TrainingSet, VAETrainConfig, calibrate_latent_scale,
-                                train_diffusion, train_vae)
+from unlearn_fast.training.config import TrainingConfig
+from unlearn_fast.training.trainer import TrainingSet, calibrate_latent_scale, train_diffusion, train_vae
 
 pytestmark = pytest.mark.slow  # training runs or subprocesses: the full tier, not the everyday one
 
@@ -20,13 +20,13 @@ def _training_set(model, small_pixels, exclude=()):
 
 def test_diffusion_training_lowers_the_loss(tiny_model, small_pixels):
     data = _training_set(tiny_model, small_pixels)
-    history = train_diffusion(tiny_model, data, DiffusionTrainConfig(steps=60, lr=2e-3, **FAST), quiet=True)
+    history = train_diffusion(tiny_model, data, TrainingConfig(steps=60, lr=2e-3, **FAST), quiet=True)
     assert np.mean(history.losses[-10:]) < 0.7 * np.mean(history.losses[:10])
 
 
 def test_vae_training_lowers_the_loss_and_calibration_standardises_latents(tiny_model, small_pixels):
     pixels, _ = small_pixels
-    losses = train_vae(tiny_model.vae, pixels, VAETrainConfig(steps=25, batch_size=16), quiet=True)
+    losses = train_vae(tiny_model.vae, pixels, TrainingConfig(vae_steps=25, vae_batch_size=16), quiet=True)
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     calibrate_latent_scale(tiny_model, pixels)
     x0 = tiny_model.encode_images(pixels)
@@ -40,7 +40,7 @@ def test_training_is_deterministic_given_a_seed(small_pixels):
     for _ in range(2):
         torch.manual_seed(3)
         model = new_tiny_model([c for cs in small_pixels[1] for c in cs])
-        train_diffusion(model, _training_set(model, small_pixels), DiffusionTrainConfig(steps=5, seed=3, **FAST),
+        train_diffusion(model, _training_set(model, small_pixels), TrainingConfig(steps=5, seed=3, **FAST),
                         quiet=True)
         fingerprints.append(model.fingerprint())
     assert fingerprints[0] == fingerprints[1]
@@ -57,7 +57,7 @@ def _batches_seen(model, data, monkeypatch, steps=30):
         return x0, captions, kept
 
     monkeypatch.setattr(TrainingSet, "batch", spy)
-    train_diffusion(model, data, DiffusionTrainConfig(steps=steps, **FAST), quiet=True)
+    train_diffusion(model, data, TrainingConfig(steps=steps, **FAST), quiet=True)
     monkeypatch.undo()
     return seen
 
@@ -95,7 +95,7 @@ def test_fine_tune_with_a_new_token(tiny_model, small_pixels, tmp_path):
     tiny_model.text.encoder.resize_token_embeddings(len(tiny_model.text.tokenizer))
     pixels, _ = small_pixels
     data = TrainingSet(tiny_model.encode_images(pixels[:4]), [("a photo of <v1>",)] * 4)
-    train_diffusion(tiny_model, data, DiffusionTrainConfig(steps=3, unet_parameters="kv", **FAST), quiet=True)
+    train_diffusion(tiny_model, data, TrainingConfig(steps=3, unet_parameters="kv", **FAST), quiet=True)
     weight = tiny_model.text.encoder.token_embedding.weight
     assert weight.shape[0] == token_id + 1
     assert not torch.equal(weight[token_id], old_rows.mean(0))  # the new word was trained

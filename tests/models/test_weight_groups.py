@@ -123,7 +123,7 @@ def exemplar_folder(tmp_path_factory, default_dataset):
 
 def test_a_custom_diffusion_fine_tune_moves_only_the_kv_and_the_new_tokens_row(exemplar_folder, tmp_path):
     from unlearn_fast.evaluate.groundtruth import CUSTOM_STYLES
-    from unlearn_fast.training_run import TrainRequest, run_training
+    from unlearn_fast.training.run import TrainRequest, run_training
 
     out = tmp_path / "cd"
     run_training(TrainRequest(data=exemplar_folder, out=str(out), init_from="default", add_tokens=["<v9>"], steps=6,
@@ -147,7 +147,7 @@ def test_a_lora_fine_tune_saves_the_adapter_beside_an_unchanged_base_unet(exempl
     pytest.importorskip("peft")
     from unlearn_fast.evaluate.groundtruth import CUSTOM_STYLES
     from unlearn_fast.models.lora import load_lora
-    from unlearn_fast.training_run import TrainRequest, run_training
+    from unlearn_fast.training.run import TrainRequest, run_training
 
     out = tmp_path / "lora"
     run_training(TrainRequest(data=exemplar_folder, out=str(out), init_from="default", add_tokens=["<v9>"], steps=6,
@@ -177,9 +177,10 @@ def test_validation_customises_on_another_family_and_other_exemplars(default_dat
 
 
 def test_only_the_new_token_rows_change_even_under_weight_decay():
-    from unlearn_fast.train import DiffusionTrainConfig, TrainingSet, train_diffusion
+    from unlearn_fast.training.config import TrainingConfig
+    from unlearn_fast.training.trainer import TrainingSet, train_diffusion
 
-    from unlearn_fast.training_run import _add_tokens
+    from unlearn_fast.training.run import _add_tokens
 
     model = DiffusionModel.load("default")
     _add_tokens(model, ["<v8>"])
@@ -187,8 +188,8 @@ def test_only_the_new_token_rows_change_even_under_weight_decay():
     before = table.detach().clone()
     x0 = torch.randn(4, *model.latent_shape, generator=torch.Generator().manual_seed(0))
     data = TrainingSet(x0, [("<v8> face",)] * 4)
-    config = DiffusionTrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, weight_decay=0.5,
-                                  unet_parameters="kv", train_text_encoder=False, new_token_rows=1, ema_decay=0.0)
+    config = TrainingConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, weight_decay=0.5,
+                            unet_parameters="kv", train_text_encoder=False, new_token_rows=1, ema_decay=0.0)
     train_diffusion(model, data, config, quiet=True)
     after = model.text.encoder.get_input_embeddings().weight
     torch.testing.assert_close(after[:-1], before[:-1], rtol=0, atol=0)  # decay would have shrunk them by lr × 0.5

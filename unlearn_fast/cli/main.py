@@ -51,12 +51,11 @@ def cmd_train(args) -> None:
     import torch
 
     from ..engine.device import resolve_device
-    from ..train import DiffusionTrainConfig, VAETrainConfig
-    from ..training_run import TrainRequest, run_training
+    from ..training.config import TrainingConfig
+    from ..training.run import TrainRequest, run_training
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    recipe = given(args, DiffusionTrainConfig)  # the flags given; TrainRequest's defaults are the configs' own
-    recipe.update({"vae_steps": value for value in given(args, VAETrainConfig).values()})
+    recipe = given(args, TrainingConfig)  # the parser's defaults are the config's own (add_arguments' real defaults)
     request = TrainRequest(
         data=args.data, out=args.out, init_from=args.init_from, vae_from=args.vae_from, exclude=_read_indices(args.exclude),
         add_tokens=args.add_token or [], **recipe, architecture=args.architecture,
@@ -435,10 +434,10 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--exclude", help="training indices never to show the model: '3,17,42' or a file")
     train.add_argument("--add-token", action="append", help="new word for the vocabulary, e.g. '<v1>' (repeatable)")
     if wanted("train"):
-        from ..train import DiffusionTrainConfig, VAETrainConfig
+        from ..training.config import TrainingConfig
 
-        add_arguments(train, DiffusionTrainConfig)
-        add_arguments(train, VAETrainConfig)
+        # Real defaults: nothing recorded overrides a training number, so the parser holds the config's own values.
+        add_arguments(train, TrainingConfig, real_defaults=True)
     train.add_argument("--architecture", choices=("unet", "dit"), default="unet", help="a new model's denoiser: the "
                        "default UNet (DDPM) or the tiny PixArt-style DiT trained with flow matching (ignored with "
                        "--init-from)")

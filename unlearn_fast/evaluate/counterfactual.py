@@ -12,7 +12,7 @@
                 A's loss measured on the model retrained for B too: a ranking that is the same for every query removes
                 the same images for A and B and scores 0, however much its removals raise every loss
 
-Every stage is an artefact in the output folder: a rerun skips what is done, and retraining runs (evaluate.retrain)
+Every stage is an artefact in the output folder: a rerun skips what is done, and retraining runs (training/retraining.py)
 may be trained by several processes at once.
 """
 from __future__ import annotations
@@ -33,10 +33,10 @@ from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from ..engine.loss_grid import LossGrid
 from ..engine.scoring import per_example_losses
-from ..training_run import TrainRequest
 from ..ranking import ranking
+from ..training.retraining import is_done, job_key, model_folder, run_jobs
+from ..training.run import TrainRequest
 from .metrics import mean_and_se, pixel_mse
-from .retrain import is_done, job_key, model_folder, run_jobs
 from .method_setup import Workspaces, configured_method
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def split_data(setup: CounterfactualSetup, out_dir: str) -> tuple[str, list[str]
 # ------------------------------------------------------------------------------------------------------ runs
 def training_request(setup: CounterfactualSetup, data_folder: str, exclude=(), seed: int | None = None
                      ) -> TrainRequest:
-    # An absolute path, so the run's key (retrain.job_key) does not depend on the working directory.
+    # An absolute path, so the run's key (training.retraining.job_key) does not depend on the working directory.
     vae_from = setup.base_model if setup.base_model == "default" else os.path.abspath(setup.base_model)
     return TrainRequest(data=os.path.abspath(data_folder), vae_from=vae_from,
                         exclude=sorted(int(i) for i in exclude), steps=setup.steps, batch_size=setup.batch_size,

@@ -263,7 +263,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
     from ..models.adapter import DiffusionModel
     from ..query import query_from_prompt
     from ..engine.loss_grid import LossGrid
-    from ..training_run import TrainRequest, run_training
+    from ..training.run import TrainRequest, run_training
 
     folder = os.path.join(out_dir, scenario.name)
     data_dir, extra_dir, model_dir = (os.path.join(folder, n) for n in ("data", "extra", "model"))

@@ -14,7 +14,7 @@
                 NDCG@3 (gains: ΔL clipped at 0), mean ± SE over queries
 
 Every stage is an artefact in the output folder: a rerun skips what is done (the retraining runs are shared with
-evaluate.retrain's cache).
+training/retraining.py's cache).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from ..groups import RULE, RULES, aggregate
 from .counterfactual import (QueryLosses, attribute_all, generate_queries, query_losses_under, record_setup,
                              training_request)
 from .metrics import format_mean_se, mean_and_se, ndcg_at_k, top1_group
-from .retrain import is_done, model_folder, run_jobs
+from ..training.retraining import is_done, model_folder, run_jobs
 
 LARGE_FAMILY = 12  # members from which a family counts as large
 

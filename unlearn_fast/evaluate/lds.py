@@ -5,7 +5,7 @@
     full:      the model trained from scratch on all N: it generates the queries, and every method attributes with it
     subsets:   M seeded random subsets S_m (a share α = 0.5 of the N rows), each trained from scratch with the same
                recipe and seed (the replay: the full run's order and per-row draws minus the removed rows); trained
-               ONCE as retraining artefacts (evaluate.retrain: resumable, lock-protected, several workers) and shared
+               ONCE as retraining artefacts (training/retraining.py: resumable, lock-protected, several workers) and shared
                by every method and every query
     output:    f_m(q) = L(ẑ_q; model m) on a fixed timestep grid with fixed noise (counterfactual.QueryLosses)
     score:     g_m(q) = Σ_{z ∈ S_m} τ_q(z); LDS(q) = Spearman over m of (g_m(q), −f_m(q)): a method predicts well
@@ -33,7 +33,7 @@ from ..models.text_encoder import split_words
 from .counterfactual import QueryLosses, attribute_all, generate_queries, record_setup, training_request
 from .metrics import (centred_linear_datamodeling_scores, hub_correlation, hub_share, linear_datamodeling_scores,
                       mean_and_se, spearman)
-from .retrain import is_done, job_key, model_folder, run_jobs
+from ..training.retraining import is_done, job_key, model_folder, run_jobs
 from .validation import Validation
 
 KINDS = ("generated", "held-out")

@@ -119,7 +119,7 @@ def run_planted(base_model: str, base: CaptionedImages, setup: PlantedSetup, out
     from ..models.adapter import DiffusionModel
     from ..methods.abu.method import attribute_by_unlearning
     from ..query import query_from_prompt
-    from ..training_run import TrainRequest, run_training
+    from ..training.run import TrainRequest, run_training
     from ..workspace import Workspace
 
     starting = DiffusionModel.load(base_model)  # its resolution and vocabulary

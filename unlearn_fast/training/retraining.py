@@ -1,5 +1,6 @@
-"""Retraining runs as artefacts: one folder per (recipe, excluded set), so each is done once, skipped when done,
-and safe to run from several processes (or several machines sharing a disk) at the same time.
+"""Retraining jobs (leave-K-out and subset retraining, evaluate/'s counterfactual, LDS and group judges): one folder per
+(recipe, excluded set), so each is done once, skipped when done, and safe to run from several processes (or several
+machines sharing a disk) at the same time.
 
     retrains/<key>/model/         the trained model (diffusers folders + training.json), written last
     retrains/<key>/job.json       the request: recipe, seed, excluded indices (sorted)
@@ -19,20 +20,26 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 from ..store import FileLock
-from ..training_run import TrainRequest, run_training
+from .run import TrainRequest, run_training
 
 logger = logging.getLogger(__name__)
+
+# Recipe fields a request could not set before retraining folders existed, left out of the key at the value those
+# runs trained with, so their folders keep their names (and are reused, not retrained).
+IMPLICIT = {"weight_decay": 0.0, "grad_clip": 1.0, "vae_batch_size": 64, "vae_lr": 1e-3, "vae_kl_weight": 1e-6}
 
 
 def job_key(request: TrainRequest) -> str:
     """A hash of everything that changes the trained weights (not where they go, not the command line)."""
     recipe = dataclasses.asdict(request)
-    for name in ("out", "command"):
+    # new_token_rows: a run derives it from add_tokens (TrainRequest.training_config), so the request's own is unused.
+    for name in ("out", "command", "new_token_rows"):
         recipe.pop(name)
     device = recipe.pop("device").split(":")[0]  # the kind of device, not which of several GPUs
     if device != "cpu":  # hashed only off the CPU: keys made before requests named a device stay valid
         recipe["device"] = device
     recipe["exclude"] = sorted({int(i) for i in request.exclude})
+    recipe = {name: value for name, value in recipe.items() if not (name in IMPLICIT and value == IMPLICIT[name])}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 

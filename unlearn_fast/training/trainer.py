@@ -1,7 +1,8 @@
 """The trainer: the shipped default model, every leave-K-out retraining and every customisation fine-tune use it.
 
 Deterministic given a seed (data order, timesteps, noise and initialisation all come from seeded generators), and the
-only way it reads training data is ``TrainingSet.batch`` — so excluded indices provably never reach a step.
+only way it reads training data is ``TrainingSet.batch`` — so excluded indices provably never reach a step. The
+numbers come from one TrainingConfig (config.py): train_vae reads its vae_* fields, train_diffusion the others.
 """
 from __future__ import annotations
 
@@ -14,45 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models.adapter import DiffusionModel
-from .settings import count_or_zero, knob, non_negative_float, positive_float, positive_int
-from .settings import seed as seed_type
-
-
-@dataclass
-class VAETrainConfig:
-    steps: int = knob(1500, flag="--vae-steps", parse=count_or_zero,
-                      help="VAE training steps (ignored with --vae-from / --init-from)")
-    batch_size: int = knob(64, cli=False, help="images per VAE step")
-    lr: float = knob(1e-3, cli=False, help="the VAE's learning rate")
-    # Stable Diffusion's value: a nearly deterministic autoencoder with a smooth latent space
-    kl_weight: float = knob(1e-6, cli=False, help="weight of the KL term")
-    seed: int = knob(0, cli=False, help="seed of the VAE's batches (the command line's --seed)")
-
-
-@dataclass
-class DiffusionTrainConfig:
-    """The diffusion stage's recipe: one declaration of every training default (`unlearn-fast train` generates its
-    flags from these fields; training_run.TrainRequest takes its defaults from them). The shipped model's recipe."""
-
-    steps: int = knob(4000, parse=positive_int, help="diffusion training steps")
-    batch_size: int = knob(128, parse=positive_int, help="images per step")
-    lr: float = knob(1e-3, parse=positive_float, help="peak learning rate (AdamW, after the warm-up)")
-    warmup_steps: int = knob(200, parse=count_or_zero, help="learning-rate warm-up steps")
-    weight_decay: float = knob(0.0, cli=False, help="AdamW's weight decay")
-    grad_clip: float = knob(1.0, cli=False, help="gradient norm clip")
-    # The saved weights are the EMA weights: much better samples from short CPU trainings.
-    ema_decay: float = knob(0.999, parse=non_negative_float, help="decay of the weights' moving average (saved)")
-    caption_dropout: float = knob(0.1, parse=non_negative_float,
-                                  help="share of captions left empty, for classifier-free guidance")
-    unet_parameters: str = knob("all", help="denoiser parameter group to train: all, kv, cross-attention, attention "
-                                            "or a regex")
-    train_text_encoder: bool = knob(True, flag="--freeze-text-encoder", negate=True,
-                                    help="freeze the text encoder (with --add-token: only the new tokens' rows train)")
-    # With the text encoder frozen: train the embeddings of the last `new_token_rows` vocabulary rows (the tokens a
-    # customisation added), as Custom Diffusion and textual inversion do; every other row stays as it was.
-    new_token_rows: int = knob(0, cli=False, help="vocabulary rows (the last ones) whose embeddings train")
-    seed: int = knob(0, parse=seed_type, help="seed of the initial weights, the batches and the noise")
+from ..models.adapter import DiffusionModel
+from .config import TrainingConfig
 
 
 class TrainingSet:
@@ -107,19 +71,21 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_vae(vae: nn.Module, pixels: np.ndarray, config: VAETrainConfig, exclude=(), quiet: bool = False) -> list[float]:
-    """Reconstruction (L1 + MSE) + KL training of an AutoencoderKL on uint8 images (N, H, W, 3)."""
+def train_vae(vae: nn.Module, pixels: np.ndarray, config: TrainingConfig, exclude=(), quiet: bool = False,
+              ) -> list[float]:
+    """Reconstruction (L1 + MSE) + KL training of an AutoencoderKL on uint8 images (N, H, W, 3): config's vae_steps,
+    vae_batch_size, vae_lr, vae_kl_weight and seed."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     images = torch.as_tensor(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     data = TrainingSet(images, [("",)] * len(images), exclude)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, 100, config.steps))
-    stream = data.index_stream(config.batch_size, generator)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, 100, config.vae_steps))
+    stream = data.index_stream(config.vae_batch_size, generator)
     vae.requires_grad_(True)
     vae.train()
     losses = []
-    with tqdm(range(config.steps), desc="train vae", disable=quiet, unit="step") as bar:
+    with tqdm(range(config.vae_steps), desc="train vae", disable=quiet, unit="step") as bar:
         for _ in bar:
             x, _, kept = data.batch(next(stream), generator)
             if not bool(kept.any()):
@@ -129,7 +95,7 @@ def train_vae(vae: nn.Module, pixels: np.ndarray, config: VAETrainConfig, exclud
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
             recon = vae.decode(z).sample
-            loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + config.kl_weight * posterior.kl().mean()
+            loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + config.vae_kl_weight * posterior.kl().mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -159,7 +125,7 @@ class TrainingHistory:
     seen_examples: int = 0
 
 
-def train_diffusion(model: DiffusionModel, data: TrainingSet, config: DiffusionTrainConfig, quiet: bool = False,
+def train_diffusion(model: DiffusionModel, data: TrainingSet, config: TrainingConfig, quiet: bool = False,
                     ) -> TrainingHistory:
     """Denoising training of the UNet (and the text encoder) on ``data``; leaves the EMA weights in the model."""
     from diffusers.training_utils import EMAModel

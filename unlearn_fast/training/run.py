@@ -1,50 +1,51 @@
-"""One training run from a request to a saved model folder: what ``unlearn-fast train`` does.
+"""One training run from a request to a saved model folder with training.json: what ``unlearn-fast train`` does.
 
 Three recipes share this path:
 - from scratch: train the VAE, calibrate its latent scale, then the UNet and text encoder (the default model);
-- leave-K-out retraining: reuse a model's VAE (``vae_from``), train UNet and text encoder from scratch without ``exclude``;
+- leave-K-out retraining: reuse a model's VAE (``vae_from``), train UNet and text encoder from scratch without
+  ``exclude`` (retraining.py runs these as resumable jobs);
 - customisation: start from a model (``init_from``), add new tokens, fine-tune on a small set.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from .data import load_pixels, open_dataset
-from .engine.device import resolve_device
-from .models.adapter import DiffusionModel
-from .models.lora import add_lora, save_lora
-from .models.tiny import IMAGE_SIZE, new_tiny_model
-from .train import DiffusionTrainConfig, TrainingSet, VAETrainConfig, calibrate_latent_scale, train_diffusion, train_vae
+from ..data import load_pixels, open_dataset
+from ..engine.device import resolve_device
+from ..models.adapter import DiffusionModel
+from ..models.lora import add_lora, save_lora
+from ..models.tiny import IMAGE_SIZE, new_tiny_model
+from .config import TrainingConfig
+from .trainer import TrainingSet, calibrate_latent_scale, train_diffusion, train_vae
 
 
 @dataclass
-class TrainRequest:
+class TrainRequest(TrainingConfig):
+    """A training config (its numbers and their defaults are TrainingConfig's, declared once) plus what to train on,
+    from what, and where to write."""
+
     data: str = "default"
     out: str = "model"
     init_from: str | None = None
     vae_from: str | None = None
     exclude: list[int] = field(default_factory=list)
     add_tokens: list[str] = field(default_factory=list)
-    # The training numbers: their defaults are declared once, in train.py's configs.
-    steps: int = DiffusionTrainConfig.steps
-    vae_steps: int = VAETrainConfig.steps
-    batch_size: int = DiffusionTrainConfig.batch_size
-    lr: float = DiffusionTrainConfig.lr
-    warmup_steps: int = DiffusionTrainConfig.warmup_steps
-    seed: int = DiffusionTrainConfig.seed
-    ema_decay: float = DiffusionTrainConfig.ema_decay
-    caption_dropout: float = DiffusionTrainConfig.caption_dropout
-    unet_parameters: str = DiffusionTrainConfig.unet_parameters
     architecture: str = "unet"  # a new model's denoiser: "unet" (DDPM) or "dit" (flow matching); models/tiny.py
-    train_text_encoder: bool = DiffusionTrainConfig.train_text_encoder  # False: only added tokens' embeddings train
-    lora_rank: int = 0  # > 0: train a fresh LoRA adapter of this rank (the UNet's own weights frozen), saved in out/lora
+    lora_rank: int = 0  # > 0: train a fresh LoRA adapter of this rank (the UNet's weights frozen), saved in out/lora
     caption_column: str = "text"
     command: str = ""
     device: str = "cpu"  # "cpu" or "cuda[:N]"; GPU and CPU runs of one recipe agree to float rounding, not bitwise
+
+    def training_config(self) -> TrainingConfig:
+        """The trainer's recipe: the request's numbers, with the parameters a LoRA adapter or added tokens imply."""
+        numbers = {f.name: getattr(self, f.name) for f in fields(TrainingConfig)}
+        return TrainingConfig(**numbers | {
+            "unet_parameters": "lora" if self.lora_rank else self.unet_parameters,
+            "new_token_rows": 0 if self.train_text_encoder else len(self.add_tokens)})
 
 
 def _add_tokens(model: DiffusionModel, tokens: list[str]) -> None:
@@ -68,8 +69,7 @@ def build_model(request: TrainRequest, captions, pixels, quiet: bool = False) ->
                                architecture=request.architecture).to(device)
         return model, {"vae_from": request.vae_from}
     model = new_tiny_model(vocabulary + list(request.add_tokens), architecture=request.architecture).to(device)
-    vae_losses = train_vae(model.vae, pixels, VAETrainConfig(steps=request.vae_steps, seed=request.seed),
-                           exclude=request.exclude, quiet=quiet)
+    vae_losses = train_vae(model.vae, pixels, request.training_config(), exclude=request.exclude, quiet=quiet)
     scale, shift = calibrate_latent_scale(model, pixels)
     return model, {"vae_final_loss": sum(vae_losses[-50:]) / max(1, len(vae_losses[-50:])), "latent_scale": scale,
                    "latent_shift": shift}
@@ -88,12 +88,7 @@ def run_training(request: TrainRequest, quiet: bool = False) -> dict:
     data = TrainingSet(model.encode_images(pixels), captions, request.exclude)
     if request.lora_rank:
         add_lora(model, rank=request.lora_rank, seed=request.seed)
-    config = DiffusionTrainConfig(steps=request.steps, batch_size=request.batch_size, lr=request.lr,
-                                  warmup_steps=request.warmup_steps, seed=request.seed,
-                                  ema_decay=request.ema_decay, caption_dropout=request.caption_dropout,
-                                  unet_parameters="lora" if request.lora_rank else request.unet_parameters,
-                                  train_text_encoder=request.train_text_encoder,
-                                  new_token_rows=0 if request.train_text_encoder else len(request.add_tokens))
+    config = request.training_config()
     history = train_diffusion(model, data, config, quiet=quiet)
     if request.lora_rank:  # the adapter in diffusers' LoRA file; the folder keeps the base UNet (and new tokens)
         origin["lora"] = save_lora(model, os.path.join(request.out, "lora"))
@@ -117,5 +112,5 @@ def run_training(request: TrainRequest, quiet: bool = False) -> dict:
     }
     model.save(request.out, training_record=record)
     record["model_fingerprint"] = model.fingerprint()
-    return {k: record[k] for k in ("first_loss", "final_loss", "train_seconds", "total_seconds", "model_fingerprint")} | {
-        "out": request.out}
+    summary = ("first_loss", "final_loss", "train_seconds", "total_seconds", "model_fingerprint")
+    return {k: record[k] for k in summary} | {"out": request.out}
