@@ -33,11 +33,14 @@ from ..errors import SettingsError
 from ..models.text_encoder import split_words
 from ..engine.loss_grid import LossGrid
 from ..engine.scoring import per_example_losses
+from ..store import add_entries, read_entries
 from ..ranking import ranking
 from ..training.retraining import is_done, job_key, model_folder, run_jobs
 from ..training.run import TrainRequest
 from .metrics import mean_and_se, pixel_mse
 from .method_setup import Workspaces, configured_method
+from .output_files import write_json, write_png
+from .setup_record import record_setup
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +96,7 @@ def split_data(setup: CounterfactualSetup, out_dir: str) -> tuple[str, list[str]
     folder = os.path.join(out_dir, "data")
     record_path = os.path.join(out_dir, "split.json")
     if os.path.isfile(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            record = json.load(handle)
-        return folder, record["query_prompts"]
+        return folder, read_entries(record_path)["query_prompts"]
     full = open_dataset(setup.data)
     order = np.random.default_rng(setup.split_seed).permutation(len(full))
     n = len(full) if setup.train_images is None else min(setup.train_images, len(full) - setup.queries)
@@ -114,8 +115,8 @@ def split_data(setup: CounterfactualSetup, out_dir: str) -> tuple[str, list[str]
         raise SettingsError(f"only {len(prompts)} held-out prompts use the training vocabulary; ask for fewer "
                             f"queries or more held-out images")
     export_imagefolder(SubsetDataset(full, train), folder)
-    with open(record_path, "w", encoding="utf-8") as handle:
-        json.dump({"data": setup.data, "train_indices": train.tolist(), "query_prompts": prompts}, handle)
+    write_json(record_path, {"data": setup.data, "train_indices": train.tolist(), "query_prompts": prompts},
+               indent=None)
     return folder, prompts
 
 
@@ -176,33 +177,28 @@ def measure_model(folder: str, queries, which: list[int], query_losses: QueryLos
                   encoder=None) -> dict[int, dict]:
     """{query: {loss, image (path), mse? , feature?}} for the queries `which` under the model in `folder`;
     cached in the folder's measure.json, so a rerun measures only what is new."""
-    from PIL import Image
-
     from ..models.adapter import DiffusionModel
 
     cache_path = os.path.join(os.path.dirname(folder), "measure.json")
-    cache = {}
-    if os.path.isfile(cache_path):
-        with open(cache_path, encoding="utf-8") as handle:
-            cache = json.load(handle)
+    cache = read_entries(cache_path)
     todo = [q for q in which if queries[q].key not in cache]
     if todo:
         model = DiffusionModel.load(folder, device=setup.device)
         losses = dict(zip(todo, query_losses(model, todo)))  # only the queries not measured yet
+        new = {}
         for q in todo:
             query = queries[q]
             image = model.generate([query.prompt], seed=query.seed, steps=setup.query_steps,
                                    guidance=setup.guidance)[0]
             path = os.path.join(os.path.dirname(folder), f"generated-{query.key}.png")
-            Image.fromarray(image).save(path)
+            write_png(path, image)
             entry = {"loss": float(losses[q]), "image": os.path.basename(path),
                      "mse": float(pixel_mse(query.image, image[None])[0])}
             if encoder is not None:
                 entry["feature"] = float(1.0 - encoder.image_similarity(image, query.image))
-            cache[query.key] = entry
-        with open(cache_path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(cache, handle, indent=1)
-        os.replace(cache_path + ".tmp", cache_path)
+            new[query.key] = entry
+        # Another process may have measured other queries of this model meanwhile: add to the file, keep theirs.
+        cache = add_entries(cache_path, new, checksum=False)
     return {q: cache[queries[q].key] for q in which}
 
 
@@ -214,23 +210,13 @@ def query_losses_under(folder: str, queries, which: list[int], query_losses: Que
 
     measured, cache_path = {}, os.path.join(os.path.dirname(folder), "losses.json")
     for name in ("measure.json", "losses.json"):
-        path = os.path.join(os.path.dirname(folder), name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                measured.update({key: value["loss"] if isinstance(value, dict) else value
-                                 for key, value in json.load(handle).items()})
+        measured.update({key: value["loss"] if isinstance(value, dict) else value
+                         for key, value in read_entries(os.path.join(os.path.dirname(folder), name)).items()})
     todo = [q for q in which if queries[q].key not in measured]
     if todo:
         model = DiffusionModel.load(folder, device=setup.device)
         new = {queries[q].key: float(loss) for q, loss in zip(todo, query_losses(model, todo))}
-        cache = {}
-        if os.path.isfile(cache_path):
-            with open(cache_path, encoding="utf-8") as handle:
-                cache = json.load(handle)
-        cache.update(new)
-        with open(cache_path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(cache, handle, indent=1)
-        os.replace(cache_path + ".tmp", cache_path)
+        add_entries(cache_path, new, checksum=False)
         measured.update(new)
     return {q: measured[queries[q].key] for q in which}
 
@@ -273,7 +259,7 @@ def generate_queries(setup: CounterfactualSetup, model, prompts: list[str], out_
                                  generation))
             continue
         query = query_from_prompt(model, prompt, seed=seed, steps=setup.query_steps, guidance=setup.guidance)
-        Image.fromarray(query.image).save(path)
+        write_png(path, query.image)  # read back as the query on every rerun: never half-written
         queries.append(query)
     return queries
 
@@ -350,26 +336,8 @@ def run_counterfactual(setup: CounterfactualSetup, out_dir: str, workers: int = 
     summary.update({"queries": [{"prompt": q.prompt, "seed": q.seed, "key": q.key} for q in queries],
                     "original": {"key": job_key(original), "losses": [base[q]["loss"] for q in every]},
                     "rows": rows, "cross_rows": cross})
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=1)
+    write_json(os.path.join(out_dir, "results.json"), summary)
     return summary
-
-
-def record_setup(setup, out_dir: str,
-                 free=("methods", "noise_seeds", "random_draws", "encoder", "method_options")) -> None:
-    """The setup an output folder was made with; another setup in the same folder is refused (it would mix runs),
-    except for the `free` fields, which add work without changing what is there."""
-    path = os.path.join(out_dir, "setup.json")
-    numbers = json.loads(json.dumps(asdict(setup)))
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-        recorded = {"device": "cpu"} | recorded  # folders made before runs could move to a GPU ran on the CPU
-        changed = sorted(k for k in numbers if recorded.get(k) != numbers[k] and k not in free)
-        if changed:
-            raise SettingsError(f"{out_dir} was made with other settings ({', '.join(changed)}); use another folder")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(numbers, handle, indent=1)
 
 
 def _encoder(setup: CounterfactualSetup):

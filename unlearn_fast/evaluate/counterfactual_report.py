@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .metrics import format_mean_se
+from .output_files import write_text
 
 METRIC_LABELS = {"delta_loss": "ΔL (loss of ẑ, retrained − original)", "delta_mse": "ΔG (pixel MSE)",
                  "delta_feature": "ΔG (1 − encoder cosine)"}
@@ -124,8 +125,7 @@ def write_report(summary: dict, out_dir: str, results_dir: str | None = None, he
                  "over the other queries, then mean ± SE over queries A (0: the removal is the same whatever the "
                  "query):\n\n" + specificity_table(summary) + "\n")
     paths["table"] = os.path.join(results_dir, "results.md")
-    with open(paths["table"], "w", encoding="utf-8") as handle:
-        handle.write(text)
+    write_text(paths["table"], text)
     return paths
 
 

@@ -36,6 +36,7 @@ from ..ranking import rank_positions
 from .metrics import average_precision, format_mean_se, mean_and_se, pixel_mse, recall_at_k
 from .planted import AugmentedDataset, distinctive_image, seeded_indices, seeded_subset, top_r_share
 from .method_setup import Workspaces, configured_method
+from .output_files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -341,8 +342,7 @@ def run_scenario(setup: GroundTruthSetup, scenario: Scenario, base_model, out_di
                 for (control, _), row in zip(controls, attribution.scores[len(queries):])}
         logger.info(f"{scenario.name}: {name} Recall@{setup.recall_k} {result['methods'][name]['recall']['mean']:.2f}, "
                     f"mAP {result['methods'][name]['ap']['mean']:.3f}")
-    with open(os.path.join(folder, "result.json"), "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=1)
+    write_json(os.path.join(folder, "result.json"), result)
     return result
 
 
@@ -374,8 +374,7 @@ def run_groundtruth(setup: GroundTruthSetup, out_dir: str) -> dict:
     scenarios += domain_scenarios(setup, full, model.resolution)
     results = [run_scenario(setup, s, model, out_dir) for s in scenarios]
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "scenarios": results}
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=1)
+    write_json(os.path.join(out_dir, "results.json"), summary)
     return summary
 
 

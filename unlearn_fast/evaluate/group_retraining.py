@@ -30,10 +30,12 @@ from ..data.export import export_imagefolder
 from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from ..groups import RULE, RULES, aggregate
-from .counterfactual import (QueryLosses, attribute_all, generate_queries, query_losses_under, record_setup,
-                             training_request)
+from ..store import read_entries
+from .counterfactual import QueryLosses, attribute_all, generate_queries, query_losses_under, training_request
 from .metrics import format_mean_se, mean_and_se, ndcg_at_k, top1_group
 from ..training.retraining import is_done, model_folder, run_jobs
+from .output_files import write_json
+from .setup_record import record_setup
 
 LARGE_FAMILY = 12  # members from which a family counts as large
 
@@ -91,8 +93,7 @@ def split_groups(setup: GroupRetrainingSetup, out_dir: str) -> dict:
     """The training folder (exported once), each group's training rows and its held-out query prompts."""
     record_path = os.path.join(out_dir, "split.json")
     if os.path.isfile(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return read_entries(record_path)
     full = open_dataset(setup.data)
     captions = [full.captions(i)[0] for i in range(len(full))]
     eligible = {name: rows for name, rows in families(captions).items()
@@ -126,8 +127,7 @@ def split_groups(setup: GroupRetrainingSetup, out_dir: str) -> dict:
               "groups": {name: [position[i] for i in grouped[name]] for name in chosen},
               "queries": [{"prompt": captions[i], "group": name, "index": int(i)}
                           for name in chosen for i in held_out[name]]}
-    with open(record_path, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1)
+    write_json(record_path, record)
     return record
 
 
@@ -188,8 +188,7 @@ def run_group_retraining(setup: GroupRetrainingSetup, out_dir: str, workers: int
                "noise_floor": None if floor is None else floor.tolist(),
                "truth_is_own_family": float(np.mean(truth.argmax(axis=1) == own)),
                "table": table, "rule": RULE, "seconds_per_query": seconds}
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=1)
+    write_json(os.path.join(out_dir, "results.json"), summary)
     return summary
 
 

@@ -30,10 +30,13 @@ from ..data.export import export_imagefolder
 from ..engine.step_rules import GRID_FACTORS
 from ..errors import SettingsError
 from ..models.text_encoder import split_words
-from .counterfactual import QueryLosses, attribute_all, generate_queries, record_setup, training_request
+from ..store import add_entries, read_entries
+from .counterfactual import QueryLosses, attribute_all, generate_queries, training_request
 from .metrics import (centred_linear_datamodeling_scores, hub_correlation, hub_share, linear_datamodeling_scores,
                       mean_and_se, spearman)
 from ..training.retraining import is_done, job_key, model_folder, run_jobs
+from .output_files import write_json
+from .setup_record import record_setup
 from .validation import Validation
 
 KINDS = ("generated", "held-out")
@@ -120,10 +123,7 @@ def split_data(setup: LDSSetup, out_dir: str) -> Split:
     only words of the training captions and equals none of them (nor another query's). The validation queries are
     the next eligible ones after the evaluation queries, so asking for them later changes nothing already there."""
     folder, record_path = os.path.join(out_dir, "data"), os.path.join(out_dir, "split.json")
-    record = {}
-    if os.path.isfile(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            record = json.load(handle)
+    record = read_entries(record_path)
     evaluation = setup.generated_queries + setup.heldout_queries
     generated_validation = (setup.validation_queries + 1) // 2
     if len(record.get("validation_prompts", [])) + len(record.get("validation_images", [])) \
@@ -147,9 +147,7 @@ def split_data(setup: LDSSetup, out_dir: str) -> Split:
                                          for i, p in eligible[evaluation + generated_validation:]])
         if not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
             export_imagefolder(SubsetDataset(full, train), folder)
-        with open(record_path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
-        os.replace(record_path + ".tmp", record_path)
+        write_json(record_path, record, indent=None)
     return Split(folder, record["generated_prompts"], record["heldout_images"],
                  record.get("validation_prompts", [])[:generated_validation],
                  record.get("validation_images", [])[:setup.validation_queries - generated_validation])
@@ -191,18 +189,13 @@ def query_losses_under(folder: str, queries, query_losses: QueryLosses, device: 
     from ..models.adapter import DiffusionModel
 
     path = os.path.join(os.path.dirname(folder), "losses.json")
-    cache = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            cache = json.load(handle)
+    cache = read_entries(path)
     todo = [q for q, query in enumerate(queries) if query.key not in cache]
     if todo:
         model = DiffusionModel.load(folder, device=device)
-        for q, loss in zip(todo, query_losses(model, todo)):
-            cache[queries[q].key] = float(loss)
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(cache, handle, indent=1)
-        os.replace(path + ".tmp", path)
+        new = {queries[q].key: float(loss) for q, loss in zip(todo, query_losses(model, todo))}
+        # Another evaluation on this folder may have added other queries meanwhile: add to the file, keep theirs.
+        cache = add_entries(path, new, checksum=False)
     return np.array([cache[query.key] for query in queries])
 
 
@@ -294,8 +287,7 @@ def run_lds(setup: LDSSetup, out_dir: str, workers: int = 1, threads: int = 1) -
         "ceiling_per_query": None if ceiling_per_query is None else ceiling_per_query.tolist(),
         "validation": validation_table,
         "subset_losses": losses.tolist()})
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=1)
+    write_json(os.path.join(out_dir, "results.json"), summary)
     return summary
 
 

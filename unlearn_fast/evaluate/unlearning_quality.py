@@ -22,6 +22,7 @@ from ..engine.loss_grid import LossGrid
 from ..engine.scoring import per_example_losses
 from .method_setup import Workspaces
 from .metrics import mean_and_se, pixel_mse
+from .output_files import write_json
 from .validation import validation_prompts
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,7 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str) -> dict:
                         f"unrelated MSE {mse[1:].mean():.4f}")
     summary = {"setup": json.loads(json.dumps(asdict(setup))), "num_train": len(dataset),
                "table": summarize(rows, [label for label, _, _ in steps]), "rows": rows}
-    with open(os.path.join(out_dir, "unlearning_quality.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=1)
+    write_json(os.path.join(out_dir, "unlearning_quality.json"), summary)
     return summary
 
 

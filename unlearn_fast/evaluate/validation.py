@@ -9,7 +9,6 @@ planted or customised concepts) never enter any choice.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import numpy as np
 
 from ..query import query_from_prompt
 from ..ranking import rank_positions
+from ..store import read_entries
+from .output_files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ def choose_setting(workspace, make_method, candidates: dict, validation: Validat
     from ..methods import run_method
 
     if record_path and os.path.isfile(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            record = json.load(handle)
+        record = read_entries(record_path)
         values = record.get("values", record.get("mrr"))
         if (sorted(values) == sorted(candidates) and record.get("criterion", "mrr") == validation.criterion
                 and record.get("identity") == identity
@@ -99,10 +99,9 @@ def choose_setting(workspace, make_method, candidates: dict, validation: Validat
               for name, value in candidates.items()}
     chosen = max(values, key=lambda name: (values[name], -list(candidates).index(name)))  # ties: the earlier one
     if record_path:
-        with open(record_path, "w", encoding="utf-8") as handle:
-            json.dump({"criterion": validation.criterion, "chosen": chosen, "values": values, "identity": identity,
-                       "prompts": [q.prompt for q in validation.queries],
-                       "candidates": {k: _recorded(v) for k, v in candidates.items()}}, handle, indent=1)
+        write_json(record_path, {"criterion": validation.criterion, "chosen": chosen, "values": values,
+                                 "identity": identity, "prompts": [q.prompt for q in validation.queries],
+                                 "candidates": {k: _recorded(v) for k, v in candidates.items()}})
     return chosen, candidates[chosen], values
 
 

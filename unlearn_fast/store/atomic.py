@@ -58,9 +58,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = True,
+               checksum: bool = True) -> None:
+    """``obj`` as JSON, atomically. The serialisation runs before anything is written, so an object that cannot be
+    written (a value JSON has no form for) leaves the old file as it was. checksum: False for files of an output folder
+    (they carry no sidecar, see store.integrity)."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"
+    write_text(path, text, checksum=checksum)
+
+
+def write_text(path: str | os.PathLike, text: str, checksum: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), checksum=checksum)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -19,7 +19,7 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
-from ..store import FileLock
+from ..store import FileLock, write_json
 from .run import TrainRequest, run_training
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def run_job(root: str, request: TrainRequest, threads: int = 0) -> str:
             torch.set_num_threads(threads)
         partial = os.path.join(folder, f"model.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        with open(os.path.join(folder, "job.json"), "w", encoding="utf-8") as handle:
-            json.dump(dataclasses.asdict(request) | {"exclude": sorted(set(request.exclude)), "key": key}, handle)
+        write_json(os.path.join(folder, "job.json"), dataclasses.asdict(request) | {
+            "exclude": sorted(set(request.exclude)), "key": key}, indent=None, sort_keys=False, checksum=False)
         run_training(dataclasses.replace(request, out=partial), quiet=True)
         shutil.rmtree(os.path.join(folder, "model"), ignore_errors=True)
         os.replace(partial, os.path.join(folder, "model"))  # the finished model appears at once, complete
