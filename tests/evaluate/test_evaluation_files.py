@@ -72,6 +72,17 @@ def counterfactual_measure_and_generate(folder, queries, losses):
     counterfactual.measure_model(folder, queries, [0], losses, setup)
 
 
+def run_together(processes) -> list:
+    """Start every process, wait for each (a hung one is killed after a minute), return their exit codes."""
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.kill()
+    return [process.exitcode for process in processes]
+
+
 @pytest.mark.parametrize("measure", [lds_measure, counterfactual_measure])
 def test_two_evaluations_on_one_folder_keep_each_others_losses(tmp_path, monkeypatch, measure):
     monkeypatch.setattr(DiffusionModel, "load", staticmethod(lambda folder, device=None: StandInModel()))
@@ -81,13 +92,7 @@ def test_two_evaluations_on_one_folder_keep_each_others_losses(tmp_path, monkeyp
     both_read = FORK.Barrier(2)
     evaluations = [FORK.Process(target=measure_in_a_process, args=(measure, str(run / "model"), key, both_read))
                    for key in ("query-a", "query-bb")]
-    for evaluation in evaluations:
-        evaluation.start()
-    for evaluation in evaluations:
-        evaluation.join(timeout=60)
-        if evaluation.is_alive():
-            evaluation.kill()
-    assert [e.exitcode for e in evaluations] == [0, 0]
+    assert run_together(evaluations) == [0, 0]
     assert json.loads((run / "losses.json").read_text()) == {"earlier": 0.5, "query-a": 7.0, "query-bb": 8.0}
     assert sorted(os.listdir(run)) == ["losses.json"]
 
@@ -100,13 +105,7 @@ def test_two_evaluations_on_one_folder_keep_each_others_measurements(tmp_path, m
     evaluations = [FORK.Process(target=measure_in_a_process,
                                 args=(counterfactual_measure_and_generate, str(run / "model"), key, both_read))
                    for key in ("query-a", "query-bb")]
-    for evaluation in evaluations:
-        evaluation.start()
-    for evaluation in evaluations:
-        evaluation.join(timeout=60)
-        if evaluation.is_alive():
-            evaluation.kill()
-    assert [e.exitcode for e in evaluations] == [0, 0]
+    assert run_together(evaluations) == [0, 0]
     measured = json.loads((run / "measure.json").read_text())
     grey = (128 / 255) ** 2
     assert measured == {key: {"loss": float(len(key)), "image": f"generated-{key}.png", "mse": pytest.approx(grey)}

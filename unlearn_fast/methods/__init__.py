@@ -2,7 +2,7 @@
 
 Names are loaded on first use (PEP 562), so a light submodule (abu/recipes.py, which the command line reads to build
 its flags) does not pull in torch through this package."""
-from importlib import import_module
+from ..lazy import lazy_names
 
 _HOMES = {"AbU": ".abu", "LinearisedAbU": ".abu", "TwoStageAbU": ".abu", "AttributionMethod": ".base",
           "run_method": ".base", "DTRAK": ".dtrak", "GradientKernel": ".dtrak", "TRAKLoss": ".dtrak",
@@ -11,8 +11,4 @@ _HOMES = {"AbU": ".abu", "LinearisedAbU": ".abu", "TwoStageAbU": ".abu", "Attrib
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name], __name__), name)
+__getattr__ = lazy_names(__name__, _HOMES)

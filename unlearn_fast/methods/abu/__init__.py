@@ -1,7 +1,7 @@
 """Attribution by unlearning: the exact method (method.py) and its artefacts as named phases (artefacts.py), its
 recipes and variants (recipes.py), its linearisation (linear.py) and the two-stage query that pairs them
 (two_stage.py). Names are loaded on first use, so recipes.py stays light for the command line."""
-from importlib import import_module
+from ...lazy import lazy_names
 
 _HOMES = {"AbU": ".method", "attribute_by_unlearning": ".method", "LinearisedAbU": ".linear",
           "TwoStageAbU": ".two_stage", "DEFAULT": ".recipes", "PAPER": ".recipes", "RECIPES": ".recipes",
@@ -9,8 +9,4 @@ _HOMES = {"AbU": ".method", "attribute_by_unlearning": ".method", "LinearisedAbU
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name], __name__), name)
+__getattr__ = lazy_names(__name__, _HOMES)
