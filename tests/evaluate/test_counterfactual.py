@@ -134,3 +134,37 @@ def test_specificity_is_a_querys_own_removal_against_the_other_queries_removals_
     same = [{**c, "delta_loss": own[c["query"]]["delta_loss"]} for c in cross]
     (flat,) = counterfactual_specificity(own, same, ["m"])
     assert flat["specificity"]["mean"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("with_matplotlib", [True, False])
+def test_the_report_plots_with_matplotlib_and_keeps_every_number_without_it(tmp_path, monkeypatch, caplog,
+                                                                            with_matplotlib):
+    """matplotlib is optional (the `plots` extra): without it the counterfactual report still writes its table and
+    image grid, and says once which plots it skipped and how to get them."""
+    import importlib.util
+
+    from PIL import Image
+
+    from unlearn_fast.evaluate import counterfactual_report
+
+    if not with_matplotlib:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    (tmp_path / "queries").mkdir()
+    (tmp_path / "retrains" / "run").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "queries" / "q0.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "retrains" / "run" / "image.png")
+    cell = {"mean": 0.25, "se": 0.01, "n": 2}
+    summary = {"table": [{"method": "abu", "k": 2, "fraction": 0.1, "delta_loss": cell, "delta_mse": cell}],
+               "rows": [{"method": "abu", "query": 0, "k": 2, "draw": 0, "run": "run", "image": "image.png"}],
+               "queries": ["a red apple"]}
+    with caplog.at_level("WARNING"):
+        paths = counterfactual_report.write_report(summary, str(tmp_path), str(tmp_path / "out"))
+    assert "0.25" in (tmp_path / "out" / "results.md").read_text() and (tmp_path / "out" / "images.png").is_file()
+    plots = {"delta_loss", "delta_mse"}
+    if with_matplotlib:
+        assert plots <= set(paths) and (tmp_path / "out" / "delta_loss.png").is_file()
+        assert "matplotlib" not in caplog.text
+    else:
+        assert not plots & set(paths) and not (tmp_path / "out" / "delta_loss.png").exists()
+        assert "pip install 'unlearn_fast[plots]'" in caplog.text

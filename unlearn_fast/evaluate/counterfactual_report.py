@@ -2,6 +2,8 @@
 original-vs-retrained images for a few queries."""
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 import os
 
@@ -10,6 +12,8 @@ from PIL import Image, ImageDraw
 
 from .metrics import format_mean_se
 from .output_files import write_text
+
+logger = logging.getLogger(__name__)
 
 METRIC_LABELS = {"delta_loss": "ΔL (loss of ẑ, retrained − original)", "delta_mse": "ΔG (pixel MSE)",
                  "delta_feature": "ΔG (1 − encoder cosine)"}
@@ -113,9 +117,13 @@ def write_report(summary: dict, out_dir: str, results_dir: str | None = None, he
     results_dir = results_dir or out_dir
     os.makedirs(results_dir, exist_ok=True)
     paths = {}
-    for metric in METRIC_LABELS:
-        if any(metric in r for r in summary["table"]):
-            paths[metric] = plot_against_k(summary, metric, os.path.join(results_dir, f"{metric}.png"))
+    metrics = [metric for metric in METRIC_LABELS if any(metric in r for r in summary["table"])]
+    if metrics and importlib.util.find_spec("matplotlib") is None:  # an optional dependency: the table says it all
+        logger.warning("counterfactual: the plots of %s against K are skipped: matplotlib is not installed "
+                       "(pip install 'unlearn_fast[plots]'); results.md holds every number", ", ".join(metrics))
+        metrics = []
+    for metric in metrics:
+        paths[metric] = plot_against_k(summary, metric, os.path.join(results_dir, f"{metric}.png"))
     paths["images"] = image_grid(summary, out_dir, os.path.join(results_dir, "images.png"))
     text = header + "\n" + markdown_table(summary) + "\n"
     if summary.get("paired"):
