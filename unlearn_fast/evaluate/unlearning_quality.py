@@ -89,7 +89,7 @@ def run_unlearning_quality(setup: UnlearningQualitySetup, out_dir: str) -> dict:
         x0 = model.encode_images(before[:1])
         cond = model.encode_text([target])
         for label, settings, overrides in steps:
-            workspace = workspaces(overrides)
+            workspace = workspaces(overrides).prepare()  # the latents and text its Fisher reads
             unet = unlearn(model, preconditioner(workspace, settings), x0, cond, settings, num_train=len(dataset),
                            retained=retained_rows(workspace, settings) if settings.retain else None)
             changed = dict(unet.named_parameters())
