@@ -604,6 +604,8 @@ def main(argv=None) -> None:
     from ..errors import UserInputError
     from ..store import LockTimeout  # here, not at the top: `unlearn-fast --help` imports no torch
 
+    if getattr(args, "quiet", False):
+        silence_libraries()
     try:
         args.run(args)
     except (UserInputError, FloatingPointError, LockTimeout) as error:
@@ -613,6 +615,17 @@ def main(argv=None) -> None:
         # The machine's fault (no space, read-only, permission, I/O): one line naming the path. Every artefact is
         # written atomically, so what was finished is kept and the lock was released on the way out.
         raise SystemExit(f"unlearn-fast {args.verb}: {os_error_line(error)}") from None
+
+
+def silence_libraries() -> None:
+    """--quiet: diffusers' and transformers' own loading bars and notices off too, not only this package's."""
+    import importlib.util
+
+    for library in ("diffusers", "transformers"):
+        if importlib.util.find_spec(library) is not None:
+            logging = importlib.import_module(f"{library}.utils.logging")
+            logging.disable_progress_bar()
+            logging.set_verbosity_error()
 
 
 def os_error_line(error: OSError) -> str:
