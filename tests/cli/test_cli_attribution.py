@@ -127,3 +127,35 @@ def test_a_new_folder_s_fisher_covers_the_group_the_command_unlearns(tmp_path):
         args = build_parser().parse_args(["attribute", "--work-dir", str(tmp_path / "new"), "--prompt", "x", *extra])
         _resolve_sources(args)
         assert args.fisher_group == group
+
+
+def test_parquet_shards_with_another_image_column_score_as_the_image_folder(folder, tmp_path, capsys,
+                                                                            default_dataset):
+    """The same 24 images and captions as parquet shards whose images sit in column "img" (diffusers' underscore
+    spelling of the flag): the scores are the image folder's bit for bit, and a later command on the work directory
+    omits --data and --image-column (it recorded them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unlearn_fast.data import open_dataset
+
+    images = open_dataset(folder)
+    encoded = []
+    for i in range(len(images)):
+        with open(f"{folder}/{images.key(i)}", "rb") as handle:
+            encoded.append(handle.read())
+    table = pa.table({"file_name": [images.key(i) for i in range(len(images))],
+                      "text": [images.captions(i)[0] for i in range(len(images))], "img": encoded})
+    (tmp_path / "shards").mkdir()
+    for k, start in enumerate(range(0, 24, 10)):
+        pq.write_table(table.slice(start, 10), tmp_path / "shards" / f"train-{k:05d}.parquet")
+    default_dataset.image(369).convert("RGB").resize((32, 32)).save(tmp_path / "query.png")
+    query = ["--image", str(tmp_path / "query.png"), "--prompt", "red apple", *UNLEARN, "--json"]
+    scores = {}
+    for name, data in (("folder", ["--data", folder]),
+                       ("shards", ["--data", str(tmp_path / "shards"), "--image_column", "img"])):
+        main(["attribute", *data, "--work-dir", str(tmp_path / f"work-{name}"), *FAST, *query])
+        scores[name] = np.load(last_json(capsys)["files"]["scores"])
+    np.testing.assert_array_equal(scores["shards"], scores["folder"])
+    main(["attribute", "--work-dir", str(tmp_path / "work-shards"), *FAST, *query])  # no --data, no --image-column
+    np.testing.assert_array_equal(np.load(last_json(capsys)["files"]["scores"]), scores["folder"])

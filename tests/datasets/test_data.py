@@ -195,6 +195,34 @@ def test_parquet_written_by_user_reopens_identically(default, default_pixels, tm
     np.testing.assert_array_equal(load_pixels(dataset, 32), default_pixels[list(rows)])
 
 
+def test_a_folder_of_parquet_shards_with_another_image_column_is_one_set(default, default_pixels, tmp_path):
+    """A 🤗 datasets layout (data/train-0000k-of-00003.parquet) whose images sit in a column named "img": read in the
+    shards' sorted order as one set, bound to the same content as the same rows in one file, and every row named by
+    its shard."""
+    from unlearn_fast.data.content import DigestCache
+
+    rows = list(range(0, 60, 3))
+    table = pa.table({"file_name": [default.key(i) for i in rows], "text": [default.captions(i)[0] for i in rows],
+                      "img": [png_bytes(default.image(i)) for i in rows]})
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for k, (start, stop) in enumerate([(0, 7), (7, 14), (14, 20)]):  # written out of order: read sorted
+        pq.write_table(table.slice(start, stop - start), tmp_path / "hub" / "data" / f"train-{k:05d}-of-00003.parquet")
+    pq.write_table(table, tmp_path / "one.parquet")
+    with pytest.raises(DataError, match=r"no column 'image' .*--image-column"):
+        open_dataset(str(tmp_path / "hub"))
+    shards = open_dataset(str(tmp_path / "hub"), image_column="img")
+    one = open_dataset(str(tmp_path / "one.parquet"), image_column="img")
+    assert len(shards) == len(rows) and all_keys(shards) == all_keys(one) == [default.key(i) for i in rows]
+    assert all_captions(shards) == [default.captions(i) for i in rows]
+    np.testing.assert_array_equal(load_pixels(shards, 32), default_pixels[rows])
+    np.testing.assert_array_equal(shards.content_index(DigestCache(None)), one.content_index(DigestCache(None)))
+    assert shards.fingerprint() == one.fingerprint()
+    assert "train-00001-of-00003.parquet row 1)" in shards.where(7)
+    assert shards.reopen_args["image_column"] == "img"
+    with pytest.raises(DataError, match="names a parquet column; this is not parquet data"):
+        open_dataset(str(tmp_path / "nowhere-folder"), image_column="img")
+
+
 def test_several_captions_per_image_survive_both_exports(tmp_path):
     captions = [("a cat", "a small cat", "kitten"), ("a dog",), ("a bird", "a sparrow")]
     images = [random_image(i, (10, 6)) for i in range(3)]

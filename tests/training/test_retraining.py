@@ -38,12 +38,13 @@ def test_the_counterfactual_judge_s_requests_keep_their_keys():
 
 
 def test_a_recipe_number_a_request_could_not_set_before_changes_the_key_only_off_its_old_value():
-    """Fields added to the request since caches existed (the trainer's and the VAE's other numbers) are left out of
-    the key at the value those runs used, and change it at any other value."""
+    """Fields added to the request since caches existed (the trainer's and the VAE's other numbers, the images'
+    column) are left out of the key at the value those runs used, and change it at any other value."""
     base = TrainRequest(data="d", exclude=[1])
     for name, value in retraining.IMPLICIT.items():
         assert getattr(base, name) == value, name  # the default still trains as the cached runs did
-        changed = TrainRequest(data="d", exclude=[1], **{name: value * 2 + 1})
+        other = f"{value}-other" if isinstance(value, str) else value * 2 + 1
+        changed = TrainRequest(data="d", exclude=[1], **{name: other})
         assert retraining.job_key(changed) != retraining.job_key(base), name
 
 

@@ -59,7 +59,7 @@ def cmd_train(args) -> None:
     request = TrainRequest(
         data=args.data, out=args.out, init_from=args.init_from, vae_from=args.vae_from, exclude=_read_indices(args.exclude),
         add_tokens=args.add_token or [], **recipe, architecture=args.architecture,
-        caption_column=args.caption_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
+        caption_column=args.caption_column, image_column=args.image_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
         device=str(resolve_device(args.device)),
     )
     summary = run_training(request, quiet=args.quiet)
@@ -148,21 +148,21 @@ def _load_model(args):
 
 
 def _resolve_sources(args) -> None:
-    """--model, --lora, --data and --caption-column not given: what the work directory recorded (a new folder: the
+    """--model, --lora, --data, --caption-column and --image-column not given: what the work directory recorded (a new folder: the
     shipped default model and data). --lora implies --group lora and --fisher-group lora unless they are given."""
     from ..errors import SettingsError
     from ..store import recorded_sources
 
     recorded = recorded_sources(args.work_dir) if os.path.isdir(args.work_dir) else None
-    for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"), ("lora", None),
-                          ("base_model", None)):
+    for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"),
+                          ("image_column", "image"), ("lora", None), ("base_model", None)):
         if getattr(args, name) is not None:
             continue
         if recorded is None:
             setattr(args, name, default)
         elif name in recorded:
             setattr(args, name, recorded[name])
-        elif default is None or name == "caption_column":
+        elif default is None or name in ("caption_column", "image_column"):
             setattr(args, name, default)
         else:  # a folder prepared before sources were recorded: never guess the shipped default for it
             raise SettingsError(f"--{name.replace('_', '-')}: {args.work_dir} does not record its {name} (prepared "
@@ -209,7 +209,7 @@ def _attributor(args):
     _threads(args)
     model = _load_model(args)
     _changed_group(args, model)
-    dataset = open_dataset(args.data, caption_column=args.caption_column)
+    dataset = open_dataset(args.data, caption_column=args.caption_column, image_column=args.image_column)
     if getattr(args, "group_by", None):  # a missing field fails here, before the work directory is touched
         dataset.metadata_field(args.group_by)
     return Attributor(model, dataset, args.work_dir, _prepare_settings(args), overwrite=args.overwrite,
@@ -426,8 +426,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train the VAE and the diffusion model (or fine-tune one) on a captioned set")
     train.add_argument("--data", default="default", help="'default', an image folder with metadata.jsonl, a .parquet "
-                       "file or webdataset shards")
+                       "file, a folder of parquet shards or webdataset shards")
     train.add_argument("--caption-column", default="text")
+    train.add_argument("--image-column", default="image", help="parquet data: the images' column")
     train.add_argument("--out", required=True, help="model folder to write (diffusers layout)")
     train.add_argument("--init-from", help="model folder to fine-tune from (all weights)")
     train.add_argument("--vae-from", help="model folder whose VAE to reuse (no VAE training): leave-K-out retraining")
@@ -474,8 +475,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
                        "the group 'changed', the tensors the fine-tune changed most, becomes the Fisher's and the "
                        "unlearning's group unless --fisher-group / --group say otherwise")
         p.add_argument("--data", help="training set: 'default', an image folder with metadata.jsonl, a .parquet "
-                       "file or webdataset shards; default: the one the work directory recorded, else 'default'")
+                       "file, a folder of parquet shards or webdataset shards; default: the one the work directory "
+                       "recorded, else 'default'")
         p.add_argument("--caption-column", help="caption column or key (default: the work directory's, else text)")
+        p.add_argument("--image-column", help="parquet data: the images' column (default: the work directory's, else "
+                       "image)")
         p.add_argument("--work-dir", required=True, help="folder for the prepared artefacts (one per model + data)")
         p.add_argument("--overwrite", action="store_true", help="when the inputs or settings differ from the work "
                        "directory's, delete exactly the artefacts they invalidate (the refusal without it lists them)")

@@ -355,33 +355,55 @@ class SubsetDataset(CaptionedImages):
 
 
 class ParquetDataset(CaptionedImages):
-    """A parquet file with encoded image bytes and captions (the embedded default set uses this format)."""
+    """Parquet files (one, or the shards of a folder as 🤗 datasets writes them: data/train-00000-of-00004.parquet, …,
+    read in sorted order as one set) with encoded image bytes and captions; the embedded default set uses this
+    format. image_column: the column holding the images (bytes, or {'bytes': ...} structs)."""
 
-    def __init__(self, path: str, caption_column: str = "text", image_column: str = "image", key_column: str = "file_name"):
+    def __init__(self, path, caption_column: str = "text", image_column: str = "image", key_column: str = "file_name"):
         import pyarrow.parquet as pq
 
-        self.source = path
-        try:
-            table = pq.read_table(path)
-        except Exception as error:
-            raise DataError(f"{path}: cannot read parquet ({error})") from None
-        for column in (image_column, caption_column):
-            if column not in table.column_names:
-                raise DataError(f"{path}: no column {column!r} (columns: {table.column_names})")
-        images = table.column(image_column).to_pylist()
-        self._images = [cell.get("bytes") if isinstance(cell, dict) else cell for cell in images]
-        bad = next((row for row, data in enumerate(self._images) if not isinstance(data, bytes) or not data), None)
-        if bad is not None:  # a number, a string, a path-only struct, a null: refused now, not at the first read
-            raise DataError(f"{path} column {image_column!r} row {bad + 1}: holds {str(images[bad])[:80]!r}, not "
-                            "encoded image bytes (expected binary, or a {'bytes': ...} struct as 🤗 datasets writes)")
-        keys = table.column(key_column).to_pylist() if key_column in table.column_names else None
-        self._examples = [
-            Example(i, str(keys[i]) if keys else f"row-{i}", _as_captions(caption, f"{path} row {i + 1}"))
-            for i, caption in enumerate(table.column(caption_column).to_pylist())
-        ]
+        paths = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
+        if not paths:
+            raise DataError("no parquet files given")
+        self.source = paths[0] if len(paths) == 1 else os.path.commonpath(paths)  # the file, or the shards' folder
+        self._images, self._examples, self._shards, self._columns = [], [], [], None
+        for shard in paths:
+            try:
+                table = pq.read_table(shard)
+            except Exception as error:
+                raise DataError(f"{shard}: cannot read parquet ({error})") from None
+            for column in (image_column, caption_column):
+                if column not in table.column_names:
+                    raise DataError(f"{shard}: no column {column!r} (columns: {table.column_names}); name the images' "
+                                    "column with --image-column and the captions' with --caption-column")
+            if self._columns is not None and table.column_names != self._columns:
+                raise DataError(f"{shard}: columns {table.column_names} differ from {paths[0]}'s {self._columns}")
+            self._columns = table.column_names
+            images = table.column(image_column).to_pylist()
+            start = len(self._images)
+            self._images += [cell.get("bytes") if isinstance(cell, dict) else cell for cell in images]
+            bad = next((row for row, data in enumerate(self._images[start:]) if not isinstance(data, bytes) or not data),
+                       None)
+            if bad is not None:  # a number, a string, a path-only struct, a null: refused now, not at the first read
+                raise DataError(f"{shard} column {image_column!r} row {bad + 1}: holds {str(images[bad])[:80]!r}, not "
+                                "encoded image bytes (expected binary, or a {'bytes': ...} struct as 🤗 datasets "
+                                "writes)")
+            keys = table.column(key_column).to_pylist() if key_column in table.column_names else None
+            self._examples += [
+                Example(start + i, str(keys[i]) if keys else (f"row-{i}" if len(paths) == 1 else
+                                                              f"{os.path.basename(shard)}-row-{i}"),
+                        _as_captions(caption, f"{shard} row {i + 1}"))
+                for i, caption in enumerate(table.column(caption_column).to_pylist())]
+            self._shards.append((shard, start, len(self._images)))
         if not self._examples:
-            raise DataError(f"{path}: no rows")
-        self._columns = table.column_names
+            raise DataError(f"{self.source}: no rows")
+
+    def _located(self, index: int) -> tuple[str, int]:
+        """(shard, row within it) of example `index`."""
+        for shard, start, stop in self._shards:
+            if start <= index < stop:
+                return shard, index - start
+        raise IndexError(index)
 
     def __len__(self) -> int:
         return len(self._examples)
@@ -390,15 +412,19 @@ class ParquetDataset(CaptionedImages):
         return self._examples[self._check_index(index)]
 
     def where(self, index: int) -> str:
-        return f"{shown(self.example(index).key)} ({self.source} row {index + 1})"
+        shard, row = self._located(self._check_index(index))
+        return f"{shown(self.example(index).key)} ({shard} row {row + 1})"
 
     def field_values(self, name: str) -> list[str | None]:
         import pyarrow.parquet as pq
 
         if name not in self._columns:
             return [None] * len(self)
-        column = pq.read_table(self.source, columns=[name]).column(name).to_pylist()
-        return [field_value(value, name, f"{self.source} row {i + 1}") for i, value in enumerate(column)]
+        values = []
+        for shard, start, _ in self._shards:
+            column = pq.read_table(shard, columns=[name]).column(name).to_pylist()
+            values += [field_value(value, name, f"{shard} row {i + 1}") for i, value in enumerate(column)]
+        return values
 
     def _fields_hint(self) -> str:
         return f" (columns: {self._columns})"
@@ -407,12 +433,16 @@ class ParquetDataset(CaptionedImages):
         return decode_image(self._images[self._check_index(index)], self.where(index))
 
     def content_index(self, cache: DigestCache | None = None) -> np.ndarray:
-        def compute():
-            return np.concatenate([probe_bytes(self._images[i], self.where(i), DataError) for i in range(len(self))])
-        blob = cached_file_rows(cache or DigestCache(None), os.path.abspath(self.source), compute)
+        store = cache or DigestCache(None)
+        blobs = []
+        for shard, start, stop in self._shards:  # each shard's rows cached while that file is unchanged
+            def compute(start=start, stop=stop):
+                return np.concatenate([probe_bytes(self._images[i], self.where(i), DataError)
+                                       for i in range(start, stop)])
+            blobs.append(cached_file_rows(store, os.path.abspath(shard), compute))
         if cache is not None:
             cache.flush()
-        return rows_of(blob)
+        return rows_of(b"".join(blobs))
 
 
 def load_pixels(dataset: CaptionedImages, resolution: int, indices=None) -> np.ndarray:

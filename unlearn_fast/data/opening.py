@@ -7,31 +7,52 @@ from .dataset import DEFAULT_DATASET, CaptionedImages, DataError, ImageFolderDat
 from .webdataset_shards import WebDatasetShards
 
 
-def open_dataset(spec: str = "default", caption_column: str = "text") -> CaptionedImages:
-    """Open a captioned training set from ``"default"``, an image folder, a parquet file or webdataset shards.
+def open_dataset(spec: str = "default", caption_column: str = "text", image_column: str = "image") -> CaptionedImages:
+    """Open a captioned training set from ``"default"``, an image folder, a parquet file, a folder of parquet shards
+    (as 🤗 datasets writes them, in subfolders too) or webdataset shards. image_column: the images' column of parquet
+    data (an image folder names its files in metadata.jsonl's file_name; a webdataset sample by its extension).
 
     The set remembers how it was opened (``reopen_args``), so outputs can record it and reports can reopen it.
     """
-    dataset = _open(os.fspath(spec), caption_column)
+    dataset = _open(os.fspath(spec), caption_column, image_column)
     dataset.reopen_args = {"spec": os.path.abspath(spec) if spec != "default" else spec,
-                           "caption_column": caption_column}
+                           "caption_column": caption_column, "image_column": image_column}
     return dataset
 
 
-def _open(spec: str, caption_column: str) -> CaptionedImages:
+def parquet_shards(folder: str) -> list[str]:
+    """The .parquet files under `folder` (subfolders included), in sorted order: one training set."""
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if name.endswith(".parquet"))
+
+
+def _open(spec: str, caption_column: str, image_column: str) -> CaptionedImages:
+    if image_column != "image" and not (spec.endswith(".parquet") or (os.path.isdir(spec) and parquet_shards(spec)
+                                                                       and not _other_layout(spec))):
+        raise DataError(f"{spec}: --image-column {image_column!r} names a parquet column; this is not parquet data "
+                        "(an image folder names its images in metadata.jsonl's file_name, a webdataset sample by its "
+                        "extension)")
     if spec == "default":
         return ParquetDataset(DEFAULT_DATASET)
     if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "metadata.jsonl")):
         return ImageFolderDataset(spec, caption_column)
     if spec.endswith(".parquet") and os.path.isfile(spec):
-        return ParquetDataset(spec, caption_column)
+        return ParquetDataset(spec, caption_column, image_column)
     if spec.endswith(".tar") or "{" in spec or (os.path.isdir(spec) and any(f.endswith(".tar") for f in os.listdir(spec))):
         return WebDatasetShards(spec, caption_column)
+    if os.path.isdir(spec) and parquet_shards(spec):
+        return ParquetDataset(parquet_shards(spec), caption_column, image_column)
     if not os.path.exists(spec):
         raise DataError(f"{spec}: no such file or folder (expected 'default', an image folder with metadata.jsonl, "
                         "a .parquet file or webdataset .tar shards)")
     if os.path.isdir(spec):
-        raise DataError(f"{spec}: folder has no metadata.jsonl and no .tar shards (expected an image folder with "
-                        "metadata.jsonl, as diffusers' text-to-image scripts read, or webdataset .tar shards)")
+        raise DataError(f"{spec}: folder has no metadata.jsonl, no .parquet and no .tar shards (expected an image "
+                        "folder with metadata.jsonl, as diffusers' text-to-image scripts read, parquet shards or "
+                        "webdataset .tar shards)")
     raise DataError(f"{spec}: not a known training-set layout (expected 'default', an image folder with "
                     "metadata.jsonl, a .parquet file or webdataset .tar shards)")
+
+
+def _other_layout(folder: str) -> bool:
+    """The folder is an image folder or webdataset shards (which take precedence over parquet files in it)."""
+    return os.path.isfile(os.path.join(folder, "metadata.jsonl")) or any(f.endswith(".tar") for f in os.listdir(folder))

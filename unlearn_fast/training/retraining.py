@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Recipe fields a request could not set before retraining folders existed, left out of the key at the value those
 # runs trained with, so their folders keep their names (and are reused, not retrained).
-IMPLICIT = {"weight_decay": 0.0, "grad_clip": 1.0, "vae_batch_size": 64, "vae_lr": 1e-3, "vae_kl_weight": 1e-6}
+IMPLICIT = {"weight_decay": 0.0, "grad_clip": 1.0, "vae_batch_size": 64, "vae_lr": 1e-3, "vae_kl_weight": 1e-6,
+            "image_column": "image"}
 
 
 def job_key(request: TrainRequest) -> str:

@@ -37,6 +37,7 @@ class TrainRequest(TrainingConfig):
     architecture: str = "unet"  # a new model's denoiser: "unet" (DDPM) or "dit" (flow matching); models/tiny.py
     lora_rank: int = 0  # > 0: train a fresh LoRA adapter of this rank (the UNet's weights frozen), saved in out/lora
     caption_column: str = "text"
+    image_column: str = "image"  # parquet data: the images' column
     command: str = ""
     device: str = "cpu"  # "cpu" or "cuda[:N]"; GPU and CPU runs of one recipe agree to float rounding, not bitwise
 
@@ -77,7 +78,7 @@ def build_model(request: TrainRequest, captions, pixels, quiet: bool = False) ->
 
 def run_training(request: TrainRequest, quiet: bool = False) -> dict:
     started = time.perf_counter()
-    dataset = open_dataset(request.data, request.caption_column)
+    dataset = open_dataset(request.data, request.caption_column, request.image_column)
     pixels = load_pixels(dataset, IMAGE_SIZE)
     captions = [dataset.captions(i) for i in range(len(dataset))]
     model, origin = build_model(request, captions, pixels, quiet)
