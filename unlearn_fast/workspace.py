@@ -132,7 +132,7 @@ class Workspace:
         return {"model": folder if folder in (None, "default") else os.path.abspath(folder),
                 "lora": getattr(self.model, "lora", None), "data": data.get("spec"),
                 "caption_column": data.get("caption_column"), "image_column": data.get("image_column"),
-                "base_model": getattr(self.model, "base_model", None)}
+                "subset": data.get("subset"), "base_model": getattr(self.model, "base_model", None)}
 
     def _waiting(self, owner) -> None:
         print(f"[unlearn-fast] {self.store.lock.waiting_message(owner)}", file=sys.stderr)

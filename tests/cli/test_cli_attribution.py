@@ -159,3 +159,28 @@ def test_parquet_shards_with_another_image_column_score_as_the_image_folder(fold
     np.testing.assert_array_equal(scores["shards"], scores["folder"])
     main(["attribute", "--work-dir", str(tmp_path / "work-shards"), *FAST, *query])  # no --data, no --image-column
     np.testing.assert_array_equal(np.load(last_json(capsys)["files"]["scores"]), scores["folder"])
+
+
+def test_a_subset_file_scores_as_a_folder_of_just_those_images(folder, tmp_path, capsys, default_dataset):
+    """--subset FILE (file names here) attributes over those images only: the scores of a folder holding just them,
+    bit for bit (the default noise is shared, so no image's losses depend on its row); the work directory records the
+    subset, so a later command and the report's reopening of the set use it too."""
+    from unlearn_fast.data import open_dataset
+
+    images = open_dataset(folder)
+    keep = [17, 3, 9, 21, 0, 12, 5, 8]  # an order of its own: the subset's rows follow the file
+    (tmp_path / "subset.txt").write_text("".join(f"{images.key(i)}\n" for i in keep))
+    export_imagefolder(SubsetDataset(images, keep), str(tmp_path / "eight"))
+    default_dataset.image(369).convert("RGB").resize((32, 32)).save(tmp_path / "query.png")
+    query = ["--image", str(tmp_path / "query.png"), "--prompt", "red apple", *UNLEARN, "--json"]
+    main(["attribute", "--data", str(tmp_path / "eight"), "--work-dir", str(tmp_path / "work-eight"), *FAST, *query])
+    alone = np.load(last_json(capsys)["files"]["scores"])
+    main(["attribute", "--data", folder, "--subset", str(tmp_path / "subset.txt"), "--work-dir",
+          str(tmp_path / "work-subset"), *FAST, *query])
+    summary = last_json(capsys)
+    assert alone.shape == (1, 8)
+    np.testing.assert_array_equal(np.load(summary["files"]["scores"]), alone)
+    main(["attribute", "--work-dir", str(tmp_path / "work-subset"), *FAST, *query])  # the recorded subset
+    np.testing.assert_array_equal(np.load(last_json(capsys)["files"]["scores"]), alone)
+    main(["report", str(tmp_path / "work-subset" / "attributions" / "latest"), "--json"])  # reopens the subset
+    assert last_json(capsys)["files"]["report"]

@@ -223,6 +223,24 @@ def test_a_folder_of_parquet_shards_with_another_image_column_is_one_set(default
         open_dataset(str(tmp_path / "nowhere-folder"), image_column="img")
 
 
+def test_a_subset_file_names_images_by_file_name_or_index_and_a_bad_line_is_named(tmp_path):
+    rows = [{"file_name": f"{k}.png", "text": f"caption {k}"} for k in range(6)]
+    write_folder(tmp_path / "data", rows)
+    (tmp_path / "names.txt").write_text("# the plants\n4.png\n\n1.png\n5\n")
+    subset = open_dataset(str(tmp_path / "data"), subset=str(tmp_path / "names.txt"))
+    assert all_keys(subset) == ["4.png", "1.png", "5.png"] and all_captions(subset)[0] == ("caption 4",)
+    assert subset.reopen_args["subset"] == str(tmp_path / "names.txt")
+    (tmp_path / "indices.json").write_text("[0, 2]")
+    assert all_keys(open_dataset(str(tmp_path / "data"), subset=str(tmp_path / "indices.json"))) == ["0.png", "2.png"]
+    for text, message in (("1.png\nnope.png\n", r"names\.txt line 2: 'nope\.png' is neither an image"),
+                          ("1.png\n6\n", r"names\.txt line 2: index 6 is outside the training set's 6 images"),
+                          ("1.png\n1\n", r"names\.txt line 2: '1' repeats line 1"),
+                          ("# nothing\n", r"names\.txt: names no image")):
+        (tmp_path / "names.txt").write_text(text)
+        with pytest.raises(DataError, match=message):
+            open_dataset(str(tmp_path / "data"), subset=str(tmp_path / "names.txt"))
+
+
 def test_several_captions_per_image_survive_both_exports(tmp_path):
     captions = [("a cat", "a small cat", "kitten"), ("a dog",), ("a bird", "a sparrow")]
     images = [random_image(i, (10, 6)) for i in range(3)]

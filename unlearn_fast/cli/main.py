@@ -148,14 +148,14 @@ def _load_model(args):
 
 
 def _resolve_sources(args) -> None:
-    """--model, --lora, --data, --caption-column and --image-column not given: what the work directory recorded (a new folder: the
+    """--model, --lora, --data, --caption-column, --image-column and --subset not given: what the work directory recorded (a new folder: the
     shipped default model and data). --lora implies --group lora and --fisher-group lora unless they are given."""
     from ..errors import SettingsError
     from ..store import recorded_sources
 
     recorded = recorded_sources(args.work_dir) if os.path.isdir(args.work_dir) else None
     for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"),
-                          ("image_column", "image"), ("lora", None), ("base_model", None)):
+                          ("image_column", "image"), ("subset", None), ("lora", None), ("base_model", None)):
         if getattr(args, name) is not None:
             continue
         if recorded is None:
@@ -209,7 +209,8 @@ def _attributor(args):
     _threads(args)
     model = _load_model(args)
     _changed_group(args, model)
-    dataset = open_dataset(args.data, caption_column=args.caption_column, image_column=args.image_column)
+    dataset = open_dataset(args.data, caption_column=args.caption_column, image_column=args.image_column,
+                           subset=args.subset)
     if getattr(args, "group_by", None):  # a missing field fails here, before the work directory is touched
         dataset.metadata_field(args.group_by)
     return Attributor(model, dataset, args.work_dir, _prepare_settings(args), overwrite=args.overwrite,
@@ -480,6 +481,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--caption-column", help="caption column or key (default: the work directory's, else text)")
         p.add_argument("--image-column", help="parquet data: the images' column (default: the work directory's, else "
                        "image)")
+        p.add_argument("--subset", metavar="FILE", help="attribute over these training images only: a file of file "
+                       "names or row indices, one per line (or .json / .npy); default: the work directory's, else all")
         p.add_argument("--work-dir", required=True, help="folder for the prepared artefacts (one per model + data)")
         p.add_argument("--overwrite", action="store_true", help="when the inputs or settings differ from the work "
                        "directory's, delete exactly the artefacts they invalidate (the refusal without it lists them)")

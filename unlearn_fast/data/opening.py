@@ -4,19 +4,26 @@ from __future__ import annotations
 import os
 
 from .dataset import DEFAULT_DATASET, CaptionedImages, DataError, ImageFolderDataset, ParquetDataset
+from .subset import subset_of
 from .webdataset_shards import WebDatasetShards
 
 
-def open_dataset(spec: str = "default", caption_column: str = "text", image_column: str = "image") -> CaptionedImages:
+def open_dataset(spec: str = "default", caption_column: str = "text", image_column: str = "image",
+                 subset: str | None = None) -> CaptionedImages:
     """Open a captioned training set from ``"default"``, an image folder, a parquet file, a folder of parquet shards
     (as 🤗 datasets writes them, in subfolders too) or webdataset shards. image_column: the images' column of parquet
     data (an image folder names its files in metadata.jsonl's file_name; a webdataset sample by its extension).
 
+    subset: a file naming the images to keep (data/subset.py: file names or row indices), in its order.
+
     The set remembers how it was opened (``reopen_args``), so outputs can record it and reports can reopen it.
     """
     dataset = _open(os.fspath(spec), caption_column, image_column)
+    if subset is not None:
+        dataset = subset_of(dataset, os.fspath(subset))
     dataset.reopen_args = {"spec": os.path.abspath(spec) if spec != "default" else spec,
-                           "caption_column": caption_column, "image_column": image_column}
+                           "caption_column": caption_column, "image_column": image_column,
+                           **({"subset": os.path.abspath(subset)} if subset is not None else {})}
     return dataset
 
 
