@@ -56,6 +56,30 @@ def test_train_finetune_and_generate(folder, tmp_path, capsys):
     assert out.read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
+def test_train_on_a_subset_file_trains_as_a_folder_of_just_those_images(folder, tmp_path, capsys):
+    """`train --subset FILE` trains on the images the file names, in its order: the weights of a run on a folder of
+    just those images, bit for bit (training is seeded over the set's rows)."""
+    import shutil
+
+    from unlearn_fast.models.adapter import DiffusionModel
+
+    keep = [5, 0, 17, 9, 12, 3, 20, 8]
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    (tmp_path / "eight").mkdir()
+    for i in keep:
+        shutil.copy(folder / rows[i]["file_name"], tmp_path / "eight" / rows[i]["file_name"])
+    (tmp_path / "eight" / "metadata.jsonl").write_text("".join(json.dumps(rows[i]) + "\n" for i in keep))
+    (tmp_path / "keep.txt").write_text("".join(rows[i]["file_name"] + "\n" for i in keep))
+    recipe = ["--steps", "3", "--vae-steps", "2", "--batch-size", "4", "--quiet", "--json"]
+    main(["train", "--data", str(tmp_path / "eight"), "--out", str(tmp_path / "alone"), *recipe])
+    main(["train", "--data", str(folder), "--subset", str(tmp_path / "keep.txt"), "--out", str(tmp_path / "subset"),
+          *recipe])
+    record = json.loads((tmp_path / "subset" / "training.json").read_text())
+    assert record["request"]["subset"] == str(tmp_path / "keep.txt")
+    alone, subset = DiffusionModel.load(str(tmp_path / "alone")), DiffusionModel.load(str(tmp_path / "subset"))
+    assert alone.fingerprint() == subset.fingerprint()
+
+
 def test_evaluate_set_puts_method_options_over_the_profiles():
     from unlearn_fast.cli.evaluate import _method_options
     from unlearn_fast.errors import SettingsError

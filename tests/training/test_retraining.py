@@ -37,13 +37,17 @@ def test_the_counterfactual_judge_s_requests_keep_their_keys():
     assert retraining.job_key(request) == "fe1a86559990ec43"  # main's key (f898c30), as above
 
 
-def test_a_recipe_number_a_request_could_not_set_before_changes_the_key_only_off_its_old_value():
+def test_a_recipe_number_a_request_could_not_set_before_changes_the_key_only_off_its_old_value(tmp_path):
     """Fields added to the request since caches existed (the trainer's and the VAE's other numbers, the images'
-    column) are left out of the key at the value those runs used, and change it at any other value."""
+    column, a subset) are left out of the key at the value those runs used, and change it at any other value."""
     base = TrainRequest(data="d", exclude=[1])
     for name, value in retraining.IMPLICIT.items():
         assert getattr(base, name) == value, name  # the default still trains as the cached runs did
-        other = f"{value}-other" if isinstance(value, str) else value * 2 + 1
+        if value is None:  # the subset: a file naming some images (its content is what the key reads)
+            (tmp_path / "some.txt").write_text("0\n")
+            other = str(tmp_path / "some.txt")
+        else:
+            other = f"{value}-other" if isinstance(value, str) else value * 2 + 1
         changed = TrainRequest(data="d", exclude=[1], **{name: other})
         assert retraining.job_key(changed) != retraining.job_key(base), name
 

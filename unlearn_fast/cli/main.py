@@ -59,7 +59,8 @@ def cmd_train(args) -> None:
     request = TrainRequest(
         data=args.data, out=args.out, init_from=args.init_from, vae_from=args.vae_from, exclude=_read_indices(args.exclude),
         add_tokens=args.add_token or [], **recipe, architecture=args.architecture,
-        caption_column=args.caption_column, image_column=args.image_column, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
+        caption_column=args.caption_column, image_column=args.image_column,
+        subset=os.path.abspath(args.subset) if args.subset else None, command="unlearn-fast " + " ".join(shlex.quote(a) for a in args.argv),
         device=str(resolve_device(args.device)),
     )
     summary = run_training(request, quiet=args.quiet)
@@ -430,6 +431,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
                        "file, a folder of parquet shards or webdataset shards")
     train.add_argument("--caption-column", default="text")
     train.add_argument("--image-column", default="image", help="parquet data: the images' column")
+    train.add_argument("--subset", metavar="FILE", help="train on these images only: a file of file names or row "
+                       "indices, one per line (or .json / .npy)")
     train.add_argument("--out", required=True, help="model folder to write (diffusers layout)")
     train.add_argument("--init-from", help="model folder to fine-tune from (all weights)")
     train.add_argument("--vae-from", help="model folder whose VAE to reuse (no VAE training): leave-K-out retraining")

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 # Recipe fields a request could not set before retraining folders existed, left out of the key at the value those
 # runs trained with, so their folders keep their names (and are reused, not retrained).
 IMPLICIT = {"weight_decay": 0.0, "grad_clip": 1.0, "vae_batch_size": 64, "vae_lr": 1e-3, "vae_kl_weight": 1e-6,
-            "image_column": "image"}
+            "image_column": "image", "subset": None}
 
 
 def job_key(request: TrainRequest) -> str:
@@ -40,6 +40,9 @@ def job_key(request: TrainRequest) -> str:
     if device != "cpu":  # hashed only off the CPU: keys made before requests named a device stay valid
         recipe["device"] = device
     recipe["exclude"] = sorted({int(i) for i in request.exclude})
+    if request.subset is not None:  # what the subset file says, not its name: an edited file is another recipe
+        with open(request.subset, "rb") as handle:
+            recipe["subset"] = hashlib.sha256(handle.read()).hexdigest()
     recipe = {name: value for name, value in recipe.items() if not (name in IMPLICIT and value == IMPLICIT[name])}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 

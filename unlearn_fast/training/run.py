@@ -38,6 +38,7 @@ class TrainRequest(TrainingConfig):
     lora_rank: int = 0  # > 0: train a fresh LoRA adapter of this rank (the UNet's weights frozen), saved in out/lora
     caption_column: str = "text"
     image_column: str = "image"  # parquet data: the images' column
+    subset: str | None = None  # a file naming the images to train on (data/subset.py); None: all of `data`
     command: str = ""
     device: str = "cpu"  # "cpu" or "cuda[:N]"; GPU and CPU runs of one recipe agree to float rounding, not bitwise
 
@@ -78,7 +79,7 @@ def build_model(request: TrainRequest, captions, pixels, quiet: bool = False) ->
 
 def run_training(request: TrainRequest, quiet: bool = False) -> dict:
     started = time.perf_counter()
-    dataset = open_dataset(request.data, request.caption_column, request.image_column)
+    dataset = open_dataset(request.data, request.caption_column, request.image_column, request.subset)
     pixels = load_pixels(dataset, IMAGE_SIZE)
     captions = [dataset.captions(i) for i in range(len(dataset))]
     model, origin = build_model(request, captions, pixels, quiet)
