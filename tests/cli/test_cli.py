@@ -130,27 +130,22 @@ def test_a_verb_s_help_imports_neither_torch_nor_diffusers(verb):
 @pytest.mark.parametrize("quiet", [True, False])
 def test_quiet_silences_diffusers_and_transformers_bars_too(tmp_path, monkeypatch, quiet):
     """--quiet turns off the libraries' own loading bars and notices (a pipeline folder's 'Loading pipeline
-    components' bar), not only this package's; without it they are left as the user set them."""
+    components' bar) while the verb runs, not only this package's; without it they stay as they were; either way the
+    libraries are left as they were found (main may run in-process)."""
+    import importlib
+
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
 
-    import importlib
-
     cli = importlib.import_module("unlearn_fast.cli.main")  # the module (the package exports its main function)
-    seen = {}
 
-    def prepare(args):  # what the verb would run with: the libraries' state at that moment
-        seen.update(diffusers=diffusers_logging.is_progress_bar_enabled(),
-                    transformers=transformers_logging.is_progress_bar_enabled(),
-                    verbosity=diffusers_logging.get_verbosity())
-    monkeypatch.setattr(cli, "cmd_prepare", prepare)
-    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    try:
-        cli.main(["prepare", "--work-dir", str(tmp_path / "work"), *(["--quiet"] if quiet else [])])
-        assert seen == ({"diffusers": False, "transformers": False, "verbosity": diffusers_logging.ERROR} if quiet
-                        else {"diffusers": True, "transformers": True, "verbosity": levels[0]})
-    finally:  # the process's other tests keep the libraries' defaults
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
-        diffusers_logging.set_verbosity(levels[0])
-        transformers_logging.set_verbosity(levels[1])
+    def state():
+        return (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled(),
+                diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_prepare", lambda args: seen.append(state()))
+    before = state()
+    cli.main(["prepare", "--work-dir", str(tmp_path / "work"), *(["--quiet"] if quiet else [])])
+    assert seen == [(False, False, diffusers_logging.ERROR, transformers_logging.ERROR) if quiet else before]
+    assert state() == before

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
@@ -28,23 +29,21 @@ def _other_fields(cls) -> tuple[str, ...]:
 
 
 def _read_indices(spec: str | None) -> list[int]:
-    """Indices from '3,17,42', a text file (one per line / comma-separated), a .json list or a .npy array."""
+    """Indices from '3,17,42', or a list file as --subset reads it (data/subset.listed_entries: one per line, a line
+    may hold several separated by commas; a .json list or a .npy array)."""
     if not spec:
         return []
     if os.path.isfile(spec):
-        if spec.endswith(".npy"):
-            import numpy as np
+        from ..data.subset import listed_entries
 
-            return [int(i) for i in np.load(spec).ravel()]
-        with open(spec, encoding="utf-8") as handle:
-            text = handle.read()
-        if spec.endswith(".json"):
-            return [int(i) for i in json.loads(text)]
-        spec = text.replace("\n", ",")
-    try:
-        return [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError:
-        raise SystemExit(f"--exclude {spec[:80]!r}: expected comma-separated integers or a file of them") from None
+        entries = [(f"{spec} line {line}", part) for line, entry in listed_entries(spec) for part in entry.split(",")]
+    else:
+        entries = [("--exclude", part) for part in spec.split(",")]
+    entries = [(where, part.strip()) for where, part in entries if part.strip()]
+    bad = next(((where, part) for where, part in entries if not part.lstrip("-").isdigit()), None)
+    if bad is not None:
+        raise SystemExit(f"{bad[0]}: {bad[1][:80]!r}: expected comma-separated integers or a file of them")
+    return [int(part) for _, part in entries]
 
 
 def cmd_train(args) -> None:
@@ -614,10 +613,10 @@ def main(argv=None) -> None:
     from ..errors import UserInputError
     from ..store import LockTimeout  # here, not at the top: `unlearn-fast --help` imports no torch
 
-    if getattr(args, "quiet", False):
-        silence_libraries()
+    quiet = libraries_silenced() if getattr(args, "quiet", False) else contextlib.nullcontext()
     try:
-        args.run(args)
+        with quiet:
+            args.run(args)
     except (UserInputError, FloatingPointError, LockTimeout) as error:
         # The user's input or settings, not a bug: the message names the culprit; no traceback.
         raise SystemExit(f"unlearn-fast {args.verb}: {error}") from None
@@ -627,15 +626,25 @@ def main(argv=None) -> None:
         raise SystemExit(f"unlearn-fast {args.verb}: {os_error_line(error)}") from None
 
 
-def silence_libraries() -> None:
-    """--quiet: diffusers' and transformers' own loading bars and notices off too, not only this package's."""
+@contextlib.contextmanager
+def libraries_silenced():
+    """--quiet: diffusers' and transformers' own loading bars and notices off too, not only this package's, while the
+    verb runs; their earlier state is put back after (main may be called in-process, by tests or other tools)."""
+    import importlib
     import importlib.util
 
-    for library in ("diffusers", "transformers"):
-        if importlib.util.find_spec(library) is not None:
-            logging = importlib.import_module(f"{library}.utils.logging")
-            logging.disable_progress_bar()
-            logging.set_verbosity_error()
+    loggers = [importlib.import_module(f"{library}.utils.logging") for library in ("diffusers", "transformers")
+               if importlib.util.find_spec(library) is not None]
+    before = [(logging.get_verbosity(), logging.is_progress_bar_enabled()) for logging in loggers]
+    for logging in loggers:
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for logging, (level, bars) in zip(loggers, before):
+            logging.set_verbosity(level)
+            (logging.enable_progress_bar if bars else logging.disable_progress_bar)()
 
 
 def os_error_line(error: OSError) -> str:

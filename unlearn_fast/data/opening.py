@@ -34,21 +34,24 @@ def parquet_shards(folder: str) -> list[str]:
 
 
 def _open(spec: str, caption_column: str, image_column: str) -> CaptionedImages:
-    if image_column != "image" and not (spec.endswith(".parquet") or (os.path.isdir(spec) and parquet_shards(spec)
-                                                                       and not _other_layout(spec))):
+    folder = os.path.isdir(spec)
+    image_folder = folder and os.path.isfile(os.path.join(spec, "metadata.jsonl"))
+    tar_shards = spec.endswith(".tar") or "{" in spec or (folder and any(f.endswith(".tar") for f in os.listdir(spec)))
+    shards = parquet_shards(spec) if folder and not (image_folder or tar_shards) else []  # one walk of the folder
+    if image_column != "image" and not (spec.endswith(".parquet") or shards):
         raise DataError(f"{spec}: --image-column {image_column!r} names a parquet column; this is not parquet data "
                         "(an image folder names its images in metadata.jsonl's file_name, a webdataset sample by its "
                         "extension)")
     if spec == "default":
         return ParquetDataset(DEFAULT_DATASET)
-    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "metadata.jsonl")):
+    if image_folder:
         return ImageFolderDataset(spec, caption_column)
     if spec.endswith(".parquet") and os.path.isfile(spec):
         return ParquetDataset(spec, caption_column, image_column)
-    if spec.endswith(".tar") or "{" in spec or (os.path.isdir(spec) and any(f.endswith(".tar") for f in os.listdir(spec))):
+    if tar_shards:
         return WebDatasetShards(spec, caption_column)
-    if os.path.isdir(spec) and parquet_shards(spec):
-        return ParquetDataset(parquet_shards(spec), caption_column, image_column)
+    if shards:
+        return ParquetDataset(shards, caption_column, image_column)
     if not os.path.exists(spec):
         raise DataError(f"{spec}: no such file or folder (expected 'default', an image folder with metadata.jsonl, "
                         "a .parquet file or webdataset .tar shards)")
@@ -59,7 +62,3 @@ def _open(spec: str, caption_column: str, image_column: str) -> CaptionedImages:
     raise DataError(f"{spec}: not a known training-set layout (expected 'default', an image folder with "
                     "metadata.jsonl, a .parquet file or webdataset .tar shards)")
 
-
-def _other_layout(folder: str) -> bool:
-    """The folder is an image folder or webdataset shards (which take precedence over parquet files in it)."""
-    return os.path.isfile(os.path.join(folder, "metadata.jsonl")) or any(f.endswith(".tar") for f in os.listdir(folder))

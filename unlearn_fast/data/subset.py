@@ -12,26 +12,31 @@ import numpy as np
 from .dataset import CaptionedImages, DataError, SubsetDataset
 
 
+def listed_entries(path: str) -> list[tuple[int, str]]:
+    """(line, entry) of each image a list file names: one per line (blank lines and # comments skipped), a .json
+    list or a .npy array (its position counts as the line). The entries are left as text, to be read as names or
+    indices by the caller."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    if path.endswith(".npy"):
+        return [(k + 1, str(int(v))) for k, v in enumerate(np.load(path, allow_pickle=False).ravel())]
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if path.endswith(".json"):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(values, list):
+            raise DataError(f"{path}: expected a JSON list of file names or indices")
+        return [(k + 1, str(v)) for k, v in enumerate(values)]
+    return [(k + 1, line.strip()) for k, line in enumerate(text.splitlines())
+            if line.strip() and not line.strip().startswith("#")]
+
+
 def read_subset(path: str, dataset: CaptionedImages) -> list[int]:
     """The row indices of `dataset` that `path` names, in the file's order (DataError naming the culprit)."""
-    if not os.path.isfile(path):
-        raise DataError(f"--subset {path}: no such file")
-    if path.endswith(".npy"):
-        entries = [(k + 1, str(int(v))) for k, v in enumerate(np.load(path, allow_pickle=False).ravel())]
-    else:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        if path.endswith(".json"):
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: not valid JSON ({error})") from None
-            if not isinstance(values, list):
-                raise DataError(f"{path}: expected a JSON list of file names or indices")
-            entries = [(k + 1, str(v)) for k, v in enumerate(values)]
-        else:
-            entries = [(k + 1, line.strip()) for k, line in enumerate(text.splitlines())
-                       if line.strip() and not line.strip().startswith("#")]
+    entries = listed_entries(path)
     if not entries:
         raise DataError(f"{path}: names no image")
     keys = {dataset.key(i): i for i in range(len(dataset))}
