@@ -32,13 +32,15 @@ from .report.settings import ReportSettings
 from .store.integrity import read_listed, write_folder_sums
 
 RECORD = "attribution.json"
+OUTPUT_RECORDS = (RECORD, "comparison.json")  # a folder holding one is an output of ours (comparison.py)
 
 
 def check_output_folder(out_dir: str) -> None:
     """Refuse, before any work, a folder that holds files but is not an attribution (they would be lost)."""
     if os.path.isfile(out_dir):
         raise OutputError(f"output folder {out_dir} is a file")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, RECORD)):
+    ours = any(os.path.isfile(os.path.join(out_dir, name)) for name in OUTPUT_RECORDS)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not ours:
         raise OutputError(f"output folder {out_dir} holds other files ({', '.join(sorted(os.listdir(out_dir))[:3])}) "
                           f"and no {RECORD}: give an empty or new folder")
 
@@ -100,6 +102,15 @@ class Attribution:
                 **({"group_by": self.group_by} if self.group_by else {}),
                 "queries": [query_summary(q, query, record)
                             for q, (query, record) in enumerate(zip(self.queries, self.records))]}
+
+    def index_entry(self) -> dict:
+        """What the work directory's index lists for this output (outputs.record_output)."""
+        from .report.html import method_of, record_settings_text
+
+        return {"prompts": [query.prompt for query in self.queries], "report": "report.html",
+                "methods": sorted({method_of(record)[0] for record in self.records}),
+                "queries": [record["folder"] for record in self.records],
+                "settings": [record_settings_text(record) for record in self.records]}
 
     def save(self, out_dir: str, top_k: int = ReportSettings.top_k) -> dict:
         """Write every output into out_dir; returns {name: path}.

@@ -23,7 +23,7 @@ from .models.adapter import DiffusionModel
 from .query import Query
 from .engine.unlearn import UnlearnSettings
 from .score_rules import REFERENCE_RULES
-from .trust import trust_signals, verdict
+from .trust import method_trust_signals, trust_signals, verdict
 from .workspace import PrepareSettings, Workspace
 
 __all__ = ["Attributor", "PrepareSettings"]
@@ -108,6 +108,46 @@ class Attributor:
                                    for record, signal in zip(attribution.records, signals)]
         return attribution
 
+    def compare(self, queries: list[Query] | Query, methods, settings: UnlearnSettings = None, group_by: str | None = None,
+                controls: bool = False, encoder: str | None = None) -> "Comparison":
+        """Every method's attribution of the same queries, side by side (comparison.Comparison: one report, each
+        image's rank under every method, where they agree). methods: names (methods.registry: "abu", "dtrak", "pixel",
+        an AbU variant, …) or AttributionMethod objects; "abu" is the AbU `settings` describe, exactly as attribute()
+        computes it. controls: each method's trust signals, measured by its own scores (trust.method_trust_signals).
+        Every name is checked before any work."""
+        from .comparison import Comparison
+        from .methods.base import labelled, run_method
+        from .methods.registry import build_method
+        from .errors import SettingsError
+
+        self.check_group_by(group_by)
+        queries = [queries] if isinstance(queries, Query) else list(queries)
+        settings = settings or UnlearnSettings()
+        built = {}
+        for method in methods:
+            if isinstance(method, str):
+                built[method] = AbU(settings) if method == "abu" else build_method(method, encoder=encoder)
+            else:
+                built[method.name] = method
+        if len(built) != len(list(methods)):
+            raise SettingsError(f"methods to compare are named twice: {list(methods)}")
+        for method in built.values():
+            method.check(self.workspace)
+        attributions = {}
+        for name, method in built.items():
+            if name == "abu":
+                attribution = labelled(self.attribute(queries, settings, controls=controls), method)
+            else:
+                attribution = run_method(method, self.workspace, queries)
+                if controls:
+                    signals = method_trust_signals(self.workspace, method, queries, attribution.scores, controls,
+                                                   settings.references)
+                    attribution.records = [{**record, "trust": {**signal, "verdict": verdict(signal)}}
+                                           for record, signal in zip(attribution.records, signals)]
+            attribution.group_by = group_by
+            attributions[name] = attribution
+        return Comparison(attributions)
+
     def check_group_by(self, group_by: str | None) -> None:
         """A DataError naming the field and the first training row without it, before any unlearning."""
         if group_by:
@@ -126,11 +166,12 @@ class Attributor:
     def reference_queries(self, count: int) -> list[Query]:
         return abu.reference_queries(self.workspace, count)
 
-    def write_outputs(self, attribution: Attribution, out: str | None = None, top_k: int = ReportSettings.top_k
+    def write_outputs(self, attribution, out: str | None = None, top_k: int = ReportSettings.top_k
                       ) -> dict[str, str]:
         """attribution.save into `out`, by default the work directory's own folder for these queries
-        (attributions/<id>/, listed in attributions/index.json with attributions/latest pointing at the newest).
-        Written by rank 0; every rank gets the paths."""
+        (attributions/<id>/, listed in attributions/index.json and index.html, with attributions/latest pointing at
+        the newest). attribution: an Attribution or a Comparison (compare()). Written by rank 0; every rank gets the
+        paths."""
         from .outputs import output_id, record_output
 
         workspace = self.workspace
@@ -138,7 +179,8 @@ class Attributor:
 
         def write():
             with workspace.store.locked():
-                folder = out or str(workspace.store.artefact_path(f"attributions/{output_id(attribution.records)}"))
+                name = output_id(attribution.records, getattr(attribution, "methods", None))
+                folder = out or str(workspace.store.artefact_path(f"attributions/{name}"))
                 paths.update(attribution.save(folder, top_k=top_k))
                 record_output(workspace.store.path, folder, attribution)
         workspace.on_main(write)

@@ -33,13 +33,36 @@ def _overlap(a: np.ndarray, b: np.ndarray, k: int = TOP) -> float:
 
 def trust_signals(workspace, queries: list[Query], scores: np.ndarray, settings: UnlearnSettings,
                   controls: bool = False) -> list[dict]:
-    """Per query q (scores[q]: its scores as shown): {"specificity", "hub_correlation", "references"} and, with
-    controls, {"caption_only", "image_only", "control_prompt"} (shares of the top 10)."""
+    """AbU's signals. Per query q (scores[q]: its scores as shown): {"specificity", "hub_correlation", "references"}
+    and, with controls, {"caption_only", "image_only", "control_prompt"} (shares of the top 10)."""
     from .methods.abu import method as abu
 
     references = abu.reference_queries(workspace, settings.references)
     raw = dataclasses.replace(settings, score="raw", spread=False)
     mean_reference = abu.attribute_by_unlearning(workspace, references, raw).scores.mean(axis=0)
+    return measured(workspace, queries, scores, references, mean_reference,
+                    lambda asked: abu.attribute_by_unlearning(workspace, asked, settings).scores, controls)
+
+
+def method_trust_signals(workspace, method, queries: list[Query], scores: np.ndarray, controls: bool = False,
+                         references: int = UnlearnSettings.references) -> list[dict]:
+    """The same signals for any method (methods.base.AttributionMethod): its own scores of the reference queries and
+    of the controls, so each method of a comparison is judged by the same yardstick."""
+    from .methods.abu import method as abu
+    from .methods.base import run_method
+
+    reference_queries = abu.reference_queries(workspace, references)
+
+    def score(asked):
+        return run_method(method, workspace, asked).scores
+    return measured(workspace, queries, scores, reference_queries, score(reference_queries).mean(axis=0), score,
+                    controls)
+
+
+def measured(workspace, queries: list[Query], scores: np.ndarray, references: list[Query],
+             mean_reference: np.ndarray, score, controls: bool) -> list[dict]:
+    """The signals of `scores` (queries, N) given the reference queries' mean scores; score(list of queries) →
+    their scores under the method judged (the controls)."""
     signals = []
     for query, own in zip(queries, np.asarray(scores)):
         correlation = spearman(own, mean_reference)
@@ -52,7 +75,7 @@ def trust_signals(workspace, queries: list[Query], scores: np.ndarray, settings:
                                              source=f"control: the prompt on {other.source}")
             image_alone = query_from_array(query.image, other.prompt, resolution,
                                            source=f"control: the image under {other.prompt!r}")
-            control = abu.attribute_by_unlearning(workspace, [caption_alone, image_alone], settings).scores
+            control = score([caption_alone, image_alone])
             signal.update(caption_only=_overlap(own, control[0]), image_only=_overlap(own, control[1]),
                           control_prompt=other.prompt)
         signals.append(signal)

@@ -184,3 +184,35 @@ def test_a_subset_file_scores_as_a_folder_of_just_those_images(folder, tmp_path,
     np.testing.assert_array_equal(np.load(last_json(capsys)["files"]["scores"]), alone)
     main(["report", str(tmp_path / "work-subset" / "attributions" / "latest"), "--json"])  # reopens the subset
     assert last_json(capsys)["files"]["report"]
+
+
+@pytest.mark.slow
+def test_methods_side_by_side_in_one_report(folder, tmp_path, capsys, default_dataset):
+    """attribute --methods: AbU's column is exactly `attribute`'s answer; pixel similarity finds the query's own
+    training image with score 1; the work directory's index lists both outputs; `report` rewrites the comparison."""
+    work = tmp_path / "work"
+    default_dataset.image(369).convert("RGB").resize((32, 32)).save(tmp_path / "query.png")  # row 9: 'red apple'
+    ask = ["attribute", "--data", folder, "--work-dir", str(work), "--image", str(tmp_path / "query.png"),
+           "--prompt", "red apple", *FAST, *UNLEARN, "--top-k", "4", "--json"]
+    main(ask)
+    alone = np.load(last_json(capsys)["files"]["scores"])
+    with pytest.raises(SystemExit, match="unknown method 'nope'"):
+        main([*ask, "--methods", "abu", "nope"])
+    main([*ask, "--methods", "abu", "pixel", "dtrak"])
+    summary = last_json(capsys)
+    out = work / "attributions" / "latest"
+    assert summary["methods"] == ["abu", "pixel", "dtrak"] and summary["files"]["report"].endswith("comparison.html")
+    assert np.array_equal(np.load(out / "abu" / "scores.npy"), alone)
+    pixel = np.load(out / "pixel" / "scores.npy")[0]
+    assert int(np.argmax(pixel)) == 9 and pixel[9] == pytest.approx(1.0, abs=1e-5)
+    assert summary["queries"][0]["top"]["pixel"][0]["caption"] == "red apple"
+    assert {pair["a"] + "|" + pair["b"] for pair in summary["queries"][0]["agreement"]} == {
+        "abu|pixel", "abu|dtrak", "pixel|dtrak"}
+    index = json.loads((work / "attributions" / "index.json").read_text())
+    assert [entry.get("report") for entry in index["outputs"]] == ["report.html", "comparison.html"]
+    page = (work / "attributions" / "index.html").read_text()
+    assert page.count('class="prompt"') == 2 and "D-TRAK" in page and "comparison.html" in page
+
+    main(["report", str(out), "--top-k", "2", "--json"])
+    assert last_json(capsys)["files"]["report"] == summary["files"]["report"]
+    assert (out / "comparison.html").read_text().count('<td class="rank">') == 2

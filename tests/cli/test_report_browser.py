@@ -154,3 +154,90 @@ def test_the_link_check_sees_a_dead_link(grouped_report):
     os.remove(os.path.join(grouped_report, "ranking.csv"))
     result, _ = open_in_browser(grouped_report, LINK_CHECKER)
     assert result["dead"] == ["ranking.csv"]
+
+
+# The comparison page and the index page: every link fetched, every image loaded, every method column's head read.
+PAGE_CHECKER = """<!DOCTYPE html><html><body><iframe id="report" src="PAGE"></iframe><script>
+function get(url) { return new Promise(done => { const x = new XMLHttpRequest(); x.open("GET", url);
+  x.onload = () => done(x.responseText.length > 0); x.onerror = () => done(false); x.send(); }); }
+window.addEventListener("load", async () => {
+  const doc = document.getElementById("report").contentDocument;
+  const base = "PAGE".includes("/") ? "PAGE".slice(0, "PAGE".lastIndexOf("/") + 1) : "";
+  const hrefs = [...new Set([...doc.querySelectorAll("a[href]")].map(a => a.getAttribute("href")))];
+  const ok = await Promise.all(hrefs.map(h => get(base + h)));
+  const images = [...doc.images];
+  document.body.setAttribute("data-result", JSON.stringify({
+    links: hrefs, dead: hrefs.filter((h, i) => !ok[i]),
+    images: images.length, broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src")),
+    heads: [...doc.querySelectorAll("th.method")].map(th => [th.dataset.method, th.firstChild.textContent.trim(),
+                                                            th.querySelector("small").textContent.trim()]),
+    rows: doc.querySelectorAll("table.index tr").length - 1, title: doc.title}));
+});
+</script></body></html>"""
+
+
+@pytest.fixture()
+def compared(default_dataset, tmp_path):
+    """A work directory's attributions folder holding a two-query comparison of three methods and a plain answer,
+    written and indexed as the Attributor writes them."""
+    from unlearn_fast.comparison import Comparison
+    from unlearn_fast.data import load_pixels
+    from unlearn_fast.outputs import output_id, record_output
+
+    dataset = SubsetDataset(default_dataset, range(100, 130))
+    queries = [Query(image=load_pixels(default_dataset, 32, [i])[0], prompt=p, source="test")
+               for i, p in ((105, "a <b>bold</b> & odd prompt"), (120, "second query"))]
+    labels = {"abu": "AbU (attribution by unlearning)", "dtrak": "D-TRAK", "pixel": "Pixel similarity"}
+    rng = np.random.default_rng(2)
+    attributions = {name: Attribution(
+        scores=rng.standard_normal((2, 30)).astype(np.float32), queries=queries, dataset=dataset,
+        work_dir=str(tmp_path), records=[{"folder": f"methods/{name}", "query": f"q{q}", "prompt": queries[q].prompt,
+                                          "source": "test", "method": name, "method_title": title,
+                                          "score_meaning": f"what {name} measures"} for q in range(2)])
+        for name, title in labels.items()}
+    comparison = Comparison(attributions)
+    root = tmp_path / "attributions"
+    folder = root / output_id(comparison.records, comparison.methods)
+    comparison.save(str(folder), top_k=5)
+    record_output(str(tmp_path), str(folder), comparison)
+    plain = attributions["abu"]
+    folder = root / output_id(plain.records)
+    plain.save(str(folder), top_k=5)
+    record_output(str(tmp_path), str(folder), plain)
+    return root, labels, comparison
+
+
+def checked(root, page: str) -> tuple[dict, list[str]]:
+    return open_in_browser(str(root), PAGE_CHECKER.replace("PAGE", page))
+
+
+def test_comparison_page_labels_every_method_column_and_every_link_resolves(compared):
+    root, labels, comparison = compared
+    folder = next(p.name for p in root.iterdir() if p.name.startswith("compare-"))
+    result, console = checked(root, f"{folder}/comparison.html")
+    assert result["dead"] == [] and result["broken"] == [] and console == []
+    assert result["heads"] == [[name, title, f"what {name} measures"] for name, title in labels.items()] * 2
+    for name in labels:  # each method's own report and ranking, linked from the page
+        assert f"{name}/report.html" in result["links"] and f"{name}/ranking.csv" in result["links"]
+    assert "comparison.csv" in result["links"]
+    assert result["images"] == 2 + 2 * 5 * len(labels)  # each query, and a cell per rank and method
+
+
+def test_index_page_lists_every_query_and_its_links_resolve(compared):
+    root, _, _ = compared
+    result, console = checked(root, "index.html")
+    assert result["dead"] == [] and result["broken"] == [] and console == []
+    assert result["rows"] == 4 and result["images"] == 4  # two outputs of two queries each, a thumbnail each
+    assert sum(link.endswith("/comparison.html") for link in result["links"]) == 1
+    assert sum(link.endswith("/report.html") for link in result["links"]) == 1
+
+
+def test_the_page_check_sees_a_dead_method_link(compared):
+    """The checks above can fail: remove one method's folder and its links are reported dead."""
+    import shutil
+
+    root, _, _ = compared
+    folder = next(p for p in root.iterdir() if p.name.startswith("compare-"))
+    shutil.rmtree(folder / "pixel")
+    result, _ = checked(root, f"{folder.name}/comparison.html")
+    assert sorted(result["dead"]) == ["pixel/ranking.csv", "pixel/report.html"]

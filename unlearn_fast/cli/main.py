@@ -292,6 +292,12 @@ def cmd_attribute(args) -> None:
         check_prompt(prompt, "--prompt")
     if args.out:
         check_output_folder(args.out)  # before any work: a folder of other files is never written into
+    if args.methods:  # an unknown name or a missing --encoder is named before any work
+        from ..methods.registry import build_method
+
+        for name in args.methods:
+            if name != "abu":
+                build_method(name, encoder=args.encoder)
     _resolve_sources(args)  # before the unlearning settings: --lora sets their group
     settings = _unlearn_settings(args)
     attributor = _attributor(args)
@@ -300,6 +306,14 @@ def cmd_attribute(args) -> None:
     attributor.check_unlearning(settings)
     ranks = attributor.ranks  # rank 0 reads or generates the queries, so every rank attributes the same images
     queries = ranks.broadcast(_queries(args, attributor.model) if ranks.is_main else None)
+    if args.methods:
+        comparison = attributor.compare(queries, args.methods, settings, group_by=args.group_by,
+                                        controls=args.controls, encoder=args.encoder)
+        top_k = _report_settings(args).top_k
+        paths = attributor.write_outputs(comparison, args.out, top_k=top_k)
+        if ranks.is_main:
+            _finish_comparison(comparison, paths, top_k, args.json, started, _job(attributor.workspace))
+        return
     attribution = attributor.attribute(queries, settings, group_by=args.group_by,
                                        candidates=None if args.candidates == "exact" else args.candidates,
                                        controls=args.controls)
@@ -309,6 +323,22 @@ def cmd_attribute(args) -> None:
         _finish(attribution, paths, top_k, args.json, started, "attribute", _job(attributor.workspace))
 
 
+def _finish_comparison(comparison, paths: dict, top_k: int, as_json: bool, started: float, job: dict) -> None:
+    summary = comparison.summary(top_k=min(top_k, 5))
+    summary.update(files=paths, seconds=round(time.perf_counter() - started, 1), **job)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for query in summary["queries"]:
+        print(f"{query['prompt']!r}:")
+        for method, top in query["top"].items():
+            print(f"  {method}: " + ", ".join(f"#{r['rank']} {r['caption']}" for r in top[:3]))
+        for pair in query["agreement"]:
+            print(f"  {pair['a']} and {pair['b']}: {pair['top_k_overlap']:.0%} of the top {min(top_k, 5)} in common,"
+                  f" Spearman {pair['spearman']:.2f}")
+    print(f"unlearn-fast attribute: comparison {paths['report']} ({summary['seconds']} s)")
+
+
 def cmd_report(args) -> None:
     from ..attribution import Attribution, check_output_folder
 
@@ -316,6 +346,20 @@ def cmd_report(args) -> None:
 
     started = time.perf_counter()
     args.attribution = resolve_output(args.attribution)
+    from ..comparison import Comparison, is_comparison
+
+    if is_comparison(args.attribution):  # attribute --methods: every method's folder and the comparison page
+        comparison = Comparison.load(args.attribution)
+        if args.group_by:
+            comparison.dataset.metadata_field(args.group_by)
+            for attribution in comparison.attributions.values():
+                attribution.group_by = args.group_by
+        out = args.out or args.attribution
+        check_output_folder(out)
+        top_k = _report_settings(args).top_k
+        paths = comparison.save(out, top_k=top_k)
+        _finish_comparison(comparison, paths, top_k, args.json, started, {})
+        return
     attribution = Attribution.load(args.attribution)
     if args.group_by:
         attribution.dataset.metadata_field(args.group_by)  # the one-line error before anything is written
@@ -542,6 +586,12 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
                            "image by AbU's linearisation (projected gradients, prepared once), then rescore exactly "
                            "the top C only: a count (2000) or a share (10%%); exact: rescore every image; auto "
                            "(default): exact below 20,000 images, 25%% above (benchmarks/README.md, two-stage)")
+    attribute.add_argument("--methods", nargs="+", metavar="METHOD", help="compare methods on the same queries: "
+                           "abu (the AbU the options below describe), dtrak, trak, pixel, latent, feature (needs "
+                           "--encoder), random, or an AbU variant; writes one comparison report (each method's top k "
+                           "side by side, each image's rank under every method, where they agree) beside each "
+                           "method's own folder. AbU is then rescored exactly (--candidates does not apply)")
+    attribute.add_argument("--encoder", help="--methods feature: a local CLIP or DINO folder saved with transformers")
     attribute.add_argument("--controls", action="store_true", help="also measure each answer's trust signals: its "
                            "specificity against reference queries, and how much of its top 10 the prompt alone (on an "
                            "unrelated image) and the image alone (under an unrelated prompt) recover (three more "

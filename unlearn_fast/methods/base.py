@@ -23,9 +23,13 @@ from ..workspace import Workspace
 
 
 class AttributionMethod(ABC):
-    """name: short and stable (tables, file names). settings(): everything that changes the numbers."""
+    """name: short and stable (tables, file names). title, score_meaning: what a report calls the method and what its
+    score says, so a reader never takes one method's number for another's. settings(): everything that changes the
+    numbers."""
 
     name: str = "method"
+    title = "an attribution method"
+    score_meaning = "higher: more responsible for the query"
 
     def settings(self) -> dict:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
@@ -70,9 +74,20 @@ def check_prepared(workspace: Workspace, method: str, needs: dict) -> None:
 
 def run_method(method: AttributionMethod, workspace: Workspace, queries: list[Query] | Query) -> Attribution:
     """Scores of `method` for `queries` as an Attribution (the same outputs and report as AbU's); cached per query.
-    workspace: a Workspace, or anything that has one (the Attributor facade)."""
+    workspace: a Workspace, or anything that has one (the Attributor facade). Its records name the method."""
     workspace = getattr(workspace, "workspace", workspace)
-    return method.attribute(workspace, [queries] if isinstance(queries, Query) else list(queries))
+    return labelled(method.attribute(workspace, [queries] if isinstance(queries, Query) else list(queries)), method)
+
+
+def method_label(method: AttributionMethod) -> dict:
+    """What a report shows of a method: its name, its title and what its score means."""
+    return {"method": method.name, "method_title": method.title, "score_meaning": method.score_meaning}
+
+
+def labelled(attribution: Attribution, method: AttributionMethod) -> Attribution:
+    """The attribution with each record naming the method that scored it (the report's column heads, the index)."""
+    attribution.records = [{**record, **method_label(method)} for record in attribution.records]
+    return attribution
 
 
 def _cached_attribution(method: AttributionMethod, workspace: Workspace, queries: list[Query]) -> Attribution:

@@ -59,6 +59,15 @@ class GradientKernel(AttributionMethod):
     def name(self) -> str:
         return "dtrak" if self.output == "sqnorm" else "trak"
 
+    @property
+    def title(self) -> str:
+        return "D-TRAK" if self.output == "sqnorm" else "TRAK"
+
+    @property
+    def score_meaning(self) -> str:
+        output = "‖ε̂‖²" if self.output == "sqnorm" else "the denoising loss"
+        return f"φ(image)ᵀ (ΦᵀΦ + λI)⁻¹ φ(query), φ the projected gradient of {output}: a kernel-regression weight"
+
     def settings(self) -> dict:
         # noise "example" is left out, so the keys (and cached features) of runs made before the option stay valid
         return {k: v for k, v in super().settings().items()

@@ -34,6 +34,8 @@ class FeatureSimilarity(AttributionMethod):
     modality: str = "image"
     batch_size: int = 256  # encoder inputs per forward pass: memory only
     name = "feature"
+    title = "Feature similarity"
+    score_meaning = "cosine similarity of the encoder's embeddings (CLIP or DINO) of query and image"
 
     def __post_init__(self):
         if self.modality not in MODALITIES:

@@ -30,6 +30,8 @@ class LatentCosine(AttributionMethod):
     dim: int = 512
     seed: int = 0
     name: str = "latent"
+    title = "Latent similarity"
+    score_meaning = "cosine similarity of the VAE latents, through a fixed sketch (1: identical)"
 
     def _projector(self, workspace: Workspace) -> SparseProjector:
         shape = tuple(workspace.model.latent_shape)

@@ -22,6 +22,8 @@ def _unit_rows(pixels: np.ndarray) -> np.ndarray:
 class PixelCosine(AttributionMethod):
     chunk: int = 4096  # training images per read: memory only
     name = "pixel"
+    title = "Pixel similarity"
+    score_meaning = "cosine similarity of the images' pixels at the model's resolution (1: identical)"
 
     def settings(self) -> dict:
         return {}  # the chunk size never changes a score

@@ -12,6 +12,8 @@ from .base import AttributionMethod
 class RandomRanking(AttributionMethod):
     seed: int = 0
     name = "random"
+    title = "Random ranking"
+    score_meaning = "a seeded random number: the chance line every method must beat"
 
     def score(self, workspace, queries) -> np.ndarray:
         n = len(workspace.dataset)

@@ -26,6 +26,8 @@ def positions(scores: np.ndarray) -> np.ndarray:
 @dataclass
 class RankUnion(AttributionMethod):
     fronts: tuple
+    title = "Union of rankings"
+    score_meaning = "−(position in the fronts' merged order): only the order means anything"
 
     @property
     def name(self) -> str:

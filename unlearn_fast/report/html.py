@@ -17,7 +17,7 @@ from .thumbnails import enlarged, save_png, training_image
 
 THUMB = 96
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
 h1 { font-size: 1.3rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
 .query { display: flex; gap: 1rem; align-items: center; }
@@ -43,33 +43,35 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
             mask_src = save_png(query.mask_image(), out_dir, f"images/mask_{q}.png")
             mask = (f'<img class="mask" src="{mask_src}" width="{2 * THUMB}" height="{2 * THUMB}" '
                     f'alt="region mask of query {q + 1}" title="region: white = unlearnt">')
-        rows = [("prompt", query.prompt), ("image", query.source), ("unlearning", _settings_text(settings))]
+        rows = [("prompt", query.prompt), ("image", query.source),
+                ("unlearning" if settings else "settings", record_settings_text(record))]
         rows += [(name, str(record[key])) for name, key in (("region mask", "mask"), ("stage", "stage"),
                                                              ("candidates", "candidates")) if key in record]
         if "trust" in record:  # trust.py: is this answer about the query, or about every query / the caption?
-            rows.append(("trust", _trust_text(record["trust"])))
+            rows.append(("trust", trust_text(record["trust"])))
         table = "".join(f"<tr><th>{name}</th><td>{html.escape(value)}</td></tr>" for name, value in rows)
         parts.append(f'<section><h2>Query {q + 1}</h2><div class="query">'
                      f'<img src="{src}" width="{2 * THUMB}" height="{2 * THUMB}" alt="query {q + 1}">{mask}'
                      f'<table>{table}</table></div>')
         if attribution.group_by:
             parts.append(_group_table(attribution, q, top_k))
-        parts.append(f'<h3>Top {min(top_k, len(dataset))} training images (score τ = loss after − before unlearning)'
-                     f'</h3><div class="grid">')
+        title, meaning, symbol = method_of(record)
+        parts.append(f'<h3>Top {min(top_k, len(dataset))} training images by {html.escape(title)} (score '
+                     f'{symbol}: {html.escape(meaning)})</h3><div class="grid">')
         for row in attribution.top(q, top_k):
             thumb = enlarged(training_image(dataset, row["index"], THUMB), THUMB)
             src = save_png(thumb, out_dir, f"images/train_{row['index']}.png")
-            full = _full_size(dataset, row["index"], out_dir)
+            full = full_size(dataset, row["index"], out_dir)
             caption, name = html.escape(row["caption"]), html.escape(row["file"])
             parts.append(f'<figure><a href="{full}"><img src="{src}" width="{THUMB}" height="{THUMB}" '
-                         f'alt="{caption}"></a><figcaption>#{row["rank"]} · {caption}<br><span class="score">τ = '
+                         f'alt="{caption}"></a><figcaption>#{row["rank"]} · {caption}<br><span class="score">{symbol} = '
                          f'{row["score"]:.3e}</span><br><a class="file" href="{full}">{name}</a> · index '
                          f'{row["index"]}</figcaption></figure>')
         parts.append("</div></section>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>unlearn-fast attribution</title>"
-            f"<style>{_STYLE}</style></head><body><h1>Attribution by unlearning</h1>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(page_title(attribution.records))}</h1>"
             f"<p>{len(dataset)} training images from {html.escape(str(getattr(dataset, 'source', '')))}; "
-            f"work directory {html.escape(attribution.work_dir)}.</p>{_run_table(attribution)}"
+            f"work directory {html.escape(attribution.work_dir)}.</p>{run_table(attribution)}"
             f"{''.join(parts)}</body></html>\n")
     path = os.path.join(out_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
@@ -77,7 +79,23 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
     return path
 
 
-def _trust_text(trust: dict) -> str:
+def method_of(record: dict) -> tuple[str, str, str]:
+    """(title, what the score means, its symbol) of the method that scored a record (methods.base.method_label);
+    records written before methods were named are AbU's."""
+    name = record.get("method", "abu")
+    is_abu = name.startswith("abu") and name != "abu-linear"
+    title = record.get("method_title") or ("AbU (attribution by unlearning)" if is_abu else name)
+    meaning = record.get("score_meaning") or ("the image's loss after − before unlearning the query" if is_abu
+                                               else "higher: more responsible")
+    return title, meaning, "τ" if is_abu else "score"
+
+
+def page_title(records: list[dict]) -> str:
+    titles = sorted({method_of(record)[0] for record in records})
+    return f"Attribution: {titles[0]}" if len(titles) == 1 else "Attribution"
+
+
+def trust_text(trust: dict) -> str:
     measured = f"specificity {trust['specificity']:.2f} (1 − correlation with {trust['references']} reference queries)"
     if "caption_only" in trust:
         measured += (f"; top 10 recovered by the prompt alone {trust['caption_only']:.0%}, by the image alone "
@@ -85,19 +103,26 @@ def _trust_text(trust: dict) -> str:
     return f"{trust['verdict']} — {measured}"
 
 
-def _settings_text(settings: dict) -> str:
-    keys = ("group", "steps", "step", "alpha", "draws", "seed", "precondition")
+def settings_text(settings: dict) -> str:
+    """The settings a reader compares, of AbU's unlearning or another method's record."""
+    keys = ("group", "steps", "step", "alpha", "draws", "seed", "precondition", "timesteps", "dim", "damping",
+            "modality", "candidates")
     return ", ".join(f"{k} {settings[k]}" for k in keys if k in settings)
 
 
-def _full_size(dataset, index: int, out_dir: str) -> str:
+def record_settings_text(record: dict) -> str:
+    """A record's settings as text: AbU's unlearning, else the method's own settings."""
+    return settings_text(record.get("unlearn") or record.get("settings") or {}) or "defaults"
+
+
+def full_size(dataset, index: int, out_dir: str) -> str:
     """The training image as stored (decoded to RGB, written as PNG) in images/full/: a link that works from disk."""
     from ..data.preprocess import to_rgb
 
     return save_png(to_rgb(dataset.image(index)), out_dir, f"images/full/train_{index}.png")
 
 
-def _run_table(attribution) -> str:
+def run_table(attribution, links: list[str] | None = None) -> str:
     """What produced the scores: the prepare settings and the model's fingerprint from the work directory's
     manifest, the model folder, and the table files (linked)."""
     from ..models.adapter import fingerprint_of
@@ -121,8 +146,9 @@ def _run_table(attribution) -> str:
                      f"{'all' if examples is None else examples} (group {settings.get('fisher_group')}, "
                      f"{fisher.get('samples_per_example')} draw(s) per row, damping {fisher.get('damping')})"))
     cells = "".join(f"<tr><th>{name}</th><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
-    links = ['<a href="ranking.csv">ranking.csv</a>'] + (['<a href="groups.csv">groups.csv</a>']
-                                                          if attribution.group_by else [])
+    if links is None:
+        links = ["ranking.csv"] + (["groups.csv"] if attribution.group_by else [])
+    links = [f'<a href="{html.escape(link)}">{html.escape(link)}</a>' for link in links]
     return f'<table class="run">{cells}<tr><th>tables</th><td>{" · ".join(links)}</td></tr></table>'
 
 

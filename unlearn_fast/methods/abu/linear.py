@@ -65,6 +65,8 @@ class LinearisedAbU(AttributionMethod):
     preparation: dict = field(default_factory=dict)
     flips: str = "max"
     name: str = "abu-linear"
+    title = "AbU, linearised"
+    score_meaning = "first-order estimate of the loss rise under the unlearning step (projected gradients)"
 
     def __post_init__(self):
         if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:

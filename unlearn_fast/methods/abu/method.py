@@ -30,7 +30,7 @@ from ...settings import settings_key
 from ...workspace import Workspace, rows_of
 from .artefacts import fit_base_losses, fit_curvature, fit_fisher, prepare_abu
 from .recipes import VARIANTS
-from ..base import AttributionMethod, check_prepared
+from ..base import AttributionMethod, check_prepared, labelled, method_label
 
 # Unlearning settings that change how scores are read from the losses, not the unlearned weights or the losses after:
 # every score rule of one unlearning shares its query folder.
@@ -48,6 +48,8 @@ class AbU(AttributionMethod):
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     preparation: dict = field(default_factory=dict)
     name: str = "abu"
+    title = "AbU (attribution by unlearning)"
+    score_meaning = "the image's loss after − before unlearning the query: how much it is forgotten with it"
 
     def __post_init__(self):
         check_preparation(self.name, self.preparation)
@@ -87,7 +89,7 @@ class AbU(AttributionMethod):
     def attribute(self, workspace: Workspace, queries) -> Attribution:
         self.check(workspace)
         # Each query is cached in its own folder (unlearned weights, losses after, scores): records point there.
-        return attribute_by_unlearning(workspace, list(queries), self.unlearn)
+        return labelled(attribute_by_unlearning(workspace, list(queries), self.unlearn), self)
 
 
 # ---------------------------------------------------------------------------------------------- the per-query work
@@ -108,7 +110,7 @@ def attribute_by_unlearning(workspace: Workspace, queries: list[Query] | Query,
         records = _attribute_all(workspace, queries, settings)
         scores = [_scores(workspace, query, settings, record["folder"]) for query, record in zip(queries, records)]
         model_folder = getattr(workspace.model, "folder", None)  # set by DiffusionModel.load
-        records = [{**record, "unlearn": settings.as_record(),
+        records = [{**record, "unlearn": settings.as_record(), **method_label(AbU(settings)),
                     **({"model": str(model_folder)} if model_folder else {})} for record in records]
     return Attribution(scores=np.stack(scores), queries=queries, records=records, dataset=workspace.dataset,
                        work_dir=str(workspace.store.path), timings=dict(workspace.timings),

@@ -36,7 +36,7 @@ from .method import (abu_overrides, check_unlearning, query_folder, query_record
                   unlearned_weights)
 from .artefacts import fit_base_losses, prepare_abu
 from .linear import LinearisedAbU
-from ..base import AttributionMethod, check_prepared
+from ..base import AttributionMethod, check_prepared, labelled
 from ..latent_similarity import LatentCosine
 from ..rank_union import RankUnion
 from ...ranking import ranking
@@ -122,6 +122,8 @@ class TwoStageAbU(AttributionMethod):
     preparation: dict = field(default_factory=dict)
     front: AttributionMethod | None = None
     name: str = "abu-two-stage"
+    title = "AbU, two-stage"
+    score_meaning = "the image's loss after − before unlearning the query, exact for the front's top candidates"
 
     def __post_init__(self):
         parse_candidates(self.candidates)
@@ -165,9 +167,9 @@ class TwoStageAbU(AttributionMethod):
             workspace.prepare([self])
             records = [self._attribute_one(workspace, query) for query in queries]
         scores = np.stack([workspace.store.load_npy(f"{record['folder']}/scores") for record in records])
-        return Attribution(scores=scores, queries=queries, records=records, dataset=workspace.dataset,
-                           work_dir=str(workspace.store.path), timings=dict(workspace.timings),
-                           data_fingerprint=workspace.data_fingerprint())
+        return labelled(Attribution(scores=scores, queries=queries, records=records, dataset=workspace.dataset,
+                                    work_dir=str(workspace.store.path), timings=dict(workspace.timings),
+                                    data_fingerprint=workspace.data_fingerprint()), self)
 
     def _attribute_one(self, workspace: Workspace, query: Query) -> dict:
         store, n = workspace.store, len(workspace.dataset)
