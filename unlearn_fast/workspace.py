@@ -130,6 +130,7 @@ class Workspace:
         folder = getattr(self.model, "folder", None)
         data = getattr(self.dataset, "reopen_args", None) or {}
         return {"model": folder if folder in (None, "default") else os.path.abspath(folder),
+                "variant": getattr(self.model, "variant", None),
                 "lora": getattr(self.model, "lora", None), "data": data.get("spec"),
                 "caption_column": data.get("caption_column"), "image_column": data.get("image_column"),
                 "subset": data.get("subset"), "base_model": getattr(self.model, "base_model", None)}

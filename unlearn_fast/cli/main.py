@@ -13,7 +13,8 @@ import time
 
 from .. import __version__
 from ..settings import SPEED, add_arguments, command_line_fields, given, role
-from .arguments import Parser, RetiredFlag, candidate_spec, count_or_zero, device_argument, positive_int
+from .arguments import (Parser, RetiredFlag, candidate_spec, count_or_zero, device_argument, positive_int,
+                        variant_argument)
 
 
 SAMPLE_FLAGS = {"steps": "--sample-steps"}  # attribute and demo: --steps would read as the unlearning's
@@ -139,7 +140,7 @@ def _load_model(args):
     from ..engine.device import resolve_device
     from ..models.adapter import DiffusionModel
 
-    model = DiffusionModel.load(args.model, device=resolve_device(args.device))
+    model = DiffusionModel.load(args.model, device=resolve_device(args.device), variant=getattr(args, "variant", None))
     if getattr(args, "lora", None):
         from ..models.lora import load_lora
 
@@ -148,13 +149,17 @@ def _load_model(args):
 
 
 def _resolve_sources(args) -> None:
-    """--model, --lora, --data, --caption-column, --image-column and --subset not given: what the work directory recorded (a new folder: the
-    shipped default model and data). --lora implies --group lora and --fisher-group lora unless they are given."""
+    """--model, --variant, --lora, --data, --caption-column, --image-column and --subset not given: what the work
+    directory recorded (a new folder: the shipped default model and data); --variant only with --model (a folder named
+    without --variant is read from its plain files). --lora implies --group lora and --fisher-group lora unless they
+    are given."""
     from ..errors import SettingsError
     from ..store import recorded_sources
 
     recorded = recorded_sources(args.work_dir) if os.path.isdir(args.work_dir) else None
-    for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"),
+    if args.model is not None and args.variant is None:
+        args.variant = ""  # a model named on the command line is read from its plain files unless --variant says
+    for name, default in (("model", "default"), ("variant", None), ("data", "default"), ("caption_column", "text"),
                           ("image_column", "image"), ("subset", None), ("lora", None), ("base_model", None)):
         if getattr(args, name) is not None:
             continue
@@ -167,6 +172,7 @@ def _resolve_sources(args) -> None:
         else:  # a folder prepared before sources were recorded: never guess the shipped default for it
             raise SettingsError(f"--{name.replace('_', '-')}: {args.work_dir} does not record its {name} (prepared "
                                 f"by an earlier version); give --{name.replace('_', '-')}")
+    args.variant = args.variant or None
     if args.lora:
         if getattr(args, "fisher_group", None) is None:
             args.fisher_group = "lora"
@@ -408,6 +414,7 @@ def cmd_export_scores(args) -> None:
 
 def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
+    variant_argument(parser)
     parser.add_argument("--out", default=out)
     from ..models.sampling import SamplingSettings
 
@@ -471,6 +478,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--model", help="model folder ('default': the shipped emoji model), a diffusers pipeline "
                        "folder of any supported family (README: Model families); default: the one the work "
                        "directory recorded, else 'default'")
+        variant_argument(p, "; default: the work directory's, else the plain files")
         p.add_argument("--lora", help="a LoRA adapter (diffusers' pytorch_lora_weights.safetensors or its folder) on "
                        "the model; its A/B matrices are then the Fisher's and the unlearning's group unless "
                        "--fisher-group / --group say otherwise; default: the one the work directory recorded")
@@ -571,6 +579,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job on the embedded default: generate, attribute, report")
     demo.add_argument("--model", default="default")
+    variant_argument(demo)
     demo.add_argument("--out", default="unlearn-fast-demo")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"query prompt (default {DEMO_PROMPT!r})")
     demo.add_argument("--threads", type=count_or_zero, default=0)

@@ -261,19 +261,23 @@ class DiffusionModel:
         save_model_folder(self, folder, training_record)
 
     @classmethod
-    def load(cls, folder: str = "default", device: str | torch.device = "cpu") -> "DiffusionModel":
+    def load(cls, folder: str = "default", device: str | torch.device = "cpu", variant: str | None = None
+             ) -> "DiffusionModel":
         """A model folder of any family (``"default"`` = the shipped tiny emoji model) in eval mode; bad folders
         raise models.folder.ModelFolderError naming the part, and weights holding NaN or inf raise its subclass
-        models.finite.DamagedWeightsError naming the file and the tensor."""
+        models.finite.DamagedWeightsError naming the file and the tensor. variant: the weights diffusers'
+        save_pretrained(..., variant="fp16") wrote (<name>.fp16.safetensors), read in float32 like any other; a folder
+        holding only such files needs it."""
         from .families import load_parts
         from .finite import check_model_finite
         from .folder import loading
 
-        parts, where = load_parts(folder, device)
+        parts, where = load_parts(folder, device, variant)
         with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported
             model = cls(**parts).eval()
         check_model_finite(model, where)
         model.folder = folder  # what the report names it by
+        model.variant = variant  # recorded with the work directory's sources, so later commands reopen the same files
         return model
 
     def modules(self) -> list[nn.Module]:

@@ -48,12 +48,12 @@ class FluxFamily(PipelineFamily):
         return FluxPipeline._pack_latents(latents, batch, channels, height, width)
 
 
-def load(folder: str, index: dict, device) -> dict:
+def load(folder: str, index: dict, device, variant: str | None = None) -> dict:
     from diffusers import FluxPipeline
 
     pipe = load_pipeline(FluxPipeline, folder, index, device,
                          ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                          "tokenizer_2"))
+                          "tokenizer_2"), variant)
     max_tokens = min(MAX_TOKENS, pipe.tokenizer_2.model_max_length)
 
     def encode(prompts):
