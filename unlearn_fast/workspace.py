@@ -38,15 +38,15 @@ from .store import Binding, WorkDir, read_manifest
 # What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
 # Artefacts not listed (queries/, attributions/) depend on everything.
 _FISHER_INPUTS = ("model", "data", "settings.fisher", "settings.fisher_group", "settings.fisher_examples",
-                  "settings.preprocess")
+                  "settings.preprocess", "settings.resolution")
 DEPENDS = {
     "caption_rows": ("data.captions",),
     "text": ("data.captions", "model.text_encoder"),
     "text_truncated": ("data.captions", "model.text_encoder"),
-    "latents": ("data.images", "model.vae", "settings.preprocess"),
+    "latents": ("data.images", "model.vae", "settings.preprocess", "settings.resolution"),
     "fisher": _FISHER_INPUTS,
     "fisher_parts": _FISHER_INPUTS,
-    "losses_base": ("model", "data", "settings.scoring", "settings.preprocess"),
+    "losses_base": ("model", "data", "settings.scoring", "settings.preprocess", "settings.resolution"),
     "curvature": _FISHER_INPUTS,
     "curvature_parts": _FISHER_INPUTS,
 }
@@ -81,6 +81,7 @@ class Workspace:
             settings = PrepareSettings.recorded_in(work_dir)
         self.settings = settings or PrepareSettings()
         self.settings.validate(model)  # before anything is read, computed or recorded
+        model.use_resolution(self.settings.resolution)  # the images' side: latents, queries and the binding follow it
         self.model_fingerprints = model.fingerprints()
         self.store = WorkDir(work_dir, on_wait=self._waiting, lock_timeout=lock_timeout)
         self.timings: dict[str, float] = {}

@@ -51,6 +51,7 @@ class DiffusionModel:
         self.family = family or Family()
         self.objective = self.family.objective(scheduler)
         self.resolution = resolution or self._latent_size() * self.vae_scale_factor
+        self.native_resolution = self.resolution  # the folder's own (training.json's, else the sample size's)
         self._layout: ConditioningLayout | None = None
 
     @property
@@ -65,6 +66,32 @@ class DiffusionModel:
         if hasattr(self.vae.config, "block_out_channels"):
             return 2 ** (len(self.vae.config.block_out_channels) - 1)
         return int(self.vae.spatial_compression_ratio)  # AutoencoderDC (Sana)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides the model takes are multiples of this: the VAE's factor × the denoiser's (a transformer's patch
+        size; Flux's 2×2 packing)."""
+        return self.vae_scale_factor * self.family.latent_multiple(self.unet)
+
+    def check_resolution(self, resolution: int | None) -> None:
+        """A SettingsError naming --resolution unless it is None (the model's own) or a positive multiple of
+        size_multiple."""
+        if resolution is None:
+            return
+        multiple = self.size_multiple
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1 or resolution % multiple:
+            raise SettingsError(f"--resolution {resolution!r}: this model takes image sides that are positive "
+                                f"multiples of {multiple} (its VAE's factor {self.vae_scale_factor} × its denoiser's "
+                                f"{self.family.latent_multiple(self.unet)}); its own resolution is "
+                                f"{self.native_resolution}")
+
+    def use_resolution(self, resolution: int | None) -> "DiffusionModel":
+        """Take `resolution` px square images from now on (training images are preprocessed to it, queries must have
+        it, latents follow); None: the model's own (check_resolution's errors first)."""
+        self.check_resolution(resolution)
+        self.resolution = self.native_resolution if resolution is None else resolution
+        self.family.at_resolution(self.resolution)
+        return self
 
     def _latent_size(self) -> int:
         size = self.unet.config.sample_size

@@ -21,6 +21,9 @@ class FluxFamily(PipelineFamily):
         super().__init__(pipeline)
         self.guidance = guidance
 
+    def latent_multiple(self, denoiser) -> int:
+        return 2 * super().latent_multiple(denoiser)  # latents are packed in 2×2 patches around the call
+
     def call(self, denoiser, x_t, time, record):
         from diffusers import FluxPipeline
 

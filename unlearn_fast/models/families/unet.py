@@ -31,6 +31,9 @@ class SDXLFamily(PipelineFamily):
         added = {"text_embeds": record["pooled"].to(x_t.dtype), "time_ids": time_ids}
         return denoiser(x_t, time, encoder_hidden_states=record["tokens"], added_cond_kwargs=added).sample
 
+    def at_resolution(self, resolution: int) -> None:
+        self.resolution = resolution
+
     def describe(self):
         return {"family": self.name, "time_ids": [self.resolution] * 2 + [0, 0] + [self.resolution] * 2}
 
