@@ -127,10 +127,11 @@ class Workspace:
     def sources(self) -> dict:
         """Where the model and the data were read from: recorded in the manifest, so that a later command on this
         folder can omit --model / --data / --lora (cli), never compared (content binds the folder, not names)."""
-        folder = getattr(self.model, "folder", None)
+        folder, config = getattr(self.model, "folder", None), getattr(self.model, "model_config", None)
         data = getattr(self.dataset, "reopen_args", None) or {}
         return {"model": folder if folder in (None, "default") else os.path.abspath(folder),
                 "variant": getattr(self.model, "variant", None),
+                "model_config": os.path.abspath(config) if config else None,
                 "lora": getattr(self.model, "lora", None), "data": data.get("spec"),
                 "caption_column": data.get("caption_column"), "image_column": data.get("image_column"),
                 "subset": data.get("subset"), "base_model": getattr(self.model, "base_model", None)}

@@ -40,7 +40,7 @@ class RetiredFlag(argparse.Action):
 from ..settings import count_or_zero, finite_float, non_negative_float, positive_float, positive_int, seed
 
 __all__ = ["Parser", "RetiredFlag", "candidate_spec", "count_or_zero", "device_argument", "finite_float",
-           "non_negative_float", "positive_float", "positive_int", "seed", "variant_argument"]
+           "non_negative_float", "positive_float", "positive_int", "seed", "model_config_argument", "variant_argument"]
 
 
 def candidate_spec(text: str) -> str:
@@ -74,3 +74,10 @@ def variant_argument(parser: argparse.ArgumentParser, default_note: str = "") ->
     parser.add_argument("--variant", type=variant_name, help="the model folder's weight variant: read the files "
                         "diffusers' save_pretrained(..., variant=VARIANT) wrote (<name>.fp16.safetensors for fp16), "
                         "computed in float32 as any other folder" + (default_note or "; default: the plain files"))
+
+
+def model_config_argument(parser: argparse.ArgumentParser, default_note: str = "") -> None:
+    parser.add_argument("--model-config", metavar="FOLDER", help="with --model FILE.safetensors (a Stable Diffusion "
+                        "1.x/2.x single-file checkpoint in the original layout): a local diffusers pipeline folder "
+                        "whose configs, tokenizer and scheduler describe it (e.g. the same model's folder, weights or "
+                        "not); read through diffusers' from_single_file, never downloaded" + default_note)

@@ -288,23 +288,36 @@ class DiffusionModel:
         save_model_folder(self, folder, training_record)
 
     @classmethod
-    def load(cls, folder: str = "default", device: str | torch.device = "cpu", variant: str | None = None
-             ) -> "DiffusionModel":
+    def load(cls, folder: str = "default", device: str | torch.device = "cpu", variant: str | None = None,
+             config: str | None = None) -> "DiffusionModel":
         """A model folder of any family (``"default"`` = the shipped tiny emoji model) in eval mode; bad folders
         raise models.folder.ModelFolderError naming the part, and weights holding NaN or inf raise its subclass
         models.finite.DamagedWeightsError naming the file and the tensor. variant: the weights diffusers'
         save_pretrained(..., variant="fp16") wrote (<name>.fp16.safetensors), read in float32 like any other; a folder
-        holding only such files needs it."""
+        holding only such files needs it. A Stable Diffusion single-file checkpoint (``folder`` a .safetensors file
+        in the original layout) needs config: a local diffusers pipeline folder whose configs describe it
+        (models/single_file.py)."""
         from .families import load_parts
         from .finite import check_model_finite
-        from .folder import loading
+        from .folder import ModelFolderError, loading
+        from .single_file import is_single_file, load_single_file
 
-        parts, where = load_parts(folder, device, variant)
+        if is_single_file(folder):
+            if variant is not None:
+                raise ModelFolderError(f"--variant {variant}: {folder} is a single-file checkpoint, read as it is "
+                                       "saved (--variant picks among a model folder's weight files)")
+            parts, where = load_single_file(folder, config, device), folder
+        elif config is not None:
+            raise ModelFolderError(f"--model-config {config}: only a single-file checkpoint needs one; {folder} is a "
+                                   "model folder, read with its own configs")
+        else:
+            parts, where = load_parts(folder, device, variant)
         with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported
             model = cls(**parts).eval()
         check_model_finite(model, where)
         model.folder = folder  # what the report names it by
         model.variant = variant  # recorded with the work directory's sources, so later commands reopen the same files
+        model.model_config = config  # likewise: a single file's config folder
         return model
 
     def modules(self) -> list[nn.Module]:

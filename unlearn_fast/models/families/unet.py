@@ -106,16 +106,21 @@ def _load_text_side(folder: str, index: dict, device, variant: str | None = None
             encoder = getattr(transformers, encoder_class).from_pretrained(
                 os.path.join(folder, "text_encoder"), local_files_only=True, use_safetensors=True,
                 **weight_options(variant)).to(device).eval()
-
-        def encode(prompts: list[str]) -> torch.Tensor:
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(encoder.device)
-            return encoder(ids)[0]
-
-        def token_counts(prompts: list[str]) -> list[int]:
-            return [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
-
-        return TextSide(tokenizer=tokenizer, encoder=encoder, encode=encode, token_counts=token_counts,
-                        max_tokens=tokenizer.model_max_length)
+        return clip_text_side(tokenizer, encoder)
     raise ModelFolderError(f"{folder}: unknown text encoder {library}.{encoder_class} in model_index.json (supported: "
                            "transformers.CLIPTextModel, unlearn_fast.WordTextEncoder)")
+
+
+def clip_text_side(tokenizer, encoder) -> TextSide:
+    """Stable Diffusion's text side: a CLIP tokenizer padding to its model_max_length and the encoder's last hidden
+    states, as diffusers' train_text_to_image.py encodes captions (a folder and a single-file checkpoint alike)."""
+    def encode(prompts: list[str]) -> torch.Tensor:
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(encoder.device)
+        return encoder(ids)[0]
+
+    def token_counts(prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
+
+    return TextSide(tokenizer=tokenizer, encoder=encoder, encode=encode, token_counts=token_counts,
+                    max_tokens=tokenizer.model_max_length)
