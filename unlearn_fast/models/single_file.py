@@ -102,13 +102,19 @@ def load_single_file(path: str, config: str | None, device) -> dict:
                 feature_extractor=None, image_encoder=None, requires_safety_checker=False)
         except SingleFileComponentError as error:
             raise ModelFolderError(f"{path}: cannot load it ({str(error).strip().splitlines()[0]})") from None
-    for part in ("unet", "vae", "text_encoder"):
+        except NotImplementedError as error:
+            # accelerate builds the modules empty (on the meta device) and diffusers' conversion skips a tensor the
+            # file lacks: moving the UNet or the VAE then fails on the one left empty.
+            if "meta tensor" not in str(error):
+                raise
+            raise ModelFolderError(f"{path}: lacks tensors that the architecture --model-config {config} describes "
+                                   "(the file is incomplete, or the config is another model's)") from None
+    for part in ("unet", "vae", "text_encoder"):  # the text encoder is never moved: its empty tensors are found here
         module = getattr(pipe, part)
-        # accelerate builds the modules empty (on the meta device): a tensor the conversion never filled stays empty.
         empty = [name for name, tensor in chain(module.named_parameters(), module.named_buffers()) if tensor.is_meta]
         if empty:
             raise ModelFolderError(f"{path}: holds no weights for {part} tensor {empty[0]!r} ({len(empty)} missing): "
-                                   f"--model-config {config} describes another architecture")
+                                   f"the file is incomplete, or --model-config {config} is another model's")
     with loading(config, "scheduler"):
         # As for a folder (families/unet.load_sd): whatever scheduler the config names, losses use its DDPM form.
         scheduler = DDPMScheduler.from_pretrained(config, subfolder="scheduler", local_files_only=True)
