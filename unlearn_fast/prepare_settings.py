@@ -18,7 +18,8 @@ class PrepareSettings:
     directory). fisher_group: the parameters the Fisher covers (unlearning may use this group or a subset).
     fisher_examples: how many caption rows (a seeded random subset) the Fisher averages over; None = all.
     chunk_rows: caption rows per resumable chunk (speed and resume granularity only). preprocess: how training images
-    that are not RGB at the model's resolution are treated (data/preprocess.py: "resize-crop" or "refuse")."""
+    that are not RGB at the model's resolution are treated (data/preprocess.py: "resize-crop" or "refuse").
+    resolution: the side the images are preprocessed to (None: the model's own; the Workspace sets it on the model)."""
 
     scoring: LossGrid = knob(default_factory=LossGrid, cli=False, help="the loss grid (LossGrid)")
     fisher: FisherSettings = knob(default_factory=FisherSettings, cli=False, help="the Fisher (FisherSettings)")
@@ -27,6 +28,10 @@ class PrepareSettings:
                                        "seeded subset (none or 0: every row)")
     chunk_rows: int = knob(1024, role=SPEED, parse=positive_int, help="caption rows per resumable chunk, the unit a "
                            "pass splits over torchrun's ranks (an array keeps the chunking it was made with)")
+    resolution: int | None = knob(None, parse=positive_int, help="side in pixels the training images are "
+                                  "preprocessed to (shorter side resized to it, centre crop), as diffusers' training "
+                                  "scripts' --resolution; queries must have it too (none: the model's own: its "
+                                  "training.json's, else its sample size × the VAE's factor)")
     preprocess: str = knob("resize-crop", choices=POLICIES, help="training images that are not RGB at the model's "
                            "resolution: resize the shorter side and centre-crop as diffusers' training scripts do, or "
                            "refuse them (either way, stated in the log)")
@@ -45,6 +50,7 @@ class PrepareSettings:
             raise SettingsError(f"chunk_rows must be >= 1, got {self.chunk_rows!r}")
         if self.preprocess not in POLICIES:
             raise SettingsError(f"preprocess must be one of {POLICIES}, got {self.preprocess!r}")
+        model.check_resolution(self.resolution)
         model.parameter_group(self.fisher_group)
 
     @classmethod
@@ -65,4 +71,4 @@ class PrepareSettings:
         return cls(scoring=LossGrid(**scoring, batch_size=scoring_batch),
                    fisher=FisherSettings(**numbers["fisher"], batch_size=fisher_batch),
                    fisher_group=numbers["fisher_group"], fisher_examples=numbers["fisher_examples"],
-                   preprocess=numbers.get("preprocess", "resize-crop"))
+                   preprocess=numbers.get("preprocess", "resize-crop"), resolution=numbers.get("resolution"))

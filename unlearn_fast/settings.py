@@ -22,7 +22,7 @@ ROLES = (NUMBERS, SPEED, PRESENTATION)
 # Settings added after work directories existed, left out of keys at the value that reproduces the older numbers, so
 # those folders (and their query folders) stay valid.
 IMPLICIT = {"noise": "example", "step": "alpha/N", "curvature": "diagonal", "curvature_damping": 0.1, "cap": False,
-            "retain": 0}
+            "retain": 0, "resolution": None}
 
 
 # ------------------------------------------------------------------ checked value types (the command line's parsers)

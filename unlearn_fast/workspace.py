@@ -10,8 +10,8 @@ setting is checked before anything is recorded or computed. Long passes are chun
 killed run resumes; the work directory's lock lets several commands share a folder, taking turns.
 
 Under torchrun the ranks share one Workspace: each long pass splits its pending chunks over them (distributed.Ranks),
-each rank writes the chunks it computed, and rank 0 alone binds the folder, holds its lock, logs, and writes what is
-shared. Methods (methods/) read the Workspace and never the Attributor, the thin facade over it (attributor.py).
+each rank writes the chunks it computed, and rank 0 alone binds the folder, holds its lock, logs, shows each pass's
+progress bar (over the whole pass: engine/progress.py), and writes what is shared. Methods (methods/) read the Workspace and never the Attributor, the thin facade over it (attributor.py).
 """
 from __future__ import annotations
 
@@ -22,13 +22,12 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from .data.content import DATA_INPUTS, DigestCache, data_fingerprints
 from .data.dataset import CaptionedImages, DataError, load_pixels
 from .data.preprocess import PreprocessPlan
 from .engine.batching import MIN_UNET_ROWS
 from .engine.distributed import Ranks, ranks_from_environment
+from .engine.progress import shared_progress
 from .engine.scoring import losses_under_weights
 from .errors import NotPreparedError
 from .models.adapter import DiffusionModel
@@ -38,15 +37,15 @@ from .store import Binding, WorkDir, read_manifest
 # What each artefact is computed from (store.Binding.depends): --overwrite deletes only what a change invalidates.
 # Artefacts not listed (queries/, attributions/) depend on everything.
 _FISHER_INPUTS = ("model", "data", "settings.fisher", "settings.fisher_group", "settings.fisher_examples",
-                  "settings.preprocess")
+                  "settings.preprocess", "settings.resolution")
 DEPENDS = {
     "caption_rows": ("data.captions",),
     "text": ("data.captions", "model.text_encoder"),
     "text_truncated": ("data.captions", "model.text_encoder"),
-    "latents": ("data.images", "model.vae", "settings.preprocess"),
+    "latents": ("data.images", "model.vae", "settings.preprocess", "settings.resolution"),
     "fisher": _FISHER_INPUTS,
     "fisher_parts": _FISHER_INPUTS,
-    "losses_base": ("model", "data", "settings.scoring", "settings.preprocess"),
+    "losses_base": ("model", "data", "settings.scoring", "settings.preprocess", "settings.resolution"),
     "curvature": _FISHER_INPUTS,
     "curvature_parts": _FISHER_INPUTS,
 }
@@ -81,6 +80,7 @@ class Workspace:
             settings = PrepareSettings.recorded_in(work_dir)
         self.settings = settings or PrepareSettings()
         self.settings.validate(model)  # before anything is read, computed or recorded
+        model.use_resolution(self.settings.resolution)  # the images' side: latents, queries and the binding follow it
         self.model_fingerprints = model.fingerprints()
         self.store = WorkDir(work_dir, on_wait=self._waiting, lock_timeout=lock_timeout)
         self.timings: dict[str, float] = {}
@@ -127,9 +127,11 @@ class Workspace:
     def sources(self) -> dict:
         """Where the model and the data were read from: recorded in the manifest, so that a later command on this
         folder can omit --model / --data / --lora (cli), never compared (content binds the folder, not names)."""
-        folder = getattr(self.model, "folder", None)
+        folder, config = getattr(self.model, "folder", None), getattr(self.model, "model_config", None)
         data = getattr(self.dataset, "reopen_args", None) or {}
         return {"model": folder if folder in (None, "default") else os.path.abspath(folder),
+                "variant": getattr(self.model, "variant", None),
+                "model_config": os.path.abspath(config) if config else None,
                 "lora": getattr(self.model, "lora", None), "data": data.get("spec"),
                 "caption_column": data.get("caption_column"), "image_column": data.get("image_column"),
                 "subset": data.get("subset"), "base_model": getattr(self.model, "base_model", None)}
@@ -192,14 +194,12 @@ class Workspace:
         pending = [set(missing) for missing in pending]
         sweep = sorted(set().union(*pending))
         mine = self.ranks.share(sweep)
-        with tqdm(total=len(sweep), desc=names[0] if len(names) == 1 else f"{len(names)} arrays", unit="chunk",
-                  disable=not self.progress) as bar:
-            for start, stop in mine:
-                which = [q for q, missing in enumerate(pending) if (start, stop) in missing]
-                values = compute(start, stop, which)
-                for q, value in zip(which, values):
-                    arrays[q].write_chunk(start, stop, value)
-                bar.update(self.ranks.world_size)
+        desc = names[0] if len(names) == 1 else f"{len(names)} arrays"
+        for start, stop in shared_progress(self.ranks, sweep, desc, enabled=self.progress):
+            which = [q for q, missing in enumerate(pending) if (start, stop) in missing]
+            values = compute(start, stop, which)
+            for q, value in zip(which, values):
+                arrays[q].write_chunk(start, stop, value)
         for name, array, missing in zip(names, arrays, pending):
             self._record_chunks(name, [start // array.chunk_rows for start, stop in mine if (start, stop) in missing])
 
@@ -311,7 +311,7 @@ class Workspace:
         pending = self.ranks.broadcast([k for k, name in enumerate(names) if not self.store.exists(
             name, ".safetensors")] if self.ranks.is_main else None)
         mine = self.ranks.share(pending)
-        for k in tqdm(mine, desc=desc, unit="chunk", disable=not self.progress):
+        for k in shared_progress(self.ranks, pending, desc, enabled=self.progress):
             ids = self.caption_rows[chunks[k]]
             self.store.save_tensors(names[k], compute(rows_of(self.latents, ids), rows_of(self.conditioning, chunks[k]),
                                                       ids))
@@ -345,8 +345,7 @@ class Workspace:
         size = self.settings.chunk_rows
         blocks = [(start, min(start + size, len(rows))) for start in range(0, len(rows), size)]
         mine = {}
-        for start, stop in tqdm(self.ranks.share(blocks), desc="rescore candidates", unit="chunk",
-                                disable=not self.progress):
+        for start, stop in shared_progress(self.ranks, blocks, "rescore candidates", enabled=self.progress):
             picked = rows[start:stop]
             ids = example[picked]
             mine[start] = losses_under_weights(self.model, rows_of(x0, ids), rows_of(cond, picked), ids, grid,

@@ -39,8 +39,8 @@ class RetiredFlag(argparse.Action):
 # The checked number types are declared with the settings (settings.py); the verbs import them from here too.
 from ..settings import count_or_zero, finite_float, non_negative_float, positive_float, positive_int, seed
 
-__all__ = ["Parser", "RetiredFlag", "candidate_spec", "count_or_zero", "device_argument", "finite_float", "non_negative_float",
-           "positive_float", "positive_int", "seed"]
+__all__ = ["Parser", "RetiredFlag", "candidate_spec", "count_or_zero", "device_argument", "finite_float",
+           "non_negative_float", "positive_float", "positive_int", "seed", "model_config_argument", "variant_argument"]
 
 
 def candidate_spec(text: str) -> str:
@@ -60,3 +60,24 @@ def candidate_spec(text: str) -> str:
 def device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
                         "cuda or cuda:N")
+
+
+def variant_name(text: str) -> str:
+    """--variant: a name that sits in a file name (<name>.fp16.safetensors), never a path."""
+    if not text or not all(c.isalnum() or c in "_-" for c in text):
+        raise argparse.ArgumentTypeError(f"expected a weight variant such as fp16 (letters, digits, - and _), got "
+                                         f"{text!r}")
+    return text
+
+
+def variant_argument(parser: argparse.ArgumentParser, default_note: str = "") -> None:
+    parser.add_argument("--variant", type=variant_name, help="the model folder's weight variant: read the files "
+                        "diffusers' save_pretrained(..., variant=VARIANT) wrote (<name>.fp16.safetensors for fp16), "
+                        "computed in float32 as any other folder" + (default_note or "; default: the plain files"))
+
+
+def model_config_argument(parser: argparse.ArgumentParser, default_note: str = "") -> None:
+    parser.add_argument("--model-config", metavar="FOLDER", help="with --model FILE.safetensors (a Stable Diffusion "
+                        "1.x/2.x single-file checkpoint in the original layout): a local diffusers pipeline folder "
+                        "whose configs, tokenizer and scheduler describe it (e.g. the same model's folder, weights or "
+                        "not); read through diffusers' from_single_file, never downloaded" + default_note)

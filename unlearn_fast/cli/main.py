@@ -13,7 +13,8 @@ import time
 
 from .. import __version__
 from ..settings import SPEED, add_arguments, command_line_fields, given, role
-from .arguments import Parser, RetiredFlag, candidate_spec, count_or_zero, device_argument, positive_int
+from .arguments import (Parser, RetiredFlag, candidate_spec, count_or_zero, device_argument, model_config_argument,
+                        positive_int, variant_argument)
 
 
 SAMPLE_FLAGS = {"steps": "--sample-steps"}  # attribute and demo: --steps would read as the unlearning's
@@ -139,7 +140,8 @@ def _load_model(args):
     from ..engine.device import resolve_device
     from ..models.adapter import DiffusionModel
 
-    model = DiffusionModel.load(args.model, device=resolve_device(args.device))
+    model = DiffusionModel.load(args.model, device=resolve_device(args.device), variant=getattr(args, "variant", None),
+                                config=getattr(args, "model_config", None))
     if getattr(args, "lora", None):
         from ..models.lora import load_lora
 
@@ -148,14 +150,20 @@ def _load_model(args):
 
 
 def _resolve_sources(args) -> None:
-    """--model, --lora, --data, --caption-column, --image-column and --subset not given: what the work directory recorded (a new folder: the
-    shipped default model and data). --lora implies --group lora and --fisher-group lora unless they are given."""
+    """--model, --variant, --model-config, --lora, --data, --caption-column, --image-column and --subset not given:
+    what the work directory recorded (a new folder: the shipped default model and data); --variant and --model-config
+    only with --model (a folder named without --variant is read from its plain files; a single file named without
+    --model-config is refused). --lora implies --group lora and --fisher-group lora unless they are given."""
     from ..errors import SettingsError
     from ..store import recorded_sources
 
     recorded = recorded_sources(args.work_dir) if os.path.isdir(args.work_dir) else None
-    for name, default in (("model", "default"), ("data", "default"), ("caption_column", "text"),
-                          ("image_column", "image"), ("subset", None), ("lora", None), ("base_model", None)):
+    if args.model is not None:  # a model named on the command line: its plain files, its own config, unless given
+        args.variant = "" if args.variant is None else args.variant
+        args.model_config = "" if args.model_config is None else args.model_config
+    for name, default in (("model", "default"), ("variant", None), ("model_config", None), ("data", "default"),
+                          ("caption_column", "text"), ("image_column", "image"), ("subset", None), ("lora", None),
+                          ("base_model", None)):
         if getattr(args, name) is not None:
             continue
         if recorded is None:
@@ -167,6 +175,7 @@ def _resolve_sources(args) -> None:
         else:  # a folder prepared before sources were recorded: never guess the shipped default for it
             raise SettingsError(f"--{name.replace('_', '-')}: {args.work_dir} does not record its {name} (prepared "
                                 f"by an earlier version); give --{name.replace('_', '-')}")
+    args.variant, args.model_config = args.variant or None, args.model_config or None
     if args.lora:
         if getattr(args, "fisher_group", None) is None:
             args.fisher_group = "lora"
@@ -451,7 +460,10 @@ def cmd_export_scores(args) -> None:
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser, out: str) -> None:
-    parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model)")
+    parser.add_argument("--model", default="default", help="model folder ('default': the shipped emoji model) or a "
+                        "Stable Diffusion single-file checkpoint (.safetensors, with --model-config)")
+    variant_argument(parser)
+    model_config_argument(parser)
     parser.add_argument("--out", default=out)
     from ..models.sampling import SamplingSettings
 
@@ -513,8 +525,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         from ..prepare_settings import PrepareSettings
 
         p.add_argument("--model", help="model folder ('default': the shipped emoji model), a diffusers pipeline "
-                       "folder of any supported family (README: Model families); default: the one the work "
-                       "directory recorded, else 'default'")
+                       "folder of any supported family (README: Model families), or a Stable Diffusion single-file "
+                       "checkpoint (.safetensors, with --model-config); default: the one the work directory recorded, "
+                       "else 'default'")
+        variant_argument(p, "; default: the work directory's, else the plain files")
+        model_config_argument(p, "; default: the work directory's when --model is not given")
         p.add_argument("--lora", help="a LoRA adapter (diffusers' pytorch_lora_weights.safetensors or its folder) on "
                        "the model; its A/B matrices are then the Fisher's and the unlearning's group unless "
                        "--fisher-group / --group say otherwise; default: the one the work directory recorded")
@@ -621,6 +636,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job on the embedded default: generate, attribute, report")
     demo.add_argument("--model", default="default")
+    variant_argument(demo)
+    model_config_argument(demo)
     demo.add_argument("--out", default="unlearn-fast-demo")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"query prompt (default {DEMO_PROMPT!r})")
     demo.add_argument("--threads", type=count_or_zero, default=0)

@@ -51,6 +51,7 @@ class DiffusionModel:
         self.family = family or Family()
         self.objective = self.family.objective(scheduler)
         self.resolution = resolution or self._latent_size() * self.vae_scale_factor
+        self.native_resolution = self.resolution  # the folder's own (training.json's, else the sample size's)
         self._layout: ConditioningLayout | None = None
 
     @property
@@ -65,6 +66,32 @@ class DiffusionModel:
         if hasattr(self.vae.config, "block_out_channels"):
             return 2 ** (len(self.vae.config.block_out_channels) - 1)
         return int(self.vae.spatial_compression_ratio)  # AutoencoderDC (Sana)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides the model takes are multiples of this: the VAE's factor × the denoiser's (a transformer's patch
+        size; Flux's 2×2 packing)."""
+        return self.vae_scale_factor * self.family.latent_multiple(self.unet)
+
+    def check_resolution(self, resolution: int | None) -> None:
+        """A SettingsError naming --resolution unless it is None (the model's own) or a positive multiple of
+        size_multiple."""
+        if resolution is None:
+            return
+        multiple = self.size_multiple
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1 or resolution % multiple:
+            raise SettingsError(f"--resolution {resolution!r}: this model takes image sides that are positive "
+                                f"multiples of {multiple} (its VAE's factor {self.vae_scale_factor} × its denoiser's "
+                                f"{self.family.latent_multiple(self.unet)}); its own resolution is "
+                                f"{self.native_resolution}")
+
+    def use_resolution(self, resolution: int | None) -> "DiffusionModel":
+        """Take `resolution` px square images from now on (training images are preprocessed to it, queries must have
+        it, latents follow); None: the model's own (check_resolution's errors first)."""
+        self.check_resolution(resolution)
+        self.resolution = self.native_resolution if resolution is None else resolution
+        self.family.at_resolution(self.resolution)
+        return self
 
     def _latent_size(self) -> int:
         size = self.unet.config.sample_size
@@ -261,19 +288,36 @@ class DiffusionModel:
         save_model_folder(self, folder, training_record)
 
     @classmethod
-    def load(cls, folder: str = "default", device: str | torch.device = "cpu") -> "DiffusionModel":
+    def load(cls, folder: str = "default", device: str | torch.device = "cpu", variant: str | None = None,
+             config: str | None = None) -> "DiffusionModel":
         """A model folder of any family (``"default"`` = the shipped tiny emoji model) in eval mode; bad folders
         raise models.folder.ModelFolderError naming the part, and weights holding NaN or inf raise its subclass
-        models.finite.DamagedWeightsError naming the file and the tensor."""
+        models.finite.DamagedWeightsError naming the file and the tensor. variant: the weights diffusers'
+        save_pretrained(..., variant="fp16") wrote (<name>.fp16.safetensors), read in float32 like any other; a folder
+        holding only such files needs it. A Stable Diffusion single-file checkpoint (``folder`` a .safetensors file
+        in the original layout) needs config: a local diffusers pipeline folder whose configs describe it
+        (models/single_file.py)."""
         from .families import load_parts
         from .finite import check_model_finite
-        from .folder import loading
+        from .folder import ModelFolderError, loading
+        from .single_file import is_single_file, load_single_file
 
-        parts, where = load_parts(folder, device)
+        if is_single_file(folder):
+            if variant is not None:
+                raise ModelFolderError(f"--variant {variant}: {folder} is a single-file checkpoint, read as it is "
+                                       "saved (--variant picks among a model folder's weight files)")
+            parts, where = load_single_file(folder, config, device), folder
+        elif config is not None:
+            raise ModelFolderError(f"--model-config {config}: only a single-file checkpoint needs one; {folder} is a "
+                                   "model folder, read with its own configs")
+        else:
+            parts, where = load_parts(folder, device, variant)
         with loading(where, "model"):  # e.g. a scheduler whose prediction type is not supported
             model = cls(**parts).eval()
         check_model_finite(model, where)
         model.folder = folder  # what the report names it by
+        model.variant = variant  # recorded with the work directory's sources, so later commands reopen the same files
+        model.model_config = config  # likewise: a single file's config folder
         return model
 
     def modules(self) -> list[nn.Module]:

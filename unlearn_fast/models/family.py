@@ -63,6 +63,14 @@ class Family:
     def describe(self) -> dict:
         return {"family": self.name}
 
+    def latent_multiple(self, denoiser) -> int:
+        """The latent sides the denoiser takes are multiples of this: a transformer's patch size (a UNet: 1, its
+        up-blocks follow any size)."""
+        return int(getattr(denoiser.config, "patch_size", None) or 1)
+
+    def at_resolution(self, resolution: int) -> None:
+        """The images are `resolution` px square from now on (a family whose conditioning states the size follows)."""
+
     # ------------------------------------------------------------------------------------------------- sampling
     @staticmethod
     def sampling_steps(timesteps, progress: bool):

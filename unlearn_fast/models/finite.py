@@ -63,6 +63,8 @@ def check_model_finite(model, folder: str) -> None:
 def weights_file(folder: str, part: str, key: str) -> str:
     """The safetensors file of `folder`/`part` that holds tensor `key`: the one file, the shard a sharded index maps it
     to, else the part's folder (several variants, or a tensor computed at load rather than stored)."""
+    if os.path.isfile(folder):  # a single-file checkpoint holds every part
+        return folder
     directory = os.path.join(folder, part)
     names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     for name in names:

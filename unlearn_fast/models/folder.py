@@ -5,7 +5,10 @@
     unet/ or transformer/, vae/, scheduler/, text_encoder*/, tokenizer*/   diffusers' and transformers' own formats
     training.json             (ours) how the weights were produced: command, settings, data fingerprint, losses
 
-Weights load from safetensors only; diffusers/transformers are asked never to touch the network.
+Weights load from safetensors only; diffusers/transformers are asked never to touch the network. A folder saved with
+diffusers' ``save_pretrained(..., variant="fp16")`` holds ``<name>.fp16.safetensors``: it is read through the libraries'
+own ``from_pretrained(variant=...)`` when that variant is asked for (--variant fp16), and computed in float32 as any
+other folder.
 """
 from __future__ import annotations
 
@@ -53,6 +56,42 @@ def require_parts(folder: str, index: dict, parts) -> None:
     if missing:
         raise ModelFolderError(f"{folder}: unknown model folder layout: missing part(s) {missing} in model_index.json "
                                f"or on disk (found {sorted(os.listdir(folder))})")
+
+
+def weight_variants(folder: str) -> dict[str, set]:
+    """{part: the variants its safetensors weight files are saved as}, None standing for the plain files:
+    ``model.fp16.safetensors`` and ``model-00001-of-00002.fp16.safetensors`` are "fp16", ``model.safetensors`` None."""
+    found = {}
+    for part in sorted(os.listdir(folder)):
+        where = os.path.join(folder, part)
+        if os.path.isdir(where):
+            names = [name for name in os.listdir(where) if name.endswith(".safetensors")]
+            if names:
+                found[part] = {name.split(".")[-2] if name.count(".") >= 2 else None for name in names}
+    return found
+
+
+def check_variant(folder: str, variant: str | None) -> None:
+    """The weights of `variant` (None: the plain files) are in the folder: a folder of fp16 variants alone, read
+    without --variant, would fail deep in diffusers with a message about a missing file."""
+    found = weight_variants(folder)
+    if variant is None:
+        only = {part: sorted(kinds) for part, kinds in found.items() if None not in kinds}
+        if only:
+            part, kinds = next(iter(only.items()))
+            raise ModelFolderError(f"{os.path.join(folder, part)}: holds only {'/'.join(kinds)}-variant weights "
+                                   f"(<name>.{kinds[0]}.safetensors); pass --variant {kinds[0]} (Python: "
+                                   f"DiffusionModel.load(..., variant={kinds[0]!r}))")
+    elif found and not any(variant in kinds for kinds in found.values()):
+        saved = sorted({kind or "plain" for kinds in found.values() for kind in kinds})
+        raise ModelFolderError(f"{folder}: --variant {variant}: no part holds <name>.{variant}.safetensors weights "
+                               f"(its weights are saved as: {', '.join(saved)})")
+
+
+def weight_options(variant: str | None) -> dict:
+    """from_pretrained's keywords for the weights of `variant`: that variant's files, computed in float32 (the
+    engine's dtype: diffusers upcasts a half-precision file into float32 modules, transformers would keep its dtype)."""
+    return {} if variant is None else {"variant": variant, "dtype": torch.float32}
 
 
 def library_class(index: dict, part: str) -> tuple[str, str]:

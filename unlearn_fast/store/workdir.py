@@ -55,8 +55,9 @@ def _normalise(obj: Any) -> Any:
 
 
 def recorded_sources(path: str | os.PathLike) -> dict | None:
-    """Where the work directory's inputs were read from ({"model", "lora", "data", "caption_column", "image_column",
-    "subset", "base_model"}), None for a new folder ({} for one prepared before sources were recorded)."""
+    """Where the work directory's inputs were read from ({"model", "variant", "model_config", "lora", "data",
+    "caption_column", "image_column", "subset", "base_model"}), None for a new folder ({} for one prepared before
+    sources were recorded)."""
     manifest = read_manifest(path)
     return None if manifest is None else dict(manifest.get("sources") or {})
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from ..folder import DEFAULT_MODEL, ModelFolderError, read_index
+from ..folder import DEFAULT_MODEL, ModelFolderError, check_variant, read_index
 
 FAMILIES: dict[str, str] = {
     "UnlearnFastPipeline": "unet:load_sd",
@@ -39,9 +39,12 @@ def loader_for(folder: str, index: dict):
     return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
-def load_parts(folder: str = "default", device="cpu") -> tuple[dict, str]:
+def load_parts(folder: str = "default", device="cpu", variant: str | None = None) -> tuple[dict, str]:
     """The parts of a model folder (``"default"`` = the shipped tiny emoji model) as DiffusionModel's keyword
-    arguments, and the folder's path: one way for every family, folder → the family's loader → DiffusionModel."""
+    arguments, and the folder's path: one way for every family, folder → the family's loader → DiffusionModel.
+    variant: read the weights saved as <name>.<variant>.safetensors ("fp16"), computed in float32."""
     folder = DEFAULT_MODEL if folder == "default" else folder
     index = read_index(folder)
-    return loader_for(folder, index)(folder, index, device), folder
+    loader = loader_for(folder, index)
+    check_variant(folder, variant)
+    return loader(folder, index, device, variant), folder

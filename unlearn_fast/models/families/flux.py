@@ -21,6 +21,9 @@ class FluxFamily(PipelineFamily):
         super().__init__(pipeline)
         self.guidance = guidance
 
+    def latent_multiple(self, denoiser) -> int:
+        return 2 * super().latent_multiple(denoiser)  # latents are packed in 2×2 patches around the call
+
     def call(self, denoiser, x_t, time, record):
         from diffusers import FluxPipeline
 
@@ -48,12 +51,12 @@ class FluxFamily(PipelineFamily):
         return FluxPipeline._pack_latents(latents, batch, channels, height, width)
 
 
-def load(folder: str, index: dict, device) -> dict:
+def load(folder: str, index: dict, device, variant: str | None = None) -> dict:
     from diffusers import FluxPipeline
 
     pipe = load_pipeline(FluxPipeline, folder, index, device,
                          ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                          "tokenizer_2"))
+                          "tokenizer_2"), variant)
     max_tokens = min(MAX_TOKENS, pipe.tokenizer_2.model_max_length)
 
     def encode(prompts):

@@ -7,18 +7,19 @@ import os
 
 from torch import nn
 
-from ..folder import PIPELINES_EXTRA, ModelFolderError, loading, require_parts
+from ..folder import PIPELINES_EXTRA, ModelFolderError, loading, require_parts, weight_options
 from ..text_side import TextSide
 
 
-def load_pipeline(pipeline_class, folder: str, index: dict, device, parts):
+def load_pipeline(pipeline_class, folder: str, index: dict, device, parts, variant: str | None = None):
     require_parts(folder, index, parts)
     try:
         import transformers  # noqa: F401  (every such family's text encoders are transformers models)
     except ImportError:
         raise ModelFolderError(f"{folder}: a {pipeline_class.__name__} needs transformers: {PIPELINES_EXTRA}") from None
     with loading(folder, "model"):
-        pipe = pipeline_class.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        pipe = pipeline_class.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                              **weight_options(variant))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -21,9 +21,9 @@ class PixArtFamily(PipelineFamily):
         return out[:, :x_t.shape[1]] if out.shape[1] == 2 * x_t.shape[1] else out
 
 
-def load(folder: str, index: dict, device) -> dict:
+def load(folder: str, index: dict, device, variant: str | None = None) -> dict:
     from diffusers import PixArtSigmaPipeline
 
     pipe = load_pipeline(PixArtSigmaPipeline, folder, index, device,
-                         ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"))
+                         ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"), variant)
     return masked_text_parts(pipe, folder, PixArtFamily(pipe), MAX_TOKENS)

@@ -31,9 +31,9 @@ class SanaFamily(PipelineFamily):
         return {"prompt": list(prompts), "complex_human_instruction": None}
 
 
-def load(folder: str, index: dict, device) -> dict:
+def load(folder: str, index: dict, device, variant: str | None = None) -> dict:
     from diffusers import SanaPipeline
 
     pipe = load_pipeline(SanaPipeline, folder, index, device,
-                         ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"))
+                         ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"), variant)
     return masked_text_parts(pipe, folder, SanaFamily(pipe), MAX_TOKENS, complex_human_instruction=None)

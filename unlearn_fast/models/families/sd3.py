@@ -25,12 +25,12 @@ class SD3Family(PipelineFamily):
                         pooled_projections=record["pooled"].to(x_t.dtype), return_dict=False)[0]
 
 
-def load(folder: str, index: dict, device) -> dict:
+def load(folder: str, index: dict, device, variant: str | None = None) -> dict:
     from diffusers import StableDiffusion3Pipeline
 
     pipe = load_pipeline(StableDiffusion3Pipeline, folder, index, device,
                          ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                          "tokenizer_2"))
+                          "tokenizer_2"), variant)
 
     def encode(prompts):
         tokens, _, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, prompt_3=None, device=pipe.device,

@@ -8,7 +8,7 @@ import torch
 
 from ..family import Family, starting_noise
 from ..finite import image_bytes
-from ..folder import loading, require_parts
+from ..folder import loading, require_parts, weight_options
 from .unet import _load_text_side
 
 PIPELINE_NAME = "UnlearnFastDiTPipeline"
@@ -39,18 +39,19 @@ class TinyDiTFamily(Family):
         return image_bytes(model.decode(x).permute(0, 2, 3, 1).cpu().numpy(), prompts, seeds)
 
 
-def load(folder: str, index: dict, device) -> dict:
+def load(folder: str, index: dict, device, variant: str | None = None) -> dict:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
 
     require_parts(folder, index, ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"))
     with loading(folder, "transformer"):
         transformer = PixArtTransformer2DModel.from_pretrained(folder, subfolder="transformer", use_safetensors=True,
-                                                               local_files_only=True, low_cpu_mem_usage=False)
+                                                               local_files_only=True, low_cpu_mem_usage=False,
+                                                               **weight_options(variant))
     with loading(folder, "vae"):
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, local_files_only=True,
-                                            low_cpu_mem_usage=False)
+                                            low_cpu_mem_usage=False, **weight_options(variant))
     with loading(folder, "scheduler"):
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler",
                                                                     local_files_only=True)
     return {"unet": transformer.to(device), "scheduler": scheduler, "vae": vae.to(device),
-            "text": _load_text_side(folder, index, device), "family": TinyDiTFamily()}
+            "text": _load_text_side(folder, index, device, variant), "family": TinyDiTFamily()}
