@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 FORMATS = ("dattri", "trak")
 
