@@ -56,6 +56,20 @@ def test_ekfac_with_the_kfac_eigenvalues_is_kfac():
                                KroneckerCurvature(factors, "kfac").precondition(grad)["layer.weight"])
 
 
+def test_factors_of_another_layer_s_shape_are_refused():
+    """Factors (read from a folder, say) whose widths are not the layer's: a SettingsError naming the layer."""
+    g = torch.Generator().manual_seed(2)
+    curvature = KroneckerCurvature(eigenbases({"layer": (_spd(5, g), _spd(4, g), 3)}), "kfac")
+    with pytest.raises(SettingsError, match=r"curvature of layer is for a \(4, 5\) gradient; the layer's weight "
+                                            r"is \(4, 2\)"):
+        curvature.precondition({"layer.weight": torch.ones(4, 2, dtype=torch.float64)})
+    with pytest.raises(SettingsError, match="has no bias column"):  # 5 = 5 inputs: no room for a bias
+        curvature.precondition({"layer.weight": torch.ones(4, 5, dtype=torch.float64),
+                                "layer.bias": torch.ones(4, dtype=torch.float64)})
+    assert curvature.precondition({"layer.weight": torch.ones(4, 4, dtype=torch.float64)})["layer.weight"].shape \
+        == (4, 4)  # 4 inputs and the bias column, the gradient without a bias
+
+
 @pytest.fixture(scope="module")
 def rows(model, default_dataset):
     from unlearn_fast.data import load_pixels

@@ -170,7 +170,11 @@ class KroneckerCurvature:
         for path, f in self.factors.items():
             weight = gradient[f"{path}.weight"]
             bias = gradient.get(f"{path}.bias")
-            with_bias = f["activation_eigenvectors"].shape[0] == weight.shape[1] + 1
+            width, out_width = f["activation_eigenvectors"].shape[0], f["gradient_eigenvectors"].shape[0]
+            if width not in (weight.shape[1], weight.shape[1] + 1) or out_width != weight.shape[0]:
+                raise SettingsError(f"the curvature of {path} is for a ({out_width}, {width}) gradient; the layer's "
+                                    f"weight is {tuple(weight.shape)}: the factors are of another model")
+            with_bias = width == weight.shape[1] + 1
             if bias is not None and not with_bias:
                 raise SettingsError(f"the curvature of {path} has no bias column ({weight.shape[1]} inputs) but the "
                                     "gradient has a bias: the factors are of another layer")
