@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from unlearn_fast import ops
-from unlearn_fast.engine.curvature import COVARIANCE_NAMES, EIGEN_NAMES, LAMBDA_NAMES, estimate_curvature
+from unlearn_fast.engine.curvature import (COVARIANCE_NAMES, EIGEN_NAMES, LAMBDA_NAMES, KroneckerCurvature,
+                                           estimate_curvature)
 from unlearn_fast.engine.fisher import FisherSettings, keyed_timesteps
 from unlearn_fast.interop.kronfluence import FactorsFolderError, factors_folder, load_factors, save_factors
 
@@ -50,7 +51,10 @@ def rows(model, default_dataset):
 def curvatures(model, rows):
     params = {name: p for name, p in model.unet.named_parameters() if name in GROUP}
     x0, cond, ids, _, _ = rows
-    return {kind: estimate_curvature(model, params, x0, cond, ids, kind, SETTINGS) for kind in ("kfac", "ekfac")}
+    ekfac = estimate_curvature(model, params, x0, cond, ids, "ekfac", SETTINGS)
+    kfac = {path: {name: value for name, value in f.items() if name not in LAMBDA_NAMES} for path, f in
+            ekfac.factors.items()}  # K-FAC's factors are EK-FAC's without Λ
+    return {"kfac": KroneckerCurvature(kfac, "kfac"), "ekfac": ekfac}
 
 
 class KeyedDenoising(Task):
@@ -170,6 +174,7 @@ def test_our_factors_folder_is_one_kronfluence_loads_whole(model, rows, curvatur
         assert torch.equal(value, ours[name]), name
 
 
+@pytest.mark.slow
 def test_kronfluence_s_own_fitting_gives_our_factors(model, rows, curvatures, tmp_path):
     """kronfluence fits the factors itself, its Task's loss being our keyed denoising loss, on a model holding the UNet
     as .unet: the covariance sums and counts are ours (float64 rounding apart), and so are the eigenvalues; EK-FAC's Λ,
@@ -213,6 +218,7 @@ def test_kronfluence_s_own_fitting_gives_our_factors(model, rows, curvatures, tm
         load_factors(factors_folder(tmp_path, "fitted", "theirs"), module_prefix="vae.")
 
 
+@pytest.mark.slow
 def test_a_work_directory_s_curvature_folder_is_a_kronfluence_analysis(model, default_dataset, tmp_path):
     """curvature/factors_<kind>/ of a work directory, as AbU's EK-FAC recipe leaves it, is what kronfluence's Analyzer
     (analysis_name "curvature", output_dir the work directory) loads whole, and reads back to the same curvature."""
