@@ -78,7 +78,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=5", "transformers>=4.45", "webdataset>=0.2", "emoji==2.16.0", "triton>=3.2; platform_system=='Linux'", "ninja",
-                 "dattri==0.3.0",  # its LDS metric cross-checks ours (tests/evaluate/test_lds.py)
+                 "dattri==0.3.0",  # its LDS metric cross-checks ours (tests/evaluate/test_lds.py); AbU as its attributor
+                 # kronfluence==1.0.1's imports (tests/interop/test_kronfluence.py). kronfluence itself is installed
+                 # apart, with pip's --no-deps: its metadata requires torchvision, which it never imports
+                 "accelerate>=0.31.0", "einops>=0.8.0", "einconv>=0.1.0", "opt-einsum>=3.3.0",
                  "peft==0.21.2",  # LoRA adapters (tests/models/test_lora.py)
                  "hypothesis==6.155.2",  # property-based tests of untrusted inputs (tests/datasets/test_input_properties.py)
                  "matplotlib>=3.8"],  # the counterfactual judge's plots (optional: without it, its table alone)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearn_fast.cli import main
-from unlearn_fast.exporters import ExportError, export_dattri, export_scores, export_trak
+from unlearn_fast.interop.exporters import ExportError, export_dattri, export_scores, export_trak
 
 
 def scores(queries=3, train=11, seed=0):

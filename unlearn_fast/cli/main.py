@@ -450,7 +450,7 @@ def cmd_export_data(args) -> None:
 def cmd_export_scores(args) -> None:
     import numpy as np
 
-    from ..exporters import ExportError, export_scores
+    from ..interop.exporters import ExportError, export_scores
 
     path = os.path.join(args.attribution, "scores.npy") if os.path.isdir(args.attribution) else args.attribution
     if not os.path.isfile(path):

@@ -1,7 +1,9 @@
 """Kronecker-factored curvature (K-FAC, EK-FAC) of the unlearned Linear layers: what a diagonal Fisher leaves out.
 
 For a Linear layer y = W x + b seen by example n at tokens t, the per-example gradient of W̃ = [W b] is
-G_n = Σ_t g_nt x̃_ntᵀ with x̃ = [x, 1] and g = ∂L_n/∂y. K-FAC approximates the Fisher E[vec G_n vec G_nᵀ] by A ⊗ S:
+G_n = Σ_t g_nt x̃_ntᵀ with x̃ = [x, 1] and g = ∂L_n/∂y; a layer without a bias has no bias parameter, so there
+W̃ = W and x̃ = x (kronfluence's TrackedLinear appends the column only where the module has a bias, and so do we).
+K-FAC approximates the Fisher E[vec G_n vec G_nᵀ] by A ⊗ S:
 
     A = mean over (n, t) of x̃ x̃ᵀ      (activation covariance)
     S = mean over (n, t) of g gᵀ       (gradient covariance)
@@ -10,11 +12,15 @@ With A = Q_A diag(a) Q_Aᵀ and S = Q_S diag(s) Q_Sᵀ, a gradient Ĝ is precond
 
     U = Q_S [(Q_Sᵀ Ĝ Q_A) / (Λ + λ)] Q_Aᵀ,   Λ = s aᵀ (K-FAC)   or   Λ = mean_n (Q_Sᵀ G_n Q_A)²  (EK-FAC)
 
-λ = damping × mean(Λ) per layer (kronfluence's heuristic, 0.1 there). The factors are what kronfluence stores, under
-its names (activation_covariance, gradient_covariance, *_eigenvectors, *_eigenvalues, lambda_matrix; one tensor per
-layer path), so they can be read into or compared with kronfluence's factor files. The sums are float64 and the
-(t, ε) of each row are the Fisher's own (fisher.keyed_timesteps, noise keyed by the example id), so the factors do
-not depend on the batch size beyond float64 rounding.
+λ = damping × mean(Λ) per layer (kronfluence's heuristic, 0.1 there). The factors are what kronfluence 1.0 stores,
+under its names and with its meaning, one tensor per layer path: activation_covariance and gradient_covariance are the
+SUMS Σ x̃x̃ᵀ and Σ ggᵀ with their token-row counts num_activation_covariance_processed and
+num_gradient_covariance_processed; *_eigenvectors and *_eigenvalues decompose the means; lambda_matrix is the SUM
+Σ_n (Q_Sᵀ G_n Q_A)² with its example count num_lambda_processed (the counts are int64 tensors of shape (1,)). So a
+factors folder of ours is one kronfluence loads whole, and one kronfluence wrote reads back here (to_kronfluence,
+from_kronfluence; interop/kronfluence.py writes and reads the folders). The sums are float64 and the (t, ε) of each
+row are the Fisher's own (fisher.keyed_timesteps, noise keyed by the example id), so the factors do not depend on the
+batch size beyond float64 rounding.
 """
 from __future__ import annotations
 
@@ -29,8 +35,12 @@ from ..errors import SettingsError
 from .fisher import FisherSettings, keyed_timesteps
 from .fisher_hooks import capture_linear_io, linear_rows, only_these_require_grad, split_linear
 
-FACTOR_NAMES = ("activation_covariance", "gradient_covariance", "activation_eigenvectors", "activation_eigenvalues",
-                "gradient_eigenvectors", "gradient_eigenvalues", "lambda_matrix")
+COVARIANCE_NAMES = ("activation_covariance", "gradient_covariance", "num_activation_covariance_processed",
+                    "num_gradient_covariance_processed")
+EIGEN_NAMES = ("activation_eigenvectors", "activation_eigenvalues", "gradient_eigenvectors", "gradient_eigenvalues")
+LAMBDA_NAMES = ("lambda_matrix", "num_lambda_processed")
+FACTOR_NAMES = COVARIANCE_NAMES + EIGEN_NAMES + LAMBDA_NAMES  # kronfluence's file stems, one file per name
+COUNT_NAMES = ("num_activation_covariance_processed", "num_gradient_covariance_processed", "num_lambda_processed")
 
 
 def layer_damped(fisher: dict[str, torch.Tensor], damping: float) -> dict[str, torch.Tensor]:
@@ -50,9 +60,9 @@ def linear_layers(unet, params: dict, others: bool = False) -> list[str]:
     return sorted({name.rpartition(".")[0] for name in linear})
 
 
-def homogeneous(x: torch.Tensor) -> torch.Tensor:
-    """x̃ = [x, 1] on the last dimension (the bias's column)."""
-    return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+def homogeneous(x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """x̃ = [x, 1] on the last dimension (the bias's column) for a layer with a bias; x itself for one without."""
+    return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1) if bias else x
 
 
 def _layer_rows(model, paths, x0, cond, timesteps, noise, rows):
@@ -64,7 +74,7 @@ def _layer_rows(model, paths, x0, cond, timesteps, noise, rows):
         loss = model.loss(x0, cond, timesteps, noise).sum()
     grads = torch.autograd.grad(loss, [output for _, output in captured.values()])
     for path, xs, gs in linear_rows(captured, grads, batch, rows):
-        yield path, homogeneous(xs.double()), gs.double()
+        yield path, homogeneous(xs.double(), unet.get_submodule(path).bias is not None), gs.double()
 
 
 def _batches(model, x0, cond, example_ids, settings: FisherSettings):
@@ -95,14 +105,21 @@ def covariance_sums(model, paths, x0, cond, example_ids, settings: FisherSetting
     return sums
 
 
+def as_count(n: int) -> torch.Tensor:
+    """A count as kronfluence keeps it: int64 of shape (1,)."""
+    return torch.tensor([int(n)], dtype=torch.int64)
+
+
 def eigenbases(sums: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """Factors per layer from covariance sums: the covariances (means) and their eigendecompositions."""
+    """Factors per layer from covariance sums: the sums with their counts, and the eigendecompositions of the means."""
     factors = {}
     for path, (a, s, n) in sums.items():
-        A, S = a / n, s / n
-        a_values, a_vectors = torch.linalg.eigh(A)
-        s_values, s_vectors = torch.linalg.eigh(S)
-        factors[path] = {"activation_covariance": A, "gradient_covariance": S,
+        # contiguous, as read back from a file: the preconditioner's products then round alike on either route
+        a_values, a_vectors = (t.contiguous() for t in torch.linalg.eigh(a / n))
+        s_values, s_vectors = (t.contiguous() for t in torch.linalg.eigh(s / n))
+        factors[path] = {"activation_covariance": a, "gradient_covariance": s,
+                         "num_activation_covariance_processed": as_count(n),
+                         "num_gradient_covariance_processed": as_count(n),
                          "activation_eigenvectors": a_vectors, "activation_eigenvalues": a_values.clamp_min(0),
                          "gradient_eigenvectors": s_vectors, "gradient_eigenvalues": s_values.clamp_min(0)}
     return factors
@@ -115,7 +132,7 @@ def lambda_sums(model, factors: dict, x0, cond, example_ids, settings: FisherSet
     for x, c, t, noise, count in _batches(model, x0, cond, example_ids, settings):
         for path, xs, gs in _layer_rows(model, paths, x, c, t, noise, count):
             f = factors[path]
-            per_example = torch.einsum("nto,nti->noi", gs, xs)  # G_n (rows, out, in + 1)
+            per_example = torch.einsum("nto,nti->noi", gs, xs)  # G_n (rows, out, in [+ 1])
             rotated = f["gradient_eigenvectors"].T @ per_example @ f["activation_eigenvectors"]
             total, n = sums.get(path, (0.0, 0))
             sums[path] = (total + rotated.square().sum(0), n + count)
@@ -140,23 +157,35 @@ class KroneckerCurvature:
             raise SettingsError(f"curvature damping must be > 0 (a share of the mean eigenvalue), got {self.damping}")
 
     def eigenvalues(self, path: str) -> torch.Tensor:
+        """Λ of one layer: EK-FAC's mean of the rotated squared gradients, or K-FAC's s aᵀ."""
         f = self.factors[path]
         if self.kind == "ekfac":
-            return f["lambda_matrix"]
+            return f["lambda_matrix"].double() / f["num_lambda_processed"]
         return torch.outer(f["gradient_eigenvalues"], f["activation_eigenvalues"])
 
     def precondition(self, gradient: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """U = (Λ + λ)⁻¹ Ĝ in each layer's eigenbasis, for gradients {path.weight, path.bias?} (float64)."""
+        """U = (Λ + λ)⁻¹ Ĝ in each layer's eigenbasis, for gradients {path.weight, path.bias?} (float64). A layer's
+        factors have the bias column where its module has a bias (even when the gradient has none: then zero)."""
         out = {}
         for path, f in self.factors.items():
             weight = gradient[f"{path}.weight"]
             bias = gradient.get(f"{path}.bias")
-            full = torch.cat([weight, (bias if bias is not None else torch.zeros_like(weight[:, 0]))[:, None]], 1)
+            width, out_width = f["activation_eigenvectors"].shape[0], f["gradient_eigenvectors"].shape[0]
+            if width not in (weight.shape[1], weight.shape[1] + 1) or out_width != weight.shape[0]:
+                raise SettingsError(f"the curvature of {path} is for a ({out_width}, {width}) gradient; the layer's "
+                                    f"weight is {tuple(weight.shape)}: the factors are of another model")
+            with_bias = width == weight.shape[1] + 1
+            if bias is not None and not with_bias:
+                raise SettingsError(f"the curvature of {path} has no bias column ({weight.shape[1]} inputs) but the "
+                                    "gradient has a bias: the factors are of another layer")
+            full = weight
+            if with_bias:
+                full = torch.cat([weight, (bias if bias is not None else torch.zeros_like(weight[:, 0]))[:, None]], 1)
             q_a, q_s = f["activation_eigenvectors"].to(full), f["gradient_eigenvectors"].to(full)
             values = self.eigenvalues(path).to(full)
             rotated = (q_s.T @ full @ q_a) / (values + self.damping * values.mean())
             update = q_s @ rotated @ q_a.T
-            out[f"{path}.weight"] = update[:, :-1]
+            out[f"{path}.weight"] = update[:, :-1] if with_bias else update
             if bias is not None:
                 out[f"{path}.bias"] = update[:, -1]
         for name in sorted(set(gradient) - set(out)):
@@ -188,8 +217,10 @@ def add_sums(total: dict | None, part: dict) -> dict:
 
 
 def add_lambda(factors: dict, sums: dict) -> None:
+    """EK-FAC's lambda_sums into the factors, as kronfluence keeps them: the sum and its example count."""
     for path, (total, n) in sums.items():
-        factors[path]["lambda_matrix"] = total / n
+        factors[path]["lambda_matrix"] = total
+        factors[path]["num_lambda_processed"] = as_count(n)
 
 
 def sums_to_tensors(sums: dict) -> dict[str, torch.Tensor]:
@@ -210,6 +241,18 @@ def sums_from_tensors(flat: dict[str, torch.Tensor]) -> dict:
     return {path: tuple(values) for path, values in sums.items()}
 
 
+def kronfluence_arguments(kind: str) -> dict:
+    """kronfluence 1.0's FactorArguments (factor_arguments.json, as its to_dict writes it) for our factors: the
+    strategy, float64 throughout, every row (no max examples), gradients of the training loss at its own target."""
+    float64 = str(torch.float64)
+    return {"strategy": kind, "use_empirical_fisher": True, "amp_dtype": None, "amp_scale": 2.0 ** 16,
+            "has_shared_parameters": False, "covariance_max_examples": None, "covariance_data_partitions": 1,
+            "covariance_module_partitions": 1, "activation_covariance_dtype": float64,
+            "gradient_covariance_dtype": float64, "eigendecomposition_dtype": float64, "lambda_max_examples": None,
+            "lambda_data_partitions": 1, "lambda_module_partitions": 1, "use_iterative_lambda_aggregation": False,
+            "offload_activations_to_cpu": False, "per_sample_gradient_dtype": float64, "lambda_dtype": float64}
+
+
 def to_kronfluence(curvature: KroneckerCurvature) -> dict[str, dict[str, torch.Tensor]]:
     """{factor name: {layer path: tensor}}: one safetensors file per factor name, as kronfluence lays them out."""
     layout = {}
@@ -220,8 +263,16 @@ def to_kronfluence(curvature: KroneckerCurvature) -> dict[str, dict[str, torch.T
 
 
 def from_kronfluence(layout: dict, kind: str = "ekfac", damping: float = 0.1) -> KroneckerCurvature:
+    """A KroneckerCurvature from {factor name: {layer path: tensor}} (ours or kronfluence's files): floats as float64,
+    counts as int64. The factors `kind` preconditions with must be there for every layer."""
     factors = {}
     for name, per_layer in layout.items():
         for path, value in per_layer.items():
-            factors.setdefault(path, {})[name] = value.double()
+            factors.setdefault(path, {})[name] = value.long() if name in COUNT_NAMES else value.double()
+    needed = EIGEN_NAMES + (LAMBDA_NAMES if kind == "ekfac" else ())
+    for path, f in factors.items():
+        missing = [name for name in needed if name not in f]
+        if missing:
+            raise SettingsError(f"{kind} curvature of layer {path} lacks factor {missing[0]!r} "
+                                f"({missing[0]}.safetensors has no tensor for it)")
     return KroneckerCurvature(factors, kind, damping)

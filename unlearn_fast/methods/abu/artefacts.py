@@ -1,7 +1,7 @@
 """AbU's artefacts in the work directory, each made by one named phase and kept under its own name:
 
     fisher        F + λ over the Fisher group, float64 sums per chunk of rows      fisher.safetensors
-    curvature     K-FAC / EK-FAC factors of the group's Linear layers             curvature/<kind>/ (kronfluence layout)
+    curvature     K-FAC / EK-FAC factors of the group's Linear layers             curvature/factors_<kind>/ (kronfluence's)
     base_losses   L(z, θ0) of every caption row on the scoring grid                losses_base/
 
 They stand on the Workspace (latents, text conditioning, caption rows, the chunk plan) and are made only for the methods
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ...engine.curvature import (FACTOR_NAMES, KroneckerCurvature, add_lambda, add_sums, covariance_sums, eigenbases,
-                                 from_kronfluence, lambda_sums, linear_layers, sums_from_tensors, sums_to_tensors,
-                                 to_kronfluence)
+                                 from_kronfluence, kronfluence_arguments, lambda_sums, linear_layers, sums_from_tensors,
+                                 sums_to_tensors, to_kronfluence)
 from ...engine.fisher import finish_fisher, fisher_metadata, fisher_sums
 from ...workspace import Workspace
 
@@ -71,12 +71,19 @@ def _compute_fisher(workspace: Workspace) -> None:
     workspace.on_main(write)
 
 
+def curvature_folder(kind: str) -> str:
+    """The factors' artefact: kronfluence's folder name (factors_<name>), so the work directory's curvature/ is a
+    kronfluence analysis folder (kronfluence.Analyzer(analysis_name="curvature", output_dir=WORK_DIR) loads <kind>)."""
+    return f"curvature/factors_{kind}"
+
+
 def fit_curvature(workspace: Workspace, kind: str, damping: float = 0.1) -> KroneckerCurvature:
     """K-FAC or EK-FAC factors (engine/curvature.py) of the Fisher group's Linear layers over the Fisher's rows, stored
-    in kronfluence's layout under curvature/<kind>/ (one safetensors file per factor name). Both passes (the
-    covariances, then EK-FAC's eigenvalues in their eigenbasis) run in the Fisher's chunks of rows, each chunk's sums
-    saved as it finishes and split over the ranks: a killed run resumes with the missing chunks only."""
-    folder, store = f"curvature/{kind}", workspace.store
+    as kronfluence 1.0 stores them under curvature/factors_<kind>/ (one safetensors file per factor name, the counts,
+    factor_arguments.json). Both passes (the covariances, then EK-FAC's eigenvalues in their eigenbasis) run in the
+    Fisher's chunks of rows, each chunk's sums saved as it finishes and split over the ranks: a killed run resumes with
+    the missing chunks only."""
+    folder, store = curvature_folder(kind), workspace.store
 
     def make():
         if not store.exists(f"{folder}/activation_eigenvectors", ".safetensors"):
@@ -91,7 +98,7 @@ def _compute_curvature(workspace: Workspace, kind: str) -> None:
     settings, model, store = workspace.settings, workspace.model, workspace.store
     # The group's other weights (convolutions, norms) take the diagonal Fisher (method.py: preconditioner).
     paths = linear_layers(model.unet, model.parameter_group(settings.fisher_group), others=True)
-    fisher, parts, rows = settings.fisher, f"curvature_parts/{kind}", fisher_rows(workspace)
+    fisher, parts, rows = settings.fisher, f"curvature_parts/factors_{kind}", fisher_rows(workspace)
 
     def run(stage: str, sums_of) -> dict:
         """One resumable pass (its parts under curvature_parts/<kind>/<stage>/), its parts added in a fixed order."""
@@ -106,11 +113,12 @@ def _compute_curvature(workspace: Workspace, kind: str) -> None:
         add_lambda(factors, run("lambda", lambda x0, cond, ids: lambda_sums(model, factors, x0, cond, ids, fisher)))
 
     def write():
-        layout = to_kronfluence(KroneckerCurvature(factors, kind))
+        folder, layout = curvature_folder(kind), to_kronfluence(KroneckerCurvature(factors, kind))
+        store.save_json(f"{folder}/factor_arguments", kronfluence_arguments(kind))
         for name in FACTOR_NAMES:  # the eigenvectors last: their file marks the artefact complete
             if name in layout and name != "activation_eigenvectors":
-                store.save_tensors(f"curvature/{kind}/{name}", layout[name])
-        store.save_tensors(f"curvature/{kind}/activation_eigenvectors", layout["activation_eigenvectors"])
+                store.save_tensors(f"{folder}/{name}", layout[name])
+        store.save_tensors(f"{folder}/activation_eigenvectors", layout["activation_eigenvectors"])
         shutil.rmtree(store.artefact_path(parts), ignore_errors=True)
     workspace.on_main(write)
 
