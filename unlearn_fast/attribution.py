@@ -15,6 +15,7 @@ written beside its final name and swapped in whole; a link is never followed out
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -123,13 +124,7 @@ class Attribution:
         from .report.tables import write_groups, write_ranking
 
         check_top_k(top_k)
-        check_output_folder(out_dir)
-        final = _real_folder(out_dir)
-        _remove_dead_leftovers(final)
-        work = f"{final}.partial-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        os.makedirs(work)
-        try:
+        with written_whole(out_dir) as (work, final):
             np.save(os.path.join(work, "scores.npy"), self.scores)
             names = {"scores": "scores.npy"}
             names.update({k: os.path.basename(v) for k, v in write_ranking(self, work).items()})
@@ -144,11 +139,6 @@ class Attribution:
                       "files": names, "group_by": self.group_by}
             with open(os.path.join(work, RECORD), "w", encoding="utf-8") as handle:
                 json.dump(record, handle, indent=2)
-            write_folder_sums(work)
-            _swap_into_place(work, final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
         return {k: os.path.join(final, v) for k, v in names.items()}
 
     @classmethod
@@ -234,6 +224,26 @@ def _first_changed_row(out_dir: str, dataset: CaptionedImages) -> tuple[int, str
         if i in was and was[i] != dataset.key(i):
             return i, was[i], dataset.key(i)
     return None
+
+
+@contextlib.contextmanager
+def written_whole(out_dir: str):
+    """(a fresh folder to write, out_dir's real path): the folder is written beside out_dir and, once the block ends
+    without an error, listed with its checksums and swapped into place whole; on an error it is removed. A folder
+    holding other files is refused before anything is written."""
+    check_output_folder(out_dir)
+    final = _real_folder(out_dir)
+    _remove_dead_leftovers(final)
+    work = f"{final}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    try:
+        yield work, final
+        write_folder_sums(work)
+        _swap_into_place(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _real_folder(out_dir: str) -> str:

@@ -14,18 +14,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 
-from .attribution import (Attribution, _real_folder, _remove_dead_leftovers, _swap_into_place, check_output_folder,
-                          check_top_k)
+from .attribution import Attribution, check_top_k, written_whole
 from .errors import OutputError, SettingsError
 from .ranking import ranking
 from .report.html import method_of, record_settings_text
 from .report.settings import ReportSettings
-from .store.integrity import read_listed, write_folder_sums
+from .store.integrity import read_listed
 
 COMPARISON_RECORD = "comparison.json"
 
@@ -141,13 +139,7 @@ class Comparison:
         from .report.comparison import comparison_report
 
         check_top_k(top_k)
-        check_output_folder(out_dir)
-        final = _real_folder(out_dir)
-        _remove_dead_leftovers(final)
-        work = f"{final}.partial-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        os.makedirs(work)
-        try:
+        with written_whole(out_dir) as (work, final):
             for method, attribution in self.attributions.items():
                 attribution.save(os.path.join(work, method), top_k=top_k)
             names = {"comparison_csv": self._write_table(work, top_k),
@@ -160,11 +152,6 @@ class Comparison:
                       "files": names}
             with open(os.path.join(work, COMPARISON_RECORD), "w", encoding="utf-8") as handle:
                 json.dump(record, handle, indent=2)
-            write_folder_sums(work)
-            _swap_into_place(work, final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
         paths = {k: os.path.join(final, v) for k, v in names.items()}
         paths.update({f"method_{m}": os.path.join(final, m) for m in self.methods})
         return paths

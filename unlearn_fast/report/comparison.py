@@ -12,7 +12,7 @@ import os
 
 from PIL import Image
 
-from .html import STYLE, THUMB, full_size, run_table, trust_text
+from .html import STYLE, THUMB, full_size, run_table, trust_text, write_page
 from .thumbnails import enlarged, save_png, training_image
 
 COMPARISON_STYLE = """
@@ -43,16 +43,8 @@ def comparison_report(comparison, out_dir: str, top_k: int = 16) -> str:
         parts.append(_columns(comparison, q, k, out_dir))
         parts.append("</section>")
     title = "Attribution: " + " vs ".join(comparison.label(m)[0] for m in comparison.methods)
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>unlearn-fast comparison</title><style>{STYLE}{COMPARISON_STYLE}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{len(comparison.dataset)} training images from "
-            f"{html.escape(str(getattr(comparison.dataset, 'source', '')))}; work directory "
-            f"{html.escape(comparison.work_dir)}.</p>{run_table(comparison, links=['comparison.csv'])}"
-            f"{''.join(parts)}</body></html>\n")
-    path = os.path.join(out_dir, "comparison.html")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    return path
+    return write_page(os.path.join(out_dir, "comparison.html"), "unlearn-fast comparison", STYLE + COMPARISON_STYLE,
+                      title, comparison, run_table(comparison, links=["comparison.csv"]) + "".join(parts))
 
 
 def _methods_table(comparison) -> str:

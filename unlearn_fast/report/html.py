@@ -68,12 +68,18 @@ def html_report(attribution, out_dir: str, top_k: int = 16) -> str:
                          f'{row["score"]:.3e}</span><br><a class="file" href="{full}">{name}</a> · index '
                          f'{row["index"]}</figcaption></figure>')
         parts.append("</div></section>")
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>unlearn-fast attribution</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(page_title(attribution.records))}</h1>"
+    return write_page(os.path.join(out_dir, "report.html"), "unlearn-fast attribution", STYLE,
+                      page_title(attribution.records), attribution, run_table(attribution) + "".join(parts))
+
+
+def write_page(path: str, title: str, style: str, heading: str, result, body: str) -> str:
+    """One report page: its heading, the training set and work directory of `result` (an Attribution or a
+    Comparison), then `body`; returns the path."""
+    dataset = result.dataset
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(heading)}</h1>"
             f"<p>{len(dataset)} training images from {html.escape(str(getattr(dataset, 'source', '')))}; "
-            f"work directory {html.escape(attribution.work_dir)}.</p>{run_table(attribution)}"
-            f"{''.join(parts)}</body></html>\n")
-    path = os.path.join(out_dir, "report.html")
+            f"work directory {html.escape(result.work_dir)}.</p>{body}</body></html>\n")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(page)
     return path
