@@ -57,7 +57,7 @@ def _methods_table(comparison) -> str:
                     f'<a href="{html.escape(method)}/ranking.csv">ranking.csv</a></td>'
                     f'<td class="num">{seconds:.1f} s</td></tr>')
     return ('<h2>Methods</h2><table class="methods"><tr><th>method</th><th>what its score means</th><th>files</th>'
-            f'<th>time</th></tr>{"".join(rows)}</table>')
+            f'<th>time, this run</th></tr>{"".join(rows)}</table>')
 
 
 def _trust_table(comparison, q: int) -> str:
