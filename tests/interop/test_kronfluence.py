@@ -164,9 +164,10 @@ def test_our_factors_folder_is_one_kronfluence_loads_whole(model, rows, curvatur
         full = weight if width == weight.shape[1] else torch.cat(
             [weight, (bias if bias is not None else torch.zeros(out, dtype=torch.float64))[:, None]], 1)
         theirs = kronfluence_precondition(factors, layer, kind, full)
-        torch.testing.assert_close(ours[f"{layer}.weight"], theirs[:, :weight.shape[1]], rtol=1e-9, atol=0)
+        scale = 1e-12 * float(theirs.abs().max())  # float64 both, in another order of operations
+        torch.testing.assert_close(ours[f"{layer}.weight"], theirs[:, :weight.shape[1]], rtol=1e-9, atol=scale)
         if bias is not None:
-            torch.testing.assert_close(ours[f"{layer}.bias"], theirs[:, -1], rtol=1e-9, atol=0)
+            torch.testing.assert_close(ours[f"{layer}.bias"], theirs[:, -1], rtol=1e-9, atol=scale)
 
     back = load_factors(folder)  # the strategy from factor_arguments.json
     assert back.kind == kind
@@ -196,16 +197,17 @@ def test_kronfluence_s_own_fitting_gives_our_factors(model, rows, curvatures, tm
     lambdas = analysis.load_lambda_matrices("lambda_in_our_basis")
     for layer in LAYERS:
         ours, key = ekfac.factors[layer], f"unet.{layer}"
+        # The gradients are float32 (the UNet's own backward, threads summing in any order): float32's tolerance.
         for name in ("activation_covariance", "gradient_covariance"):
-            torch.testing.assert_close(covariance[name][key], ours[name], rtol=1e-6,
-                                       atol=1e-9 * float(ours[name].abs().max()))
+            torch.testing.assert_close(covariance[name][key], ours[name], rtol=1e-4,
+                                       atol=1e-6 * float(ours[name].abs().max()))
         for name in ("num_activation_covariance_processed", "num_gradient_covariance_processed"):
             assert torch.equal(covariance[name][key], ours[name]), (layer, name)
         for name in ("activation_eigenvalues", "gradient_eigenvalues"):
-            torch.testing.assert_close(eigen[name][key].clamp_min(0), ours[name], rtol=1e-5,
-                                       atol=1e-9 * float(ours[name].max()))
-        torch.testing.assert_close(lambdas["lambda_matrix"][key], ours["lambda_matrix"], rtol=1e-5,
-                                   atol=1e-9 * float(ours["lambda_matrix"].max()))
+            torch.testing.assert_close(eigen[name][key].clamp_min(0), ours[name], rtol=1e-4,
+                                       atol=1e-6 * float(ours[name].max()))
+        torch.testing.assert_close(lambdas["lambda_matrix"][key], ours["lambda_matrix"], rtol=1e-4,
+                                   atol=1e-6 * float(ours["lambda_matrix"].max()))
         assert torch.equal(lambdas["num_lambda_processed"][key], ours["num_lambda_processed"])
 
     theirs = load_factors(factors_folder(tmp_path, "fitted", "theirs"), module_prefix="unet.", kind="kfac")
