@@ -122,15 +122,15 @@ class Attributor:
 
         self.check_group_by(group_by)
         queries = [queries] if isinstance(queries, Query) else list(queries)
-        settings = settings or UnlearnSettings()
+        settings, methods = settings or UnlearnSettings(), list(methods)
         built = {}
         for method in methods:
             if isinstance(method, str):
                 built[method] = AbU(settings) if method == "abu" else build_method(method, encoder=encoder)
             else:
                 built[method.name] = method
-        if len(built) != len(list(methods)):
-            raise SettingsError(f"methods to compare are named twice: {list(methods)}")
+        if len(built) != len(methods):
+            raise SettingsError(f"methods to compare are named twice: {methods}")
         for method in built.values():
             method.check(self.workspace)
         attributions = {}
