@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from unlearn_fast.cli import main
-from unlearn_fast.data import SubsetDataset, export_imagefolder, load_pixels, open_dataset
+from unlearn_fast.data import load_pixels, open_dataset
 from unlearn_fast.errors import SettingsError
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.prepare_settings import PrepareSettings
@@ -18,10 +18,8 @@ FAST = ["--timesteps", "2", "--no-flips", "--score-seed", "3", "--fisher-example
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, default_dataset):
-    root = tmp_path_factory.mktemp("images16")
-    export_imagefolder(SubsetDataset(default_dataset, range(360, 376)), str(root))
-    return str(root)
+def data(default_image_folder):
+    return default_image_folder(range(360, 376))
 
 
 def test_the_default_model_takes_multiples_of_its_vae_factor():

@@ -46,12 +46,8 @@ def sd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, default_dataset):
-    from unlearn_fast.data import SubsetDataset, export_imagefolder
-
-    root = tmp_path_factory.mktemp("images16")
-    export_imagefolder(SubsetDataset(default_dataset, range(360, 376)), str(root))
-    return str(root)
+def data(default_image_folder):
+    return default_image_folder(range(360, 376))
 
 
 def test_the_ldm_layout_helper_is_the_inverse_of_diffusers_conversions():
