@@ -20,26 +20,12 @@ import numpy as np
 
 from .attribution import Attribution, check_top_k, written_whole
 from .errors import OutputError, SettingsError
-from .ranking import ranking
+from .ranking import positions_in, ranking, spearman
 from .report.html import method_of, record_settings_text
 from .report.settings import ReportSettings
 from .store.integrity import read_listed
 
 COMPARISON_RECORD = "comparison.json"
-
-
-def positions(scores: np.ndarray) -> np.ndarray:
-    """(N,) 1-based rank of every image under one score vector."""
-    rank = np.empty(len(scores), np.int64)
-    rank[ranking(scores)] = np.arange(1, len(scores) + 1)
-    return rank
-
-
-def spearman_of_ranks(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's correlation of two rank vectors (ties already broken, so Pearson on the ranks)."""
-    a, b = a.astype(np.float64) - a.mean(), b.astype(np.float64) - b.mean()
-    denominator = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
 
 @dataclass
@@ -55,7 +41,7 @@ class Comparison:
         shapes = {name: a.scores.shape for name, a in self.attributions.items()}
         if len(set(shapes.values())) != 1:
             raise ValueError(f"methods compared on different queries or training sets: score shapes {shapes}")
-        self._positions = {}
+        self._orders, self._positions = {}, {}
 
     @property
     def methods(self) -> list[str]:
@@ -78,13 +64,20 @@ class Comparison:
         """(title, what the score means, its symbol) of a method (report.html.method_of)."""
         return method_of(self.attributions[method].records[0])
 
+    def order(self, method: str, q: int) -> np.ndarray:
+        """Training indices by the method's score for query q, best first (ranking.ranking, computed once)."""
+        if (method, q) not in self._orders:
+            self._orders[(method, q)] = ranking(self.attributions[method].scores[q])
+        return self._orders[(method, q)]
+
     def positions(self, method: str, q: int) -> np.ndarray:
+        """(N,) 1-based rank of every image under the method for query q."""
         if (method, q) not in self._positions:
-            self._positions[(method, q)] = positions(self.attributions[method].scores[q])
+            self._positions[(method, q)] = positions_in(self.order(method, q))
         return self._positions[(method, q)]
 
     def top(self, method: str, q: int, k: int) -> list[dict]:
-        """Method's top k for query q, each image with its rank under every method."""
+        """Method's top k for query q (Attribution.top's rows), each image with its rank under every method."""
         rows = self.attributions[method].top(q, k)
         for row in rows:
             row["ranks"] = {m: int(self.positions(m, q)[row["index"]]) for m in self.methods}
@@ -97,17 +90,16 @@ class Comparison:
         pairs = []
         for i, a in enumerate(self.methods):
             for b in self.methods[i + 1:]:
-                top_a = set(ranking(self.attributions[a].scores[q])[:k].tolist())
-                top_b = set(ranking(self.attributions[b].scores[q])[:k].tolist())
-                pairs.append({"a": a, "b": b, "top_k_overlap": len(top_a & top_b) / k,
-                              "spearman": round(spearman_of_ranks(self.positions(a, q), self.positions(b, q)), 4)})
+                common = np.intersect1d(self.order(a, q)[:k], self.order(b, q)[:k])
+                pairs.append({"a": a, "b": b, "top_k_overlap": len(common) / k, "spearman": round(spearman(
+                    self.attributions[a].scores[q], self.attributions[b].scores[q]), 4)})
         return pairs
 
     def agreed(self, q: int, k: int) -> list[dict]:
         """The images in the top k of two methods or more: most methods first, then by their best rank."""
         found = {}
         for method in self.methods:
-            for index in ranking(self.attributions[method].scores[q])[:k].tolist():
+            for index in self.order(method, q)[:k].tolist():
                 found.setdefault(index, []).append(method)
         rows = [{"index": index, "file": self.dataset.key(index), "caption": " | ".join(self.dataset.captions(index)),
                  "methods": methods, "ranks": {m: int(self.positions(m, q)[index]) for m in self.methods}}
@@ -165,8 +157,7 @@ class Comparison:
             writer.writerow(["query", "prompt", "index", "file", "caption"]
                             + [f"{kind}_{m}" for m in self.methods for kind in ("rank", "score")])
             for q, query in enumerate(self.queries):
-                shown = sorted({int(i) for m in self.methods
-                                for i in ranking(self.attributions[m].scores[q])[:top_k]},
+                shown = sorted({int(i) for m in self.methods for i in self.order(m, q)[:top_k]},
                                key=lambda i: (min(self.positions(m, q)[i] for m in self.methods), i))
                 for i in shown:
                     writer.writerow([q, safe_cell(query.prompt), i, safe_cell(self.dataset.key(i)),

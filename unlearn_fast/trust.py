@@ -19,8 +19,7 @@ import dataclasses
 import numpy as np
 
 from .engine.unlearn import UnlearnSettings
-from .evaluate.metrics import spearman
-from .ranking import ranking
+from .ranking import ranking, spearman
 from .query import Query, query_from_array
 
 TOP = 10

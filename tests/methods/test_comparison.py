@@ -102,3 +102,17 @@ def test_a_single_method_report_is_titled_and_scored_as_that_method(comparison, 
     page = (tmp_path / "dtrak" / "report.html").read_text()
     assert "<h1>Attribution: D-TRAK</h1>" in page and "kernel weight" in page
     assert "τ" not in page and "unlearning" not in page
+
+
+def test_average_ranks_match_the_definition_on_ties_and_spearman_matches_scipy():
+    """ranking.average_ranks (vectorised, used by every Spearman of the package) against the definition: ties share
+    the mean of the places they occupy."""
+    from scipy.stats import rankdata
+
+    from unlearn_fast.ranking import average_ranks, spearman
+
+    values = np.random.default_rng(3).integers(0, 7, 200).astype(np.float64)  # many ties
+    assert np.array_equal(average_ranks(values), rankdata(values, method="average"))
+    other = values + np.random.default_rng(4).standard_normal(200)
+    assert spearman(values, other) == pytest.approx(spearmanr(values, other).statistic, abs=1e-12)
+    assert np.isnan(spearman(np.ones(5), np.arange(5.0)))

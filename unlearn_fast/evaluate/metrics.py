@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..ranking import ranking  # the judges rank as the reports do
+from ..ranking import ranking, spearman  # the judges rank as the reports do (spearman: also the judges' own)
 
 
 def pixel_mse(image: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -52,25 +52,6 @@ def format_mean_se(mean: float, se: float, digits: int = 4) -> str:
 
 
 # ------------------------------------------------------------------------------------------ rank correlation, LDS
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation of two vectors (average ranks for ties); NaN when either is constant."""
-    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):  # ties share their average rank
-        tied = values == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def linear_datamodeling_scores(scores: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> np.ndarray:
     """LDS per query: scores (Q, N) attribution scores (higher = more helpful to the query), masks (M, N) bool (row m:
     the training rows subset model m saw), losses (M, Q) the query losses under the subset models. Returns (Q,)."""

@@ -10,17 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ranking import ranking
+from ..ranking import rank_positions
 from ..workspace import Workspace
 from .base import AttributionMethod
-
-
-def positions(scores: np.ndarray) -> np.ndarray:
-    """(N,) rank of each image by decreasing score (0 = first), ties by index, NaN last."""
-    order = ranking(scores)
-    rank = np.empty(len(scores), np.int64)
-    rank[order] = np.arange(len(scores))
-    return rank
 
 
 @dataclass
@@ -54,7 +46,7 @@ class RankUnion(AttributionMethod):
         each = [front.attribute(workspace, queries).scores for front in self.fronts]  # each cached by its front
         out = np.empty_like(each[0], dtype=np.float32)
         for q in range(len(out)):
-            ranks = np.stack([positions(scores[q]) for scores in each])
+            ranks = np.stack([rank_positions(scores[q]) for scores in each])
             order = np.lexsort((ranks[0], ranks.min(0)))
             out[q, order] = -np.arange(len(order), dtype=np.float32)
         return out
