@@ -23,7 +23,7 @@ from .models.adapter import DiffusionModel
 from .query import Query
 from .engine.unlearn import UnlearnSettings
 from .score_rules import REFERENCE_RULES
-from .trust import method_trust_signals, trust_signals, verdict
+from .trust import method_trust_signals, trust_signals, with_trust
 from .workspace import PrepareSettings, Workspace
 
 __all__ = ["Attributor", "PrepareSettings"]
@@ -104,8 +104,7 @@ class Attributor:
         if controls or settings.score in REFERENCE_RULES:
             queries = [queries] if isinstance(queries, Query) else list(queries)
             signals = trust_signals(self.workspace, queries, attribution.scores, settings, controls)
-            attribution.records = [{**record, "trust": {**signal, "verdict": verdict(signal)}}
-                                   for record, signal in zip(attribution.records, signals)]
+            with_trust(attribution, signals)
         return attribution
 
     def compare(self, queries: list[Query] | Query, methods, settings: UnlearnSettings = None, group_by: str | None = None,
@@ -142,8 +141,7 @@ class Attributor:
                 if controls:
                     signals = method_trust_signals(self.workspace, method, queries, attribution.scores, controls,
                                                    settings.references)
-                    attribution.records = [{**record, "trust": {**signal, "verdict": verdict(signal)}}
-                                           for record, signal in zip(attribution.records, signals)]
+                    with_trust(attribution, signals)
             attribution.group_by = group_by
             attributions[name] = attribution
         return Comparison(attributions)

@@ -81,6 +81,13 @@ def measured(workspace, queries: list[Query], scores: np.ndarray, references: li
     return signals
 
 
+def with_trust(attribution, signals: list[dict]):
+    """The attribution with each query's record holding its signals and their verdict (what reports show)."""
+    attribution.records = [{**record, "trust": {**signal, "verdict": verdict(signal)}}
+                           for record, signal in zip(attribution.records, signals)]
+    return attribution
+
+
 def verdict(signal: dict) -> str:
     """One sentence a user reads beside the ranking."""
     parts = []
