@@ -142,9 +142,10 @@ class Attributor:
                     signals = method_trust_signals(self.workspace, method, queries, attribution.scores, controls,
                                                    settings.references)
                     with_trust(attribution, signals)
-            attribution.group_by = group_by
             attributions[name] = attribution
-        return Comparison(attributions)
+        comparison = Comparison(attributions)
+        comparison.group_by = group_by
+        return comparison
 
     def check_group_by(self, group_by: str | None) -> None:
         """A DataError naming the field and the first training row without it, before any unlearning."""

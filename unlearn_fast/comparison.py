@@ -56,6 +56,16 @@ class Comparison:
     work_dir = property(lambda self: self.first.work_dir)
 
     @property
+    def group_by(self) -> str | None:
+        return self.first.group_by
+
+    @group_by.setter
+    def group_by(self, field: str | None) -> None:
+        """Every method's folder ranks the groups of this metadata field (groups.csv, its report's group table)."""
+        for attribution in self.attributions.values():
+            attribution.group_by = field
+
+    @property
     def records(self) -> list[dict]:
         """Per query, every method's record (the outputs index reads the query folders and settings from them)."""
         return [record for attribution in self.attributions.values() for record in attribution.records]

@@ -350,33 +350,24 @@ def _finish_comparison(comparison, paths: dict, top_k: int, as_json: bool, start
 
 def cmd_report(args) -> None:
     from ..attribution import Attribution, check_output_folder
-
+    from ..comparison import Comparison, is_comparison
     from ..outputs import resolve_output
 
     started = time.perf_counter()
     args.attribution = resolve_output(args.attribution)
-    from ..comparison import Comparison, is_comparison
-
-    if is_comparison(args.attribution):  # attribute --methods: every method's folder and the comparison page
-        comparison = Comparison.load(args.attribution)
-        if args.group_by:
-            comparison.dataset.metadata_field(args.group_by)
-            for attribution in comparison.attributions.values():
-                attribution.group_by = args.group_by
-        out = args.out or args.attribution
-        check_output_folder(out)
-        top_k = _report_settings(args).top_k
-        paths = comparison.save(out, top_k=top_k)
-        _finish_comparison(comparison, paths, top_k, args.json, started, {})
-        return
-    attribution = Attribution.load(args.attribution)
+    compared = is_comparison(args.attribution)  # attribute --methods: every method's folder and the comparison page
+    result = (Comparison if compared else Attribution).load(args.attribution)
     if args.group_by:
-        attribution.dataset.metadata_field(args.group_by)  # the one-line error before anything is written
-        attribution.group_by = args.group_by
+        result.dataset.metadata_field(args.group_by)  # the one-line error before anything is written
+        result.group_by = args.group_by
     out = args.out or args.attribution
     check_output_folder(out)
     top_k = _report_settings(args).top_k
-    _finish(attribution, attribution.save(out, top_k=top_k), top_k, args.json, started, "report")
+    paths = result.save(out, top_k=top_k)
+    if compared:
+        _finish_comparison(result, paths, top_k, args.json, started, {})
+    else:
+        _finish(result, paths, top_k, args.json, started, "report")
 
 
 def cmd_demo(args) -> None:
