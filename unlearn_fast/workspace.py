@@ -15,6 +15,8 @@ progress bar (over the whole pass: engine/progress.py), and writes what is share
 """
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import os
 import sys
@@ -40,7 +42,7 @@ _FISHER_INPUTS = ("model", "data", "settings.fisher", "settings.fisher_group", "
                   "settings.preprocess", "settings.resolution")
 DEPENDS = {
     "caption_rows": ("data.captions",),
-    "text": ("data.captions", "model.text_encoder"),
+    "text": ("data.captions", "model.text_encoder", "settings.resolution"),  # SDXL's time ids state the side
     "text_truncated": ("data.captions", "model.text_encoder"),
     "latents": ("data.images", "model.vae", "settings.preprocess", "settings.resolution"),
     "fisher": _FISHER_INPUTS,
@@ -80,8 +82,11 @@ class Workspace:
             settings = PrepareSettings.recorded_in(work_dir)
         self.settings = settings or PrepareSettings()
         self.settings.validate(model)  # before anything is read, computed or recorded
-        model.use_resolution(self.settings.resolution)  # the images' side: latents, queries and the binding follow it
-        self.model_fingerprints = model.fingerprints()
+        if self.settings.resolution == model.native_resolution:  # the model's own side: the numbers of none given
+            self.settings = dataclasses.replace(self.settings, resolution=None)
+        # The binding's model is the model as saved; the side it is run at is the setting (settings.resolution).
+        self.model_fingerprints = model.use_resolution(None).fingerprints()
+        model.use_resolution(self.settings.resolution)  # the images' side: latents, text, queries follow it
         self.store = WorkDir(work_dir, on_wait=self._waiting, lock_timeout=lock_timeout)
         self.timings: dict[str, float] = {}
         self.chunks_by_rank: dict[str, list[list[int]]] = {}  # pass -> the chunk indices each rank computed

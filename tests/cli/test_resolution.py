@@ -70,8 +70,19 @@ def test_resolution_sets_the_latents_and_is_reopened_by_later_commands(data, tmp
     with pytest.raises(SystemExit, match=r"is 32×32; the model takes 48×48"):
         main(["attribute", "--work-dir", str(work), *FAST, "--prompt", "red apple", "--image",
               str(tmp_path / "q32.png")])
-    with pytest.raises(SystemExit, match=r"settings\.resolution|setting 'resolution'"):
-        main(["prepare", "--work-dir", str(work), "--resolution", "32", *FAST])  # another side: another binding
+    with pytest.raises(SystemExit) as refused:  # another side: another binding, named as the setting alone
+        main(["prepare", "--work-dir", str(work), "--resolution", "32", *FAST])
+    assert "setting 'resolution'" in str(refused.value) and "model." not in str(refused.value)
+
+
+def test_the_model_s_own_side_is_the_default_not_another_setting(data, tmp_path):
+    """--resolution at the model's own side (32) on a folder prepared without it: the same numbers, so the same
+    binding (nothing refused, nothing recomputed)."""
+    work = tmp_path / "work"
+    main(["prepare", "--data", data, "--work-dir", str(work), *FAST])
+    before = (work / "manifest.json").read_text()
+    main(["prepare", "--work-dir", str(work), "--resolution", "32", *FAST])
+    assert (work / "manifest.json").read_text() == before
 
 
 def test_the_default_resolution_leaves_the_settings_key_as_it_was():
