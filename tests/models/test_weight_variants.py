@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from unlearn_fast.cli import main
-from unlearn_fast.data import SubsetDataset, export_imagefolder
 from unlearn_fast.models.adapter import DiffusionModel
 from unlearn_fast.models.folder import DEFAULT_MODEL, ModelFolderError
 
@@ -42,10 +41,8 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, default_dataset):
-    root = tmp_path_factory.mktemp("images16")
-    export_imagefolder(SubsetDataset(default_dataset, range(360, 376)), str(root))
-    return str(root)
+def data(default_image_folder):
+    return default_image_folder(range(360, 376))
 
 
 def test_the_fp16_files_are_read_as_saved_and_computed_in_float32(folders):
@@ -128,3 +125,16 @@ def test_a_pipeline_saved_as_fp16_variants_reads_as_its_half_rounded_float32_wei
     assert half.fingerprints() == rounded.fingerprints()
     prompts = ["red apple", "apple"]
     assert torch.equal(half.encode_text(prompts), rounded.encode_text(prompts))
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_half_precision_plain_files_are_computed_in_float32_too(family, tmp_path):
+    """A pipeline saved in float16 as its plain files (no variant): every part in float32, as the fp16 variant's
+    (transformers 5 would keep the file's float16 for the text encoders unless told)."""
+    from tiny_pipelines import IMAGE_SIZE, build_pipeline
+
+    pipe = build_pipeline(family, ["red", "apple"])
+    pipe.to(torch.float16).save_pretrained(tmp_path / "half", safe_serialization=True)
+    (tmp_path / "half" / "training.json").write_text(json.dumps({"resolution": IMAGE_SIZE}))
+    model = DiffusionModel.load(str(tmp_path / "half"))
+    assert {p.dtype for module in model.modules() for p in module.parameters()} == {torch.float32}

@@ -89,9 +89,9 @@ def check_variant(folder: str, variant: str | None) -> None:
 
 
 def weight_options(variant: str | None) -> dict:
-    """from_pretrained's keywords for the weights of `variant`: that variant's files, computed in float32 (the
-    engine's dtype: diffusers upcasts a half-precision file into float32 modules, transformers would keep its dtype)."""
-    return {} if variant is None else {"variant": variant, "dtype": torch.float32}
+    """from_pretrained's keywords for the weights of `variant` (None: the plain files), always computed in float32,
+    the engine's dtype: transformers would keep a half-precision file's dtype, plain or variant alike."""
+    return {"dtype": torch.float32} if variant is None else {"variant": variant, "dtype": torch.float32}
 
 
 def library_class(index: dict, part: str) -> tuple[str, str]:
