@@ -68,6 +68,12 @@ def test_factors_of_another_layer_s_shape_are_refused():
                                 "layer.bias": torch.ones(4, dtype=torch.float64)})
     assert curvature.precondition({"layer.weight": torch.ones(4, 4, dtype=torch.float64)})["layer.weight"].shape \
         == (4, 4)  # 4 inputs and the bias column, the gradient without a bias
+    params = {"layer.weight": torch.ones(4, 2), "other.weight": torch.ones(3, 3)}  # what unlearn checks first
+    with pytest.raises(SettingsError, match=r"curvature of layer is for a \(4, 5\) gradient"):
+        curvature.check(params)
+    with pytest.raises(SettingsError, match="no factors for other.weight"):
+        curvature.check({"layer.weight": torch.ones(4, 4), "other.weight": torch.ones(3, 3)})
+    curvature.check({"layer.weight": torch.ones(4, 4)})
 
 
 @pytest.fixture(scope="module")

@@ -163,6 +163,30 @@ class KroneckerCurvature:
             return f["lambda_matrix"].double() / f["num_lambda_processed"]
         return torch.outer(f["gradient_eigenvalues"], f["activation_eigenvalues"])
 
+    def check(self, params: dict[str, torch.Tensor]) -> None:
+        """Before any work: factors (or a diagonal) for every parameter of `params` ({path.weight, path.bias?}), of
+        the layer's shapes; a SettingsError naming the first that is not."""
+        for path, f in self.factors.items():
+            if f"{path}.weight" in params:
+                self._with_bias(path, f, tuple(params[f"{path}.weight"].shape), f"{path}.bias" in params)
+        missing = [name for name in params if name.rpartition(".")[0] not in self.factors
+                   and not (self.diagonal is not None and name in self.diagonal)]
+        if missing:
+            raise SettingsError(f"the curvature has no factors for {missing[0]} (and {len(missing) - 1} more): "
+                                "estimate it over the unlearned group")
+
+    @staticmethod
+    def _with_bias(path: str, f: dict, weight: tuple, bias: bool) -> bool:
+        """Whether the layer's factors carry the bias column; a SettingsError when they fit another layer."""
+        width, out_width = f["activation_eigenvectors"].shape[0], f["gradient_eigenvectors"].shape[0]
+        if width not in (weight[1], weight[1] + 1) or out_width != weight[0]:
+            raise SettingsError(f"the curvature of {path} is for a ({out_width}, {width}) gradient; the layer's "
+                                f"weight is {weight}: the factors are of another model")
+        if bias and width == weight[1]:
+            raise SettingsError(f"the curvature of {path} has no bias column ({weight[1]} inputs) but the "
+                                "gradient has a bias: the factors are of another layer")
+        return width == weight[1] + 1
+
     def precondition(self, gradient: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """U = (Λ + λ)⁻¹ Ĝ in each layer's eigenbasis, for gradients {path.weight, path.bias?} (float64). A layer's
         factors have the bias column where its module has a bias (even when the gradient has none: then zero)."""
@@ -170,14 +194,7 @@ class KroneckerCurvature:
         for path, f in self.factors.items():
             weight = gradient[f"{path}.weight"]
             bias = gradient.get(f"{path}.bias")
-            width, out_width = f["activation_eigenvectors"].shape[0], f["gradient_eigenvectors"].shape[0]
-            if width not in (weight.shape[1], weight.shape[1] + 1) or out_width != weight.shape[0]:
-                raise SettingsError(f"the curvature of {path} is for a ({out_width}, {width}) gradient; the layer's "
-                                    f"weight is {tuple(weight.shape)}: the factors are of another model")
-            with_bias = width == weight.shape[1] + 1
-            if bias is not None and not with_bias:
-                raise SettingsError(f"the curvature of {path} has no bias column ({weight.shape[1]} inputs) but the "
-                                    "gradient has a bias: the factors are of another layer")
+            with_bias = self._with_bias(path, f, tuple(weight.shape), bias is not None)
             full = weight
             if with_bias:
                 full = torch.cat([weight, (bias if bias is not None else torch.zeros_like(weight[:, 0]))[:, None]], 1)
@@ -192,7 +209,7 @@ class KroneckerCurvature:
             if self.diagonal is not None and name in self.diagonal:
                 out[name] = gradient[name] / self.diagonal[name].to(gradient[name])
         missing = sorted(set(gradient) - set(out))
-        if missing:
+        if missing:  # check() says so before any work; a direct caller learns it here
             raise SettingsError(f"the curvature has no factors for {missing[0]} (and {len(missing) - 1} more): "
                                 "estimate it over the unlearned group")
         return out

@@ -189,10 +189,7 @@ def unlearn(model, fisher, x0_query: torch.Tensor, cond_query: torch.Tensor,
     params = {name: copies[name] for name in model.parameter_group(settings.group)}
     kronecker = isinstance(fisher, KroneckerCurvature)
     if settings.precondition and kronecker:
-        missing = [n for n in params if n.rpartition(".")[0] not in fisher.factors]
-        if missing:
-            raise SettingsError(f"the curvature has no factors for {len(missing)} parameters of group "
-                                f"{settings.group!r}, e.g. {missing[0]}: estimate it over the same group")
+        fisher.check(params)  # every layer's factors, of its shapes, before the first gradient
     elif settings.precondition:
         missing = [n for n, p in params.items() if n not in fisher or fisher[n].shape != p.shape]
         if missing:
