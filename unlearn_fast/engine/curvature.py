@@ -279,6 +279,14 @@ def to_kronfluence(curvature: KroneckerCurvature) -> dict[str, dict[str, torch.T
     return layout
 
 
+def factor_files(curvature: KroneckerCurvature) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(factor name, {layer path: tensor}) of every file of a kronfluence factors folder, in the order to write them:
+    the activation eigenvectors last, so that their file marks a folder complete (what readers look for)."""
+    layout = to_kronfluence(curvature)
+    last = "activation_eigenvectors"
+    return [(name, layout[name]) for name in FACTOR_NAMES if name in layout and name != last] + [(last, layout[last])]
+
+
 def from_kronfluence(layout: dict, kind: str = "ekfac", damping: float = 0.1) -> KroneckerCurvature:
     """A KroneckerCurvature from {factor name: {layer path: tensor}} (ours or kronfluence's files): floats as float64,
     counts as int64. The factors `kind` preconditions with must be there for every layer."""

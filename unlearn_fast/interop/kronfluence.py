@@ -23,7 +23,9 @@ import json
 import os
 from pathlib import Path
 
-from ..engine.curvature import FACTOR_NAMES, KroneckerCurvature, from_kronfluence, kronfluence_arguments, to_kronfluence
+from ..engine.curvature import (FACTOR_NAMES, KroneckerCurvature, factor_files, from_kronfluence,
+                                kronfluence_arguments)
+from ..store.atomic import atomic_write, write_json
 from ..errors import UserInputError
 
 ARGUMENTS_FILE = "factor_arguments.json"
@@ -44,18 +46,19 @@ def save_factors(curvature: KroneckerCurvature, folder: str | os.PathLike, overw
     """Write `curvature` as a kronfluence factors folder (every factor file, the counts, factor_arguments.json).
     module_prefix: prepended to every module path, for a kronfluence model that holds the UNet as a submodule
     ("unet.")."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     taken = [name for name in (ARGUMENTS_FILE, *(f"{n}.safetensors" for n in FACTOR_NAMES)) if (folder / name).exists()]
     if taken and not overwrite:
         raise FactorsFolderError(f"{folder} already holds factors ({taken[0]}); pass overwrite to replace them")
     folder.mkdir(parents=True, exist_ok=True)
-    for name, per_module in to_kronfluence(curvature).items():
-        save_file({module_prefix + path: value.cpu() for path, value in per_module.items()},
-                  str(folder / f"{name}.safetensors"))
-    with open(folder / ARGUMENTS_FILE, "w", encoding="utf-8") as handle:
-        json.dump(kronfluence_arguments(curvature.kind), handle, indent=4)
+    # Each file atomically, in the work directory's order (the eigenvectors last): a killed save leaves no folder a
+    # reader takes for complete. No checksum sidecars: the folder is kronfluence's.
+    write_json(folder / ARGUMENTS_FILE, kronfluence_arguments(curvature.kind), checksum=False)
+    for name, per_layer in factor_files(curvature):
+        data = save({module_prefix + path: value.cpu().contiguous() for path, value in per_layer.items()})
+        atomic_write(folder / f"{name}.safetensors", lambda handle, data=data: handle.write(data), checksum=False)
     return folder
 
 

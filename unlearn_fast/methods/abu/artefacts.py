@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ...engine.curvature import (FACTOR_NAMES, KroneckerCurvature, add_lambda, add_sums, covariance_sums, eigenbases,
-                                 from_kronfluence, kronfluence_arguments, lambda_sums, linear_layers, sums_from_tensors,
-                                 sums_to_tensors, to_kronfluence)
+                                 factor_files, from_kronfluence, kronfluence_arguments, lambda_sums, linear_layers,
+                                 sums_from_tensors, sums_to_tensors)
 from ...engine.fisher import finish_fisher, fisher_metadata, fisher_sums
 from ...workspace import Workspace
 
@@ -113,12 +113,10 @@ def _compute_curvature(workspace: Workspace, kind: str) -> None:
         add_lambda(factors, run("lambda", lambda x0, cond, ids: lambda_sums(model, factors, x0, cond, ids, fisher)))
 
     def write():
-        folder, layout = curvature_folder(kind), to_kronfluence(KroneckerCurvature(factors, kind))
+        folder = curvature_folder(kind)
         store.save_json(f"{folder}/factor_arguments", kronfluence_arguments(kind))
-        for name in FACTOR_NAMES:  # the eigenvectors last: their file marks the artefact complete
-            if name in layout and name != "activation_eigenvectors":
-                store.save_tensors(f"{folder}/{name}", layout[name])
-        store.save_tensors(f"{folder}/activation_eigenvectors", layout["activation_eigenvectors"])
+        for name, per_layer in factor_files(KroneckerCurvature(factors, kind)):
+            store.save_tensors(f"{folder}/{name}", per_layer)
         shutil.rmtree(store.artefact_path(parts), ignore_errors=True)
     workspace.on_main(write)
 
