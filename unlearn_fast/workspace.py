@@ -200,7 +200,7 @@ class Workspace:
         sweep = sorted(set().union(*pending))
         mine = self.ranks.share(sweep)
         desc = names[0] if len(names) == 1 else f"{len(names)} arrays"
-        for start, stop in shared_progress(self.ranks, sweep, desc, enabled=self.progress):
+        for start, stop in shared_progress(self.ranks, mine, len(sweep), desc, enabled=self.progress):
             which = [q for q, missing in enumerate(pending) if (start, stop) in missing]
             values = compute(start, stop, which)
             for q, value in zip(which, values):
@@ -316,7 +316,7 @@ class Workspace:
         pending = self.ranks.broadcast([k for k, name in enumerate(names) if not self.store.exists(
             name, ".safetensors")] if self.ranks.is_main else None)
         mine = self.ranks.share(pending)
-        for k in shared_progress(self.ranks, pending, desc, enabled=self.progress):
+        for k in shared_progress(self.ranks, mine, len(pending), desc, enabled=self.progress):
             ids = self.caption_rows[chunks[k]]
             self.store.save_tensors(names[k], compute(rows_of(self.latents, ids), rows_of(self.conditioning, chunks[k]),
                                                       ids))
@@ -350,7 +350,8 @@ class Workspace:
         size = self.settings.chunk_rows
         blocks = [(start, min(start + size, len(rows))) for start in range(0, len(rows), size)]
         mine = {}
-        for start, stop in shared_progress(self.ranks, blocks, "rescore candidates", enabled=self.progress):
+        for start, stop in shared_progress(self.ranks, self.ranks.share(blocks), len(blocks), "rescore candidates",
+                                           enabled=self.progress):
             picked = rows[start:stop]
             ids = example[picked]
             mine[start] = losses_under_weights(self.model, rows_of(x0, ids), rows_of(cond, picked), ids, grid,

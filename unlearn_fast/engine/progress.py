@@ -14,11 +14,11 @@ from tqdm.auto import tqdm
 from .distributed import Ranks
 
 
-def shared_progress(ranks: Ranks, items: Sequence, desc: str, unit: str = "chunk", enabled: bool = True) -> Iterator:
-    """This rank's share of `items` (ranks.share), one at a time; on rank 0, when `enabled`, under a bar whose total
-    is len(items), the whole pass."""
-    total = len(items)
+def shared_progress(ranks: Ranks, mine: Sequence, total: int, desc: str, unit: str = "chunk",
+                    enabled: bool = True) -> Iterator:
+    """This rank's share `mine` (ranks.share of the pass's `total` items), one at a time; on rank 0, when `enabled`,
+    under a bar whose total is the whole pass."""
     with tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and ranks.is_main)) as bar:
-        for k, item in enumerate(ranks.share(items)):
+        for k, item in enumerate(mine):
             yield item
             bar.update(min((k + 1) * ranks.world_size, total) - bar.n)
