@@ -116,20 +116,12 @@ class Attributor:
         Every name is checked before any work."""
         from .comparison import Comparison
         from .methods.base import labelled, run_method
-        from .methods.registry import build_method
-        from .errors import SettingsError
+        from .methods.registry import methods_to_compare
 
         self.check_group_by(group_by)
         queries = [queries] if isinstance(queries, Query) else list(queries)
-        settings, methods = settings or UnlearnSettings(), list(methods)
-        built = {}
-        for method in methods:
-            if isinstance(method, str):
-                built[method] = AbU(settings) if method == "abu" else build_method(method, encoder=encoder)
-            else:
-                built[method.name] = method
-        if len(built) != len(methods):
-            raise SettingsError(f"methods to compare are named twice: {methods}")
+        settings = settings or UnlearnSettings()
+        built = methods_to_compare(methods, encoder, abu=AbU(settings))
         for method in built.values():
             method.check(self.workspace)
         attributions = {}

@@ -198,6 +198,8 @@ def test_methods_side_by_side_in_one_report(folder, tmp_path, capsys, default_da
     alone = np.load(last_json(capsys)["files"]["scores"])
     with pytest.raises(SystemExit, match="unknown method 'nope'"):
         main([*ask, "--methods", "abu", "nope"])
+    with pytest.raises(SystemExit, match="method 'pixel' is named twice"):
+        main([*ask, "--methods", "pixel", "abu", "pixel"])
     main([*ask, "--methods", "abu", "pixel", "dtrak"])
     summary = last_json(capsys)
     out = work / "attributions" / "latest"

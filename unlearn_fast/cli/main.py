@@ -158,13 +158,11 @@ def _resolve_sources(args) -> None:
     from ..store import recorded_sources
 
     recorded = recorded_sources(args.work_dir) if os.path.isdir(args.work_dir) else None
-    if args.model is not None:  # a model named on the command line: its plain files, its own config, unless given
-        args.variant = "" if args.variant is None else args.variant
-        args.model_config = "" if args.model_config is None else args.model_config
+    model_named = args.model is not None  # then its plain files and its own config, unless given with it
     for name, default in (("model", "default"), ("variant", None), ("model_config", None), ("data", "default"),
                           ("caption_column", "text"), ("image_column", "image"), ("subset", None), ("lora", None),
                           ("base_model", None)):
-        if getattr(args, name) is not None:
+        if getattr(args, name) is not None or (model_named and name in ("variant", "model_config")):
             continue
         if recorded is None:
             setattr(args, name, default)
@@ -175,7 +173,6 @@ def _resolve_sources(args) -> None:
         else:  # a folder prepared before sources were recorded: never guess the shipped default for it
             raise SettingsError(f"--{name.replace('_', '-')}: {args.work_dir} does not record its {name} (prepared "
                                 f"by an earlier version); give --{name.replace('_', '-')}")
-    args.variant, args.model_config = args.variant or None, args.model_config or None
     if args.lora:
         if getattr(args, "fisher_group", None) is None:
             args.fisher_group = "lora"
@@ -301,12 +298,10 @@ def cmd_attribute(args) -> None:
         check_prompt(prompt, "--prompt")
     if args.out:
         check_output_folder(args.out)  # before any work: a folder of other files is never written into
-    if args.methods:  # an unknown name or a missing --encoder is named before any work
-        from ..methods.registry import build_method
+    if args.methods:  # an unknown or repeated name, a missing --encoder: named before any work
+        from ..methods.registry import methods_to_compare
 
-        for name in args.methods:
-            if name != "abu":
-                build_method(name, encoder=args.encoder)
+        methods_to_compare(args.methods, encoder=args.encoder)
     _resolve_sources(args)  # before the unlearning settings: --lora sets their group
     settings = _unlearn_settings(args)
     attributor = _attributor(args)

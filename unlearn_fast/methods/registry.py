@@ -52,6 +52,26 @@ def build_method(name: str, encoder: str | None = None, **options) -> Attributio
                         f"({', '.join(v for v in VARIANTS if v != 'abu')})")
 
 
+def methods_to_compare(methods, encoder: str | None = None, abu: AttributionMethod | None = None
+                       ) -> dict[str, AttributionMethod]:
+    """{name: method} for a comparison: names built (so an unknown name or a missing encoder folder is a SettingsError
+    now, before any work), AttributionMethod objects kept, "abu" as `abu` (default: the default AbU); a name given
+    twice is refused."""
+    built = {}
+    for method in methods:
+        name = method if isinstance(method, str) else method.name
+        if name in built:
+            raise SettingsError(f"method {name!r} is named twice in the comparison")
+        if not isinstance(method, str):
+            built[name] = method
+        elif name == "abu":
+            built[name] = abu or AbU()
+        else:
+            built[name] = build_method(name, encoder=encoder)
+            built[name].settings()  # reads what its settings name (feature: the encoder folder)
+    return built
+
+
 def _staged(name: str, candidates="25%", front: str = "linear+latent", dim: int = 4096, projection_seed: int = 0,
             flips: str = "max", **options) -> AttributionMethod:
     """abu-two-stage (candidates: C, a count or a share; front: its first stage, FRONTS joined by "+") or abu-linear
