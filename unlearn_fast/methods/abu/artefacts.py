@@ -71,10 +71,11 @@ def _compute_fisher(workspace: Workspace) -> None:
     workspace.on_main(write)
 
 
-def curvature_folder(kind: str) -> str:
-    """The factors' artefact: kronfluence's folder name (factors_<name>), so the work directory's curvature/ is a
+def curvature_folder(kind: str, root: str = "curvature") -> str:
+    """The factors' artefact under root (curvature/; curvature_parts/ for the passes' sums): kronfluence's folder name
+    (factors_<name>), so the work directory's curvature/ is a
     kronfluence analysis folder (kronfluence.Analyzer(analysis_name="curvature", output_dir=WORK_DIR) loads <kind>)."""
-    return f"curvature/factors_{kind}"
+    return f"{root}/factors_{kind}"
 
 
 def fit_curvature(workspace: Workspace, kind: str, damping: float = 0.1) -> KroneckerCurvature:
@@ -98,10 +99,11 @@ def _compute_curvature(workspace: Workspace, kind: str) -> None:
     settings, model, store = workspace.settings, workspace.model, workspace.store
     # The group's other weights (convolutions, norms) take the diagonal Fisher (method.py: preconditioner).
     paths = linear_layers(model.unet, model.parameter_group(settings.fisher_group), others=True)
-    fisher, parts, rows = settings.fisher, f"curvature_parts/factors_{kind}", fisher_rows(workspace)
+    fisher, rows = settings.fisher, fisher_rows(workspace)
+    parts = curvature_folder(kind, root="curvature_parts")  # the passes' resumable sums
 
     def run(stage: str, sums_of) -> dict:
-        """One resumable pass (its parts under curvature_parts/<kind>/<stage>/), its parts added in a fixed order."""
+        """One resumable pass (its parts under curvature_parts/factors_<kind>/<stage>/), added in a fixed order."""
         total = None
         for name in workspace.summed_pass(f"{parts}/{stage}", f"{kind} {stage}", rows,
                                           lambda x0, cond, ids: sums_to_tensors(sums_of(x0, cond, ids))):
